@@ -1,0 +1,61 @@
+//! The Forward protocol as pure functions over bytes: finding message boundaries in a stream,
+//! decoding Message / Forward / PackedForward / CompressedPackedForward messages into events
+//! that keep each record as the msgpack bytes it arrived in. No I/O, no logging.
+
+pub mod encode;
+pub mod forward;
+pub mod msgpack;
+#[cfg(test)]
+mod tests;
+
+pub use forward::{
+    DecodeError, DecodeOptions, Decoder, InvalidEvent, Message, Mode, decode_message,
+};
+
+use bytes::Bytes;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Event time with nanoseconds, as Forward's EventTime extension carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventTime {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl EventTime {
+    pub fn new(secs: i64, nanos: u32) -> Self {
+        Self { secs, nanos }
+    }
+
+    pub fn now() -> Self {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Self::new(since.as_secs() as i64, since.subsec_nanos())
+    }
+
+    /// A float time as some clients send it; `None` for NaN, infinities and out-of-range values.
+    pub fn from_f64(secs: f64) -> Option<Self> {
+        if !secs.is_finite() || secs.abs() > 1e15 {
+            return None;
+        }
+        let whole = secs.floor();
+        let nanos = ((secs - whole) * 1e9).round().min(999_999_999.0) as u32;
+        Some(Self::new(whole as i64, nanos))
+    }
+
+    pub fn as_f64(self) -> f64 {
+        self.secs as f64 + f64::from(self.nanos) / 1e9
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.secs == 0 && self.nanos == 0
+    }
+}
+
+/// One event: its time and its record, a msgpack map kept as the bytes it arrived in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub time: EventTime,
+    pub record: Bytes,
+}

@@ -1,0 +1,367 @@
+//! Low-level MessagePack reading over byte slices: value heads, a resumable scanner that finds
+//! where a value ends in a stream, and a cursor for complete values. It never allocates by a
+//! length the input declares and never builds a value tree.
+
+use rmp::Marker;
+use std::ops::Range;
+
+/// How deep arrays and maps may nest before input is rejected. Real records are shallow; the
+/// bound keeps the scanner's stack small against hostile input.
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MsgpackError {
+    #[error("invalid msgpack: reserved marker byte 0xc1 at offset {0}")]
+    ReservedMarker(usize),
+    #[error("invalid msgpack: value truncated at offset {0}")]
+    Truncated(usize),
+    #[error("msgpack value nested deeper than {0} levels")]
+    TooDeep(usize),
+}
+
+/// What a value's marker and length fields say, before any payload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Head {
+    Nil,
+    Bool(bool),
+    Uint(u64),
+    Int(i64),
+    F32(f32),
+    F64(f64),
+    Str(u32),
+    Bin(u32),
+    Array(u32),
+    Map(u32),
+    Ext(i8, u32),
+}
+
+impl Head {
+    /// Payload bytes that follow the head (strings, binaries, extensions).
+    pub fn payload_len(self) -> usize {
+        match self {
+            Head::Str(n) | Head::Bin(n) | Head::Ext(_, n) => n as usize,
+            _ => 0,
+        }
+    }
+
+    /// Child values that follow (array elements, map keys and values).
+    pub fn children(self) -> u64 {
+        match self {
+            Head::Array(n) => u64::from(n),
+            Head::Map(n) => 2 * u64::from(n),
+            _ => 0,
+        }
+    }
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+/// Reads the head at the start of `buf`: `Ok(None)` when more bytes are needed, otherwise the
+/// head and how many bytes it took. `offset` only labels errors.
+pub fn read_head(buf: &[u8], offset: usize) -> Result<Option<(Head, usize)>, MsgpackError> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    // `fixed(n)`: the head is the marker plus n bytes of big-endian number.
+    let fixed = |n: usize| -> Option<u64> { buf.get(1..1 + n).map(be_u64) };
+    let head = match Marker::from_u8(first) {
+        Marker::FixPos(n) => (Head::Uint(u64::from(n)), 1),
+        Marker::FixNeg(n) => (Head::Int(i64::from(n)), 1),
+        Marker::FixMap(n) => (Head::Map(u32::from(n)), 1),
+        Marker::FixArray(n) => (Head::Array(u32::from(n)), 1),
+        Marker::FixStr(n) => (Head::Str(u32::from(n)), 1),
+        Marker::Null => (Head::Nil, 1),
+        Marker::Reserved => return Err(MsgpackError::ReservedMarker(offset)),
+        Marker::False => (Head::Bool(false), 1),
+        Marker::True => (Head::Bool(true), 1),
+        marker => {
+            let (width, make): (usize, fn(u64) -> Head) = match marker {
+                Marker::Bin8 => (1, |n| Head::Bin(n as u32)),
+                Marker::Bin16 => (2, |n| Head::Bin(n as u32)),
+                Marker::Bin32 => (4, |n| Head::Bin(n as u32)),
+                Marker::Str8 => (1, |n| Head::Str(n as u32)),
+                Marker::Str16 => (2, |n| Head::Str(n as u32)),
+                Marker::Str32 => (4, |n| Head::Str(n as u32)),
+                Marker::Array16 => (2, |n| Head::Array(n as u32)),
+                Marker::Array32 => (4, |n| Head::Array(n as u32)),
+                Marker::Map16 => (2, |n| Head::Map(n as u32)),
+                Marker::Map32 => (4, |n| Head::Map(n as u32)),
+                Marker::U8 => (1, Head::Uint),
+                Marker::U16 => (2, Head::Uint),
+                Marker::U32 => (4, Head::Uint),
+                Marker::U64 => (8, Head::Uint),
+                Marker::I8 => (1, |n| Head::Int(i64::from(n as u8 as i8))),
+                Marker::I16 => (2, |n| Head::Int(i64::from(n as u16 as i16))),
+                Marker::I32 => (4, |n| Head::Int(i64::from(n as u32 as i32))),
+                Marker::I64 => (8, |n| Head::Int(n as i64)),
+                Marker::F32 => (4, |n| Head::F32(f32::from_bits(n as u32))),
+                Marker::F64 => (8, |n| Head::F64(f64::from_bits(n))),
+                Marker::FixExt1 | Marker::FixExt2 | Marker::FixExt4 | Marker::FixExt8 => {
+                    return Ok(ext_head(buf, 0, 1usize << (first - 0xd4)));
+                }
+                Marker::FixExt16 => return Ok(ext_head(buf, 0, 16)),
+                Marker::Ext8 => return Ok(fixed(1).and_then(|n| ext_head(buf, 1, n as usize))),
+                Marker::Ext16 => return Ok(fixed(2).and_then(|n| ext_head(buf, 2, n as usize))),
+                Marker::Ext32 => return Ok(fixed(4).and_then(|n| ext_head(buf, 4, n as usize))),
+                _ => return Err(MsgpackError::ReservedMarker(offset)),
+            };
+            match fixed(width) {
+                Some(n) => (make(n), 1 + width),
+                None => return Ok(None),
+            }
+        }
+    };
+    Ok(Some(head))
+}
+
+/// An extension head: marker, `width` length bytes, then the type byte.
+fn ext_head(buf: &[u8], width: usize, len: usize) -> Option<(Head, usize)> {
+    let kind = *buf.get(1 + width)? as i8;
+    Some((Head::Ext(kind, len as u32), 2 + width))
+}
+
+/// Finds where one msgpack value ends in a growing buffer without re-reading what it has
+/// already passed: feed it the same buffer (with more bytes appended) until it returns the
+/// value's length. Memory is bounded by nesting depth, never by declared lengths.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    pos: usize,
+    /// Children still expected by each open array or map, innermost last.
+    open: Vec<u64>,
+    started: bool,
+}
+
+impl Scanner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes the scanner has passed so far (for size limits while incomplete).
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// `Complete(len)` once the first value in `buf` is complete (the scanner then resets),
+    /// `Incomplete { needed }` while more bytes are needed, with the least total length known
+    /// to be needed so far, which lets callers reject oversized values before reading them.
+    pub fn scan(&mut self, buf: &[u8], max_depth: usize) -> Result<ScanStatus, MsgpackError> {
+        loop {
+            if self.started && self.open.is_empty() {
+                let len = self.pos;
+                *self = Self::default();
+                return Ok(ScanStatus::Complete(len));
+            }
+            let Some((head, head_len)) = read_head(&buf[self.pos..], self.pos)? else {
+                return Ok(ScanStatus::Incomplete {
+                    needed: self.pos + 1,
+                });
+            };
+            let end = self.pos + head_len + head.payload_len();
+            if end > buf.len() {
+                return Ok(ScanStatus::Incomplete { needed: end });
+            }
+            self.pos = end;
+            self.started = true;
+            let children = head.children();
+            if children > 0 {
+                if self.open.len() >= max_depth {
+                    return Err(MsgpackError::TooDeep(max_depth));
+                }
+                self.open.push(children);
+            } else {
+                self.close_finished();
+            }
+        }
+    }
+
+    /// One value ended: count it against its parent, closing every container it completes.
+    fn close_finished(&mut self) {
+        while let Some(remaining) = self.open.last_mut() {
+            *remaining -= 1;
+            if *remaining > 0 {
+                return;
+            }
+            self.open.pop();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanStatus {
+    Complete(usize),
+    Incomplete { needed: usize },
+}
+
+/// Reads values from a slice that holds complete data; running out is `Truncated`.
+#[derive(Debug, Clone)]
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Moves back to a position this cursor has already passed.
+    pub fn set_position(&mut self, pos: usize) {
+        self.pos = pos.min(self.buf.len());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    pub fn head(&mut self) -> Result<Head, MsgpackError> {
+        match read_head(&self.buf[self.pos..], self.pos)? {
+            Some((head, len)) => {
+                self.pos += len;
+                Ok(head)
+            }
+            None => Err(MsgpackError::Truncated(self.pos)),
+        }
+    }
+
+    /// The next `len` payload bytes, as a range of the underlying slice.
+    pub fn take(&mut self, len: usize) -> Result<Range<usize>, MsgpackError> {
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|end| *end <= self.buf.len())
+            .ok_or(MsgpackError::Truncated(self.pos))?;
+        let range = self.pos..end;
+        self.pos = end;
+        Ok(range)
+    }
+
+    /// Skips one whole value, returning its range.
+    pub fn skip_value(&mut self, max_depth: usize) -> Result<Range<usize>, MsgpackError> {
+        let start = self.pos;
+        match Scanner::new().scan(&self.buf[start..], max_depth)? {
+            ScanStatus::Complete(len) => {
+                self.pos += len;
+                Ok(start..self.pos)
+            }
+            ScanStatus::Incomplete { .. } => Err(MsgpackError::Truncated(self.buf.len())),
+        }
+    }
+
+    /// Skips the payload that follows `head` (used after reading a head that is not wanted).
+    pub fn skip_payload(&mut self, head: Head, max_depth: usize) -> Result<(), MsgpackError> {
+        self.take(head.payload_len())?;
+        for _ in 0..head.children() {
+            self.skip_value(max_depth.saturating_sub(1))?;
+        }
+        Ok(())
+    }
+
+    pub fn slice(&self, range: Range<usize>) -> &'a [u8] {
+        &self.buf[range]
+    }
+}
+
+/// Writes a map header for `len` entries (used when records are extended with extra keys).
+pub fn write_map_len(out: &mut Vec<u8>, len: u32) {
+    // Writing into a Vec cannot fail.
+    let _ = rmp::encode::write_map_len(out, len);
+}
+
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    let _ = rmp::encode::write_str(out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        rmp_serde::to_vec(value).unwrap()
+    }
+
+    #[test]
+    fn scanner_finds_value_end_across_any_split() {
+        let mut bytes = encode(&("tag", 1u32, std::collections::BTreeMap::from([("k", "v")])));
+        let first_len = bytes.len();
+        bytes.extend(encode(&[1, 2, 3]));
+        for split in 0..first_len {
+            let mut scanner = Scanner::new();
+            let partial = scanner.scan(&bytes[..split], DEFAULT_MAX_DEPTH).unwrap();
+            assert!(
+                matches!(partial, ScanStatus::Incomplete { .. }),
+                "split {split}"
+            );
+            assert_eq!(
+                scanner.scan(&bytes, DEFAULT_MAX_DEPTH).unwrap(),
+                ScanStatus::Complete(first_len)
+            );
+        }
+    }
+
+    #[test]
+    fn scanner_reports_declared_length_without_allocating_it() {
+        // bin32 declaring 4 GiB with 3 bytes present.
+        let bytes = [0xc6, 0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+        let status = Scanner::new().scan(&bytes, DEFAULT_MAX_DEPTH).unwrap();
+        assert_eq!(
+            status,
+            ScanStatus::Incomplete {
+                needed: 5 + 0xffff_ffff
+            }
+        );
+    }
+
+    #[test]
+    fn scanner_rejects_deep_nesting_and_reserved_marker() {
+        let deep = vec![0x91u8; 100];
+        assert_eq!(
+            Scanner::new().scan(&deep, 64),
+            Err(MsgpackError::TooDeep(64))
+        );
+        assert_eq!(
+            Scanner::new().scan(&[0x92, 0x01, 0xc1], 64),
+            Err(MsgpackError::ReservedMarker(2))
+        );
+    }
+
+    #[test]
+    fn empty_containers_complete_immediately() {
+        assert_eq!(
+            Scanner::new().scan(&[0x90, 0xff], 8).unwrap(),
+            ScanStatus::Complete(1)
+        );
+        assert_eq!(
+            Scanner::new().scan(&[0x92, 0x80, 0x90], 8).unwrap(),
+            ScanStatus::Complete(3)
+        );
+    }
+
+    #[test]
+    fn heads_decode_every_marker_family() {
+        let cases: Vec<(Vec<u8>, Head)> = vec![
+            (encode(&7u8), Head::Uint(7)),
+            (encode(&-3i8), Head::Int(-3)),
+            (encode(&300u16), Head::Uint(300)),
+            (encode(&-40000i32), Head::Int(-40000)),
+            (encode(&u64::MAX), Head::Uint(u64::MAX)),
+            (encode(&i64::MIN), Head::Int(i64::MIN)),
+            (encode(&1.5f64), Head::F64(1.5)),
+            (encode(&1.5f32), Head::F32(1.5)),
+            (encode(&"x".repeat(40)), Head::Str(40)),
+            (encode(&()), Head::Nil),
+            (encode(&true), Head::Bool(true)),
+            (vec![0xd7, 0x00, 0, 0, 0, 0, 0, 0, 0, 0], Head::Ext(0, 8)),
+            (vec![0xc7, 0x03, 0x05, 1, 2, 3], Head::Ext(5, 3)),
+        ];
+        for (bytes, want) in cases {
+            let (head, _) = read_head(&bytes, 0).unwrap().unwrap();
+            assert_eq!(head, want, "{bytes:?}");
+        }
+    }
+}
