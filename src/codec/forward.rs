@@ -117,12 +117,8 @@ impl Decoder {
     /// arrive. A message that is known to exceed the size limit is an error before it is read,
     /// so a peer cannot make the buffer grow past the limit.
     pub fn next_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
-        if self.scanner.position() == 0 {
-            if let Some(&first) = buf.first() {
-                if first == b'{' || first == b'[' {
-                    return Err(DecodeError::JsonStream(first as char));
-                }
-            }
+        if let (0, Some(&first @ (b'{' | b'['))) = (self.scanner.position(), buf.first()) {
+            return Err(DecodeError::JsonStream(first as char));
         }
         match self.scanner.scan(buf, self.max_depth)? {
             ScanStatus::Complete(len) if len > self.max_message_size => {
@@ -199,10 +195,9 @@ pub fn decode_message(frame: &Bytes, opts: &DecodeOptions) -> Result<Option<Mess
                 }
             };
             msg.decode_packed(&entries, opts)?;
-            if let Some(size) = option.size {
-                if size != msg.events.len() as u64 + u64::from(msg.skipped) {
-                    msg.size_mismatch = Some((size, msg.events.len()));
-                }
+            let found = msg.events.len() as u64 + u64::from(msg.skipped);
+            if let Some(size) = option.size.filter(|size| *size != found) {
+                msg.size_mismatch = Some((size, msg.events.len()));
             }
             msg.chunk = option.chunk;
         }
