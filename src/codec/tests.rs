@@ -286,7 +286,8 @@ fn nil_record_is_dropped_silently() {
 #[test]
 fn malformed_messages_are_typed_errors() {
     let opts = DecodeOptions::default();
-    let cases: Vec<(Vec<u8>, fn(&DecodeError) -> bool)> = vec![
+    type Check = fn(&DecodeError) -> bool;
+    let cases: Vec<(Vec<u8>, Check)> = vec![
         (msgpack(&json!({"a": 1})), |e| {
             matches!(e, DecodeError::NotAnArray("a map"))
         }),
