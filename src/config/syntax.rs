@@ -146,6 +146,8 @@ impl<'s, 'c> Parser<'s, 'c> {
         stack: &'c mut Vec<PathBuf>,
         env: &'c dyn Fn(&str) -> Option<String>,
     ) -> Self {
+        // Editors on Windows may save a byte order mark; it is not part of the first key.
+        let src = src.strip_prefix('\u{feff}').unwrap_or(src);
         let line_starts = std::iter::once(0)
             .chain(src.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
@@ -902,6 +904,20 @@ c "#{ENV['BQF_PROJECT']}-x"
         );
         assert_eq!(root.param("b").unwrap().value, "has # hash");
         assert_eq!(root.param("c").unwrap().value, "my-project-x");
+    }
+
+    #[test]
+    fn escaped_hash_brace_in_double_quotes_is_literal_not_code() {
+        let text = "a \"\\#{ENV['BQF_PROJECT']}\"\nb \"${tag}\"\n";
+        let root = parse_ok(text);
+        assert_eq!(root.param("a").unwrap().value, "#{ENV['BQF_PROJECT']}");
+        assert_eq!(root.param("b").unwrap().value, "${tag}");
+    }
+
+    #[test]
+    fn byte_order_mark_is_ignored() {
+        let root = parse_ok("\u{feff}<source>\n  port 1\n</source>\n");
+        assert_eq!(root.elements[0].name, "source");
     }
 
     #[test]
