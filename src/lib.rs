@@ -2,3 +2,4 @@
 //! This file wires the stages together; it is the only place that knows them all.
 
 pub mod codec;
+pub mod config;
