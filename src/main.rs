@@ -1,1 +1,131 @@
-fn main() {}
+//! The `bqforward` command line: run, check, and fluentd's own flags where they map
+//! (`bqforward -c fluent.conf`, `--dry-run`). Nothing else lives here.
+
+use bqforward::pipeline::Pipeline;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "bqforward",
+    version,
+    about = "A fluentd-compatible Forward protocol aggregator for BigQuery"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file in fluentd's format (as `fluentd -c`); runs it when no command is given.
+    #[arg(short = 'c', long = "config", global = true, env = "BQFORWARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Check the config and exit, as `fluentd --dry-run`.
+    #[arg(long)]
+    dry_run: bool,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less log output (-q warn, -qq error).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline until SIGTERM or SIGINT.
+    Run,
+    /// Parse and validate the config, print the resolved pipeline; non-zero exit on error.
+    Check,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(config_path) = cli.config.clone() else {
+        eprintln!("error: no config file: pass -c FILE (fluentd's fluent.conf format)");
+        return ExitCode::from(2);
+    };
+    let pipeline = match Pipeline::load(&config_path) {
+        Ok(pipeline) => pipeline,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&cli, pipeline.system.log_level.as_deref());
+    for warning in &pipeline.warnings {
+        tracing::warn!("{warning}");
+    }
+    if cli.dry_run || matches!(cli.command, Some(Command::Check)) {
+        print!("{}", pipeline.describe());
+        println!("config OK: {}", config_path.display());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_path.display(), "bqforward starting");
+        match bqforward::run(pipeline, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!("{err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}
+
+fn init_logging(cli: &Cli, system_level: Option<&str>) {
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    let base = match system_level.unwrap_or("info") {
+        "fatal" | "error" => 0,
+        "warn" => 1,
+        "debug" => 3,
+        "trace" => 4,
+        _ => 2,
+    };
+    let level = (base + i32::from(cli.verbose) - i32::from(cli.quiet)).clamp(0, 4) as usize;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LEVELS[level]));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

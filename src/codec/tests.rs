@@ -480,3 +480,12 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn set_field_adds_or_replaces_a_key() {
+    let rec = record(json!({"a": 1, "host": "old", "b": [1]}));
+    let out = set_field(&rec, "host", "10.0.0.1").unwrap();
+    assert_eq!(as_json(&out), json!({"a": 1, "b": [1], "host": "10.0.0.1"}));
+    let out = set_field(&record(json!({})), "k", "v").unwrap();
+    assert_eq!(as_json(&out), json!({"k": "v"}));
+}

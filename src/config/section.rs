@@ -136,7 +136,7 @@ impl<'a> Section<'a> {
     /// Ends reading: unread parameters named in `ignored` (accepted by fluentd, not
     /// implemented by bqforward) become warnings; any other unread parameter or sub-section
     /// is an error. Sub-section names may be listed in `ignored` too.
-    pub fn finish(self, ignored: &[&str]) -> Result<Vec<String>, ConfigError> {
+    pub fn finish(&self, ignored: &[&str]) -> Result<Vec<String>, ConfigError> {
         let used_params = self.used_params.borrow();
         let used_sections = self.used_sections.borrow();
         let mut warned = HashSet::new();

@@ -52,6 +52,17 @@ impl Element {
         self.elements.iter().filter(move |e| e.name == name)
     }
 
+    /// A section that the config does not have, read for its defaults.
+    pub fn empty(name: &str, location: Location) -> Self {
+        Self {
+            name: name.into(),
+            arg: String::new(),
+            params: Vec::new(),
+            elements: Vec::new(),
+            location,
+        }
+    }
+
     /// The opening tag as written, for messages: `<match a.**>` or `<system>`.
     pub fn header(&self) -> String {
         if self.arg.is_empty() {

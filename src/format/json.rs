@@ -1,0 +1,231 @@
+//! msgpack records to JSON text, written straight from the record bytes into an output buffer:
+//! no intermediate value tree. Mapping (as fluentd's JSON formatter, where it has one):
+//! str → string (invalid UTF-8 replaced), bin → string (lossy UTF-8), integers as written,
+//! floats (NaN and infinities → null), nil → null, non-string map keys → their JSON text as a
+//! string, EventTime ext → integer seconds (as fluentd's EventTime#to_json), other ext →
+//! base64 of the payload.
+
+use crate::codec::msgpack::{Cursor, DEFAULT_MAX_DEPTH, Head, MsgpackError};
+use base64::Engine;
+
+/// A field added to a record on output (fluentd's `<inject>`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Extra<'a> {
+    Str(&'a str),
+    Float(f64),
+    Int(i64),
+}
+
+/// Writes `record` (a msgpack map) as a JSON object, followed by `extras` as more fields.
+/// A record key that an extra also names is written once, with the extra's value.
+pub fn write_record(
+    record: &[u8],
+    extras: &[(&str, Extra<'_>)],
+    out: &mut Vec<u8>,
+) -> Result<(), MsgpackError> {
+    let mut cur = Cursor::new(record);
+    let Head::Map(pairs) = cur.head()? else {
+        return Err(MsgpackError::Truncated(0));
+    };
+    out.push(b'{');
+    let mut first = true;
+    for _ in 0..pairs {
+        let key_start = out.len();
+        if !first {
+            out.push(b',');
+        }
+        write_key(&mut cur, out)?;
+        if !extras.is_empty() && shadowed(&out[key_start..], extras) {
+            out.truncate(key_start);
+            cur.skip_value(DEFAULT_MAX_DEPTH)?;
+            continue;
+        }
+        out.push(b':');
+        write_value(&mut cur, out, DEFAULT_MAX_DEPTH)?;
+        first = false;
+    }
+    for (key, value) in extras {
+        if !first {
+            out.push(b',');
+        }
+        write_str(key, out);
+        out.push(b':');
+        match value {
+            Extra::Str(s) => write_str(s, out),
+            Extra::Float(f) => write_f64(*f, out),
+            Extra::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+        }
+        first = false;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// Whether the key just written (after an optional comma) is one that an extra replaces.
+fn shadowed(written: &[u8], extras: &[(&str, Extra<'_>)]) -> bool {
+    let key = written.strip_prefix(b",").unwrap_or(written);
+    extras
+        .iter()
+        .any(|(name, _)| key.len() == name.len() + 2 && &key[1..key.len() - 1] == name.as_bytes())
+}
+
+fn write_key(cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), MsgpackError> {
+    let start = cur.position();
+    match cur.head()? {
+        Head::Str(n) | Head::Bin(n) => {
+            let range = cur.take(n as usize)?;
+            write_bytes_as_str(cur.slice(range), out);
+        }
+        _ => {
+            // A non-string key becomes the string of its JSON text, as Ruby's to_s would.
+            cur.set_position(start);
+            let mut text = Vec::new();
+            write_value(cur, &mut text, DEFAULT_MAX_DEPTH)?;
+            write_bytes_as_str(&text, out);
+        }
+    }
+    Ok(())
+}
+
+pub fn write_value(
+    cur: &mut Cursor<'_>,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<(), MsgpackError> {
+    if depth == 0 {
+        return Err(MsgpackError::TooDeep(DEFAULT_MAX_DEPTH));
+    }
+    match cur.head()? {
+        Head::Nil => out.extend_from_slice(b"null"),
+        Head::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+        Head::Uint(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        Head::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        Head::F32(f) => write_f64(f64::from(f), out),
+        Head::F64(f) => write_f64(f, out),
+        Head::Str(n) | Head::Bin(n) => {
+            let range = cur.take(n as usize)?;
+            write_bytes_as_str(cur.slice(range), out);
+        }
+        Head::Array(n) => {
+            out.push(b'[');
+            for i in 0..n {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(cur, out, depth - 1)?;
+            }
+            out.push(b']');
+        }
+        Head::Map(n) => {
+            out.push(b'{');
+            for i in 0..n {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_key(cur, out)?;
+                out.push(b':');
+                write_value(cur, out, depth - 1)?;
+            }
+            out.push(b'}');
+        }
+        Head::Ext(0, 8) => {
+            let range = cur.take(8)?;
+            let bytes = cur.slice(range);
+            let secs = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            out.extend_from_slice(itoa::Buffer::new().format(secs).as_bytes());
+        }
+        Head::Ext(_, n) => {
+            let range = cur.take(n as usize)?;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(cur.slice(range));
+            write_str(&encoded, out);
+        }
+    }
+    Ok(())
+}
+
+fn write_f64(f: f64, out: &mut Vec<u8>) {
+    if f.is_finite() {
+        // serde_json prints the shortest representation that round-trips.
+        let _ = serde_json::to_writer(&mut *out, &f);
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+pub fn write_str(s: &str, out: &mut Vec<u8>) {
+    // serde_json's escaping; writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn write_bytes_as_str(bytes: &[u8], out: &mut Vec<u8>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => write_str(s, out),
+        Err(_) => write_str(&String::from_utf8_lossy(bytes), out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn to_json(record: &Value, extras: &[(&str, Extra<'_>)]) -> Value {
+        let bytes = rmp_serde::to_vec(record).unwrap();
+        let mut out = Vec::new();
+        write_record(&bytes, extras, &mut out).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn records_transcode_to_equal_json() {
+        let record = json!({
+            "s": "quote \" backslash \\ newline \n tab \t unicode é 😀",
+            "i": -42, "u": u64::MAX, "f": 1.25, "b": true, "n": null,
+            "a": [1, "two", [3.5], {"k": "v"}],
+            "m": {"nested": {"deep": [null]}},
+        });
+        assert_eq!(to_json(&record, &[]), record);
+    }
+
+    #[test]
+    fn extras_are_added_and_replace_same_named_keys() {
+        let got = to_json(
+            &json!({"tag": "old", "msg": "x"}),
+            &[
+                ("tag", Extra::Str("app.web")),
+                ("time", Extra::Float(1.5)),
+                ("n", Extra::Int(3)),
+            ],
+        );
+        assert_eq!(
+            got,
+            json!({"msg": "x", "tag": "app.web", "time": 1.5, "n": 3})
+        );
+    }
+
+    #[test]
+    fn binary_ext_and_odd_keys_have_documented_json() {
+        // {1: bin "hi", "t": EventTime(1700000000, 5), "x": ext 7 [1,2,3], "bad": str ff}
+        let mut rec = vec![0x84, 0x01, 0xc4, 0x02, b'h', b'i'];
+        rec.extend_from_slice(&[0xa1, b't', 0xd7, 0x00]);
+        rec.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+        rec.extend_from_slice(&5u32.to_be_bytes());
+        rec.extend_from_slice(&[0xa1, b'x', 0xc7, 0x03, 0x07, 1, 2, 3]);
+        rec.extend_from_slice(&[0xa3, b'b', b'a', b'd', 0xa1, 0xff]);
+        let mut out = Vec::new();
+        write_record(&rec, &[], &mut out).unwrap();
+        let got: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            got,
+            json!({"1": "hi", "t": 1_700_000_000, "x": "AQID", "bad": "\u{fffd}"})
+        );
+    }
+
+    #[test]
+    fn non_finite_floats_become_null() {
+        let rec = [0x81, 0xa1, b'f', 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0];
+        let mut out = Vec::new();
+        write_record(&rec, &[], &mut out).unwrap();
+        assert_eq!(out, br#"{"f":null}"#);
+    }
+}

@@ -1,0 +1,231 @@
+//! Turning events into output text: fluentd's `<format>` (json, out_file, stdout) and
+//! `<inject>` (time, tag, hostname keys). Reads records as msgpack bytes; never does I/O.
+
+pub mod json;
+pub mod time;
+
+use crate::codec::Event;
+use crate::codec::msgpack::MsgpackError;
+use crate::config::{ConfigError, Element, Section};
+use json::Extra;
+use time::{TimeFormatter, Zone};
+
+/// fluentd's time parameters, shared by `<format>` and `<inject>`.
+fn time_formatter(s: &Section<'_>) -> Result<TimeFormatter, ConfigError> {
+    let format = s.str("time_format");
+    let localtime = s.bool("localtime")?;
+    let utc = s.bool("utc")?.unwrap_or(false) || localtime == Some(false);
+    let zone =
+        Zone::from_params(utc, s.str("timezone")).map_err(|e| ConfigError::at(s.location(), e))?;
+    TimeFormatter::new(format, zone).map_err(|e| ConfigError::at(s.location(), e))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TimeType {
+    Float,
+    Unixtime,
+    String,
+}
+
+/// fluentd's `<inject>`: fields added to each record on output.
+#[derive(Debug, Clone, Default)]
+pub struct Inject {
+    time_key: Option<String>,
+    time_type: Option<TimeType>,
+    time: Option<TimeFormatter>,
+    tag_key: Option<String>,
+    hostname: Option<(String, String)>,
+}
+
+impl Inject {
+    pub fn from_config(element: Option<&Element>) -> Result<(Self, Vec<String>), ConfigError> {
+        let Some(element) = element else {
+            return Ok((Self::default(), Vec::new()));
+        };
+        let s = Section::new(element);
+        let time_type = match s.one_of("time_type", &["float", "unixtime", "string"])? {
+            Some("unixtime") => TimeType::Unixtime,
+            Some("string") => TimeType::String,
+            _ => TimeType::Float,
+        };
+        let time = time_formatter(&s)?;
+        let hostname = s.str("hostname_key").map(|key| {
+            let name = s
+                .str("hostname")
+                .map(str::to_owned)
+                .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
+            (key.to_owned(), name)
+        });
+        let inject = Self {
+            time_key: s.str("time_key").map(str::to_owned),
+            time_type: Some(time_type),
+            time: Some(time),
+            tag_key: s.str("tag_key").map(str::to_owned),
+            hostname,
+        };
+        let warnings = s.finish(&["worker_id_key"])?;
+        Ok((inject, warnings))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.time_key.is_none() && self.tag_key.is_none() && self.hostname.is_none()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Json,
+    /// `time<delim>tag<delim>json`, fluentd's out_file formatter.
+    OutFile {
+        delimiter: String,
+        output_time: bool,
+        output_tag: bool,
+    },
+    /// `time tag: json`, fluentd's stdout formatter.
+    Stdout,
+}
+
+#[derive(Debug, Clone)]
+pub struct Formatter {
+    kind: Kind,
+    time: TimeFormatter,
+    inject: Inject,
+    scratch: String,
+}
+
+impl Formatter {
+    /// `default_type` is the plugin's default `<format> @type` (out_file for `file`, stdout
+    /// for `stdout`).
+    pub fn from_config(
+        parent: &Element,
+        format: Option<&Element>,
+        inject: Inject,
+        default_type: &str,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let empty;
+        let element = match format {
+            Some(element) => element,
+            None => {
+                empty = Element::empty("format", parent.location.clone());
+                &empty
+            }
+        };
+        let s = Section::new(element);
+        let type_name = s.type_name().unwrap_or(default_type);
+        let kind = match type_name {
+            "json" => Kind::Json,
+            "out_file" => Kind::OutFile {
+                delimiter: match s.str("delimiter").unwrap_or("\t") {
+                    "SPACE" | "space" => " ".into(),
+                    "COMMA" | "comma" => ",".into(),
+                    "TAB" | "tab" => "\t".into(),
+                    other => other.into(),
+                },
+                output_time: s.bool("output_time")?.unwrap_or(true),
+                output_tag: s.bool("output_tag")?.unwrap_or(true),
+            },
+            "stdout" => {
+                if let Some(t) = s.str("output_type").filter(|t| *t != "json") {
+                    return Err(ConfigError::at(
+                        s.location(),
+                        format!("stdout output_type '{t}' is not supported (supported: json)"),
+                    ));
+                }
+                Kind::Stdout
+            }
+            other => {
+                return Err(ConfigError::at(
+                    s.location(),
+                    format!(
+                        "<format> @type '{other}' is not supported (supported: json, out_file, stdout)"
+                    ),
+                ));
+            }
+        };
+        let time = match (&kind, s.str("time_format")) {
+            (Kind::Stdout, None) => {
+                TimeFormatter::new(Some("%Y-%m-%d %H:%M:%S.%N %z"), time_formatter(&s)?.zone())
+                    .map_err(|e| ConfigError::at(s.location(), e))?
+            }
+            _ => time_formatter(&s)?,
+        };
+        let warnings = s.finish(&["add_newline", "newline", "json_parser"])?;
+        let formatter = Self {
+            kind,
+            time,
+            inject,
+            scratch: String::new(),
+        };
+        Ok((formatter, warnings))
+    }
+
+    /// Appends one formatted line (with its newline) for `event` to `out`.
+    pub fn format(
+        &mut self,
+        tag: &str,
+        event: &Event,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MsgpackError> {
+        match &self.kind {
+            Kind::Json => {}
+            Kind::OutFile {
+                delimiter,
+                output_time,
+                output_tag,
+            } => {
+                if *output_time {
+                    out.extend_from_slice(self.time.format(event.time).as_bytes());
+                    out.extend_from_slice(delimiter.as_bytes());
+                }
+                if *output_tag {
+                    out.extend_from_slice(tag.as_bytes());
+                    out.extend_from_slice(delimiter.as_bytes());
+                }
+            }
+            Kind::Stdout => {
+                out.extend_from_slice(self.time.format(event.time).as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(tag.as_bytes());
+                out.extend_from_slice(b": ");
+            }
+        }
+        if self.inject.is_empty() {
+            json::write_record(&event.record, &[], out)?;
+        } else {
+            self.write_injected(tag, event, out)?;
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+
+    fn write_injected(
+        &mut self,
+        tag: &str,
+        event: &Event,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MsgpackError> {
+        let inject = &mut self.inject;
+        let mut extras: Vec<(&str, Extra<'_>)> = Vec::with_capacity(3);
+        if let (Some(key), Some(time_type)) = (&inject.time_key, inject.time_type) {
+            let value = match time_type {
+                TimeType::Float => Extra::Float(event.time.as_f64()),
+                TimeType::Unixtime => Extra::Int(event.time.secs),
+                TimeType::String => {
+                    self.scratch.clear();
+                    if let Some(time) = inject.time.as_mut() {
+                        self.scratch.push_str(time.format(event.time));
+                    }
+                    Extra::Str(&self.scratch)
+                }
+            };
+            extras.push((key, value));
+        }
+        if let Some(key) = &inject.tag_key {
+            extras.push((key, Extra::Str(tag)));
+        }
+        if let Some((key, name)) = &inject.hostname {
+            extras.push((key, Extra::Str(name)));
+        }
+        json::write_record(&event.record, &extras, out)
+    }
+}

@@ -1,0 +1,457 @@
+//! `@type forward` and `@type unix`: listeners, connections and acks. Reads bytes, hands them
+//! to the codec, sends events to the router's outputs one batch per read, and acks a chunk
+//! only after every output it went to has accepted it. The UDP heartbeat lives here too.
+
+use crate::codec::{self, DecodeError, DecodeOptions, Decoder, Message};
+use crate::config::{ConfigError, Section};
+use crate::output::Batch;
+use crate::router::Router;
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Without `chunk_size_limit`, no single message may exceed this (fluentd has no bound; an
+/// unbounded buffer would let one peer exhaust memory). Fits fluentd's 8 MiB chunks with room.
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+const MAX_CACHED_TAGS: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub enum Listen {
+    Tcp { bind: String, port: u16 },
+    Unix { path: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub id: String,
+    pub listen: Listen,
+    pub max_message_size: usize,
+    pub chunk_size_warn_limit: Option<usize>,
+    pub decode: DecodeOptions,
+    pub tag: Option<String>,
+    pub add_tag_prefix: Option<String>,
+    pub source_address_key: Option<String>,
+    pub source_hostname_key: Option<String>,
+    pub resolve_hostname: bool,
+    pub deny_keepalive: bool,
+}
+
+/// in_forward parameters bqforward accepts and does not act on.
+const FORWARD_IGNORED: &[&str] = &[
+    "linger_timeout",
+    "backlog",
+    "send_keepalive_packet",
+    "blocking_timeout",
+];
+
+impl ForwardConfig {
+    pub fn from_config(
+        id: String,
+        s: &Section<'_>,
+        unix: bool,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        for unsupported in ["transport", "security"] {
+            if let Some(section) = s.section(unsupported)? {
+                return Err(ConfigError::at(
+                    &section.location,
+                    format!(
+                        "<{unsupported}> (TLS and shared-key auth) is not supported yet by bqforward; remove it or terminate TLS in front of bqforward"
+                    ),
+                ));
+            }
+        }
+        let listen = if unix {
+            Listen::Unix {
+                path: PathBuf::from(s.string("path", "/var/run/fluent/fluent.sock")),
+            }
+        } else {
+            Listen::Tcp {
+                bind: s.string("bind", "0.0.0.0"),
+                port: s.int("port")?.unwrap_or(24224),
+            }
+        };
+        let to_usize = |v: Option<u64>| v.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let decode = DecodeOptions {
+            skip_invalid_event: s.bool("skip_invalid_event")?.unwrap_or(true),
+            decompression_size_limit: to_usize(s.size("decompression_size_limit")?)
+                .unwrap_or(256 * 1024 * 1024),
+            ..DecodeOptions::default()
+        };
+        let config = Self {
+            id,
+            listen,
+            max_message_size: to_usize(s.size("chunk_size_limit")?).unwrap_or(DEFAULT_MAX_MESSAGE),
+            chunk_size_warn_limit: to_usize(s.size("chunk_size_warn_limit")?),
+            decode,
+            tag: s.str("tag").map(str::to_owned),
+            add_tag_prefix: s.str("add_tag_prefix").map(str::to_owned),
+            source_address_key: s.str("source_address_key").map(str::to_owned),
+            source_hostname_key: s.str("source_hostname_key").map(str::to_owned),
+            resolve_hostname: s.bool("resolve_hostname")?.unwrap_or(false),
+            deny_keepalive: s.bool("deny_keepalive")?.unwrap_or(false),
+        };
+        let warnings = s.finish(FORWARD_IGNORED)?;
+        Ok((config, warnings))
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.listen {
+            Listen::Tcp { bind, port } => format!("forward tcp+udp {bind}:{port}"),
+            Listen::Unix { path } => format!("unix {}", path.display()),
+        }
+    }
+}
+
+enum Listener {
+    Tcp(TcpListener, UdpSocket),
+    Unix(UnixListener, PathBuf),
+}
+
+/// A forward input with its sockets bound (so a busy port fails start-up, not later).
+pub struct ForwardInput {
+    config: Arc<ForwardConfig>,
+    listener: Listener,
+}
+
+impl ForwardInput {
+    pub async fn bind(config: ForwardConfig) -> std::io::Result<Self> {
+        let listener = match &config.listen {
+            Listen::Tcp { bind, port } => {
+                let tcp = TcpListener::bind((bind.as_str(), *port)).await?;
+                // The heartbeat socket shares the TCP port number (also when port 0 picked it).
+                let udp = UdpSocket::bind(tcp.local_addr()?).await?;
+                Listener::Tcp(tcp, udp)
+            }
+            Listen::Unix { path } => {
+                // A socket file left by a previous run would make bind fail, as fluentd handles.
+                if std::fs::symlink_metadata(path).is_ok() {
+                    std::fs::remove_file(path)?;
+                }
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Listener::Unix(UnixListener::bind(path)?, path.clone())
+            }
+        };
+        Ok(Self {
+            config: Arc::new(config),
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match &self.listener {
+            Listener::Tcp(tcp, _) => tcp.local_addr().ok(),
+            Listener::Unix(..) => None,
+        }
+    }
+
+    /// Accepts until `shutdown`, then waits for open connections to finish the data they
+    /// have already read (they stop reading at once).
+    pub async fn serve(self, router: Arc<Router>, shutdown: CancellationToken) {
+        let mut connections = JoinSet::new();
+        let config = self.config;
+        match self.listener {
+            Listener::Tcp(tcp, udp) => {
+                let heartbeat = tokio::spawn(heartbeat(udp, shutdown.clone()));
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        accepted = tcp.accept() => match accepted {
+                            Ok((stream, addr)) => {
+                                let _ = stream.set_nodelay(true);
+                                let peer = Peer::tcp(addr, &config).await;
+                                connections.spawn(Connection::new(&config, &router, peer, &shutdown).run(stream));
+                            }
+                            Err(err) => accept_error(&config, err).await,
+                        },
+                        Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                    }
+                }
+                heartbeat.abort();
+            }
+            Listener::Unix(unix, path) => {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        accepted = unix.accept() => match accepted {
+                            Ok((stream, _)) => {
+                                let peer = Peer::unix(&path);
+                                connections.spawn(Connection::new(&config, &router, peer, &shutdown).run(stream));
+                            }
+                            Err(err) => accept_error(&config, err).await,
+                        },
+                        Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                    }
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        while connections.join_next().await.is_some() {}
+    }
+}
+
+/// Accept errors (e.g. out of file descriptors) must not spin the loop.
+async fn accept_error(config: &ForwardConfig, err: std::io::Error) {
+    tracing::error!(input = %config.id, error = %err, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+/// fluentd's out_forward `heartbeat_type udp` sends a datagram and expects one back.
+async fn heartbeat(socket: UdpSocket, shutdown: CancellationToken) {
+    let mut buf = [0u8; 64];
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = socket.recv_from(&mut buf) => {
+                if let Ok((_, from)) = received {
+                    let _ = socket.send_to(b"\0", from).await;
+                }
+            }
+        }
+    }
+}
+
+/// Who is on the other end, for logs and `source_*_key`.
+struct Peer {
+    label: String,
+    address: String,
+    hostname: String,
+}
+
+impl Peer {
+    async fn tcp(addr: SocketAddr, config: &ForwardConfig) -> Self {
+        let address = addr.ip().to_string();
+        let hostname = if config.source_hostname_key.is_some() && config.resolve_hostname {
+            let ip = addr.ip();
+            tokio::task::spawn_blocking(move || dns_lookup::lookup_addr(&ip).ok())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| address.clone())
+        } else {
+            address.clone()
+        };
+        Self {
+            label: addr.to_string(),
+            address,
+            hostname,
+        }
+    }
+
+    fn unix(path: &std::path::Path) -> Self {
+        let label = format!("unix:{}", path.display());
+        Self {
+            address: label.clone(),
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            label,
+        }
+    }
+}
+
+/// The tag as routed: after `tag` / `add_tag_prefix`, and which route takes it.
+#[derive(Clone)]
+struct RoutedTag {
+    tag: Arc<str>,
+    route: Option<usize>,
+}
+
+struct Connection {
+    config: Arc<ForwardConfig>,
+    router: Arc<Router>,
+    peer: Peer,
+    shutdown: CancellationToken,
+    tags: HashMap<Bytes, RoutedTag>,
+}
+
+/// What one read produced: batches per route in arrival order, and the acks they earn.
+#[derive(Default)]
+struct Pending {
+    batches: Vec<(Option<usize>, Batch)>,
+    acks: Vec<u8>,
+}
+
+impl Connection {
+    fn new(
+        config: &Arc<ForwardConfig>,
+        router: &Arc<Router>,
+        peer: Peer,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        Self {
+            config: Arc::clone(config),
+            router: Arc::clone(router),
+            peer,
+            shutdown: shutdown.clone(),
+            tags: HashMap::new(),
+        }
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, stream: S) {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut decoder = Decoder::new(self.config.max_message_size, self.config.decode.max_depth);
+        tracing::debug!(peer = %self.peer.label, "connection opened");
+        loop {
+            buf.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                read = reader.read_buf(&mut buf) => read,
+            };
+            match read {
+                Ok(0) => {
+                    if !buf.is_empty() {
+                        tracing::warn!(peer = %self.peer.label, bytes = buf.len(),
+                            "connection closed in the middle of a message; it was not acked");
+                    }
+                    break;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(peer = %self.peer.label, error = %err, "read failed");
+                    break;
+                }
+            }
+            let mut pending = Pending::default();
+            let fatal = loop {
+                match decoder.next_frame(&mut buf) {
+                    Ok(Some(frame)) => {
+                        if let Err(err) = self.accept_frame(&frame, &mut pending) {
+                            break Some(err);
+                        }
+                    }
+                    Ok(None) => break None,
+                    Err(err) => break Some(err),
+                }
+            };
+            if !self.deliver(pending, &mut writer).await {
+                break;
+            }
+            if let Some(err) = fatal {
+                tracing::warn!(peer = %self.peer.label, input = %self.config.id, error = %err,
+                    "bad input, closing the connection");
+                break;
+            }
+            if self.config.deny_keepalive && buf.is_empty() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+        tracing::debug!(peer = %self.peer.label, "connection closed");
+    }
+
+    /// Decodes one message into `pending`. An error means the stream can't be trusted.
+    fn accept_frame(&mut self, frame: &Bytes, pending: &mut Pending) -> Result<(), DecodeError> {
+        if let Some(limit) = self
+            .config
+            .chunk_size_warn_limit
+            .filter(|l| frame.len() > *l)
+        {
+            tracing::warn!(peer = %self.peer.label, size = frame.len(), limit,
+                "message is larger than chunk_size_warn_limit");
+        }
+        let Some(msg) = codec::decode_message(frame, &self.config.decode)? else {
+            return Ok(());
+        };
+        self.report_oddities(&msg);
+        let routed = self.routed_tag(&msg);
+        let events = self.with_source_fields(msg.events);
+        match pending.batches.last_mut() {
+            Some((_, batch)) if Arc::ptr_eq(&batch.tag, &routed.tag) => batch.events.extend(events),
+            _ => pending.batches.push((
+                routed.route,
+                Batch {
+                    tag: routed.tag,
+                    events,
+                },
+            )),
+        }
+        if let Some(chunk) = &msg.chunk {
+            codec::forward::write_ack(&mut pending.acks, chunk);
+        }
+        Ok(())
+    }
+
+    fn report_oddities(&self, msg: &Message) {
+        if let Some(reason) = msg.first_skip {
+            tracing::warn!(peer = %self.peer.label, tag = msg.tag_str(), skipped = msg.skipped,
+                reason = %reason, "got invalid event and drop it");
+        }
+        if let Some((declared, found)) = msg.size_mismatch {
+            tracing::warn!(peer = %self.peer.label, tag = msg.tag_str(), declared, found,
+                "the 'size' option does not match the events in the message");
+        }
+    }
+
+    fn routed_tag(&mut self, msg: &Message) -> RoutedTag {
+        if let Some(routed) = self.tags.get(&msg.tag) {
+            return routed.clone();
+        }
+        let mut tag = match &self.config.tag {
+            Some(fixed) => fixed.clone(),
+            None => msg.tag_str().to_owned(),
+        };
+        if let Some(prefix) = &self.config.add_tag_prefix {
+            tag = format!("{prefix}.{tag}");
+        }
+        let routed = RoutedTag {
+            route: self.router.route(&tag),
+            tag: Arc::from(tag),
+        };
+        if self.tags.len() >= MAX_CACHED_TAGS {
+            self.tags.clear();
+        }
+        self.tags.insert(msg.tag.clone(), routed.clone());
+        routed
+    }
+
+    fn with_source_fields(&self, mut events: Vec<codec::Event>) -> Vec<codec::Event> {
+        let fields = [
+            (&self.config.source_address_key, &self.peer.address),
+            (&self.config.source_hostname_key, &self.peer.hostname),
+        ];
+        for (key, value) in fields {
+            let Some(key) = key else { continue };
+            for event in &mut events {
+                // Records were checked to be maps when decoded, so this cannot fail.
+                if let Ok(record) = codec::set_field(&event.record, key, value) {
+                    event.record = record;
+                }
+            }
+        }
+        events
+    }
+
+    /// Hands batches to their outputs in order, then writes the acks. `false` when the
+    /// connection must close (an output refused, or the peer went away).
+    async fn deliver<W: AsyncWrite + Unpin>(&self, pending: Pending, writer: &mut W) -> bool {
+        for (route, batch) in pending.batches {
+            let Some(output) = route.and_then(|r| self.router.output(r)) else {
+                self.router.note_unmatched(&batch.tag, batch.events.len());
+                continue;
+            };
+            if let Err(err) = output.emit(batch).await {
+                tracing::error!(peer = %self.peer.label, error = %err,
+                    "output did not accept events; closing the connection without ack");
+                return false;
+            }
+        }
+        if pending.acks.is_empty() {
+            return true;
+        }
+        match writer.write_all(&pending.acks).await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(peer = %self.peer.label, error = %err, "could not send ack");
+                false
+            }
+        }
+    }
+}

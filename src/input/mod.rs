@@ -1,0 +1,3 @@
+//! Inputs: where events come from. Only the Forward protocol (TCP, UDP heartbeat, Unix).
+
+pub mod forward;

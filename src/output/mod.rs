@@ -1,0 +1,113 @@
+//! Outputs: where routed events go. The `Output` trait is the seam every output (stdout,
+//! null, file; BigQuery and buffers later) implements; inputs ack only after `emit` resolves.
+
+pub mod file;
+pub mod stdout;
+
+use crate::codec::Event;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Events of one tag, handed to an output together.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub tag: Arc<str>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{output}: {source}")]
+    Io {
+        output: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{output}: record is not valid msgpack: {detail}")]
+    Record { output: String, detail: String },
+    #[error("{0}: output is shut down")]
+    Closed(String),
+}
+
+pub trait Output: Send + Sync {
+    /// `@id` if configured, else `<type>.<n>` in config order.
+    fn id(&self) -> &str;
+
+    fn type_name(&self) -> &'static str;
+
+    /// Resolves once the output has accepted the batch (written, or buffered as its settings
+    /// promise). An input acks the sender only after this succeeds.
+    fn emit(&self, batch: Batch) -> BoxFuture<'_, Result<(), OutputError>>;
+
+    /// Flushes what is pending; called once at shutdown after inputs have stopped.
+    fn shutdown(&self) -> BoxFuture<'_, Result<(), OutputError>>;
+}
+
+/// `@type null`: accepts and discards.
+pub struct NullOutput {
+    id: String,
+}
+
+impl NullOutput {
+    pub fn new(id: String) -> Self {
+        Self { id }
+    }
+}
+
+impl Output for NullOutput {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn type_name(&self) -> &'static str {
+        "null"
+    }
+
+    fn emit(&self, _batch: Batch) -> BoxFuture<'_, Result<(), OutputError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, Result<(), OutputError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// fluentd `<buffer>` parameters: accepted everywhere a `<buffer>` may stand; those an output
+/// does not read are reported as ignored.
+pub const BUFFER_PARAMS: &[&str] = &[
+    "@type",
+    "path",
+    "chunk_keys",
+    "chunk_limit_size",
+    "chunk_limit_records",
+    "total_limit_size",
+    "queue_limit_length",
+    "queued_chunks_limit_size",
+    "chunk_full_threshold",
+    "compress",
+    "flush_at_shutdown",
+    "flush_mode",
+    "flush_interval",
+    "flush_thread_count",
+    "flush_thread_interval",
+    "flush_thread_burst_interval",
+    "delayed_commit_timeout",
+    "overflow_action",
+    "retry_timeout",
+    "retry_forever",
+    "retry_max_times",
+    "retry_secondary_threshold",
+    "retry_type",
+    "retry_wait",
+    "retry_exponential_backoff_base",
+    "retry_max_interval",
+    "retry_randomize",
+    "disable_chunk_backup",
+    "timekey",
+    "timekey_wait",
+    "timekey_use_utc",
+    "timekey_zone",
+];

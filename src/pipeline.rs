@@ -1,0 +1,241 @@
+//! From a parsed fluentd config to a validated pipeline: which plugin each `@type` names,
+//! with typed settings, in config order. Everything is checked here, once, before anything
+//! runs; what bqforward does not implement is an error or a warning that says so.
+
+use crate::config::{ConfigError, Element, Section};
+use crate::input::forward::ForwardConfig;
+use crate::output::file::FileOutput;
+use crate::output::stdout::StdoutOutput;
+use crate::output::{NullOutput, Output};
+use crate::router::pattern::MatchPatterns;
+use crate::router::{Route, Router};
+use std::fmt::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+pub const SOURCE_TYPES: &[&str] = &["forward", "unix"];
+pub const OUTPUT_TYPES: &[&str] = &["stdout", "null", "file"];
+
+/// Monitoring sources that do not touch the data: skipped with a warning until bqforward
+/// serves metrics itself.
+const SKIPPED_SOURCES: &[&str] = &[
+    "prometheus",
+    "prometheus_monitor",
+    "prometheus_output_monitor",
+    "monitor_agent",
+];
+
+const SYSTEM_IGNORED: &[&str] = &[
+    "workers",
+    "root_dir",
+    "suppress_repeated_stacktrace",
+    "emit_error_log_interval",
+    "suppress_config_dump",
+    "without_source",
+    "rpc_endpoint",
+    "enable_get_dump",
+    "process_name",
+    "enable_msgpack_time_support",
+    "file_permission",
+    "dir_permission",
+    "enable_input_metrics",
+    "enable_size_metrics",
+    "enable_jit",
+    "strict_config_value",
+    "disable_shared_socket",
+    "ignore_repeated_log_interval",
+    "ignore_same_log_interval",
+    "log",
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct SystemConfig {
+    pub log_level: Option<String>,
+}
+
+pub struct Pipeline {
+    pub system: SystemConfig,
+    pub inputs: Vec<ForwardConfig>,
+    pub routes: Vec<Route>,
+    pub warnings: Vec<String>,
+}
+
+impl Pipeline {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_root(&crate::config::parse_file(path)?)
+    }
+
+    pub fn from_root(root: &Element) -> Result<Self, ConfigError> {
+        let mut pipeline = Pipeline {
+            system: SystemConfig::default(),
+            inputs: Vec::new(),
+            routes: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let mut counter = 0usize;
+        if let Some(param) = root.params.first() {
+            return Err(ConfigError::at(
+                &param.location,
+                format!("parameter '{}' outside any section", param.key),
+            ));
+        }
+        for element in &root.elements {
+            counter += 1;
+            match element.name.as_str() {
+                "system" => pipeline.read_system(element)?,
+                "source" => pipeline.add_source(element, counter)?,
+                "match" => pipeline.add_match(element, counter)?,
+                "filter" | "label" | "worker" => {
+                    return Err(ConfigError::at(
+                        &element.location,
+                        format!(
+                            "{} is not supported yet by bqforward (supported: <system>, <source>, <match>)",
+                            element.header()
+                        ),
+                    ));
+                }
+                other => {
+                    return Err(ConfigError::at(
+                        &element.location,
+                        format!("unknown directive <{other}>"),
+                    ));
+                }
+            }
+        }
+        if pipeline.inputs.is_empty() {
+            pipeline
+                .warnings
+                .push("no <source> of a supported type: bqforward will receive nothing".into());
+        }
+        Ok(pipeline)
+    }
+
+    fn read_system(&mut self, element: &Element) -> Result<(), ConfigError> {
+        let s = Section::new(element);
+        self.system.log_level = s
+            .one_of(
+                "log_level",
+                &["trace", "debug", "info", "warn", "error", "fatal"],
+            )?
+            .map(str::to_owned);
+        if let Some(workers) = s.int::<u32>("workers")?.filter(|w| *w > 1) {
+            self.warnings.push(format!(
+                "{}: workers {workers} ignored: bqforward uses every core in one process",
+                element.location
+            ));
+        }
+        let _ = s.sections("log");
+        self.warnings.extend(s.finish(SYSTEM_IGNORED)?);
+        Ok(())
+    }
+
+    fn add_source(&mut self, element: &Element, n: usize) -> Result<(), ConfigError> {
+        let s = Section::new(element);
+        let type_name = plugin_type(&s, element)?;
+        if SKIPPED_SOURCES.contains(&type_name) {
+            self.warnings.push(format!(
+                "{}: <source> @type {type_name} is not implemented yet and is skipped",
+                element.location
+            ));
+            return Ok(());
+        }
+        if !SOURCE_TYPES.contains(&type_name) {
+            return Err(unknown_type(element, type_name, SOURCE_TYPES));
+        }
+        let id = plugin_id(&s, type_name, n);
+        if let Some(label) = s.label() {
+            return Err(ConfigError::at(
+                &element.location,
+                format!("@label {label}: labels are not supported yet by bqforward"),
+            ));
+        }
+        let _ = s.log_level();
+        let (config, warnings) = ForwardConfig::from_config(id, &s, type_name == "unix")?;
+        self.inputs.push(config);
+        self.warnings.extend(warnings);
+        Ok(())
+    }
+
+    fn add_match(&mut self, element: &Element, n: usize) -> Result<(), ConfigError> {
+        let patterns = MatchPatterns::parse(&element.arg)
+            .map_err(|e| ConfigError::at(&element.location, e))?;
+        let s = Section::new(element);
+        let type_name = plugin_type(&s, element)?;
+        let id = plugin_id(&s, type_name, n);
+        let _ = s.log_level();
+        let (output, warnings): (Arc<dyn Output>, Vec<String>) = match type_name {
+            "stdout" => {
+                let (o, w) = StdoutOutput::from_config(id, &s)?;
+                (Arc::new(o), w)
+            }
+            "file" => {
+                let (o, w) = FileOutput::from_config(id, &s)?;
+                (Arc::new(o), w)
+            }
+            "null" => {
+                let mut warnings = Vec::new();
+                if let Some(buffer) = s.section("buffer")? {
+                    warnings.extend(Section::new(buffer).finish(crate::output::BUFFER_PARAMS)?);
+                }
+                (Arc::new(NullOutput::new(id)), warnings)
+            }
+            other => return Err(unknown_type(element, other, OUTPUT_TYPES)),
+        };
+        self.warnings.extend(warnings);
+        // fluentd accepts these on every output; bqforward has no use for them yet.
+        self.warnings
+            .extend(s.finish(&["secondary", "time_as_integer"])?);
+        self.routes.push(Route { patterns, output });
+        Ok(())
+    }
+
+    pub fn into_router(self) -> (Vec<ForwardConfig>, Router) {
+        (self.inputs, Router::new(self.routes))
+    }
+
+    /// The resolved pipeline, for `bqforward check`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "sources:");
+        for input in &self.inputs {
+            let _ = writeln!(out, "  {} ({})", input.id, input.describe());
+        }
+        let _ = writeln!(out, "matches (first match wins):");
+        for route in &self.routes {
+            let _ = writeln!(
+                out,
+                "  <match {}> -> {} (@type {})",
+                route.patterns,
+                route.output.id(),
+                route.output.type_name()
+            );
+        }
+        out
+    }
+}
+
+fn plugin_type<'a>(s: &Section<'a>, element: &Element) -> Result<&'a str, ConfigError> {
+    s.type_name().ok_or_else(|| {
+        ConfigError::at(
+            &element.location,
+            format!("{} needs @type", element.header()),
+        )
+    })
+}
+
+fn plugin_id(s: &Section<'_>, type_name: &str, n: usize) -> String {
+    s.id()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{type_name}.{n}"))
+}
+
+fn unknown_type(element: &Element, type_name: &str, supported: &[&str]) -> ConfigError {
+    ConfigError::at(
+        &element.location,
+        format!(
+            "unknown @type '{type_name}' in {} (bqforward supports: {})",
+            element.header(),
+            supported.join(", ")
+        ),
+    )
+}
