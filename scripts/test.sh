@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up what the tests need on a fresh machine and runs every check and test.
+# Usage: scripts/test.sh   (CI runs this through .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real fluent clients for the integration tests, pinned.
+if ! .venv/bin/python -c 'import fluent, msgpack' 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet -r tests/clients/requirements.txt
+fi
+# Docker's fluentd log driver library (Go) for the real-client tests.
+if [ -x tests/clients/install-go.sh ]; then
+  tests/clients/install-go.sh
+fi
+# Fluent Bit, when the team's shared tools are beside the checkout.
+if [ -z "${FLUENT_BIT_BIN:-}" ] && [ -x ../shared/tools/fluent-bit ]; then
+  export FLUENT_BIT_BIN="$PWD/../shared/tools/fluent-bit"
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
