@@ -31,7 +31,9 @@ pub enum DecodeError {
     Gzip(String),
     #[error("compressed entries inflate beyond decompression_size_limit ({0} bytes)")]
     DecompressedTooLarge(usize),
-    #[error("unsupported compression '{0}' (supported: gzip, text)")]
+    #[error("bad zstd data in CompressedPackedForward entries: {0}")]
+    Zstd(String),
+    #[error("unsupported compression '{0}' (supported: gzip, zstd, text)")]
     UnsupportedCompression(String),
     #[error("broken PackedForward entries: {0}")]
     BrokenEntries(MsgpackError),
@@ -187,6 +189,10 @@ pub fn decode_message(frame: &Bytes, opts: &DecodeOptions) -> Result<Option<Mess
                 Some(b"gzip") => {
                     msg.mode = Mode::CompressedPackedForward;
                     gunzip(&frame[entries], opts.decompression_size_limit)?
+                }
+                Some(b"zstd") => {
+                    msg.mode = Mode::CompressedPackedForward;
+                    unzstd(&frame[entries], opts.decompression_size_limit)?
                 }
                 Some(other) => {
                     return Err(DecodeError::UnsupportedCompression(
@@ -392,6 +398,25 @@ fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, DecodeError> {
         .map_err(|err| DecodeError::Gzip(err.to_string()))?;
     if out.len() > limit {
         return Err(DecodeError::DecompressedTooLarge(limit));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Inflates zstd data (several concatenated frames too, as fluentd >= 1.19 and Fluent Bit
+/// send) up to `limit` bytes.
+fn unzstd(mut data: &[u8], limit: usize) -> Result<Bytes, DecodeError> {
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(limit));
+    while !data.is_empty() {
+        let decoder = ruzstd::decoding::StreamingDecoder::new(&mut data)
+            .map_err(|err| DecodeError::Zstd(err.to_string()))?;
+        let room = (limit + 1).saturating_sub(out.len()) as u64;
+        decoder
+            .take(room)
+            .read_to_end(&mut out)
+            .map_err(|err| DecodeError::Zstd(err.to_string()))?;
+        if out.len() > limit {
+            return Err(DecodeError::DecompressedTooLarge(limit));
+        }
     }
     Ok(Bytes::from(out))
 }

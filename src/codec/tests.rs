@@ -198,6 +198,57 @@ fn packed_entries_as_str_and_concatenated_gzip_members() {
 }
 
 #[test]
+fn zstd_compressed_entries_in_several_frames() {
+    let events = sample_events(20);
+    let mut frames = Vec::new();
+    for part in events.chunks(7) {
+        let mut entries = Vec::new();
+        for event in part {
+            entries.push(0x92);
+            write_event_time(&mut entries, event.time);
+            entries.extend_from_slice(&event.record);
+        }
+        frames.extend(ruzstd::encoding::compress_to_vec(
+            &entries[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        ));
+    }
+    let mut out = vec![0x93];
+    out.extend(msgpack(&"z"));
+    rmp::encode::write_bin(&mut out, &frames).unwrap();
+    out.extend(msgpack(&json!({"compressed": "zstd", "size": 20})));
+    let msg = decode_one(&out).unwrap();
+    assert_eq!(msg.mode, Mode::CompressedPackedForward);
+    assert_eq!(msg.events, events);
+    assert_eq!(msg.size_mismatch, None);
+
+    let mut bad = vec![0x93];
+    bad.extend(msgpack(&"z"));
+    rmp::encode::write_bin(&mut bad, b"\x28\xb5\x2f\xfd garbage").unwrap();
+    bad.extend(msgpack(&json!({"compressed": "zstd"})));
+    assert!(matches!(decode_one(&bad), Err(DecodeError::Zstd(_))));
+}
+
+#[test]
+fn zstd_bomb_stops_at_decompression_size_limit() {
+    let zeros = vec![0u8; 8 * 1024 * 1024];
+    let compressed =
+        ruzstd::encoding::compress_to_vec(&zeros[..], ruzstd::encoding::CompressionLevel::Fastest);
+    let mut out = vec![0x93];
+    out.extend(msgpack(&"t"));
+    rmp::encode::write_bin(&mut out, &compressed).unwrap();
+    out.extend(msgpack(&json!({"compressed": "zstd"})));
+    let opts = DecodeOptions {
+        decompression_size_limit: 1024 * 1024,
+        ..DecodeOptions::default()
+    };
+    assert!(matches!(
+        decode_all(&out, &opts),
+        Err(DecodeError::DecompressedTooLarge(1_048_576))
+    ));
+}
+
+#[test]
 fn size_option_mismatch_is_reported() {
     let events = sample_events(3);
     let mut out = Vec::new();
