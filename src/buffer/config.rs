@@ -1,0 +1,284 @@
+//! fluentd's `<buffer>` parameters as typed settings, with each output's defaults (a
+//! `bigquery_insert` buffer has fluent-plugin-bigquery's, not fluentd's plain ones).
+
+use crate::config::{ConfigError, Element, Location, Section};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// Flush a chunk when it is `flush_interval` old (or full).
+    Interval,
+    /// Flush after every append.
+    Immediate,
+    /// Flush only full chunks (and at shutdown).
+    Lazy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowAction {
+    /// Stop accepting (the input stops reading its sockets) until there is room.
+    Block,
+    /// Refuse the events: the input sends no ack, so the sender retries.
+    ThrowException,
+    /// Drop the oldest queued chunk to make room (logged and counted).
+    DropOldestChunk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryType {
+    ExponentialBackoff,
+    Periodic,
+}
+
+/// fluentd's `retry_*` parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub retry_type: RetryType,
+    pub wait: Duration,
+    pub backoff_base: f64,
+    pub max_interval: Option<Duration>,
+    pub timeout: Duration,
+    pub max_times: Option<u32>,
+    pub forever: bool,
+    /// Full jitter: each wait is drawn uniformly from [wait/2, wait] so that many chunks
+    /// failing together do not retry together.
+    pub randomize: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            retry_type: RetryType::ExponentialBackoff,
+            wait: Duration::from_secs(1),
+            backoff_base: 2.0,
+            max_interval: None,
+            timeout: Duration::from_secs(72 * 3600),
+            max_times: None,
+            forever: false,
+            randomize: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (1 for the first retry).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = match self.retry_type {
+            RetryType::Periodic => self.wait.as_secs_f64(),
+            RetryType::ExponentialBackoff => {
+                self.wait.as_secs_f64()
+                    * self
+                        .backoff_base
+                        .powi(attempt.saturating_sub(1).min(64) as i32)
+            }
+        };
+        let capped = match self.max_interval {
+            Some(max) => base.min(max.as_secs_f64()),
+            None => base.min(24.0 * 3600.0),
+        };
+        let secs = if self.randomize {
+            capped * (0.5 + fastrand::f64() * 0.5)
+        } else {
+            capped
+        };
+        Duration::from_secs_f64(secs.max(0.0))
+    }
+
+    /// Whether a chunk that failed `attempts` times, the first `elapsed` ago, gives up.
+    pub fn exhausted(&self, attempts: u32, elapsed: Duration) -> bool {
+        if self.forever {
+            return false;
+        }
+        elapsed >= self.timeout || self.max_times.is_some_and(|max| attempts > max)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BufferConfig {
+    pub chunk_limit_size: usize,
+    pub chunk_limit_records: Option<usize>,
+    pub total_limit_size: usize,
+    pub queued_chunks_limit_size: Option<usize>,
+    pub flush_mode: FlushMode,
+    pub flush_interval: Duration,
+    pub flush_thread_count: usize,
+    pub flush_thread_interval: Duration,
+    pub flush_at_shutdown: bool,
+    pub overflow_action: OverflowAction,
+    pub retry: RetryPolicy,
+    pub location: Option<Location>,
+}
+
+impl BufferConfig {
+    /// fluent-plugin-bigquery's `bigquery_insert` defaults (its out_bigquery_insert.rb).
+    pub fn bigquery_insert_defaults() -> Self {
+        Self {
+            chunk_limit_size: 1024 * 1024,
+            chunk_limit_records: Some(500),
+            total_limit_size: 1024 * 1024 * 1024,
+            queued_chunks_limit_size: None,
+            flush_mode: FlushMode::Interval,
+            flush_interval: Duration::from_secs(1),
+            flush_thread_count: 1,
+            flush_thread_interval: Duration::from_millis(50),
+            flush_at_shutdown: true,
+            overflow_action: OverflowAction::ThrowException,
+            retry: RetryPolicy::default(),
+            location: None,
+        }
+    }
+
+    /// Reads `<buffer>` over `defaults`. Returns the warnings for parameters bqforward accepts
+    /// and ignores.
+    pub fn from_config(
+        element: Option<&Element>,
+        defaults: Self,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let Some(element) = element else {
+            return Ok((defaults, Vec::new()));
+        };
+        let s = Section::new(element);
+        if let Some(kind) = s.type_name().filter(|t| *t != "memory") {
+            return Err(ConfigError::at(
+                s.location(),
+                format!("<buffer> @type {kind} is not supported yet (supported: memory)"),
+            ));
+        }
+        if !element.arg.trim().is_empty() {
+            return Err(ConfigError::at(
+                s.location(),
+                format!(
+                    "<buffer {}>: chunk keys are not used by bqforward, which keys chunks by destination table; write <buffer>",
+                    element.arg
+                ),
+            ));
+        }
+        let mut c = defaults;
+        let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        if let Some(v) = s.size("chunk_limit_size")? {
+            c.chunk_limit_size = to_usize(v).max(1);
+        }
+        // The plugin's README calls it chunk_records_limit; its code reads chunk_limit_records.
+        if let Some(v) = s
+            .int::<usize>("chunk_limit_records")?
+            .or(s.int("chunk_records_limit")?)
+        {
+            c.chunk_limit_records = Some(v.max(1));
+        }
+        if let Some(v) = s.size("total_limit_size")? {
+            c.total_limit_size = to_usize(v).max(1);
+        }
+        if let Some(v) = s.int::<usize>("queued_chunks_limit_size")? {
+            c.queued_chunks_limit_size = Some(v.max(1));
+        }
+        if let Some(mode) = s.one_of("flush_mode", &["default", "interval", "immediate", "lazy"])? {
+            c.flush_mode = match mode {
+                "immediate" => FlushMode::Immediate,
+                "lazy" => FlushMode::Lazy,
+                _ => FlushMode::Interval,
+            };
+        }
+        if let Some(v) = s.time("flush_interval")? {
+            c.flush_interval = v;
+        }
+        if let Some(v) = s.int::<usize>("flush_thread_count")? {
+            c.flush_thread_count = v.clamp(1, 256);
+        }
+        if let Some(v) = s.time("flush_thread_interval")? {
+            c.flush_thread_interval = v.max(Duration::from_millis(1));
+        }
+        if let Some(v) = s.bool("flush_at_shutdown")? {
+            c.flush_at_shutdown = v;
+        }
+        if let Some(action) = s.one_of(
+            "overflow_action",
+            &["block", "throw_exception", "drop_oldest_chunk"],
+        )? {
+            c.overflow_action = match action {
+                "block" => OverflowAction::Block,
+                "drop_oldest_chunk" => OverflowAction::DropOldestChunk,
+                _ => OverflowAction::ThrowException,
+            };
+        }
+        read_retry(&s, &mut c.retry)?;
+        c.location = Some(s.location().clone());
+        let warnings = s.finish(&[
+            "flush_thread_burst_interval",
+            "delayed_commit_timeout",
+            "retry_secondary_threshold",
+            "chunk_full_threshold",
+            "compress",
+            "disable_chunk_backup",
+            "timekey",
+            "timekey_wait",
+            "timekey_use_utc",
+            "timekey_zone",
+            "queue_limit_length",
+        ])?;
+        Ok((c, warnings))
+    }
+}
+
+fn read_retry(s: &Section<'_>, r: &mut RetryPolicy) -> Result<(), ConfigError> {
+    if let Some(kind) = s.one_of("retry_type", &["exponential_backoff", "periodic"])? {
+        r.retry_type = if kind == "periodic" {
+            RetryType::Periodic
+        } else {
+            RetryType::ExponentialBackoff
+        };
+    }
+    if let Some(v) = s.time("retry_wait")? {
+        r.wait = v;
+    }
+    if let Some(v) = s.float("retry_exponential_backoff_base")? {
+        r.backoff_base = v.max(1.0);
+    }
+    if let Some(v) = s.time("retry_max_interval")? {
+        r.max_interval = Some(v);
+    }
+    if let Some(v) = s.time("retry_timeout")? {
+        r.timeout = v;
+    }
+    if let Some(v) = s.int::<u32>("retry_max_times")? {
+        r.max_times = Some(v);
+    }
+    if let Some(v) = s.bool("retry_forever")? {
+        r.forever = v;
+    }
+    if let Some(v) = s.bool("retry_randomize")? {
+        r.randomize = v;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_backoff_grows_and_caps() {
+        let r = RetryPolicy {
+            randomize: false,
+            max_interval: Some(Duration::from_secs(5)),
+            ..RetryPolicy::default()
+        };
+        let delays: Vec<u64> = (1..=5).map(|n| r.delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 5, 5]);
+        let jittered = RetryPolicy::default().delay(3);
+        assert!(jittered >= Duration::from_secs(2) && jittered <= Duration::from_secs(4));
+    }
+
+    #[test]
+    fn retry_limits() {
+        let r = RetryPolicy {
+            max_times: Some(3),
+            timeout: Duration::from_secs(60),
+            ..RetryPolicy::default()
+        };
+        assert!(!r.exhausted(3, Duration::from_secs(1)));
+        assert!(r.exhausted(4, Duration::from_secs(1)));
+        assert!(r.exhausted(1, Duration::from_secs(61)));
+        let forever = RetryPolicy { forever: true, ..r };
+        assert!(!forever.exhausted(1000, Duration::from_secs(1_000_000)));
+    }
+}

@@ -1,0 +1,528 @@
+//! Per-output buffers: events staged in chunks keyed by destination, queued when full or
+//! old enough, flushed by a bounded set of workers, retried with backoff, handed to the
+//! sink's give-up path when retries run out, and bounded in total size (backpressure).
+//! Knows nothing of BigQuery: a `Sink` says what a chunk's delivery came to.
+
+pub mod config;
+
+use crate::codec::Event;
+use crate::output::BoxFuture;
+pub use config::{BufferConfig, FlushMode, OverflowAction, RetryPolicy};
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+/// Bytes one entry is counted as beyond its record (time, tag handle, bookkeeping).
+const ENTRY_OVERHEAD: usize = 32;
+
+/// One event in a chunk, with the tag it came with.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub tag: Arc<str>,
+    pub event: Event,
+}
+
+impl Entry {
+    fn size(&self) -> usize {
+        self.event.record.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// A chunk's identity: unique across processes and restarts (time, process, sequence), so
+/// ids derived from it (BigQuery insertIds) are stable for the chunk's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkId(pub [u8; 16]);
+
+impl ChunkId {
+    fn new() -> Self {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed) as u32;
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&nanos.to_be_bytes());
+        id[8..12].copy_from_slice(&std::process::id().to_be_bytes());
+        id[12..].copy_from_slice(&seq.to_be_bytes());
+        Self(id)
+    }
+
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+pub struct Chunk<K> {
+    pub id: ChunkId,
+    pub key: Arc<K>,
+    pub entries: Vec<Entry>,
+    /// After a partial success: the indices (into `entries`) still to deliver.
+    pub pending: Option<Vec<u32>>,
+    bytes: usize,
+    created: Instant,
+    attempts: u32,
+    first_failure: Option<Instant>,
+    next_try: Instant,
+}
+
+impl<K> Chunk<K> {
+    fn new(key: Arc<K>) -> Self {
+        let now = Instant::now();
+        Self {
+            id: ChunkId::new(),
+            key,
+            entries: Vec::new(),
+            pending: None,
+            bytes: 0,
+            created: now,
+            attempts: 0,
+            first_failure: None,
+            next_try: now,
+        }
+    }
+
+    /// Indices of the entries still to deliver.
+    pub fn pending_indices(&self) -> Vec<u32> {
+        match &self.pending {
+            Some(indices) => indices.clone(),
+            None => (0..self.entries.len() as u32).collect(),
+        }
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+/// What one delivery attempt of a chunk came to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every pending entry is delivered (or dead-lettered by the sink).
+    Done,
+    /// Try again later with `keep` (None: all pending entries), after `after` if the sink
+    /// knows better than the backoff policy.
+    Retry {
+        keep: Option<Vec<u32>>,
+        error: String,
+        after: Option<Duration>,
+    },
+}
+
+pub trait Sink<K>: Send + Sync + 'static {
+    fn write<'a>(&'a self, chunk: &'a Chunk<K>) -> BoxFuture<'a, Outcome>;
+    /// Retries are exhausted (or shutdown left the chunk undelivered): the sink must put the
+    /// pending entries somewhere (dead letters) or log and count them; never drop silently.
+    fn give_up<'a>(&'a self, chunk: &'a Chunk<K>, reason: &'a str) -> BoxFuture<'a, ()>;
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BufferError {
+    #[error("buffer full (total_limit_size {0} bytes) and overflow_action is throw_exception")]
+    Overflow(usize),
+    #[error("buffer is shut down")]
+    Closed,
+}
+
+/// Counters an output exposes (metrics read them).
+#[derive(Debug, Default)]
+pub struct BufferStats {
+    pub emit_records: AtomicU64,
+    pub emit_count: AtomicU64,
+    pub write_count: AtomicU64,
+    pub retry_count: AtomicU64,
+    pub rollback_count: AtomicU64,
+    pub num_errors: AtomicU64,
+    pub dropped_chunks: AtomicU64,
+    pub dropped_records: AtomicU64,
+    pub overflow_refusals: AtomicU64,
+    pub blocked_nanos: AtomicU64,
+}
+
+struct State<K> {
+    staged: HashMap<Arc<K>, Chunk<K>>,
+    queue: VecDeque<Chunk<K>>,
+    in_flight: usize,
+    bytes: usize,
+    closing: bool,
+    /// At shutdown: workers start no delivery after this.
+    deadline: Option<Instant>,
+}
+
+pub struct Buffer<K> {
+    name: String,
+    config: BufferConfig,
+    state: Mutex<State<K>>,
+    sink: Arc<dyn Sink<K>>,
+    /// Signalled when bytes are freed (blocked appends wait on it).
+    space: Notify,
+    /// Signalled when a chunk is queued or the buffer closes (idle workers wait on it).
+    work: Notify,
+    pub stats: BufferStats,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
+    /// Creates the buffer and starts its flush workers and interval timer.
+    pub fn start(name: String, config: BufferConfig, sink: Arc<dyn Sink<K>>) -> Arc<Self> {
+        let buffer = Arc::new(Self {
+            name,
+            state: Mutex::new(State {
+                staged: HashMap::new(),
+                queue: VecDeque::new(),
+                in_flight: 0,
+                bytes: 0,
+                closing: false,
+                deadline: None,
+            }),
+            sink,
+            space: Notify::new(),
+            work: Notify::new(),
+            stats: BufferStats::default(),
+            tasks: Mutex::new(JoinSet::new()),
+            config,
+        });
+        let mut tasks = JoinSet::new();
+        for _ in 0..buffer.config.flush_thread_count {
+            tasks.spawn(Arc::clone(&buffer).worker());
+        }
+        tasks.spawn(Arc::clone(&buffer).timer());
+        if let Ok(mut slot) = buffer.tasks.lock() {
+            *slot = tasks;
+        }
+        buffer
+    }
+
+    pub fn config(&self) -> &BufferConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<K>> {
+        // A panic while holding the lock cannot leave the state half-updated in a way that
+        // loses events, so a poisoned lock is used as it is.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Bytes staged and queued.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// (staged chunks, queued chunks incl. in flight, staged bytes, queued bytes).
+    pub fn sizes(&self) -> (usize, usize, usize, usize) {
+        let state = self.lock();
+        let staged_bytes: usize = state.staged.values().map(|c| c.bytes).sum();
+        (
+            state.staged.len(),
+            state.queue.len() + state.in_flight,
+            staged_bytes,
+            state.bytes - staged_bytes,
+        )
+    }
+
+    /// Seconds since the oldest chunk still held was created.
+    pub fn oldest_age(&self) -> Option<Duration> {
+        let state = self.lock();
+        state
+            .staged
+            .values()
+            .chain(state.queue.iter())
+            .map(|c| c.created.elapsed())
+            .max()
+    }
+
+    /// Stages entries grouped by key. Resolves once they are in the buffer; with
+    /// `overflow_action block` that waits for room, which is what makes inputs stop reading.
+    pub async fn append(&self, groups: Vec<(Arc<K>, Vec<Entry>)>) -> Result<(), BufferError> {
+        let incoming: usize = groups
+            .iter()
+            .flat_map(|(_, entries)| entries.iter().map(Entry::size))
+            .sum();
+        let records: usize = groups.iter().map(|(_, e)| e.len()).sum();
+        self.reserve(incoming).await?;
+        let queued = {
+            let mut state = self.lock();
+            state.bytes += incoming;
+            let mut queued = false;
+            for (key, entries) in groups {
+                queued |= self.stage(&mut state, key, entries);
+            }
+            if self.config.flush_mode == FlushMode::Immediate {
+                let keys: Vec<Arc<K>> = state.staged.keys().cloned().collect();
+                for key in keys {
+                    queued |= Self::enqueue_staged(&mut state, &key);
+                }
+            }
+            queued
+        };
+        self.stats.emit_count.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .emit_records
+            .fetch_add(records as u64, Ordering::Relaxed);
+        if queued {
+            self.work.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Waits for (or makes) room for `incoming` bytes per `overflow_action`.
+    async fn reserve(&self, incoming: usize) -> Result<(), BufferError> {
+        let limit = self.config.total_limit_size;
+        let mut blocked_since: Option<Instant> = None;
+        loop {
+            let notified = self.space.notified();
+            {
+                let mut state = self.lock();
+                if state.closing {
+                    return Err(BufferError::Closed);
+                }
+                // An append larger than the whole limit is let in when the buffer is empty,
+                // or it could never be accepted.
+                if state.bytes + incoming <= limit || state.bytes == 0 {
+                    break;
+                }
+                match self.config.overflow_action {
+                    OverflowAction::ThrowException => {
+                        self.stats.overflow_refusals.fetch_add(1, Ordering::Relaxed);
+                        return Err(BufferError::Overflow(limit));
+                    }
+                    OverflowAction::DropOldestChunk => {
+                        if let Some(oldest) = state.queue.pop_front() {
+                            state.bytes -= oldest.bytes;
+                            drop(state);
+                            self.drop_chunk(oldest);
+                            continue;
+                        }
+                        // Nothing queued to drop (all staged or in flight): wait for room.
+                    }
+                    OverflowAction::Block => {}
+                }
+            }
+            blocked_since.get_or_insert_with(Instant::now);
+            notified.await;
+        }
+        if let Some(since) = blocked_since {
+            let nanos = since.elapsed().as_nanos() as u64;
+            self.stats.blocked_nanos.fetch_add(nanos, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn drop_chunk(&self, chunk: Chunk<K>) {
+        let records = chunk.pending.as_ref().map_or(chunk.entries.len(), Vec::len);
+        self.stats.dropped_chunks.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .dropped_records
+            .fetch_add(records as u64, Ordering::Relaxed);
+        tracing::error!(output = %self.name, key = %chunk.key, chunk = %chunk.id.hex(), records,
+            "buffer full: dropped the oldest chunk (overflow_action drop_oldest_chunk)");
+    }
+
+    /// Adds entries to the key's staged chunk, queueing it each time it fills. Returns
+    /// whether anything was queued.
+    fn stage(&self, state: &mut State<K>, key: Arc<K>, entries: Vec<Entry>) -> bool {
+        let mut queued = false;
+        for entry in entries {
+            let size = entry.size();
+            let chunk = state
+                .staged
+                .entry(Arc::clone(&key))
+                .or_insert_with(|| Chunk::new(Arc::clone(&key)));
+            chunk.bytes += size;
+            chunk.entries.push(entry);
+            let full = chunk.bytes >= self.config.chunk_limit_size
+                || self
+                    .config
+                    .chunk_limit_records
+                    .is_some_and(|limit| chunk.entries.len() >= limit);
+            if full {
+                queued |= Self::enqueue_staged(state, &key);
+            }
+        }
+        queued
+    }
+
+    fn enqueue_staged(state: &mut State<K>, key: &Arc<K>) -> bool {
+        match state.staged.remove(key) {
+            Some(chunk) if !chunk.entries.is_empty() => {
+                state.queue.push_back(chunk);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Queues staged chunks that are old enough (interval mode).
+    async fn timer(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.config.flush_thread_interval).await;
+            let queued = {
+                let mut state = self.lock();
+                if state.closing {
+                    return;
+                }
+                if self.config.flush_mode != FlushMode::Interval {
+                    continue;
+                }
+                let room = self
+                    .config
+                    .queued_chunks_limit_size
+                    .map_or(usize::MAX, |limit| limit.saturating_sub(state.queue.len()));
+                let due: Vec<Arc<K>> = state
+                    .staged
+                    .iter()
+                    .filter(|(_, c)| c.created.elapsed() >= self.config.flush_interval)
+                    .map(|(k, _)| Arc::clone(k))
+                    .take(room)
+                    .collect();
+                let mut queued = false;
+                for key in due {
+                    queued |= Self::enqueue_staged(&mut state, &key);
+                }
+                queued
+            };
+            if queued {
+                self.work.notify_waiters();
+            }
+        }
+    }
+
+    /// Takes the first chunk due for a try, or tells how long until one is.
+    fn take_due(&self) -> Result<Chunk<K>, Option<Duration>> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        if state.deadline.is_some_and(|d| now >= d) {
+            return Err(None);
+        }
+        if let Some(pos) = state.queue.iter().position(|c| c.next_try <= now) {
+            if let Some(chunk) = state.queue.remove(pos) {
+                state.in_flight += 1;
+                return Ok(chunk);
+            }
+        }
+        if state.closing && state.queue.is_empty() {
+            return Err(None);
+        }
+        let wait = state.queue.iter().map(|c| c.next_try - now).min();
+        let wait = wait.unwrap_or(Duration::from_secs(1));
+        Err(Some(match state.deadline {
+            Some(deadline) => wait.min(deadline - now),
+            None => wait,
+        }))
+    }
+
+    async fn worker(self: Arc<Self>) {
+        loop {
+            let notified = self.work.notified();
+            let chunk = match self.take_due() {
+                Ok(chunk) => chunk,
+                Err(None) => return,
+                Err(Some(wait)) => {
+                    let _ = tokio::time::timeout(wait, notified).await;
+                    continue;
+                }
+            };
+            let outcome = self.sink.write(&chunk).await;
+            self.stats.write_count.fetch_add(1, Ordering::Relaxed);
+            self.settle(chunk, outcome).await;
+        }
+    }
+
+    async fn settle(&self, mut chunk: Chunk<K>, outcome: Outcome) {
+        let (keep, error, after) = match outcome {
+            Outcome::Done => {
+                self.release(&chunk);
+                return;
+            }
+            Outcome::Retry { keep, error, after } => (keep, error, after),
+        };
+        self.stats.num_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(keep) = keep {
+            chunk.pending = Some(keep);
+        }
+        chunk.attempts += 1;
+        let first = *chunk.first_failure.get_or_insert_with(Instant::now);
+        let closing = self.lock().closing;
+        if self.config.retry.exhausted(chunk.attempts, first.elapsed()) {
+            let reason = format!(
+                "retries exhausted after {} attempts: {error}",
+                chunk.attempts
+            );
+            tracing::error!(output = %self.name, key = %chunk.key, chunk = %chunk.id.hex(), %reason, "giving up on chunk");
+            self.sink.give_up(&chunk, &reason).await;
+            self.release(&chunk);
+            return;
+        }
+        let delay = after.unwrap_or_else(|| self.config.retry.delay(chunk.attempts));
+        self.stats.retry_count.fetch_add(1, Ordering::Relaxed);
+        self.stats.rollback_count.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(output = %self.name, key = %chunk.key, chunk = %chunk.id.hex(),
+            attempt = chunk.attempts, retry_in_ms = delay.as_millis() as u64, %error, "chunk will be retried");
+        chunk.next_try = Instant::now()
+            + if closing {
+                delay.min(Duration::from_secs(1))
+            } else {
+                delay
+            };
+        let mut state = self.lock();
+        state.in_flight -= 1;
+        state.queue.push_back(chunk);
+    }
+
+    fn release(&self, chunk: &Chunk<K>) {
+        {
+            let mut state = self.lock();
+            state.in_flight -= 1;
+            state.bytes -= chunk.bytes;
+        }
+        self.space.notify_waiters();
+        self.work.notify_waiters();
+    }
+
+    /// Stops accepting, queues what is staged (with `flush_at_shutdown`), lets the workers
+    /// deliver until `deadline` (a delivery under way finishes, bounded by the sink's request
+    /// timeout), and gives up on what is left: the sink decides where it goes. Returns the
+    /// number of entries not delivered.
+    pub async fn shutdown(&self, deadline: Instant) -> usize {
+        {
+            let mut state = self.lock();
+            state.closing = true;
+            state.deadline = Some(deadline);
+            if self.config.flush_at_shutdown {
+                let keys: Vec<Arc<K>> = state.staged.keys().cloned().collect();
+                for key in keys {
+                    Self::enqueue_staged(&mut state, &key);
+                }
+            }
+        }
+        self.work.notify_waiters();
+        self.space.notify_waiters();
+        let mut tasks = match self.tasks.lock() {
+            Ok(mut slot) => std::mem::take(&mut *slot),
+            Err(_) => JoinSet::new(),
+        };
+        while tasks.join_next().await.is_some() {}
+        let leftovers: Vec<Chunk<K>> = {
+            let mut state = self.lock();
+            let staged: Vec<Chunk<K>> = state.staged.drain().map(|(_, c)| c).collect();
+            state.queue.drain(..).chain(staged).collect()
+        };
+        let mut undelivered = 0;
+        for chunk in leftovers {
+            undelivered += chunk.pending.as_ref().map_or(chunk.entries.len(), Vec::len);
+            self.sink
+                .give_up(&chunk, "not delivered before the shutdown deadline")
+                .await;
+        }
+        undelivered
+    }
+}
+
+#[cfg(test)]
+mod tests;

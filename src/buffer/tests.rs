@@ -1,0 +1,305 @@
+//! Buffer scheduling with a scripted sink: what gets delivered, when, and what happens to
+//! what cannot be.
+
+use super::*;
+use crate::codec::EventTime;
+use bytes::Bytes;
+use std::sync::Mutex as StdMutex;
+
+type Script = Box<dyn Fn(&Chunk<String>, usize) -> Outcome + Send + Sync>;
+
+/// Records every write (pending entry seqs) and give-up; answers per `script(chunk, call#)`.
+struct TestSink {
+    writes: StdMutex<Vec<Vec<u64>>>,
+    given_up: StdMutex<Vec<(Vec<u64>, String)>>,
+    script: Script,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+fn seqs(chunk: &Chunk<String>) -> Vec<u64> {
+    chunk
+        .pending_indices()
+        .iter()
+        .map(|&i| chunk.entries[i as usize].event.time.secs as u64)
+        .collect()
+}
+
+impl Sink<String> for TestSink {
+    fn write<'a>(&'a self, chunk: &'a Chunk<String>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            if let Some(gate) = &self.gate {
+                let _permit = gate.acquire().await;
+            }
+            let call = {
+                let mut writes = self.writes.lock().unwrap();
+                writes.push(seqs(chunk));
+                writes.len()
+            };
+            (self.script)(chunk, call)
+        })
+    }
+
+    fn give_up<'a>(&'a self, chunk: &'a Chunk<String>, reason: &'a str) -> BoxFuture<'a, ()> {
+        self.given_up
+            .lock()
+            .unwrap()
+            .push((seqs(chunk), reason.to_owned()));
+        Box::pin(async {})
+    }
+}
+
+fn sink(script: Script, gate: Option<Arc<tokio::sync::Semaphore>>) -> Arc<TestSink> {
+    Arc::new(TestSink {
+        writes: StdMutex::new(Vec::new()),
+        given_up: StdMutex::new(Vec::new()),
+        script,
+        gate,
+    })
+}
+
+fn entries(range: std::ops::Range<u64>, record_len: usize) -> Vec<Entry> {
+    range
+        .map(|i| Entry {
+            tag: Arc::from("t"),
+            event: Event {
+                time: EventTime::new(i as i64, 0),
+                record: Bytes::from(vec![0x80; record_len.max(1)]),
+            },
+        })
+        .collect()
+}
+
+fn config() -> BufferConfig {
+    BufferConfig {
+        flush_interval: Duration::from_millis(50),
+        flush_thread_interval: Duration::from_millis(5),
+        retry: RetryPolicy {
+            wait: Duration::from_millis(1),
+            randomize: false,
+            ..RetryPolicy::default()
+        },
+        ..BufferConfig::bigquery_insert_defaults()
+    }
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("condition not reached");
+}
+
+fn key(name: &str) -> Arc<String> {
+    Arc::new(name.to_owned())
+}
+
+#[tokio::test]
+async fn chunks_are_cut_at_the_record_limit_and_old_ones_flushed() {
+    let s = sink(Box::new(|_, _| Outcome::Done), None);
+    let buffer = Buffer::start("t".into(), config(), s.clone());
+    buffer
+        .append(vec![(key("a"), entries(0..1200, 10))])
+        .await
+        .unwrap();
+    wait_until(|| s.writes.lock().unwrap().len() == 3).await;
+    let sizes: Vec<usize> = s.writes.lock().unwrap().iter().map(Vec::len).collect();
+    assert_eq!(sizes, [500, 500, 200]);
+    let all: Vec<u64> = s.writes.lock().unwrap().concat();
+    assert_eq!(all, (0..1200).collect::<Vec<_>>());
+    wait_until(|| buffer.bytes() == 0).await;
+}
+
+#[tokio::test]
+async fn keys_get_separate_chunks() {
+    let s = sink(Box::new(|_, _| Outcome::Done), None);
+    let buffer = Buffer::start("t".into(), config(), s.clone());
+    buffer
+        .append(vec![
+            (key("a"), entries(0..3, 10)),
+            (key("b"), entries(3..5, 10)),
+        ])
+        .await
+        .unwrap();
+    wait_until(|| s.writes.lock().unwrap().len() == 2).await;
+    let mut writes = s.writes.lock().unwrap().clone();
+    writes.sort();
+    assert_eq!(writes, vec![vec![0, 1, 2], vec![3, 4]]);
+}
+
+#[tokio::test]
+async fn partial_retry_resends_only_kept_entries() {
+    let s = sink(
+        Box::new(|_, call| match call {
+            1 => Outcome::Retry {
+                keep: Some(vec![1, 3]),
+                error: "stopped rows".into(),
+                after: None,
+            },
+            _ => Outcome::Done,
+        }),
+        None,
+    );
+    let buffer = Buffer::start("t".into(), config(), s.clone());
+    buffer
+        .append(vec![(key("a"), entries(0..5, 10))])
+        .await
+        .unwrap();
+    wait_until(|| s.writes.lock().unwrap().len() == 2).await;
+    assert_eq!(s.writes.lock().unwrap()[1], vec![1, 3]);
+    wait_until(|| buffer.bytes() == 0).await;
+    assert_eq!(buffer.stats.retry_count.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn exhausted_retries_hand_the_chunk_to_give_up() {
+    let s = sink(
+        Box::new(|_, _| Outcome::Retry {
+            keep: None,
+            error: "503".into(),
+            after: None,
+        }),
+        None,
+    );
+    let mut c = config();
+    c.retry.max_times = Some(2);
+    let buffer = Buffer::start("t".into(), c, s.clone());
+    buffer
+        .append(vec![(key("a"), entries(0..4, 10))])
+        .await
+        .unwrap();
+    wait_until(|| !s.given_up.lock().unwrap().is_empty()).await;
+    let (given, reason) = s.given_up.lock().unwrap()[0].clone();
+    assert_eq!(given, vec![0, 1, 2, 3]);
+    assert!(
+        reason.contains("retries exhausted after 3 attempts: 503"),
+        "{reason}"
+    );
+    assert_eq!(s.writes.lock().unwrap().len(), 3);
+    wait_until(|| buffer.bytes() == 0).await;
+}
+
+fn small_buffer(action: OverflowAction) -> BufferConfig {
+    BufferConfig {
+        total_limit_size: 10_000,
+        chunk_limit_records: Some(10),
+        overflow_action: action,
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn throw_exception_refuses_when_full() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let s = sink(Box::new(|_, _| Outcome::Done), Some(gate.clone()));
+    let buffer = Buffer::start(
+        "t".into(),
+        small_buffer(OverflowAction::ThrowException),
+        s.clone(),
+    );
+    buffer
+        .append(vec![(key("a"), entries(0..50, 150))])
+        .await
+        .unwrap();
+    let err = buffer
+        .append(vec![(key("a"), entries(50..60, 150))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BufferError::Overflow(10_000)));
+    gate.add_permits(1000);
+    wait_until(|| buffer.bytes() == 0).await;
+    buffer
+        .append(vec![(key("a"), entries(50..60, 150))])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn block_waits_for_room_then_accepts() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let s = sink(Box::new(|_, _| Outcome::Done), Some(gate.clone()));
+    let buffer = Buffer::start("t".into(), small_buffer(OverflowAction::Block), s.clone());
+    buffer
+        .append(vec![(key("a"), entries(0..50, 150))])
+        .await
+        .unwrap();
+    let blocked = {
+        let buffer = Arc::clone(&buffer);
+        tokio::spawn(async move { buffer.append(vec![(key("a"), entries(50..60, 150))]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !blocked.is_finished(),
+        "append must wait while the buffer is full"
+    );
+    gate.add_permits(1000);
+    blocked.await.unwrap().unwrap();
+    wait_until(|| s.writes.lock().unwrap().concat().len() == 60).await;
+    assert!(buffer.stats.blocked_nanos.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn drop_oldest_chunk_makes_room_and_counts() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let s = sink(Box::new(|_, _| Outcome::Done), Some(gate.clone()));
+    let buffer = Buffer::start(
+        "t".into(),
+        small_buffer(OverflowAction::DropOldestChunk),
+        s.clone(),
+    );
+    buffer
+        .append(vec![(key("a"), entries(0..50, 150))])
+        .await
+        .unwrap();
+    buffer
+        .append(vec![(key("a"), entries(50..60, 150))])
+        .await
+        .unwrap();
+    assert!(buffer.stats.dropped_chunks.load(Ordering::Relaxed) >= 1);
+    assert_eq!(buffer.stats.dropped_records.load(Ordering::Relaxed) % 10, 0);
+    gate.add_permits(1000);
+}
+
+#[tokio::test]
+async fn shutdown_flushes_staged_and_gives_up_on_the_undeliverable() {
+    let s = sink(
+        Box::new(|chunk, _| {
+            if *chunk.key == "bad" {
+                Outcome::Retry {
+                    keep: None,
+                    error: "down".into(),
+                    after: None,
+                }
+            } else {
+                Outcome::Done
+            }
+        }),
+        None,
+    );
+    let c = BufferConfig {
+        flush_interval: Duration::from_secs(3600),
+        ..config()
+    };
+    let buffer = Buffer::start("t".into(), c, s.clone());
+    buffer
+        .append(vec![
+            (key("good"), entries(0..3, 10)),
+            (key("bad"), entries(3..5, 10)),
+        ])
+        .await
+        .unwrap();
+    let undelivered = buffer
+        .shutdown(Instant::now() + Duration::from_millis(200))
+        .await;
+    assert_eq!(undelivered, 2);
+    assert!(s.writes.lock().unwrap().contains(&vec![0, 1, 2]));
+    let given = s.given_up.lock().unwrap().clone();
+    assert_eq!(given.len(), 1);
+    assert_eq!(given[0].0, vec![3, 4]);
+    assert!(matches!(
+        buffer.append(vec![(key("good"), entries(9..10, 10))]).await,
+        Err(BufferError::Closed)
+    ));
+}
