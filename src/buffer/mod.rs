@@ -400,11 +400,10 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
         if state.deadline.is_some_and(|d| now >= d) {
             return Err(None);
         }
-        if let Some(pos) = state.queue.iter().position(|c| c.next_try <= now) {
-            if let Some(chunk) = state.queue.remove(pos) {
-                state.in_flight += 1;
-                return Ok(chunk);
-            }
+        let due = state.queue.iter().position(|c| c.next_try <= now);
+        if let Some(chunk) = due.and_then(|pos| state.queue.remove(pos)) {
+            state.in_flight += 1;
+            return Ok(chunk);
         }
         if state.closing && state.queue.is_empty() {
             return Err(None);
