@@ -631,6 +631,9 @@ fn split_zone(s: &str) -> Option<(&str, i32)> {
         let (civil, zone) = s.split_at(time_start + pos);
         let sign = if zone.starts_with('-') { -1 } else { 1 };
         let digits: String = zone[1..].chars().filter(|c| *c != ':').collect();
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
         let (h, m) = match digits.len() {
             2 => (digits.parse::<i32>().ok()?, 0),
             4 => (
@@ -766,6 +769,9 @@ mod tests {
             Some(expected + 123_456)
         );
         assert_eq!(convert_timestamp(&json!("yesterday")), None);
+        // Non-ASCII junk where an offset would be must be refused, not sliced.
+        assert_eq!(convert_timestamp(&json!("2026-11-25 10:00:00+€1")), None);
+        assert_eq!(convert_timestamp(&json!("2026-11-25T€")), None);
     }
 
     #[test]
