@@ -1,1 +1,110 @@
-fn main() {}
+// Owns the command line: flags → `Config`, logging setup, exit code.
+// Must not contain emulator logic; everything else is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bigquery_emulator::{Config, FaultConfig, FaultScope, Limits};
+use clap::Parser;
+
+/// A local stand-in for BigQuery's REST API (datasets, tables, insertAll, tabledata.list).
+#[derive(Debug, Parser)]
+#[command(name = "bigquery-emulator", version)]
+struct Cli {
+    /// Address to bind (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on; 0 picks a free port (printed as `listening on HOST:PORT`).
+    #[arg(long, default_value_t = 9050)]
+    port: u16,
+    /// Directory for the durable store; omitted = in memory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Most rows accepted in one insertAll request (BigQuery: 50,000).
+    #[arg(long, default_value_t = 50_000)]
+    max_rows_per_request: usize,
+    /// Largest insertAll request in bytes, measured uncompressed (BigQuery: 10 MB).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    max_request_bytes: usize,
+    /// Largest single row in bytes (BigQuery: 10 MB).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    max_row_bytes: usize,
+    /// insertId de-duplication window in seconds (BigQuery: about a minute).
+    #[arg(long, default_value_t = 60)]
+    dedup_window_secs: u64,
+    /// Added latency per request in scope, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Share of requests in scope answered 429 rateLimitExceeded.
+    #[arg(long, default_value_t = 0.0)]
+    error_429_rate: f64,
+    /// Share of requests in scope answered 500 internalError.
+    #[arg(long, default_value_t = 0.0)]
+    error_500_rate: f64,
+    /// Share of requests in scope answered 503 backendError.
+    #[arg(long, default_value_t = 0.0)]
+    error_503_rate: f64,
+    /// Share of requests in scope whose connection is closed without an answer.
+    #[arg(long, default_value_t = 0.0)]
+    drop_rate: f64,
+    /// Accept and discard insertAll bodies (count rows, answer success) for benchmarks.
+    #[arg(long)]
+    null_mode: bool,
+    /// Which requests faults apply to.
+    #[arg(long, value_enum, default_value_t = FaultScope::InsertAll)]
+    fault_scope: FaultScope,
+}
+
+impl Cli {
+    fn into_config(self) -> Config {
+        Config {
+            host: self.host,
+            port: self.port,
+            data_dir: self.data_dir,
+            limits: Limits {
+                max_rows: self.max_rows_per_request,
+                max_request_bytes: self.max_request_bytes,
+                max_row_bytes: self.max_row_bytes,
+            },
+            dedup_window: Duration::from_secs(self.dedup_window_secs),
+            faults: FaultConfig {
+                latency_ms: self.latency_ms,
+                error_429_rate: self.error_429_rate,
+                error_500_rate: self.error_500_rate,
+                error_503_rate: self.error_503_rate,
+                drop_rate: self.drop_rate,
+                null_mode: self.null_mode,
+                scope: self.fault_scope,
+            },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bigquery-emulator: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bigquery_emulator::run(cli.into_config())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bigquery-emulator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

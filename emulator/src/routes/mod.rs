@@ -1,0 +1,173 @@
+// Owns the HTTP surface: the router, shared state, and the fault/logging middleware.
+// Must not hold business rules: validation lives in `schema`/`insert`, persistence in `store`.
+
+mod admin;
+mod datasets;
+mod tabledata;
+mod tables;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::dedup::Dedup;
+use crate::error::ApiError;
+use crate::faults::{Fault, Faults};
+use crate::insert::Limits;
+use crate::stats::Stats;
+use crate::store::{Store, StoreError};
+
+/// Everything a handler may use.
+pub struct App {
+    pub store: Store,
+    pub faults: Faults,
+    pub stats: Stats,
+    pub dedup: Dedup,
+    pub limits: Limits,
+}
+
+pub type AppState = Arc<App>;
+
+/// Marks a response the server must not send: the connection is closed instead.
+#[derive(Clone, Copy, Debug)]
+pub struct DropConnection;
+
+const V2: &str = "/bigquery/v2/projects/{project}";
+
+pub fn router(app: AppState) -> Router {
+    let api = Router::new()
+        .route(&format!("{V2}/datasets"), post(datasets::insert))
+        .route(
+            &format!("{V2}/datasets/{{dataset}}"),
+            get(datasets::get).delete(datasets::delete),
+        )
+        .route(
+            &format!("{V2}/datasets/{{dataset}}/tables"),
+            post(tables::insert).get(tables::list),
+        )
+        .route(
+            &format!("{V2}/datasets/{{dataset}}/tables/{{table}}"),
+            get(tables::get)
+                .patch(tables::patch)
+                .put(tables::patch)
+                .delete(tables::delete),
+        )
+        .route(
+            &format!("{V2}/datasets/{{dataset}}/tables/{{table}}/insertAll"),
+            post(tabledata::insert_all),
+        )
+        .route(
+            &format!("{V2}/datasets/{{dataset}}/tables/{{table}}/data"),
+            get(tabledata::list),
+        )
+        .layer(middleware::from_fn_with_state(app.clone(), faults_layer));
+    Router::new()
+        .merge(api)
+        .merge(admin::router())
+        .fallback(not_found)
+        .with_state(app)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "notFound",
+        format!("Not found: {} {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Counts BigQuery API requests and applies the configured faults before routing.
+async fn faults_layer(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    Stats::add(&app.stats.requests, 1);
+    let is_insert_all = req.uri().path().ends_with("/insertAll");
+    let (latency, fault) = app.faults.draw(is_insert_all);
+    if let Some(delay) = latency {
+        Stats::add(&app.stats.faults_delayed, 1);
+        tokio::time::sleep(delay).await;
+    }
+    match fault {
+        None => next.run(req).await,
+        Some(Fault::Drop) => {
+            Stats::add(&app.stats.faults_dropped, 1);
+            // Read the request first so the client sees the connection close after sending,
+            // like a server that died mid-request (not a refused connection).
+            let _ = axum::body::to_bytes(req.into_body(), usize::MAX).await;
+            let mut resp = Response::new(Body::empty());
+            resp.extensions_mut().insert(DropConnection);
+            resp
+        }
+        Some(Fault::Status(code)) => {
+            let counter = match code {
+                429 => &app.stats.faults_429,
+                500 => &app.stats.faults_500,
+                _ => &app.stats.faults_503,
+            };
+            Stats::add(counter, 1);
+            injected_error(code).into_response()
+        }
+    }
+}
+
+/// The bodies BigQuery sends for these statuses
+/// (<https://cloud.google.com/bigquery/docs/error-messages>: rateLimitExceeded, internalError,
+/// backendError).
+fn injected_error(code: u16) -> ApiError {
+    match code {
+        429 => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rateLimitExceeded",
+            "Exceeded rate limits: too many api requests per user per method for this user_method. For more information, see https://cloud.google.com/bigquery/docs/troubleshoot-quotas",
+        ),
+        500 => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internalError",
+            "An internal error occurred and the request could not be completed.",
+        ),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backendError",
+            "The service is currently unavailable.",
+        ),
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure");
+        ApiError::internal(e.to_string())
+    }
+}
+
+/// Runs blocking store work off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    app: &AppState,
+    f: impl FnOnce(&App) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}
+
+/// Milliseconds since the epoch, as BigQuery's resource timestamps.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Logged at debug level for every request by the server.
+pub fn log_request(method: &str, path: &str, status: u16, started: Instant) {
+    tracing::debug!(
+        method,
+        path,
+        status,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+}

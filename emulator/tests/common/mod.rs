@@ -1,0 +1,220 @@
+//! Starts the emulator binary and offers small HTTP helpers for the black-box tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const PROJECT: &str = "proj";
+
+pub struct Emulator {
+    child: Child,
+    pub port: u16,
+    pub startup: Duration,
+    http: reqwest::blocking::Client,
+}
+
+impl Emulator {
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let started = Instant::now();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bigquery-emulator"));
+        cmd.args(["--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start bigquery-emulator");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
+        let startup = started.elapsed();
+        let port = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        Self {
+            child,
+            port,
+            startup,
+            http,
+        }
+    }
+
+    /// Stops the process and returns what it wrote on stderr.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = stderr.read_to_string(&mut err);
+        }
+        let _ = self.child.wait();
+        err
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `/bigquery/v2/projects/proj{path}`
+    pub fn api(&self, path: &str) -> String {
+        self.url(&format!("/bigquery/v2/projects/{PROJECT}{path}"))
+    }
+
+    pub fn base_url(&self) -> String {
+        self.url("/bigquery/v2")
+    }
+
+    fn answer(resp: reqwest::blocking::Response) -> (u16, Value) {
+        let status = resp.status().as_u16();
+        let text = resp.text().expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON body: {text}"))
+        };
+        (status, body)
+    }
+
+    pub fn get(&self, url: &str) -> (u16, Value) {
+        Self::answer(self.http.get(url).send().expect("GET"))
+    }
+
+    pub fn delete(&self, url: &str) -> (u16, Value) {
+        Self::answer(self.http.delete(url).send().expect("DELETE"))
+    }
+
+    pub fn post(&self, url: &str, body: &Value) -> (u16, Value) {
+        Self::answer(self.http.post(url).json(body).send().expect("POST"))
+    }
+
+    pub fn patch(&self, url: &str, body: &Value) -> (u16, Value) {
+        Self::answer(self.http.patch(url).json(body).send().expect("PATCH"))
+    }
+
+    pub fn post_raw(&self, url: &str, body: Vec<u8>, gzip: bool) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(url)
+            .header("Content-Type", "application/json")
+            .body(body);
+        if gzip {
+            req = req.header("Content-Encoding", "gzip");
+        }
+        Self::answer(req.send().expect("POST"))
+    }
+
+    /// Sends and returns the transport result, for tests that expect no answer at all.
+    pub fn try_post(&self, url: &str, body: &Value) -> Result<u16, reqwest::Error> {
+        self.http
+            .post(url)
+            .json(body)
+            .send()
+            .map(|r| r.status().as_u16())
+    }
+
+    pub fn create_dataset(&self, dataset: &str) {
+        let (status, body) = self.post(
+            &self.api("/datasets"),
+            &json!({"datasetReference": {"projectId": PROJECT, "datasetId": dataset}}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+
+    pub fn create_table(&self, dataset: &str, table: &str, extra: Value) {
+        let mut resource = json!({
+            "tableReference": {"projectId": PROJECT, "datasetId": dataset, "tableId": table}
+        });
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                resource[k] = v;
+            }
+        }
+        let (status, body) =
+            self.post(&self.api(&format!("/datasets/{dataset}/tables")), &resource);
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// Dataset `d` with table `t` of the given fields.
+    pub fn with_table(&self, fields: Value) {
+        self.create_dataset("d");
+        self.create_table("d", "t", json!({"schema": {"fields": fields}}));
+    }
+
+    pub fn insert_all(&self, table: &str, body: Value) -> (u16, Value) {
+        self.post(
+            &self.api(&format!("/datasets/d/tables/{table}/insertAll")),
+            &body,
+        )
+    }
+
+    pub fn list(&self, table: &str, query: &str) -> (u16, Value) {
+        self.get(&self.api(&format!("/datasets/d/tables/{table}/data{query}")))
+    }
+
+    pub fn count(&self, table: &str) -> u64 {
+        self.count_in("d", table)
+    }
+
+    pub fn count_in(&self, dataset: &str, table: &str) -> u64 {
+        let (status, body) = self.get(&self.url(&format!(
+            "/_emulator/projects/{PROJECT}/datasets/{dataset}/tables/{table}/count"
+        )));
+        assert_eq!(status, 200, "{body}");
+        body["rows"].as_u64().expect("rows")
+    }
+
+    pub fn stats(&self) -> Value {
+        self.get(&self.url("/_emulator/stats")).1
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `{"rows":[{"json":row}, …]}`
+pub fn rows(rows: &[Value]) -> Value {
+    json!({"rows": rows.iter().map(|r| json!({"json": r})).collect::<Vec<_>>()})
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).expect("gzip");
+    enc.finish().expect("gzip")
+}
+
+/// Google's request-level error body.
+pub fn error_body(code: u16, reason: &str, message: &str, status: &str) -> Value {
+    json!({"error": {
+        "code": code,
+        "message": message,
+        "errors": [{"message": message, "domain": "global", "reason": reason}],
+        "status": status,
+    }})
+}
+
+pub const OK_INSERT: &str = r#"{"kind":"bigquery#tableDataInsertAllResponse"}"#;
+
+pub fn ok_insert() -> Value {
+    serde_json::from_str(OK_INSERT).expect("json")
+}

@@ -1,0 +1,16 @@
+//! Black-box tests: each starts the real `bigquery-emulator` binary with `--port 0`, reads the
+//! printed port and talks HTTP to it. Expected bodies are BigQuery's documented (or observed and
+//! cited) answers, not whatever the code returns.
+
+mod common;
+
+#[path = "emulator/admin_faults.rs"]
+mod admin_faults;
+#[path = "emulator/datasets_tables.rs"]
+mod datasets_tables;
+#[path = "emulator/insert_all.rs"]
+mod insert_all;
+#[path = "emulator/lifecycle.rs"]
+mod lifecycle;
+#[path = "emulator/tabledata_list.rs"]
+mod tabledata_list;
