@@ -267,6 +267,32 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The range of the value at `path` (map keys, outermost first) in the msgpack map `record`.
+pub fn lookup(record: &[u8], path: &[&str]) -> Option<Range<usize>> {
+    let mut cur = Cursor::new(record);
+    let mut range = 0..record.len();
+    for key in path {
+        cur.set_position(range.start);
+        let Ok(Head::Map(pairs)) = cur.head() else {
+            return None;
+        };
+        let mut found = None;
+        for _ in 0..pairs {
+            let key_range = cur.skip_value(DEFAULT_MAX_DEPTH).ok()?;
+            let value_range = cur.skip_value(DEFAULT_MAX_DEPTH).ok()?;
+            let mut key_cur = Cursor::new(&record[key_range]);
+            if let Ok(Head::Str(n) | Head::Bin(n)) = key_cur.head() {
+                let text = key_cur.take(n as usize).ok().map(|r| key_cur.slice(r));
+                if text == Some(key.as_bytes()) {
+                    found = Some(value_range);
+                }
+            }
+        }
+        range = found?;
+    }
+    Some(range)
+}
+
 /// Writes a map header for `len` entries (used when records are extended with extra keys).
 pub fn write_map_len(out: &mut Vec<u8>, len: u32) {
     // Writing into a Vec cannot fail.
@@ -328,6 +354,16 @@ mod tests {
             Scanner::new().scan(&[0x92, 0x01, 0xc1], 64),
             Err(MsgpackError::ReservedMarker(2))
         );
+    }
+
+    #[test]
+    fn lookup_finds_nested_values() {
+        let record = encode(&serde_json::json!({"a": {"b": "x"}, "n": 5}));
+        let at = |path: &[&str]| lookup(&record, path).map(|r| record[r].to_vec());
+        assert_eq!(at(&["n"]), Some(vec![5]));
+        assert_eq!(at(&["a", "b"]), Some(vec![0xa1, b'x']));
+        assert_eq!(at(&["a", "c"]), None);
+        assert_eq!(at(&["n", "x"]), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 pub mod json;
 pub mod time;
 
-use crate::codec::Event;
+use crate::codec::{Event, EventTime};
 use crate::codec::msgpack::MsgpackError;
 use crate::config::{ConfigError, Element, Section};
 use json::Extra;
@@ -67,8 +67,46 @@ impl Inject {
         Ok((inject, warnings))
     }
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.time_key.is_none() && self.tag_key.is_none() && self.hostname.is_none()
+    }
+
+    /// The fields to add to one event's record; a string time is formatted into `scratch`.
+    pub fn extras<'a>(
+        &'a mut self,
+        tag: &'a str,
+        time: EventTime,
+        scratch: &'a mut String,
+    ) -> Vec<(&'a str, Extra<'a>)> {
+        let Self {
+            time_key,
+            time_type,
+            time: formatter,
+            tag_key,
+            hostname,
+        } = self;
+        let mut extras: Vec<(&str, Extra<'_>)> = Vec::with_capacity(3);
+        if let (Some(key), Some(time_type)) = (time_key.as_deref(), *time_type) {
+            let value = match time_type {
+                TimeType::Float => Extra::Float(time.as_f64()),
+                TimeType::Unixtime => Extra::Int(time.secs),
+                TimeType::String => {
+                    scratch.clear();
+                    if let Some(formatter) = formatter.as_mut() {
+                        scratch.push_str(formatter.format(time));
+                    }
+                    Extra::Str(scratch.as_str())
+                }
+            };
+            extras.push((key, value));
+        }
+        if let Some(key) = tag_key.as_deref() {
+            extras.push((key, Extra::Str(tag)));
+        }
+        if let Some((key, name)) = hostname.as_ref() {
+            extras.push((key.as_str(), Extra::Str(name.as_str())));
+        }
+        extras
     }
 }
 
@@ -204,28 +242,7 @@ impl Formatter {
         event: &Event,
         out: &mut Vec<u8>,
     ) -> Result<(), MsgpackError> {
-        let inject = &mut self.inject;
-        let mut extras: Vec<(&str, Extra<'_>)> = Vec::with_capacity(3);
-        if let (Some(key), Some(time_type)) = (&inject.time_key, inject.time_type) {
-            let value = match time_type {
-                TimeType::Float => Extra::Float(event.time.as_f64()),
-                TimeType::Unixtime => Extra::Int(event.time.secs),
-                TimeType::String => {
-                    self.scratch.clear();
-                    if let Some(time) = inject.time.as_mut() {
-                        self.scratch.push_str(time.format(event.time));
-                    }
-                    Extra::Str(&self.scratch)
-                }
-            };
-            extras.push((key, value));
-        }
-        if let Some(key) = &inject.tag_key {
-            extras.push((key, Extra::Str(tag)));
-        }
-        if let Some((key, name)) = &inject.hostname {
-            extras.push((key, Extra::Str(name)));
-        }
+        let extras = self.inject.extras(tag, event.time, &mut self.scratch);
         json::write_record(&event.record, &extras, out)
     }
 }
