@@ -1,6 +1,7 @@
 //! Outputs: where routed events go. The `Output` trait is the seam every output (stdout,
 //! null, file; BigQuery and buffers later) implements; inputs ack only after `emit` resolves.
 
+pub mod bigquery;
 pub mod file;
 pub mod stdout;
 
