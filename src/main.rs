@@ -52,22 +52,6 @@ fn main() -> ExitCode {
         eprintln!("error: no config file: pass -c FILE (fluentd's fluent.conf format)");
         return ExitCode::from(2);
     };
-    let pipeline = match Pipeline::load(&config_path) {
-        Ok(pipeline) => pipeline,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    init_logging(&cli, pipeline.system.log_level.as_deref());
-    for warning in &pipeline.warnings {
-        tracing::warn!("{warning}");
-    }
-    if cli.dry_run || matches!(cli.command, Some(Command::Check)) {
-        print!("{}", pipeline.describe());
-        println!("config OK: {}", config_path.display());
-        return ExitCode::SUCCESS;
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,7 +62,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Outputs start their flush workers as they are built, so building needs the runtime.
     runtime.block_on(async {
+        let pipeline = match Pipeline::load(&config_path) {
+            Ok(pipeline) => pipeline,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        init_logging(&cli, pipeline.system.log_level.as_deref());
+        for warning in &pipeline.warnings {
+            tracing::warn!("{warning}");
+        }
+        if cli.dry_run || matches!(cli.command, Some(Command::Check)) {
+            print!("{}", pipeline.describe());
+            println!("config OK: {}", config_path.display());
+            return ExitCode::SUCCESS;
+        }
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_path.display(), "bqforward starting");

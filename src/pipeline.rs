@@ -4,6 +4,7 @@
 
 use crate::config::{ConfigError, Element, Section};
 use crate::input::forward::ForwardConfig;
+use crate::output::bigquery::BigQueryOutput;
 use crate::output::file::FileOutput;
 use crate::output::stdout::StdoutOutput;
 use crate::output::{NullOutput, Output};
@@ -14,7 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub const SOURCE_TYPES: &[&str] = &["forward", "unix"];
-pub const OUTPUT_TYPES: &[&str] = &["stdout", "null", "file"];
+pub const OUTPUT_TYPES: &[&str] = &["bigquery_insert", "stdout", "null", "file"];
+/// What a `<secondary>` (dead letters) may be.
+pub const SECONDARY_TYPES: &[&str] = &["file", "stdout", "null"];
 
 /// Monitoring sources that do not touch the data: skipped with a warning until bqforward
 /// serves metrics itself.
@@ -163,30 +166,73 @@ impl Pipeline {
         let type_name = plugin_type(&s, element)?;
         let id = plugin_id(&s, type_name, n);
         let _ = s.log_level();
+        let output = if type_name == "bigquery_insert" {
+            let secondary = match s.section("secondary")? {
+                Some(secondary) => Some(self.build_simple_output(
+                    secondary,
+                    &format!("{id}.secondary"),
+                    SECONDARY_TYPES,
+                )?),
+                None => None,
+            };
+            let (output, warnings) = BigQueryOutput::from_config(id, &s, secondary)?;
+            self.warnings.extend(warnings);
+            Arc::new(output) as Arc<dyn Output>
+        } else {
+            let output = self.build_output(&s, element, type_name, id, OUTPUT_TYPES)?;
+            // fluentd accepts these on every output; these outputs have no use for them.
+            self.warnings
+                .extend(s.finish(&["secondary", "time_as_integer"])?);
+            output
+        };
+        self.routes.push(Route { patterns, output });
+        Ok(())
+    }
+
+    /// A `<secondary>`: one of the local outputs, read completely.
+    fn build_simple_output(
+        &mut self,
+        element: &Element,
+        default_id: &str,
+        allowed: &[&str],
+    ) -> Result<Arc<dyn Output>, ConfigError> {
+        let s = Section::new(element);
+        let type_name = plugin_type(&s, element)?;
+        let id = s.id().map_or_else(|| default_id.to_owned(), str::to_owned);
+        let _ = s.log_level();
+        let output = self.build_output(&s, element, type_name, id, allowed)?;
+        self.warnings.extend(s.finish(&[])?);
+        Ok(output)
+    }
+
+    fn build_output(
+        &mut self,
+        s: &Section<'_>,
+        element: &Element,
+        type_name: &str,
+        id: String,
+        allowed: &[&str],
+    ) -> Result<Arc<dyn Output>, ConfigError> {
         let (output, warnings): (Arc<dyn Output>, Vec<String>) = match type_name {
-            "stdout" => {
-                let (o, w) = StdoutOutput::from_config(id, &s)?;
+            "stdout" if allowed.contains(&"stdout") => {
+                let (o, w) = StdoutOutput::from_config(id, s)?;
                 (Arc::new(o), w)
             }
-            "file" => {
-                let (o, w) = FileOutput::from_config(id, &s)?;
+            "file" if allowed.contains(&"file") => {
+                let (o, w) = FileOutput::from_config(id, s)?;
                 (Arc::new(o), w)
             }
-            "null" => {
+            "null" if allowed.contains(&"null") => {
                 let mut warnings = Vec::new();
                 if let Some(buffer) = s.section("buffer")? {
                     warnings.extend(Section::new(buffer).finish(crate::output::BUFFER_PARAMS)?);
                 }
                 (Arc::new(NullOutput::new(id)), warnings)
             }
-            other => return Err(unknown_type(element, other, OUTPUT_TYPES)),
+            other => return Err(unknown_type(element, other, allowed)),
         };
         self.warnings.extend(warnings);
-        // fluentd accepts these on every output; bqforward has no use for them yet.
-        self.warnings
-            .extend(s.finish(&["secondary", "time_as_integer"])?);
-        self.routes.push(Route { patterns, output });
-        Ok(())
+        Ok(output)
     }
 
     pub fn into_router(self) -> (Vec<ForwardConfig>, Router) {

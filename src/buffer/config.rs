@@ -106,6 +106,8 @@ pub struct BufferConfig {
     pub flush_at_shutdown: bool,
     pub overflow_action: OverflowAction,
     pub retry: RetryPolicy,
+    /// For strftime parts of destination names: UTC instead of local time.
+    pub timekey_use_utc: bool,
     pub location: Option<Location>,
 }
 
@@ -124,6 +126,7 @@ impl BufferConfig {
             flush_at_shutdown: true,
             overflow_action: OverflowAction::ThrowException,
             retry: RetryPolicy::default(),
+            timekey_use_utc: false,
             location: None,
         }
     }
@@ -201,6 +204,9 @@ impl BufferConfig {
             };
         }
         read_retry(&s, &mut c.retry)?;
+        if let Some(v) = s.bool("timekey_use_utc")? {
+            c.timekey_use_utc = v;
+        }
         c.location = Some(s.location().clone());
         let warnings = s.finish(&[
             "flush_thread_burst_interval",
@@ -211,7 +217,6 @@ impl BufferConfig {
             "disable_chunk_backup",
             "timekey",
             "timekey_wait",
-            "timekey_use_utc",
             "timekey_zone",
             "queue_limit_length",
         ])?;

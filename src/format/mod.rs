@@ -4,8 +4,8 @@
 pub mod json;
 pub mod time;
 
-use crate::codec::{Event, EventTime};
 use crate::codec::msgpack::MsgpackError;
+use crate::codec::{Event, EventTime};
 use crate::config::{ConfigError, Element, Section};
 use json::Extra;
 use time::{TimeFormatter, Zone};

@@ -29,6 +29,8 @@ pub enum OutputError {
     },
     #[error("{output}: record is not valid msgpack: {detail}")]
     Record { output: String, detail: String },
+    #[error("{output}: {detail}")]
+    Refused { output: String, detail: String },
     #[error("{0}: output is shut down")]
     Closed(String),
 }

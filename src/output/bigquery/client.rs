@@ -1,0 +1,153 @@
+//! The BigQuery API through `gcp-bigquery-client`: authentication as fluent-plugin-bigquery
+//! offers it, pre-gzipped insertAll bodies, table creation and schema fetches, with every
+//! error turned into a `Failure` for `classify`. No retry or row logic here.
+
+use super::classify::Failure;
+use gcp_bigquery_client::Client;
+use gcp_bigquery_client::auth::Authenticator;
+use gcp_bigquery_client::client_builder::ClientBuilder;
+use gcp_bigquery_client::error::BQError;
+use gcp_bigquery_client::model::table::Table;
+use gcp_bigquery_client::model::table_data_insert_all_request::TableDataInsertAllRequestGzipped;
+use gcp_bigquery_client::model::table_data_insert_all_response::TableDataInsertAllResponse;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthMethod {
+    /// No credentials (a local BigQuery such as the repo's bigquery-emulator).
+    None,
+    /// A service-account key: a file path or the key's JSON itself (as the plugin accepts).
+    JsonKey(String),
+    /// Application default credentials (GOOGLE_APPLICATION_CREDENTIALS, gcloud, metadata).
+    ApplicationDefault,
+    /// The GCE / GKE metadata server (workload identity).
+    ComputeEngine,
+}
+
+/// Sends a fixed bearer token: for local endpoints that need none.
+#[derive(Clone)]
+struct NoAuth;
+
+#[async_trait::async_trait]
+impl Authenticator for NoAuth {
+    async fn access_token(&self) -> Result<String, BQError> {
+        Ok("bqforward-no-auth".into())
+    }
+}
+
+pub struct BigQueryClient {
+    client: Client,
+}
+
+pub struct TableRef<'a> {
+    pub project: &'a str,
+    pub dataset: &'a str,
+    pub table: &'a str,
+}
+
+impl BigQueryClient {
+    pub async fn connect(
+        auth: &AuthMethod,
+        endpoint: Option<&str>,
+        request_timeout: Option<Duration>,
+        open_timeout: Duration,
+    ) -> Result<Self, String> {
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(open_timeout)
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(timeout) = request_timeout {
+            http = http.timeout(timeout);
+        }
+        let http = http.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let mut builder = ClientBuilder::new();
+        builder.with_client(http);
+        if let Some(endpoint) = endpoint {
+            builder.with_v2_base_url(format!("{}/bigquery/v2", endpoint.trim_end_matches('/')));
+        }
+        let client = match auth {
+            AuthMethod::None => builder.build_from_authenticator(Arc::new(NoAuth)).await,
+            AuthMethod::JsonKey(key) if key.trim_start().starts_with('{') => {
+                let parsed = serde_json::from_str(key)
+                    .map_err(|e| format!("json_key is not a service-account key: {e}"))?;
+                builder.build_from_service_account_key(parsed, false).await
+            }
+            AuthMethod::JsonKey(path) => builder.build_from_service_account_key_file(path).await,
+            AuthMethod::ApplicationDefault => {
+                builder.build_from_application_default_credentials().await
+            }
+            AuthMethod::ComputeEngine => builder.build_with_workload_identity(false).await,
+        }
+        .map_err(|e| format!("BigQuery credentials: {e}"))?;
+        Ok(Self { client })
+    }
+
+    /// tabledata.insertAll with a body that is already JSON and gzipped.
+    pub async fn insert_all(
+        &self,
+        table: &TableRef<'_>,
+        gzipped_body: Vec<u8>,
+    ) -> Result<TableDataInsertAllResponse, Failure> {
+        self.client
+            .tabledata()
+            .insert_all_gzipped(
+                table.project,
+                table.dataset,
+                table.table,
+                TableDataInsertAllRequestGzipped::new(gzipped_body),
+            )
+            .await
+            .map_err(failure)
+    }
+
+    /// tables.insert from a table resource (JSON as the REST API documents it). An existing
+    /// table (409) counts as success.
+    pub async fn create_table(&self, resource: serde_json::Value) -> Result<(), Failure> {
+        let table: Table = serde_json::from_value(resource)
+            .map_err(|e| Failure::Transport(format!("table resource: {e}")))?;
+        match self.client.table().create(table).await.map_err(failure) {
+            Ok(_) => Ok(()),
+            Err(Failure::Http { status: 409, .. }) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The table's schema as BigQuery's JSON (`{"fields": [...]}`).
+    pub async fn table_schema(&self, table: &TableRef<'_>) -> Result<serde_json::Value, Failure> {
+        let resource = self
+            .client
+            .table()
+            .get(table.project, table.dataset, table.table, None)
+            .await
+            .map_err(failure)?;
+        serde_json::to_value(resource.schema)
+            .map_err(|e| Failure::Unreadable(format!("table schema: {e}")))
+    }
+}
+
+fn failure(err: BQError) -> Failure {
+    match err {
+        BQError::RequestError(e) if e.is_timeout() => Failure::Timeout,
+        // The crate reads every error body as Google's JSON; any other body ends here.
+        BQError::RequestError(e) if e.is_decode() => Failure::Unreadable(e.to_string()),
+        BQError::RequestError(e) => match e.status() {
+            Some(status) => Failure::Http {
+                status: status.as_u16(),
+                reasons: Vec::new(),
+                message: e.to_string(),
+            },
+            None => Failure::Transport(e.to_string()),
+        },
+        BQError::ResponseError { error } => Failure::Http {
+            status: u16::try_from(error.error.code).unwrap_or(500),
+            reasons: error
+                .error
+                .errors
+                .iter()
+                .filter_map(|e| e.get("reason").cloned())
+                .collect(),
+            message: error.error.message,
+        },
+        other => Failure::Transport(other.to_string()),
+    }
+}

@@ -1,0 +1,440 @@
+//! Delivering one buffered chunk to one table: build requests, send, read the answers row
+//! by row, and sort every row into inserted, to resend, or dead letter. Every row ends in
+//! BigQuery or in the dead letters with its reason (or, with no `<secondary>`, in a log line
+//! and a counter); nothing is dropped silently.
+
+use super::TableKey;
+use super::classify::{RowVerdict, Verdict, classify, classify_row};
+use super::client::{AuthMethod, BigQueryClient, TableRef};
+use super::request::{Rejected, Request, RequestBuilder, RequestOptions};
+use super::schema::Schema;
+use crate::buffer::{Chunk, Outcome, Sink};
+use crate::codec::{Event, msgpack};
+use crate::format::Inject;
+use crate::output::{Batch, BoxFuture, Output};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+/// How long after creating a table a 404 is taken for BigQuery catching up, not for absence.
+const CREATED_GRACE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub rows_inserted: AtomicU64,
+    pub rows_resent: AtomicU64,
+    pub rows_dead_lettered: AtomicU64,
+    pub rows_dropped: AtomicU64,
+    pub requests_ok: AtomicU64,
+    pub requests_failed: AtomicU64,
+    pub tables_created: AtomicU64,
+}
+
+pub enum SchemaSource {
+    None,
+    Static(Arc<Schema>),
+    /// tables.get, cached per table for `expire`.
+    Fetch {
+        table: Option<String>,
+        expire: Duration,
+        cache: tokio::sync::Mutex<HashMap<String, (Arc<Schema>, Instant)>>,
+    },
+}
+
+/// What `auto_create_table` creates: the table resource without its reference.
+pub struct AutoCreate {
+    pub schema: Arc<Schema>,
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+pub struct Connection {
+    pub auth: AuthMethod,
+    pub endpoint: Option<String>,
+    pub request_timeout: Option<Duration>,
+    pub open_timeout: Duration,
+}
+
+pub struct BigQuerySink {
+    pub id: String,
+    pub connection: Connection,
+    pub client: OnceCell<BigQueryClient>,
+    pub schema: SchemaSource,
+    pub inject: Inject,
+    pub options: RequestOptions,
+    pub auto_create: Option<AutoCreate>,
+    pub created: Mutex<HashMap<String, Instant>>,
+    pub secondary: Option<Arc<dyn Output>>,
+    pub stats: Arc<SinkStats>,
+}
+
+/// Rows for the dead letters: (entry index, reason, location, message).
+type Dead = Vec<Rejected>;
+
+impl BigQuerySink {
+    async fn client(&self) -> Result<&BigQueryClient, String> {
+        let c = &self.connection;
+        self.client
+            .get_or_try_init(|| {
+                BigQueryClient::connect(
+                    &c.auth,
+                    c.endpoint.as_deref(),
+                    c.request_timeout,
+                    c.open_timeout,
+                )
+            })
+            .await
+    }
+
+    async fn schema_for(
+        &self,
+        client: &BigQueryClient,
+        key: &TableKey,
+    ) -> Result<Option<Arc<Schema>>, String> {
+        match &self.schema {
+            SchemaSource::None => Ok(None),
+            SchemaSource::Static(schema) => Ok(Some(Arc::clone(schema))),
+            SchemaSource::Fetch {
+                table,
+                expire,
+                cache,
+            } => {
+                let name = table.clone().unwrap_or_else(|| key.base_table().to_owned());
+                let mut cache = cache.lock().await;
+                if let Some((schema, at)) =
+                    cache.get(&name).filter(|(_, at)| at.elapsed() < *expire)
+                {
+                    let _ = at;
+                    return Ok(Some(Arc::clone(schema)));
+                }
+                let table_ref = TableRef {
+                    project: &key.project,
+                    dataset: &key.dataset,
+                    table: &name,
+                };
+                let fetched = client
+                    .table_schema(&table_ref)
+                    .await
+                    .map_err(|f| format!("{f:?}"))
+                    .and_then(|json| Schema::from_json(&json));
+                match (fetched, cache.get(&name)) {
+                    (Ok(schema), _) => {
+                        let schema = Arc::new(schema);
+                        cache.insert(name, (Arc::clone(&schema), Instant::now()));
+                        Ok(Some(schema))
+                    }
+                    // As the plugin: keep the previous schema when a refresh fails.
+                    (Err(err), Some((old, _))) => {
+                        tracing::warn!(output = %self.id, table = %name, error = %err, "schema refresh failed; using the cached schema");
+                        Ok(Some(Arc::clone(old)))
+                    }
+                    (Err(err), None) => Err(format!("fetch_schema for {name}: {err}")),
+                }
+            }
+        }
+    }
+
+    async fn deliver(&self, chunk: &Chunk<TableKey>) -> Outcome {
+        let client = match self.client().await {
+            Ok(client) => client,
+            Err(error) => return retry_all(error, None),
+        };
+        let key = &*chunk.key;
+        let schema = match self.schema_for(client, key).await {
+            Ok(schema) => schema,
+            Err(error) => return retry_all(error, None),
+        };
+        let chunk_hex = chunk.id.hex();
+        let mut inject = self.inject.clone();
+        let mut builder = RequestBuilder {
+            chunk_hex: &chunk_hex,
+            entries: &chunk.entries,
+            schema: schema.as_deref(),
+            inject: &mut inject,
+            options: &self.options,
+        };
+        let (requests, mut dead) = builder.build(&chunk.pending_indices());
+        let mut work: VecDeque<Request> = requests.into();
+        let mut keep: Vec<u32> = Vec::new();
+        let mut error: Option<String> = None;
+        let mut after: Option<Duration> = None;
+        let table = TableRef {
+            project: &key.project,
+            dataset: &key.dataset,
+            table: &key.table,
+        };
+        while let Some(request) = work.pop_front() {
+            if error.is_some() {
+                // Something transient failed: keep the rest for the retry, don't hammer.
+                keep.extend(&request.indices);
+                continue;
+            }
+            let indices = request.indices.clone();
+            let started = Instant::now();
+            let answer = client.insert_all(&table, request.body).await;
+            tracing::debug!(output = %self.id, table = %key, rows = indices.len(),
+                bytes = request.raw_len, elapsed_ms = started.elapsed().as_millis() as u64, ok = answer.is_ok(), "insertAll");
+            match answer {
+                Ok(response) => {
+                    self.stats.requests_ok.fetch_add(1, Ordering::Relaxed);
+                    self.sort_rows(
+                        &indices,
+                        response.insert_errors.unwrap_or_default(),
+                        &mut keep,
+                        &mut dead,
+                    );
+                    if keep.iter().any(|i| indices.contains(i)) {
+                        after.get_or_insert(Duration::ZERO);
+                        error.get_or_insert_with(|| "rows stopped by other rows' errors".into());
+                    }
+                }
+                Err(failure) => {
+                    self.stats.requests_failed.fetch_add(1, Ordering::Relaxed);
+                    match classify(&failure) {
+                        Verdict::Retry(e) | Verdict::Reauthenticate(e) => {
+                            keep.extend(&indices);
+                            error = Some(e);
+                        }
+                        Verdict::Split(e) if indices.len() > 1 => {
+                            let (first, second) = indices.split_at(indices.len() / 2);
+                            let (mut halves, rejected) = builder.build(first);
+                            let (more, rejected2) = builder.build(second);
+                            halves.extend(more);
+                            dead.extend(rejected.into_iter().chain(rejected2));
+                            for half in halves.into_iter().rev() {
+                                work.push_front(half);
+                            }
+                            tracing::warn!(output = %self.id, table = %key, error = %e, "request too large; split in two");
+                        }
+                        Verdict::Split(e) => dead.extend(reject(&indices, "request_too_large", &e)),
+                        Verdict::NotFound(e) => match self.on_not_found(client, key, &e).await {
+                            Some(wait) => {
+                                keep.extend(&indices);
+                                error = Some(e);
+                                after = Some(wait);
+                            }
+                            None => dead.extend(reject(&indices, "not_found", &e)),
+                        },
+                        Verdict::DeadLetter(e) => dead.extend(reject(&indices, "rejected", &e)),
+                    }
+                }
+            }
+        }
+        if !dead.is_empty() && !self.dead_letter(chunk, &dead, &key.to_string()).await {
+            // The dead letters could not be written: keep those rows too, so nothing is lost.
+            keep.extend(dead.iter().map(|d| d.index));
+            error.get_or_insert_with(|| "secondary output did not accept dead letters".into());
+        }
+        if keep.is_empty() {
+            return Outcome::Done;
+        }
+        keep.sort_unstable();
+        keep.dedup();
+        self.stats
+            .rows_resent
+            .fetch_add(keep.len() as u64, Ordering::Relaxed);
+        Outcome::Retry {
+            keep: Some(keep),
+            error: error.unwrap_or_default(),
+            after,
+        }
+    }
+
+    /// Sorts a 200 answer's rows: unlisted rows were inserted.
+    fn sort_rows(
+        &self,
+        indices: &[u32],
+        errors: Vec<gcp_bigquery_client::model::table_data_insert_all_response_insert_errors::TableDataInsertAllResponseInsertErrors>,
+        keep: &mut Vec<u32>,
+        dead: &mut Dead,
+    ) {
+        let mut failed = 0u64;
+        for row in errors {
+            let Some(&index) = row
+                .index
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| indices.get(i))
+            else {
+                continue;
+            };
+            failed += 1;
+            let protos = row.errors.unwrap_or_default();
+            let reasons = protos.iter().map(|p| p.reason.as_deref().unwrap_or(""));
+            match classify_row(reasons) {
+                RowVerdict::Resend => keep.push(index),
+                RowVerdict::DeadLetter => {
+                    let first = protos
+                        .iter()
+                        .find(|p| p.reason.as_deref() != Some("stopped"))
+                        .or(protos.first());
+                    dead.push(Rejected {
+                        index,
+                        reason: first.and_then(|p| p.reason.clone()).unwrap_or_default(),
+                        location: first.and_then(|p| p.location.clone()).unwrap_or_default(),
+                        message: first.and_then(|p| p.message.clone()).unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        let inserted = (indices.len() as u64).saturating_sub(failed);
+        self.stats
+            .rows_inserted
+            .fetch_add(inserted, Ordering::Relaxed);
+    }
+
+    /// A missing table: create it if configured (then wait), or wait briefly if it was just
+    /// created. `None`: dead-letter the rows.
+    async fn on_not_found(
+        &self,
+        client: &BigQueryClient,
+        key: &TableKey,
+        error: &str,
+    ) -> Option<Duration> {
+        let name = key.to_string();
+        let recently = self
+            .created
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&name).copied())
+            .is_some_and(|at| at.elapsed() < CREATED_GRACE);
+        if recently {
+            return Some(Duration::from_secs(2));
+        }
+        let auto = self.auto_create.as_ref()?;
+        if error.contains("Dataset") {
+            tracing::error!(output = %self.id, table = %name, %error, "dataset not found; auto_create_table creates tables, not datasets");
+            return None;
+        }
+        let mut resource = auto.extra.clone();
+        resource.insert(
+            "tableReference".into(),
+            serde_json::json!({"projectId": key.project, "datasetId": key.dataset, "tableId": key.base_table()}),
+        );
+        resource.insert("schema".into(), auto.schema.to_json());
+        match client
+            .create_table(serde_json::Value::Object(resource))
+            .await
+        {
+            Ok(()) => {
+                self.stats.tables_created.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(output = %self.id, table = %name, "created table (auto_create_table)");
+                if let Ok(mut created) = self.created.lock() {
+                    created.insert(name, Instant::now());
+                }
+                Some(Duration::from_secs(1))
+            }
+            Err(failure) => {
+                tracing::warn!(output = %self.id, table = %name, error = ?failure, "could not create table; will retry");
+                Some(Duration::from_secs(5))
+            }
+        }
+    }
+
+    /// Writes dead letters to `<secondary>`; without one, logs and counts them. `false` if
+    /// the secondary refused them.
+    async fn dead_letter(&self, chunk: &Chunk<TableKey>, dead: &[Rejected], table: &str) -> bool {
+        let mut reasons: HashMap<&str, u64> = HashMap::new();
+        for d in dead {
+            *reasons.entry(d.reason.as_str()).or_default() += 1;
+        }
+        let Some(secondary) = &self.secondary else {
+            self.stats
+                .rows_dropped
+                .fetch_add(dead.len() as u64, Ordering::Relaxed);
+            tracing::error!(output = %self.id, table, rows = dead.len(), ?reasons,
+                first = %dead.first().map(|d| d.message.as_str()).unwrap_or(""),
+                "rows rejected and no <secondary> configured: dropped");
+            return true;
+        };
+        let mut batches: Vec<Batch> = Vec::new();
+        for d in dead {
+            let Some(entry) = chunk.entries.get(d.index as usize) else {
+                continue;
+            };
+            let record = dead_letter_record(table, d, entry);
+            let event = Event {
+                time: entry.event.time,
+                record,
+            };
+            match batches.last_mut() {
+                Some(batch) if batch.tag == entry.tag => batch.events.push(event),
+                _ => batches.push(Batch {
+                    tag: Arc::clone(&entry.tag),
+                    events: vec![event],
+                }),
+            }
+        }
+        for batch in batches {
+            if let Err(err) = secondary.emit(batch).await {
+                tracing::error!(output = %self.id, error = %err, "secondary output refused dead letters");
+                return false;
+            }
+        }
+        self.stats
+            .rows_dead_lettered
+            .fetch_add(dead.len() as u64, Ordering::Relaxed);
+        tracing::warn!(output = %self.id, table, rows = dead.len(), ?reasons, secondary = secondary.id(), "rows dead-lettered");
+        true
+    }
+}
+
+/// `{"table","reason","location","message","tag","time","record"}` as a msgpack map.
+fn dead_letter_record(table: &str, dead: &Rejected, entry: &crate::buffer::Entry) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(entry.event.record.len() + 256);
+    msgpack::write_map_len(&mut out, 7);
+    for (key, value) in [
+        ("table", table),
+        ("reason", dead.reason.as_str()),
+        ("location", dead.location.as_str()),
+        ("message", dead.message.as_str()),
+        ("tag", &entry.tag),
+    ] {
+        msgpack::write_str(&mut out, key);
+        msgpack::write_str(&mut out, value);
+    }
+    msgpack::write_str(&mut out, "time");
+    let _ = rmp::encode::write_f64(&mut out, entry.event.time.as_f64());
+    msgpack::write_str(&mut out, "record");
+    out.extend_from_slice(&entry.event.record);
+    out.into()
+}
+
+fn reject(indices: &[u32], reason: &str, message: &str) -> Vec<Rejected> {
+    indices
+        .iter()
+        .map(|&index| Rejected {
+            index,
+            reason: reason.into(),
+            location: String::new(),
+            message: message.into(),
+        })
+        .collect()
+}
+
+fn retry_all(error: String, after: Option<Duration>) -> Outcome {
+    Outcome::Retry {
+        keep: None,
+        error,
+        after,
+    }
+}
+
+impl Sink<TableKey> for BigQuerySink {
+    fn write<'a>(&'a self, chunk: &'a Chunk<TableKey>) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.deliver(chunk))
+    }
+
+    fn give_up<'a>(&'a self, chunk: &'a Chunk<TableKey>, reason: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let dead = reject(&chunk.pending_indices(), "retries_exhausted", reason);
+            if !self.dead_letter(chunk, &dead, &chunk.key.to_string()).await {
+                self.stats
+                    .rows_dropped
+                    .fetch_add(dead.len() as u64, Ordering::Relaxed);
+                tracing::error!(output = %self.id, table = %chunk.key, rows = dead.len(), %reason,
+                    "rows lost: retries exhausted and the secondary output refused them");
+            }
+        })
+    }
+}
