@@ -108,6 +108,16 @@ fn write_row_inner(
     }
 }
 
+/// Consumes the next value if it is nil; leaves the cursor where it was otherwise.
+fn next_is_nil(cur: &mut Cursor<'_>) -> Result<bool, MsgpackError> {
+    let pos = cur.position();
+    let nil = matches!(cur.head()?, Head::Nil);
+    if !nil {
+        cur.set_position(pos);
+    }
+    Ok(nil)
+}
+
 /// A value's head with its payload already taken; containers leave the cursor on their first
 /// child.
 #[derive(Debug, Clone, Copy)]
@@ -187,8 +197,12 @@ fn take<'a>(cur: &mut Cursor<'a>, n: u32) -> Result<&'a [u8], MsgpackError> {
     Ok(cur.slice(range))
 }
 
-fn cannot(val: Val<'_>, ty: FieldType) -> String {
-    format!("cannot convert {} to {}", val.describe(), ty.as_str())
+fn cannot(val: Val<'_>, ty: FieldType) -> RowError {
+    RowError::leaf(format!(
+        "cannot convert {} to {}",
+        val.describe(),
+        ty.as_str()
+    ))
 }
 
 struct Converter {
@@ -243,12 +257,21 @@ impl Converter {
             let key_start = cur.position();
             let key = match cur.head()? {
                 Head::Str(n) | Head::Bin(n) => Some(take(cur, n)?),
-                _ => None,
+                _ => {
+                    cur.set_position(key_start);
+                    cur.skip_value(DEFAULT_MAX_DEPTH)?;
+                    None
+                }
             };
             if let Some(key) = key
                 && extras.iter().any(|(name, _)| name.as_bytes() == key)
             {
                 cur.skip_value(DEFAULT_MAX_DEPTH)?;
+                continue;
+            }
+            if self.compat && next_is_nil(cur)? {
+                // The plugin skips nil values (`next if value.nil?`), so a nil under an
+                // unknown key never reaches BigQuery as "no such field".
                 continue;
             }
             if !first {
@@ -262,8 +285,9 @@ impl Converter {
                 }
                 None => {
                     // A non-string key: its JSON text as a string, as format::json writes it.
-                    cur.set_position(key_start);
-                    write_json_text_as_str(cur, out)?;
+                    let mut key_cur = cur.clone();
+                    key_cur.set_position(key_start);
+                    write_json_text_as_str(&mut key_cur, out)?;
                     None
                 }
             };
@@ -370,25 +394,23 @@ impl Converter {
         in_array: bool,
     ) -> Result<(), RowError> {
         let ty = field.field_type;
-        let done = match ty {
-            FieldType::Record => {
-                return match val {
-                    Val::Map(pairs) => self.record(&field.fields, cur, pairs, &[], out),
-                    other => Err(RowError::leaf(format!(
-                        "RECORD needs a map, got {}",
-                        other.describe()
-                    ))),
-                };
-            }
+        match ty {
+            FieldType::Record => match val {
+                Val::Map(pairs) => self.record(&field.fields, cur, pairs, &[], out),
+                other => Err(RowError::leaf(format!(
+                    "RECORD needs a map, got {}",
+                    other.describe()
+                ))),
+            },
             FieldType::Integer => self.integer(val, out),
             FieldType::Float => self.float(val, out),
-            FieldType::Numeric | FieldType::BigNumeric => self.numeric(val, cur, out)?,
+            FieldType::Numeric | FieldType::BigNumeric => self.numeric(val, cur, out),
             FieldType::Boolean => self.boolean(val, out),
-            FieldType::String | FieldType::Geography => self.string(val, cur, out)?,
+            FieldType::String | FieldType::Geography => self.string(val, cur, out),
             FieldType::Bytes => bytes(val, out),
-            FieldType::Timestamp => self.timestamp(val, cur, out)?,
+            FieldType::Timestamp => self.timestamp(val, cur, out),
             FieldType::Date | FieldType::Time | FieldType::DateTime => {
-                self.civil(ty, val, cur, out)?
+                self.civil(ty, val, cur, out)
             }
             FieldType::Json => {
                 // insertAll wants a JSON column's value as a string holding JSON text (the
@@ -402,26 +424,28 @@ impl Converter {
                 }
                 Ok(())
             }
-        };
-        done.map_err(RowError::leaf)
+        }
     }
 
-    fn integer(&self, val: Val<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+    fn integer(&self, val: Val<'_>, out: &mut Vec<u8>) -> Result<(), RowError> {
         const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
         match val {
             Val::Int(n) => write_int(n, out),
             Val::Uint(n) => match i64::try_from(n) {
                 Ok(n) => write_int(n, out),
                 Err(_) if self.compat => write_quoted(itoa::Buffer::new().format(n), out),
-                Err(_) => return Err(format!("integer {n} is out of range for INTEGER")),
+                Err(_) => {
+                    return Err(RowError::leaf(format!(
+                        "integer {n} is out of range for INTEGER"
+                    )));
+                }
             },
             Val::Float(f) if self.compat => {
                 // Ruby's Float#to_i truncates; NaN and infinities raise FloatDomainError.
                 if !f.is_finite() {
-                    return Err(format!(
-                        "{} (Ruby FloatDomainError)",
-                        cannot(val, FieldType::Integer)
-                    ));
+                    let mut e = cannot(val, FieldType::Integer);
+                    e.reason.push_str(" (Ruby raises FloatDomainError)");
+                    return Err(e);
                 }
                 let t = f.trunc();
                 if (-LIMIT..LIMIT).contains(&t) {
@@ -445,7 +469,7 @@ impl Converter {
         Ok(())
     }
 
-    fn float(&self, val: Val<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+    fn float(&self, val: Val<'_>, out: &mut Vec<u8>) -> Result<(), RowError> {
         match val {
             Val::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
             Val::Uint(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
@@ -466,11 +490,11 @@ impl Converter {
         val: Val<'_>,
         cur: &mut Cursor<'_>,
         out: &mut Vec<u8>,
-    ) -> Result<Result<(), String>, RowError> {
+    ) -> Result<(), RowError> {
         if self.compat {
             // The plugin sends `value.to_s`.
             ruby_to_s(val, cur, out)?;
-            return Ok(Ok(()));
+            return Ok(());
         }
         match val {
             Val::Int(n) => write_int(n, out),
@@ -489,12 +513,14 @@ impl Converter {
                 out.push(b'"');
             }
             Val::Str(s) | Val::Bin(s) if is_decimal(s) => write_quoted_ascii(s, out),
-            _ => return Ok(Err(cannot(val, FieldType::Numeric))),
+            _ => return Err(cannot(val, FieldType::Numeric)),
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
-    fn boolean(&self, val: Val<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+    /// Always written as a JSON boolean, so which strings BigQuery itself would take for BOOL
+    /// does not matter; strict accepts only unambiguous spellings ("true"/"false", 0/1).
+    fn boolean(&self, val: Val<'_>, out: &mut Vec<u8>) -> Result<(), RowError> {
         let b = match val {
             Val::Bool(b) => b,
             // Ruby's `!!value`: only nil (handled by the mode) and false are false.
@@ -514,10 +540,10 @@ impl Converter {
         val: Val<'_>,
         cur: &mut Cursor<'_>,
         out: &mut Vec<u8>,
-    ) -> Result<Result<(), String>, RowError> {
+    ) -> Result<(), RowError> {
         if self.compat {
             ruby_to_s(val, cur, out)?;
-            return Ok(Ok(()));
+            return Ok(());
         }
         match val {
             Val::Str(s) | Val::Bin(s) => write_bytes_as_str(s, out),
@@ -535,7 +561,7 @@ impl Converter {
             Val::Ext(_) => plain_scalar(val, out),
             _ => json_text_as_str(val, cur, out)?,
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     fn timestamp(
@@ -543,7 +569,7 @@ impl Converter {
         val: Val<'_>,
         cur: &mut Cursor<'_>,
         out: &mut Vec<u8>,
-    ) -> Result<Result<(), String>, RowError> {
+    ) -> Result<(), RowError> {
         match val {
             // Numbers are epoch seconds (https://cloud.google.com/bigquery/docs/reference/standard-sql/data-types#timestamp_type
             // for the text forms; insertAll takes numeric seconds as load jobs do).
@@ -560,14 +586,14 @@ impl Converter {
                 } else {
                     match shape(FieldType::Timestamp, s) {
                         Some(cut) => write_cut(s, cut, out),
-                        None => return Ok(Err(cannot(val, FieldType::Timestamp))),
+                        None => return Err(cannot(val, FieldType::Timestamp)),
                     }
                 }
             }
             _ if self.compat => plain(val, cur, out)?,
-            _ => return Ok(Err(cannot(val, FieldType::Timestamp))),
+            _ => return Err(cannot(val, FieldType::Timestamp)),
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// DATE, TIME, DATETIME.
@@ -577,23 +603,23 @@ impl Converter {
         val: Val<'_>,
         cur: &mut Cursor<'_>,
         out: &mut Vec<u8>,
-    ) -> Result<Result<(), String>, RowError> {
+    ) -> Result<(), RowError> {
         match val {
             Val::Time(secs, nanos) => write_event_time(ty, secs, nanos, out),
             _ if self.compat => plain(val, cur, out)?,
             Val::Str(s) | Val::Bin(s) => match shape(ty, s) {
                 Some(cut) => write_cut(s, cut, out),
-                None => return Ok(Err(cannot(val, ty))),
+                None => return Err(cannot(val, ty)),
             },
-            _ => return Ok(Err(cannot(val, ty))),
+            _ => return Err(cannot(val, ty)),
         }
-        Ok(Ok(()))
+        Ok(())
     }
 }
 
 /// BYTES travel as base64 (https://cloud.google.com/bigquery/docs/reference/rest/v2/tabledata/insertAll
 /// rows are JSON; BigQuery decodes BYTES from base64, googleapis/google-cloud-java#1603).
-fn bytes(val: Val<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+fn bytes(val: Val<'_>, out: &mut Vec<u8>) -> Result<(), RowError> {
     match val {
         Val::Bin(b) | Val::Ext(b) => {
             out.push(b'"');
@@ -614,10 +640,9 @@ fn bytes(val: Val<'_>, out: &mut Vec<u8>) -> Result<(), String> {
                 out.push(b'"');
             }
             None => {
-                return Err(format!(
-                    "{} (BYTES must be base64)",
-                    cannot(val, FieldType::Bytes)
-                ));
+                let mut e = cannot(val, FieldType::Bytes);
+                e.reason.push_str(" (BYTES strings must be base64)");
+                return Err(e);
             }
         },
         _ => return Err(cannot(val, FieldType::Bytes)),
@@ -1886,7 +1911,8 @@ mod tests {
                 Conversion::Compat
             )
             .unwrap(),
-            json!({"id": null})
+            json!({}),
+            "compat drops the nil and leaves REQUIRED to BigQuery"
         );
     }
 
@@ -1988,6 +2014,33 @@ mod tests {
     }
 
     #[test]
+    fn compat_drops_nil_values_as_the_plugin_does() {
+        let schema = http_schema();
+        let record =
+            v(&json!({"msg": null, "debug": null, "http": {"status": null, "x": 1}, "tags": null}));
+        let got = row(&record, Some(&schema), &[], Conversion::Compat).unwrap();
+        assert_eq!(got, json!({"http": {"x": 1}}));
+        let got = row(&record, Some(&schema), &[], Conversion::Strict).unwrap();
+        assert_eq!(
+            got,
+            json!({"msg": null, "debug": null, "http": {"status": null, "x": 1}, "tags": []})
+        );
+    }
+
+    #[test]
+    fn container_keys_are_written_as_json_text() {
+        // {[1, 2]: nil, "msg": 5}
+        let mut record = vec![0x82, 0x92, 0x01, 0x02, 0xc0];
+        record.extend(v(&json!("msg")));
+        record.extend(v(&json!(5)));
+        let schema = http_schema();
+        let got = row(&record, Some(&schema), &[], Conversion::Strict).unwrap();
+        assert_eq!(got, json!({"[1,2]": null, "msg": "5"}));
+        let got = row(&record, Some(&schema), &[], Conversion::Compat).unwrap();
+        assert_eq!(got, json!({"msg": "5"}));
+    }
+
+    #[test]
     fn bad_records_are_errors_without_output() {
         let schema = http_schema();
         for schema in [None, Some(&schema)] {
@@ -2085,13 +2138,15 @@ mod tests {
         }
     }
 
-    /// serde_json::Value without floats' rounding noise: numbers compared as f64 within 1e-15
-    /// relative (serde_json's float parser may be an ULP off the shortest representation).
+    /// serde_json::Value equality with floats compared within 1e-15 relative: the writer
+    /// prints the shortest round-trip form, but serde_json's reader (without its
+    /// `float_roundtrip` feature) may land an ULP or so away.
     fn approx_eq(a: &Value, b: &Value) -> bool {
         match (a, b) {
             (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
                 let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-                x == y || (x - y).abs() <= 1e-15 * x.abs().max(y.abs())
+                // Subnormals lose more to the reader, so also allow a tiny absolute error.
+                x == y || (x - y).abs() <= (1e-15 * x.abs().max(y.abs())).max(1e-300)
             }
             (Value::Array(x), Value::Array(y)) => {
                 x.len() == y.len() && x.iter().zip(y).all(|(x, y)| approx_eq(x, y))
