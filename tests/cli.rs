@@ -91,7 +91,7 @@ fn config_errors_name_file_and_line_and_fail() {
         ),
         (
             "<match **>\n  @type elasticsearch\n</match>\n",
-            ":1: unknown @type 'elasticsearch' in <match **> (bqforward supports: stdout, null, file)",
+            ":1: unknown @type 'elasticsearch' in <match **> (bqforward supports: bigquery_insert, stdout, null, file)",
         ),
         (
             "<source>\n  @type forward\n",

@@ -269,3 +269,200 @@ pub fn closed_by_server(stream: &mut TcpStream) -> bool {
 pub fn send(stream: &mut TcpStream, bytes: &[u8]) {
     stream.write_all(bytes).unwrap();
 }
+
+/// The repo's bigquery-emulator, started on a free port (in memory unless `args` say).
+pub struct Emulator {
+    child: Child,
+    pub port: u16,
+}
+
+impl Emulator {
+    pub fn start(args: &[&str]) -> Emulator {
+        let bin = Path::new(BIN).with_file_name("bigquery-emulator");
+        assert!(
+            bin.exists(),
+            "{bin:?} missing: build it with `cargo build --workspace`"
+        );
+        let mut child = Command::new(&bin)
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("emulator said {line:?}"));
+        Emulator { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        http(self.port, method, path, body)
+    }
+
+    pub fn create_dataset(&self, project: &str, dataset: &str) {
+        let body =
+            serde_json::json!({"datasetReference": {"projectId": project, "datasetId": dataset}});
+        let (status, answer) = self.call(
+            "POST",
+            &format!("/bigquery/v2/projects/{project}/datasets"),
+            Some(&body),
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    pub fn create_table(
+        &self,
+        project: &str,
+        dataset: &str,
+        table: &str,
+        fields: serde_json::Value,
+    ) {
+        let body = serde_json::json!({
+            "tableReference": {"projectId": project, "datasetId": dataset, "tableId": table},
+            "schema": {"fields": fields},
+        });
+        let path = format!("/bigquery/v2/projects/{project}/datasets/{dataset}/tables");
+        let (status, answer) = self.call("POST", &path, Some(&body));
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    pub fn count(&self, project: &str, dataset: &str, table: &str) -> u64 {
+        let path = format!("/_emulator/projects/{project}/datasets/{dataset}/tables/{table}/count");
+        let (status, answer) = self.call("GET", &path, None);
+        if status == 404 {
+            return 0;
+        }
+        answer["rows"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("count: {status} {answer}"))
+    }
+
+    /// Every row of a table as JSON objects keyed by column (tabledata.list, all pages).
+    pub fn rows(&self, project: &str, dataset: &str, table: &str) -> Vec<serde_json::Value> {
+        let base = format!("/bigquery/v2/projects/{project}/datasets/{dataset}/tables/{table}");
+        let (_, resource) = self.call("GET", &base, None);
+        let fields = resource["schema"]["fields"].clone();
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let path = format!("{base}/data?maxResults=1000{token}");
+            let (status, page) = self.call("GET", &path, None);
+            assert_eq!(status, 200, "{page}");
+            for row in page["rows"].as_array().cloned().unwrap_or_default() {
+                out.push(decode_row(&fields, &row));
+            }
+            match page["pageToken"].as_str() {
+                Some(t) => token = format!("&pageToken={t}"),
+                None => return out,
+            }
+        }
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        self.call("GET", "/_emulator/stats", None).1
+    }
+
+    pub fn set_faults(&self, faults: serde_json::Value) {
+        let (status, answer) = self.call("POST", "/_emulator/faults", Some(&faults));
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
+/// tabledata.list's `{"f":[{"v":...}]}` back into `{"name": value}` (values stay strings).
+fn decode_row(fields: &serde_json::Value, row: &serde_json::Value) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let empty = Vec::new();
+    let cells = row["f"].as_array().unwrap_or(&empty);
+    for (field, cell) in fields.as_array().unwrap_or(&empty).iter().zip(cells) {
+        let name = field["name"].as_str().unwrap_or_default().to_owned();
+        let value = &cell["v"];
+        let decoded = match (field["type"].as_str(), field["mode"].as_str()) {
+            (_, Some("REPEATED")) => serde_json::Value::Array(
+                value
+                    .as_array()
+                    .unwrap_or(&empty)
+                    .iter()
+                    .map(|v| v["v"].clone())
+                    .collect(),
+            ),
+            (Some("RECORD" | "STRUCT"), _) if !value.is_null() => {
+                decode_row(&field["fields"], value)
+            }
+            _ => value.clone(),
+        };
+        out.insert(name, decoded);
+    }
+    serde_json::Value::Object(out)
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 client for the tests (JSON in, JSON out, Connection: close).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let payload = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        rest.to_owned()
+    };
+    let value = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
+    (status, value)
+}
