@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job, locally: build bqforward, run it on config/demo.conf, send sample events with
-# the real fluent-logger client (Message mode) and hand-built PackedForward frames with acks,
-# then show what landed. Needs only cargo and python3.
-# Usage: scripts/demo.sh
+# The main job, locally and without a Google account: build bqforward and the repo's
+# bigquery-emulator, run bqforward on config/bigquery.conf against it, send events with real
+# clients (fluent-logger in Message mode; PackedForward and CompressedPackedForward with acks,
+# as fluentd / Fluent Bit out_forward send), and show the rows that landed in BigQuery and the
+# one row BigQuery rejected, in the dead letters. Needs only cargo and python3.
+# Usage: scripts/demo.sh        (DEMO_PORT=24224 to change the forward port)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,35 +12,55 @@ if ! .venv/bin/python -c 'import fluent, msgpack' 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet -r tests/clients/requirements.txt
 fi
-cargo build --release --locked --bin bqforward
+cargo build --release --locked --workspace
 
-out=demo-out
+out=$PWD/demo-out
 rm -rf "$out"
 mkdir -p "$out"
 port=${DEMO_PORT:-24224}
-sed -e "s|@DEMO_OUT@|$PWD/$out|" -e "s|port 24224|port $port|" config/demo.conf > "$out/fluent.conf"
-target/release/bqforward run -c "$out/fluent.conf" 2> "$out/bqforward.log" &
-pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 50); do
+py=.venv/bin/python
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+
+echo "== starting bigquery-emulator (a local BigQuery REST API, data in demo-out/bigquery)"
+coproc EMU { exec target/release/bigquery-emulator --port 0 --data-dir "$out/bigquery" 2> "$out/emulator.log"; }
+pids+=("$EMU_PID")
+read -r line <&"${EMU[0]}"
+endpoint="http://${line##listening on }"
+echo "   $endpoint"
+$py scripts/bq.py "$endpoint" create-dataset demo logs
+
+echo "== starting bqforward -c config/bigquery.conf on 127.0.0.1:$port"
+BIGQUERY_ENDPOINT=$endpoint BIGQUERY_AUTH_METHOD=none BIGQUERY_PROJECT=demo \
+BQFORWARD_BIND=127.0.0.1 BQFORWARD_PORT=$port BQFORWARD_CONFIG_DIR=$PWD/config \
+BQFORWARD_DEAD_LETTER_DIR=$out/dead-letters \
+  target/release/bqforward run -c config/bigquery.conf 2> "$out/bqforward.log" &
+pids+=($!)
+for _ in $(seq 100); do
   grep -q listening "$out/bqforward.log" && break
   sleep 0.1
 done
 
-echo "== sending 5 events with fluent-logger (Message mode, EventTime)"
-.venv/bin/python tests/clients/fluent_logger_send.py --port "$port" --tag demo --label app --count 5 --nanosecond
-echo "== sending 2 x 1000 events as PackedForward and CompressedPackedForward with acks"
-.venv/bin/python tests/clients/forward_send.py --port "$port" --mode packed --tag demo.packed --events 1000 --chunk 500 --ack
-.venv/bin/python tests/clients/forward_send.py --port "$port" --mode compressed --tag demo.gzip --events 1000 --chunk 500 --ack
+echo "== sending: 5 events with fluent-logger (app.web), 2000 PackedForward + 2000 gzip CompressedPackedForward with acks (app.api, app.worker)"
+$py tests/clients/fluent_logger_send.py --port "$port" --tag app --label web --count 5 --nanosecond
+$py tests/clients/forward_send.py --port "$port" --mode packed --tag app.api --connections 2 --events 1000 --chunk 250 --ack
+$py tests/clients/forward_send.py --port "$port" --mode compressed --tag app.worker --connections 2 --events 1000 --chunk 250 --ack
+echo "== and one event BigQuery must reject (seq is not an integer)"
+$py - "$port" <<'PY'
+import sys
+from fluent import sender
+s = sender.FluentSender("app", host="127.0.0.1", port=int(sys.argv[1]))
+assert s.emit("web", {"seq": "not a number", "msg": "bad row"}), s.last_error
+s.close()
+PY
 
-kill -TERM $pid
-wait $pid
-trap - EXIT
+$py scripts/bq.py "$endpoint" wait-rows demo logs 4005 30
+kill -TERM "${pids[1]}"
+wait "${pids[1]}" || true
+
+echo "== rows in BigQuery (tabledata.list)"
+$py scripts/bq.py "$endpoint" show demo logs
+echo "== dead letters"
+cat "$out"/dead-letters/*.log
 echo "== bqforward log"
 cat "$out/bqforward.log"
-echo "== files written"
-find "$out/logs" -type f | sort | while read -r f; do
-  printf '%s: %s lines\n' "$f" "$(wc -l < "$f")"
-done
-echo "== first lines of each"
-find "$out/logs" -type f | sort | while read -r f; do head -n 2 "$f"; done

@@ -42,7 +42,10 @@ fn shipped_example_configs_pass_check() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "conf") {
-            let (code, out, err) = bqforward(&["check", "-c", path.to_str().unwrap()], &[]);
+            let (code, out, err) = bqforward(
+                &["check", "-c", path.to_str().unwrap()],
+                &[("BQFORWARD_CONFIG_DIR", dir.to_str().unwrap())],
+            );
             assert_eq!(code, 0, "{path:?}: {err}");
             assert!(out.contains("config OK"), "{out}");
             checked += 1;

@@ -150,7 +150,10 @@ impl BigQueryOutput {
 
         let connection = Connection {
             auth: auth_method(s)?,
-            endpoint: s.str("endpoint").map(str::to_owned),
+            endpoint: s
+                .str("endpoint")
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned),
             request_timeout: s.time("request_timeout_sec")?,
             open_timeout: s
                 .time("request_open_timeout_sec")?
