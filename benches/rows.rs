@@ -1,0 +1,39 @@
+//! msgpack record → BigQuery JSON row transcoding, without a schema (the `<format> json`
+//! mapping) and with the benchmark's table schema (strict conversion), with `<inject>` extras.
+
+mod common;
+
+use bqforward::format::json::Extra;
+use bqforward::output::bigquery::rows::{Conversion, write_row};
+use bqforward::output::bigquery::schema::Schema;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+
+fn rows(c: &mut Criterion) {
+    let records: Vec<_> = common::events(0, 0, common::CHUNK, common::time());
+    let schema = Schema::from_json(&serde_json::from_str(common::SCHEMA_JSON).unwrap()).unwrap();
+    let extras = [
+        ("time", Extra::Float(common::time().as_f64())),
+        ("tag", Extra::Str("app.web")),
+    ];
+    let bytes: usize = records.iter().map(|e| e.record.len()).sum();
+    let mut group = c.benchmark_group("write_row");
+    group.throughput(Throughput::Elements(records.len() as u64));
+    for (name, schema) in [("no_schema", None), ("schema", Some(&schema))] {
+        let mut out = Vec::with_capacity(bytes * 2);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                for event in &records {
+                    write_row(&event.record, schema, &extras, Conversion::Strict, &mut out)
+                        .expect("row converts");
+                }
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, rows);
+criterion_main!(benches);

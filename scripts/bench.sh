@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# The end-to-end load benchmark in one command: builds bqforward, bigquery-emulator and
+# bqforward-loadgen in release mode, starts the emulator in --null-mode (accepts gzip insertAll
+# bodies, stores nothing, answers success) and, per scenario, a fresh bqforward on 127.0.0.1;
+# drives it with the load generator and prints a Markdown table: events/s, MB/s on the wire,
+# bqforward's CPU seconds per million events (/proc/PID/stat), peak RSS (VmHWM) and ack
+# latency p50/p90/p99. With FLUENT_BIT_BIN set, Fluent Bit's forward input -> null and -> http
+# (json + gzip, to the same emulator) take the same load in the same run.
+# Usage: scripts/bench.sh            BENCH_EVENTS=5000000 BENCH_CONNECTIONS=4 to change the load
+#        BENCH_PROFILE=1 scripts/bench.sh   also records `perf` samples of the PackedForward run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+events=${BENCH_EVENTS:-5000000}
+conns=${BENCH_CONNECTIONS:-4}
+fluent_bit=${FLUENT_BIT_BIN:-}
+out=$PWD/target/bench-out
+rm -rf "$out"
+mkdir -p "$out"
+
+cargo build --release --locked -p bqforward -p bigquery-emulator -p bqforward-loadgen >&2
+bin=$PWD/target/release
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+coproc EMU { exec "$bin/bigquery-emulator" --port 0 --null-mode 2> "$out/emulator.log"; }
+pids+=("$EMU_PID")
+read -r line <&"${EMU[0]}"
+emulator="http://${line##listening on }"
+
+"$bin/bqforward-loadgen" --print-schema > "$out/schema.json"
+cat > "$out/null.conf" <<EOF
+<source>
+  @type forward
+  bind 127.0.0.1
+  port 0
+</source>
+<match **>
+  @type null
+</match>
+EOF
+cat > "$out/bigquery.conf" <<EOF
+<source>
+  @type forward
+  bind 127.0.0.1
+  port 0
+</source>
+<match app.**>
+  @type bigquery_insert
+  auth_method none
+  endpoint $emulator
+  project bench
+  dataset logs
+  table \${tag[1]}_%Y%m%d
+  schema_path $out/schema.json
+  <inject>
+    time_key time
+    tag_key tag
+  </inject>
+  <buffer>
+    flush_interval 1s
+    chunk_limit_records 500
+    flush_thread_count 4
+    total_limit_size 64m
+    overflow_action block
+    timekey_use_utc true
+  </buffer>
+</match>
+EOF
+
+# Starts bqforward on CONFIG; sets $server_pid and $server_port.
+start_bqforward() {
+  local log=$out/bqforward-$1.log
+  : > "$log"
+  "$bin/bqforward" run -c "$out/$2" 2> "$log" &
+  server_pid=$!
+  pids+=("$server_pid")
+  for _ in $(seq 100); do
+    server_port=$(sed -n 's/.*listening.*addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -n1)
+    [ -n "$server_port" ] && return
+    sleep 0.1
+  done
+  echo "bqforward did not start: $(cat "$log")" >&2
+  exit 1
+}
+
+# Starts Fluent Bit with a forward input and OUTPUT (null | http); sets the same variables.
+start_fluent_bit() {
+  server_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  local conf=$out/fluent-bit-$1.conf
+  cat > "$conf" <<EOF
+[SERVICE]
+    Flush     1
+    Log_Level warn
+[INPUT]
+    Name   forward
+    Listen 127.0.0.1
+    Port   $server_port
+[OUTPUT]
+    Name  $2
+    Match *
+EOF
+  if [ "$2" = http ]; then
+    cat >> "$conf" <<EOF
+    Host        127.0.0.1
+    Port        ${emulator##*:}
+    URI         /bigquery/v2/projects/bench/datasets/logs/tables/fluentbit/insertAll
+    Format      json
+    Compress    gzip
+    Retry_Limit no_retries
+EOF
+  fi
+  "$fluent_bit" -c "$conf" > "$out/fluent-bit-$1.log" 2>&1 &
+  server_pid=$!
+  pids+=("$server_pid")
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$server_port") 2>/dev/null && return
+    sleep 0.1
+  done
+  echo "fluent-bit did not start: $(cat "$out/fluent-bit-$1.log")" >&2
+  exit 1
+}
+
+stop_server() {
+  kill -TERM "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+}
+
+# load LABEL LOADGEN-ARGS...: one scenario against the running server, one table row.
+load() {
+  local label=$1
+  shift
+  "$bin/bqforward-loadgen" --port "$server_port" --pid "$server_pid" --emulator "$emulator" \
+    --connections "$conns" --events "$events" --label "$label" "$@" 2>> "$out/loadgen.log" \
+    | tee -a "$out/table.md"
+}
+
+{
+  echo "Load: $events events of ~300 B (11 fields) per scenario, $conns connections, 500 events per chunk; $(nproc) CPUs; $(uptime | sed 's/.*load/load/')"
+  echo
+  echo "| scenario | events | events/s | MB/s (wire) | server CPU s / M events | M events / CPU-s | peak RSS MiB | ack p50 / p90 / p99 ms | load 1m |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+} | tee "$out/table.md"
+
+start_bqforward message-null null.conf
+load "bqforward: Message -> null" --mode message
+stop_server
+
+start_bqforward packed-bq bigquery.conf
+perf_pid=
+if [ -n "${BENCH_PROFILE:-}" ]; then
+  perf record -F 999 -g -o "$out/perf.data" -p "$server_pid" 2> "$out/perf.log" &
+  perf_pid=$!
+fi
+row=$(load "bqforward: PackedForward + ack -> bigquery_insert (gzip)" --mode packed --ack --until rows)
+echo "$row"
+[ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+stop_server
+max=$(awk -F'|' '{gsub(/[ k]/, "", $4); print $4 * 1000}' <<< "$row")
+
+start_bqforward packed-bq-half bigquery.conf
+load "bqforward: PackedForward + ack at half rate ($((max / 2000)) k/s) -> bigquery_insert" \
+  --mode packed --ack --until rows --rate $((max / 2))
+stop_server
+
+for mode in forward compressed; do
+  start_bqforward "$mode-bq" bigquery.conf
+  load "bqforward: $mode + ack -> bigquery_insert" --mode "$mode" --ack --until rows
+  stop_server
+done
+start_bqforward message-bq bigquery.conf
+load "bqforward: Message -> bigquery_insert" --mode message --until rows
+stop_server
+
+if [ -n "$fluent_bit" ]; then
+  start_fluent_bit message-null null
+  load "fluent-bit: Message -> null" --mode message --until idle
+  stop_server
+  start_fluent_bit packed-http http
+  load "fluent-bit: PackedForward + ack -> http json+gzip" --mode packed --ack --until idle
+  stop_server
+fi
+
+echo
+echo "Table in $out/table.md; details in $out/loadgen.log, server logs in $out/."
