@@ -7,6 +7,8 @@
 # latency p50/p90/p99. With FLUENT_BIT_BIN set, Fluent Bit's forward input -> null and -> http
 # (json + gzip, to the same emulator) take the same load in the same run.
 # Usage: scripts/bench.sh            BENCH_EVENTS=5000000 BENCH_CONNECTIONS=4 to change the load
+#        (Fluent Bit takes BENCH_FLUENT_BIT_EVENTS, default 1000000: it holds everything it has
+#        acked in memory until its slower http output catches up)
 #        BENCH_PROFILE=1 scripts/bench.sh   also records `perf` samples of the PackedForward run
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,7 @@ cd "$(dirname "$0")/.."
 events=${BENCH_EVENTS:-5000000}
 conns=${BENCH_CONNECTIONS:-4}
 fluent_bit=${FLUENT_BIT_BIN:-}
+fluent_bit_events=${BENCH_FLUENT_BIT_EVENTS:-1000000}
 out=$PWD/target/bench-out
 rm -rf "$out"
 mkdir -p "$out"
@@ -151,7 +154,8 @@ stop_server
 start_bqforward packed-bq bigquery.conf
 perf_pid=
 if [ -n "${BENCH_PROFILE:-}" ]; then
-  perf record -F 999 -g -o "$out/perf.data" -p "$server_pid" 2> "$out/perf.log" &
+  perf record -F 499 --call-graph dwarf,16384 -o "$out/perf.data" -p "$server_pid" \
+    2> "$out/perf.log" &
   perf_pid=$!
 fi
 row=$(load "bqforward: PackedForward + ack -> bigquery_insert (gzip)" --mode packed --ack --until rows)
@@ -176,12 +180,23 @@ stop_server
 
 if [ -n "$fluent_bit" ]; then
   start_fluent_bit message-null null
-  load "fluent-bit: Message -> null" --mode message --until idle
+  load "fluent-bit: Message -> null" --mode message --until idle --events "$fluent_bit_events"
   stop_server
   start_fluent_bit packed-http http
-  load "fluent-bit: PackedForward + ack -> http json+gzip" --mode packed --ack --until idle
+  load "fluent-bit: PackedForward + ack -> http json+gzip" --mode packed --ack --until idle \
+    --events "$fluent_bit_events"
   stop_server
 fi
 
+if [ -n "${BENCH_PROFILE:-}" ]; then
+  echo
+  echo "Profile of the PackedForward -> bigquery_insert run ($out/perf.data), self time:"
+  { perf report -i "$out/perf.data" --no-children --sort symbol --stdio -g none 2> /dev/null \
+    | grep '%' | head -n 15 | sed 's/[[:space:]-]*$//'; } || true
+  echo "inclusive:"
+  { perf report -i "$out/perf.data" --children --sort symbol --stdio -g none 2> /dev/null \
+    | grep -E 'RequestBuilder::build|rows::write_row$|request::finish|input::forward::.*run' \
+    | head -n 6 | sed 's/[[:space:]-]*$//'; } || true
+fi
 echo
 echo "Table in $out/table.md; details in $out/loadgen.log, server logs in $out/."

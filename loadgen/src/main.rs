@@ -20,6 +20,7 @@ const MAX_SECONDS: f64 = 600.0;
 #[derive(Parser, Debug)]
 #[command(
     version,
+    args_override_self = true,
     about = "Forward-protocol load for bqforward (127.0.0.1 only), with CPU, RSS and ack latency"
 )]
 struct Args {
