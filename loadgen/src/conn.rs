@@ -106,6 +106,11 @@ pub fn run(plan: Plan) -> Result<Outcome, String> {
     let mut stream = TcpStream::connect(("127.0.0.1", plan.port))
         .map_err(|e| format!("connect 127.0.0.1:{}: {e}", plan.port))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    // A server that stops reading cannot hold the generator past its deadline.
+    let left = plan.give_up.saturating_duration_since(Instant::now());
+    stream
+        .set_write_timeout(Some(left.max(Duration::from_secs(1))))
+        .map_err(|e| e.to_string())?;
     let reader = stream.try_clone().map_err(|e| e.to_string())?;
     let inflight = Arc::new(InFlight::default());
     let total_chunks = Arc::new(AtomicU64::new(u64::MAX));
@@ -159,7 +164,7 @@ fn write_all(
         }
         let frame = &mut frames[((sent / batch) % DISTINCT_BATCHES) as usize];
         frame.set_ids(plan.conn, chunks);
-        send(stream, frame, chunks, inflight, window, plan.ack)?;
+        send(stream, frame, chunks, inflight, window, plan)?;
         chunks += frame.slots.len() as u64;
         sent += frame.events;
         bytes += frame.bytes.len() as u64;
@@ -168,7 +173,7 @@ fn write_all(
     if rest > 0 && (!plan.ack || Instant::now() < plan.send_until) {
         let mut last = Frame::build(plan, sent, rest as usize, plan.ack);
         last.set_ids(plan.conn, chunks);
-        send(stream, &last, chunks, inflight, window, plan.ack)?;
+        send(stream, &last, chunks, inflight, window, plan)?;
         chunks += last.slots.len() as u64;
         sent += last.events;
         bytes += last.bytes.len() as u64;
@@ -183,12 +188,24 @@ fn send(
     first_chunk: u64,
     inflight: &InFlight,
     window: usize,
-    timed: bool,
+    plan: &Plan,
 ) -> Result<(), String> {
     let mut queue = inflight.queue.lock().map_err(|_| "poisoned")?;
     while !queue.is_empty() && queue.len() + frame.slots.len() > window {
-        queue = inflight.freed.wait(queue).map_err(|_| "poisoned")?;
+        // Bounded even if the ack reader has stopped (connection closed, bad answer).
+        if Instant::now() > plan.give_up {
+            return Err(format!(
+                "connection {}: no ack before the deadline",
+                plan.conn
+            ));
+        }
+        let (guard, _) = inflight
+            .freed
+            .wait_timeout(queue, Duration::from_millis(100))
+            .map_err(|_| "poisoned")?;
+        queue = guard;
     }
+    let timed = plan.ack;
     let now = Instant::now();
     for i in 0..frame.slots.len() as u64 {
         queue.push_back((first_chunk + i, now, timed));
