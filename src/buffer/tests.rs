@@ -99,7 +99,7 @@ fn key(name: &str) -> Arc<String> {
 #[tokio::test]
 async fn chunks_are_cut_at_the_record_limit_and_old_ones_flushed() {
     let s = sink(Box::new(|_, _| Outcome::Done), None);
-    let buffer = Buffer::start("t".into(), config(), s.clone());
+    let buffer = Buffer::start("t".into(), config(), s.clone()).unwrap();
     buffer
         .append(vec![(key("a"), entries(0..1200, 10))])
         .await
@@ -115,7 +115,7 @@ async fn chunks_are_cut_at_the_record_limit_and_old_ones_flushed() {
 #[tokio::test]
 async fn keys_get_separate_chunks() {
     let s = sink(Box::new(|_, _| Outcome::Done), None);
-    let buffer = Buffer::start("t".into(), config(), s.clone());
+    let buffer = Buffer::start("t".into(), config(), s.clone()).unwrap();
     buffer
         .append(vec![
             (key("a"), entries(0..3, 10)),
@@ -142,7 +142,7 @@ async fn partial_retry_resends_only_kept_entries() {
         }),
         None,
     );
-    let buffer = Buffer::start("t".into(), config(), s.clone());
+    let buffer = Buffer::start("t".into(), config(), s.clone()).unwrap();
     buffer
         .append(vec![(key("a"), entries(0..5, 10))])
         .await
@@ -165,7 +165,7 @@ async fn exhausted_retries_hand_the_chunk_to_give_up() {
     );
     let mut c = config();
     c.retry.max_times = Some(2);
-    let buffer = Buffer::start("t".into(), c, s.clone());
+    let buffer = Buffer::start("t".into(), c, s.clone()).unwrap();
     buffer
         .append(vec![(key("a"), entries(0..4, 10))])
         .await
@@ -198,7 +198,8 @@ async fn throw_exception_refuses_when_full() {
         "t".into(),
         small_buffer(OverflowAction::ThrowException),
         s.clone(),
-    );
+    )
+    .unwrap();
     buffer
         .append(vec![(key("a"), entries(0..50, 150))])
         .await
@@ -220,7 +221,7 @@ async fn throw_exception_refuses_when_full() {
 async fn block_waits_for_room_then_accepts() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let s = sink(Box::new(|_, _| Outcome::Done), Some(gate.clone()));
-    let buffer = Buffer::start("t".into(), small_buffer(OverflowAction::Block), s.clone());
+    let buffer = Buffer::start("t".into(), small_buffer(OverflowAction::Block), s.clone()).unwrap();
     buffer
         .append(vec![(key("a"), entries(0..50, 150))])
         .await
@@ -248,7 +249,8 @@ async fn drop_oldest_chunk_makes_room_and_counts() {
         "t".into(),
         small_buffer(OverflowAction::DropOldestChunk),
         s.clone(),
-    );
+    )
+    .unwrap();
     buffer
         .append(vec![(key("a"), entries(0..50, 150))])
         .await
@@ -282,7 +284,7 @@ async fn shutdown_flushes_staged_and_gives_up_on_the_undeliverable() {
         flush_interval: Duration::from_secs(3600),
         ..config()
     };
-    let buffer = Buffer::start("t".into(), c, s.clone());
+    let buffer = Buffer::start("t".into(), c, s.clone()).unwrap();
     buffer
         .append(vec![
             (key("good"), entries(0..3, 10)),

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where rows go: one buffer key per destination table.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TableKey {
     pub project: String,
     pub dataset: String,
@@ -241,7 +241,9 @@ impl BigQueryOutput {
             secondary,
             stats: Arc::clone(&stats),
         };
-        let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink));
+        let location = s.location().clone();
+        let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink))
+            .map_err(|e| ConfigError::at(&location, e))?;
         let output = Self {
             id,
             destinations: Mutex::new(Destinations {
@@ -385,6 +387,10 @@ impl Output for BigQueryOutput {
                     detail: err.to_string(),
                 },
                 BufferError::Closed => OutputError::Closed(self.id.clone()),
+                BufferError::Store(_) => OutputError::Refused {
+                    output: self.id.clone(),
+                    detail: err.to_string(),
+                },
             })
         })
     }
