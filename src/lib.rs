@@ -28,8 +28,12 @@ pub enum RunError {
 
 /// Runs the pipeline until `shutdown` is cancelled: binds every input first (so a busy port
 /// fails start-up), serves, then stops accepting, lets connections finish what they have
-/// read, and flushes the outputs.
-pub async fn run(pipeline: Pipeline, shutdown: CancellationToken) -> Result<(), RunError> {
+/// read, and flushes the outputs for at most `shutdown_timeout`.
+pub async fn run(
+    pipeline: Pipeline,
+    shutdown: CancellationToken,
+    shutdown_timeout: std::time::Duration,
+) -> Result<(), RunError> {
     let (inputs, router) = pipeline.into_router();
     let router = Arc::new(router);
     let mut bound = Vec::with_capacity(inputs.len());
@@ -55,8 +59,9 @@ pub async fn run(pipeline: Pipeline, shutdown: CancellationToken) -> Result<(), 
     shutdown.cancelled().await;
     tracing::info!("shutting down: no new connections, finishing messages in flight");
     while serving.join_next().await.is_some() {}
+    let deadline = std::time::Instant::now() + shutdown_timeout;
     for output in router.outputs() {
-        if let Err(err) = output.shutdown().await {
+        if let Err(err) = output.shutdown(deadline).await {
             tracing::error!(error = %err, "output did not flush at shutdown");
         }
     }

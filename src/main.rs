@@ -30,6 +30,15 @@ struct Cli {
     quiet: u8,
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// How long outputs may flush after SIGTERM before what is left is kept on disk (file
+    /// buffers, spills) or dead-lettered; keep it under the orchestrator's stop timeout
+    /// (ECS: 30s).
+    #[arg(long, default_value = "20s", value_parser = parse_duration, global = true)]
+    shutdown_timeout: std::time::Duration,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    bqforward::config::value::parse_time(text)
 }
 
 #[derive(Subcommand)]
@@ -64,14 +73,22 @@ fn main() -> ExitCode {
     };
     // Outputs start their flush workers as they are built, so building needs the runtime.
     runtime.block_on(async {
-        let pipeline = match Pipeline::load(&config_path) {
+        let root = match bqforward::config::parse_file(&config_path) {
+            Ok(root) => root,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let system = Pipeline::system_of(&root).unwrap_or_default();
+        init_logging(&cli, system.log_level.as_deref());
+        let pipeline = match Pipeline::from_root(&root) {
             Ok(pipeline) => pipeline,
             Err(err) => {
                 eprintln!("error: {err}");
                 return ExitCode::FAILURE;
             }
         };
-        init_logging(&cli, pipeline.system.log_level.as_deref());
         for warning in &pipeline.warnings {
             tracing::warn!("{warning}");
         }
@@ -83,7 +100,7 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_path.display(), "bqforward starting");
-        match bqforward::run(pipeline, shutdown).await {
+        match bqforward::run(pipeline, shutdown, cli.shutdown_timeout).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!("{err}");

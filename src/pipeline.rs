@@ -68,6 +68,21 @@ impl Pipeline {
         Self::from_root(&crate::config::parse_file(path)?)
     }
 
+    /// Only `<system>`: read before the rest so logging is set up before plugins start
+    /// (a file buffer logs its recovery while it is built).
+    pub fn system_of(root: &Element) -> Result<SystemConfig, ConfigError> {
+        let mut pipeline = Pipeline {
+            system: SystemConfig::default(),
+            inputs: Vec::new(),
+            routes: Vec::new(),
+            warnings: Vec::new(),
+        };
+        for element in root.elements_named("system") {
+            pipeline.read_system(element)?;
+        }
+        Ok(pipeline.system)
+    }
+
     pub fn from_root(root: &Element) -> Result<Self, ConfigError> {
         let mut pipeline = Pipeline {
             system: SystemConfig::default(),

@@ -218,12 +218,12 @@ impl FileStore {
         let data = read(path).map_err(|e| e.to_string())?;
         let (payloads, good, corrupt) = frames(&data);
         let Some(header) = payloads.first() else {
-            if data.is_empty() || good == 0 {
-                // Created but never written past the header: nothing was acked from it.
-                let _ = std::fs::remove_file(path);
-                return Ok(None);
+            if corrupt {
+                return Err("no readable header".into());
             }
-            return Err("no readable header".into());
+            // Torn while its header was written: nothing was acked from it.
+            let _ = std::fs::remove_file(path);
+            return Ok(None);
         };
         let header: serde_json::Value =
             serde_json::from_slice(header).map_err(|e| format!("bad header: {e}"))?;

@@ -22,7 +22,7 @@ use sink::{AutoCreate, BigQuerySink, Connection, SchemaSource, SinkStats};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where rows go: one buffer key per destination table.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -395,12 +395,11 @@ impl Output for BigQueryOutput {
         })
     }
 
-    fn shutdown(&self) -> BoxFuture<'_, Result<(), OutputError>> {
+    fn shutdown(&self, deadline: std::time::Instant) -> BoxFuture<'_, Result<(), OutputError>> {
         Box::pin(async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
             let undelivered = self.buffer.shutdown(deadline).await;
             if undelivered > 0 {
-                tracing::error!(output = %self.id, rows = undelivered, "rows not delivered to BigQuery at shutdown (dead-lettered where a <secondary> exists)");
+                tracing::error!(output = %self.id, rows = undelivered, "rows neither delivered nor kept on disk at shutdown (dead-lettered where a <secondary> exists)");
             }
             Ok(())
         })
