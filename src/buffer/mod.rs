@@ -19,6 +19,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+/// Runs short blocking file I/O from async code: on a multi-threaded runtime the worker
+/// thread is handed over meanwhile, elsewhere it simply runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Bytes one entry is counted as beyond its record (time, tag handle, bookkeeping).
 const ENTRY_OVERHEAD: usize = 32;
 
@@ -505,7 +514,7 @@ where
         };
         let key =
             serde_json::to_value(&*chunk.key).map_err(|e| BufferError::Store(e.to_string()))?;
-        tokio::task::block_in_place(|| store.append(&chunk.id, &key, entries))
+        blocking(|| store.append(&chunk.id, &key, entries))
             .map_err(|e| BufferError::Store(e.to_string()))?;
         chunk.on_disk = true;
         Ok(())
@@ -621,7 +630,7 @@ where
         self.stats.num_errors.fetch_add(1, Ordering::Relaxed);
         if let Some(keep) = keep {
             if let (true, Some(store)) = (chunk.on_disk, &self.store) {
-                let written = tokio::task::block_in_place(|| store.write_pending(&chunk.id, &keep));
+                let written = blocking(|| store.write_pending(&chunk.id, &keep));
                 if let Err(err) = written {
                     tracing::error!(output = %self.name, chunk = %chunk.id.hex(), error = %err,
                         "cannot record delivered rows; a restart would resend them (insertIds de-duplicate)");
