@@ -2,6 +2,7 @@
 //! to the codec, sends events to the router's outputs one batch per read, and acks a chunk
 //! only after every output it went to has accepted it. The UDP heartbeat lives here too.
 
+use super::security::{Handshake, Security};
 use crate::codec::{self, DecodeError, DecodeOptions, Decoder, Message};
 use crate::config::{ConfigError, Section};
 use crate::output::Batch;
@@ -11,8 +12,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -21,11 +24,23 @@ use tokio_util::sync::CancellationToken;
 pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 const MAX_CACHED_TAGS: usize = 1024;
+/// Time allowed for a TLS handshake and for the PING of the `<security>` handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub enum Listen {
     Tcp { bind: String, port: u16 },
     Unix { path: PathBuf },
+}
+
+/// The TLS acceptor, if `<transport tls>` is configured.
+#[derive(Clone)]
+pub struct Tls(pub tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +56,12 @@ pub struct ForwardConfig {
     pub source_hostname_key: Option<String>,
     pub resolve_hostname: bool,
     pub deny_keepalive: bool,
+    pub tls: Option<Tls>,
+    pub security: Option<Arc<Security>>,
+    /// bqforward's own limits (fluentd has none): connections at once, and how long a
+    /// connection may stay silent.
+    pub max_connections: Option<usize>,
+    pub idle_timeout: Option<Duration>,
 }
 
 /// in_forward parameters bqforward accepts and does not act on.
@@ -57,16 +78,29 @@ impl ForwardConfig {
         s: &Section<'_>,
         unix: bool,
     ) -> Result<(Self, Vec<String>), ConfigError> {
-        for unsupported in ["transport", "security"] {
-            if let Some(section) = s.section(unsupported)? {
+        let mut warnings = Vec::new();
+        let tls = match s.section("transport")? {
+            Some(transport) if unix => {
                 return Err(ConfigError::at(
-                    &section.location,
-                    format!(
-                        "<{unsupported}> (TLS and shared-key auth) is not supported yet by bqforward; remove it or terminate TLS in front of bqforward"
-                    ),
+                    &transport.location,
+                    "<transport> applies to TCP, not to a Unix socket",
                 ));
             }
-        }
+            Some(transport) => {
+                let (acceptor, w) = super::tls::from_config(transport)?;
+                warnings.extend(w);
+                acceptor.map(Tls)
+            }
+            None => None,
+        };
+        let security = match s.section("security")? {
+            Some(section) => {
+                let (security, w) = Security::from_config(section)?;
+                warnings.extend(w);
+                Some(Arc::new(security))
+            }
+            None => None,
+        };
         let listen = if unix {
             Listen::Unix {
                 path: PathBuf::from(s.string("path", "/var/run/fluent/fluent.sock")),
@@ -96,14 +130,26 @@ impl ForwardConfig {
             source_hostname_key: s.str("source_hostname_key").map(str::to_owned),
             resolve_hostname: s.bool("resolve_hostname")?.unwrap_or(false),
             deny_keepalive: s.bool("deny_keepalive")?.unwrap_or(false),
+            tls,
+            security,
+            max_connections: s.int::<usize>("max_connections")?.filter(|n| *n > 0),
+            idle_timeout: s.time("idle_timeout")?.filter(|d| !d.is_zero()),
         };
-        let warnings = s.finish(FORWARD_IGNORED)?;
+        warnings.extend(s.finish(FORWARD_IGNORED)?);
         Ok((config, warnings))
     }
 
     pub fn describe(&self) -> String {
         match &self.listen {
-            Listen::Tcp { bind, port } => format!("forward tcp+udp {bind}:{port}"),
+            Listen::Tcp { bind, port } => {
+                let transport = if self.tls.is_some() { "tls" } else { "tcp" };
+                let auth = if self.security.is_some() {
+                    ", shared-key handshake"
+                } else {
+                    ""
+                };
+                format!("forward {transport}+udp {bind}:{port}{auth}")
+            }
             Listen::Unix { path } => format!("unix {}", path.display()),
         }
     }
@@ -158,6 +204,7 @@ impl ForwardInput {
     pub async fn serve(self, router: Arc<Router>, shutdown: CancellationToken) {
         let mut connections = JoinSet::new();
         let config = self.config;
+        let limit = config.max_connections.map(|n| Arc::new(Semaphore::new(n)));
         match self.listener {
             Listener::Tcp(tcp, udp) => {
                 let heartbeat = tokio::spawn(heartbeat(udp, shutdown.clone()));
@@ -166,9 +213,20 @@ impl ForwardInput {
                         _ = shutdown.cancelled() => break,
                         accepted = tcp.accept() => match accepted {
                             Ok((stream, addr)) => {
+                                let Some(permit) = admit(&config, limit.as_ref(), &addr.to_string()) else {
+                                    continue;
+                                };
                                 let _ = stream.set_nodelay(true);
-                                let peer = Peer::tcp(addr, &config).await;
-                                connections.spawn(Connection::new(&config, &router, peer, &shutdown).run(stream));
+                                let (config, router, shutdown) = (Arc::clone(&config), Arc::clone(&router), shutdown.clone());
+                                connections.spawn(async move {
+                                    let _permit = permit;
+                                    let peer = Peer::tcp(addr, &config).await;
+                                    let connection = Connection::new(&config, &router, peer, &shutdown);
+                                    match &config.tls {
+                                        Some(Tls(acceptor)) => connection.run_tls(acceptor, stream).await,
+                                        None => connection.run(stream).await,
+                                    }
+                                });
                             }
                             Err(err) => accept_error(&config, err).await,
                         },
@@ -184,7 +242,14 @@ impl ForwardInput {
                         accepted = unix.accept() => match accepted {
                             Ok((stream, _)) => {
                                 let peer = Peer::unix(&path);
-                                connections.spawn(Connection::new(&config, &router, peer, &shutdown).run(stream));
+                                let Some(permit) = admit(&config, limit.as_ref(), &peer.label) else {
+                                    continue;
+                                };
+                                let connection = Connection::new(&config, &router, peer, &shutdown);
+                                connections.spawn(async move {
+                                    let _permit = permit;
+                                    connection.run(stream).await;
+                                });
                             }
                             Err(err) => accept_error(&config, err).await,
                         },
@@ -195,6 +260,43 @@ impl ForwardInput {
             }
         }
         while connections.join_next().await.is_some() {}
+    }
+}
+
+/// A place under `max_connections`, or `None` (the new connection is closed at once).
+fn admit(
+    config: &ForwardConfig,
+    limit: Option<&Arc<Semaphore>>,
+    peer: &str,
+) -> Option<Option<OwnedSemaphorePermit>> {
+    let Some(limit) = limit else {
+        return Some(None);
+    };
+    match Arc::clone(limit).try_acquire_owned() {
+        Ok(permit) => Some(Some(permit)),
+        Err(_) => {
+            tracing::warn!(input = %config.id, peer, max_connections = ?config.max_connections,
+                "too many connections; refusing this one");
+            None
+        }
+    }
+}
+
+/// Reads more bytes; an idle connection past `idle` counts as closed by the peer.
+async fn read_some<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    idle: Option<Duration>,
+) -> std::io::Result<usize> {
+    match idle {
+        None => reader.read_buf(buf).await,
+        Some(idle) => match tokio::time::timeout(idle, reader.read_buf(buf)).await {
+            Ok(read) => read,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "idle_timeout reached",
+            )),
+        },
     }
 }
 
@@ -224,6 +326,7 @@ struct Peer {
     label: String,
     address: String,
     hostname: String,
+    ip: Option<std::net::IpAddr>,
 }
 
 impl Peer {
@@ -243,6 +346,7 @@ impl Peer {
             label: addr.to_string(),
             address,
             hostname,
+            ip: Some(addr.ip()),
         }
     }
 
@@ -252,6 +356,7 @@ impl Peer {
             address: label.clone(),
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             label,
+            ip: None,
         }
     }
 }
@@ -294,16 +399,33 @@ impl Connection {
         }
     }
 
+    async fn run_tls(self, acceptor: &tokio_rustls::TlsAcceptor, stream: tokio::net::TcpStream) {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => self.run(tls).await,
+            Ok(Err(err)) => {
+                tracing::warn!(peer = %self.peer.label, error = %err, "TLS handshake failed");
+            }
+            Err(_) => tracing::warn!(peer = %self.peer.label, "TLS handshake timed out"),
+        }
+    }
+
     async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, stream: S) {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut decoder = Decoder::new(self.config.max_message_size, self.config.decode.max_depth);
         tracing::debug!(peer = %self.peer.label, "connection opened");
+        if let Some(security) = self.config.security.clone() {
+            let io = (&mut reader, &mut writer, &mut buf, &mut decoder);
+            if !self.authenticate(&security, io).await {
+                let _ = writer.shutdown().await;
+                return;
+            }
+        }
         loop {
             buf.reserve(READ_CHUNK);
             let read = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                read = reader.read_buf(&mut buf) => read,
+                read = read_some(&mut reader, &mut buf, self.config.idle_timeout) => read,
             };
             match read {
                 Ok(0) => {
@@ -345,6 +467,54 @@ impl Connection {
         }
         let _ = writer.shutdown().await;
         tracing::debug!(peer = %self.peer.label, "connection closed");
+    }
+
+    /// The `<security>` handshake: HELO, then the PING within the handshake timeout, then PONG.
+    async fn authenticate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &self,
+        security: &Security,
+        (reader, writer, buf, decoder): (&mut R, &mut W, &mut BytesMut, &mut Decoder),
+    ) -> bool {
+        let handshake = Handshake::new();
+        if writer
+            .write_all(&handshake.helo(security, !self.config.deny_keepalive))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let ping = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            loop {
+                match decoder.next_frame(buf) {
+                    Ok(Some(frame)) => return Some(frame),
+                    Ok(None) => {}
+                    Err(_) => return None,
+                }
+                buf.reserve(1024);
+                match reader.read_buf(buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        let ping = match ping {
+            Ok(Some(ping)) => ping,
+            Ok(None) => Bytes::new(),
+            Err(_) => {
+                tracing::warn!(peer = %self.peer.label, "no PING within the handshake timeout");
+                return false;
+            }
+        };
+        let (pong, result) = handshake.answer(security, &ping, self.peer.ip);
+        let _ = writer.write_all(&pong).await;
+        match result {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(peer = %self.peer.label, input = %self.config.id, %reason, "authentication failed");
+                false
+            }
+        }
     }
 
     /// Decodes one message into `pending`. An error means the stream can't be trusted.
