@@ -16,6 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+/// A flush slower than this counts as slow (fluentd's `slow_flush_log_threshold` default).
+const SLOW_FLUSH: Duration = Duration::from_secs(20);
+
 /// Bytes one entry is counted as beyond its record (time, tag handle, bookkeeping).
 const ENTRY_OVERHEAD: usize = 32;
 
@@ -141,6 +144,10 @@ pub struct BufferStats {
     pub dropped_records: AtomicU64,
     pub overflow_refusals: AtomicU64,
     pub blocked_nanos: AtomicU64,
+    /// Time spent in `Sink::write` (fluentd's `flush_time_count`).
+    pub flush_nanos: AtomicU64,
+    /// Writes slower than `SLOW_FLUSH` (fluentd's `slow_flush_count`).
+    pub slow_flushes: AtomicU64,
 }
 
 struct State<K> {
@@ -234,6 +241,20 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
             .values()
             .chain(state.queue.iter())
             .map(|c| c.created.elapsed())
+            .max()
+    }
+
+    /// fluentd's `retry_wait` for the chunk furthest into its retries: from its first
+    /// failure to its next try. `None` when nothing is waiting to be retried.
+    pub fn retry_wait(&self) -> Option<Duration> {
+        let state = self.lock();
+        state
+            .queue
+            .iter()
+            .filter_map(|c| {
+                c.first_failure
+                    .map(|first| c.next_try.saturating_duration_since(first))
+            })
             .max()
     }
 
@@ -427,8 +448,16 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
                     continue;
                 }
             };
+            let started = Instant::now();
             let outcome = self.sink.write(&chunk).await;
+            let took = started.elapsed();
             self.stats.write_count.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .flush_nanos
+                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            if took > SLOW_FLUSH {
+                self.stats.slow_flushes.fetch_add(1, Ordering::Relaxed);
+            }
             self.settle(chunk, outcome).await;
         }
     }
