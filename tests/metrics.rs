@@ -385,3 +385,51 @@ fn check_shows_the_metrics_endpoint_and_accepts_the_monitor_sources() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_repeated_bad_event_is_logged_once_and_counted_every_time() {
+    let server = Server::start(
+        r#"
+<source>
+  @type forward
+  @id in
+  bind 127.0.0.1
+  port 0
+</source>
+<source>
+  @type prometheus
+  bind 127.0.0.1
+  port 0
+</source>
+<match **>
+  @type null
+</match>
+"#,
+    );
+    let port = metrics_port(&server);
+    let mut stream = server.connect();
+    for i in 0..5 {
+        let chunk = format!("c{i}");
+        let bad = rmp_serde::to_vec(&(
+            "x",
+            true,
+            serde_json::json!({"a": 1}),
+            serde_json::json!({"chunk": chunk}),
+        ))
+        .unwrap();
+        send(&mut stream, &bad);
+        assert_eq!(read_ack(&mut stream).unwrap(), chunk);
+    }
+    let kind = [("input", "in"), ("kind", "invalid_event_time")];
+    let text = scrape_until(port, "bqforward_input_decode_errors_total", &kind, 5.0);
+    assert_eq!(
+        value(&text, "bqforward_input_decode_errors_total", &kind),
+        Some(5.0)
+    );
+    let warnings = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("got invalid event"))
+        .count();
+    assert_eq!(warnings, 1, "{}", server.log());
+}

@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 const MAX_CACHED_TAGS: usize = 1024;
-/// Repeated warnings about one peer's input: at most one per peer address and interval.
+/// The same warning about one peer's input (same peer address, same text up to numbers) is
+/// logged at most once per interval; the decode-error counters keep the exact count.
 static BAD_INPUT_WARNINGS: LazyLock<RateLimit> =
     LazyLock::new(|| RateLimit::new(Duration::from_secs(10)));
 
@@ -357,7 +358,7 @@ impl Connection {
             }
             if let Some(err) = fatal {
                 self.metrics.decode_error(err.kind(), 1);
-                if let Some(suppressed) = BAD_INPUT_WARNINGS.check(&self.peer.warn_key) {
+                if let Some(suppressed) = self.may_warn(&err) {
                     tracing::warn!(peer = %self.peer.label, input = %self.config.id, error = %err,
                         suppressed, "bad input, closing the connection");
                 }
@@ -377,7 +378,7 @@ impl Connection {
             .config
             .chunk_size_warn_limit
             .filter(|l| frame.len() > *l)
-            && let Some(suppressed) = BAD_INPUT_WARNINGS.check(&self.peer.warn_key)
+            && let Some(suppressed) = self.may_warn(&"chunk_size_warn_limit")
         {
             tracing::warn!(peer = %self.peer.label, size = frame.len(), limit, suppressed,
                 "message is larger than chunk_size_warn_limit");
@@ -406,17 +407,29 @@ impl Connection {
         if let Some(reason) = msg.first_skip {
             self.metrics
                 .decode_error(reason.kind(), u64::from(msg.skipped));
-            if let Some(suppressed) = BAD_INPUT_WARNINGS.check(&self.peer.warn_key) {
+            if let Some(suppressed) = self.may_warn(&reason) {
                 tracing::warn!(peer = %self.peer.label, tag = msg.tag_str(), skipped = msg.skipped,
                     reason = %reason, suppressed, "got invalid event and drop it");
             }
         }
         if let Some((declared, found)) = msg.size_mismatch
-            && let Some(suppressed) = BAD_INPUT_WARNINGS.check(&self.peer.warn_key)
+            && let Some(suppressed) = self.may_warn(&"size option mismatch")
         {
             tracing::warn!(peer = %self.peer.label, tag = msg.tag_str(), declared, found,
                 suppressed, "the 'size' option does not match the events in the message");
         }
+    }
+
+    /// `Some(suppressed since the last one)` if a warning about `what` from this peer may be
+    /// logged now. Numbers (offsets, sizes) are left out of the key so a flood of one fault
+    /// counts as one warning.
+    fn may_warn(&self, what: &dyn std::fmt::Display) -> Option<u64> {
+        let text: String = what
+            .to_string()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        BAD_INPUT_WARNINGS.check(&format!("{} {text}", self.peer.warn_key))
     }
 
     fn routed_tag(&mut self, msg: &Message) -> RoutedTag {

@@ -457,11 +457,6 @@ pub struct InputMetrics {
 }
 
 impl InputMetrics {
-    /// Handles not registered anywhere: for code that runs without an endpoint.
-    pub fn detached(id: &str) -> Self {
-        Arc::new(Metrics::new()).input(id, "forward")
-    }
-
     pub fn read(&self, bytes: usize) {
         self.bytes.inc_by(bytes as u64);
     }
