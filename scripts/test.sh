@@ -18,6 +18,9 @@ if [ -z "${FLUENT_BIT_BIN:-}" ] && [ -x ../shared/tools/fluent-bit ]; then
   export FLUENT_BIT_BIN="$PWD/../shared/tools/fluent-bit"
 fi
 
+# Alert rules, with promtool (Debian's prometheus package).
+deploy/prometheus/test.sh
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -1,6 +1,7 @@
-//! The `bqforward` command line: run, check, and fluentd's own flags where they map
+//! The `bqforward` command line: run, check, health, and fluentd's own flags where they map
 //! (`bqforward -c fluent.conf`, `--dry-run`). Nothing else lives here.
 
+use bqforward::metrics::http::{DEFAULT_HEALTH_URL, probe};
 use bqforward::pipeline::Pipeline;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -47,6 +48,16 @@ enum Command {
     Run,
     /// Parse and validate the config, print the resolved pipeline; non-zero exit on error.
     Check,
+    /// Exit 0 when the local instance is ready (GET /readyz answers 200): for container
+    /// health checks in images without curl.
+    Health {
+        /// The readiness URL (plain http).
+        #[arg(long, env = "BQFORWARD_HEALTH_URL", default_value = DEFAULT_HEALTH_URL)]
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,6 +68,9 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Health { url, timeout }) = &cli.command {
+        return health(url, *timeout);
+    }
     let Some(config_path) = cli.config.clone() else {
         eprintln!("error: no config file: pass -c FILE (fluentd's fluent.conf format)");
         return ExitCode::from(2);
@@ -92,6 +106,9 @@ fn main() -> ExitCode {
         for warning in &pipeline.warnings {
             tracing::warn!("{warning}");
         }
+        for note in &pipeline.notes {
+            tracing::info!("{note}");
+        }
         if cli.dry_run || matches!(cli.command, Some(Command::Check)) {
             print!("{}", pipeline.describe());
             println!("config OK: {}", config_path.display());
@@ -108,6 +125,20 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn health(url: &str, timeout: u64) -> ExitCode {
+    match probe(url, std::time::Duration::from_secs(timeout.max(1))) {
+        Ok((200, _)) => ExitCode::SUCCESS,
+        Ok((status, body)) => {
+            eprintln!("unhealthy: {url} answered {status}: {body}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("unhealthy: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn on_signal(shutdown: CancellationToken) {

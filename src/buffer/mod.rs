@@ -27,6 +27,8 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
         _ => f(),
     }
 }
+/// A flush slower than this counts as slow (fluentd's `slow_flush_log_threshold` default).
+const SLOW_FLUSH: Duration = Duration::from_secs(20);
 
 /// Bytes one entry is counted as beyond its record (time, tag handle, bookkeeping).
 const ENTRY_OVERHEAD: usize = 32;
@@ -179,6 +181,10 @@ pub struct BufferStats {
     pub recovered_chunks: AtomicU64,
     pub recovered_records: AtomicU64,
     pub spilled_records: AtomicU64,
+    /// Time spent in `Sink::write` (fluentd's `flush_time_count`).
+    pub flush_nanos: AtomicU64,
+    /// Writes slower than `SLOW_FLUSH` (fluentd's `slow_flush_count`).
+    pub slow_flushes: AtomicU64,
 }
 
 struct State<K> {
@@ -343,6 +349,20 @@ where
             .values()
             .chain(state.queue.iter())
             .map(|c| c.created.elapsed())
+            .max()
+    }
+
+    /// fluentd's `retry_wait` for the chunk furthest into its retries: from its first
+    /// failure to its next try. `None` when nothing is waiting to be retried.
+    pub fn retry_wait(&self) -> Option<Duration> {
+        let state = self.lock();
+        state
+            .queue
+            .iter()
+            .filter_map(|c| {
+                c.first_failure
+                    .map(|first| c.next_try.saturating_duration_since(first))
+            })
             .max()
     }
 
@@ -612,8 +632,16 @@ where
                 state.bytes -= chunk.bytes;
                 continue;
             }
+            let started = Instant::now();
             let outcome = self.sink.write(&chunk).await;
+            let took = started.elapsed();
             self.stats.write_count.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .flush_nanos
+                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            if took > SLOW_FLUSH {
+                self.stats.slow_flushes.fetch_add(1, Ordering::Relaxed);
+            }
             self.settle(chunk, outcome).await;
         }
     }

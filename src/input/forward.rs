@@ -5,13 +5,15 @@
 use super::security::{Handshake, Security};
 use crate::codec::{self, DecodeError, DecodeOptions, Decoder, Message};
 use crate::config::{ConfigError, Section};
+use crate::metrics::InputMetrics;
 use crate::output::Batch;
+use crate::ratelimit::RateLimit;
 use crate::router::Router;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
@@ -26,6 +28,10 @@ const READ_CHUNK: usize = 64 * 1024;
 const MAX_CACHED_TAGS: usize = 1024;
 /// Time allowed for a TLS handshake and for the PING of the `<security>` handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The same warning about one peer's input (same peer address, same text up to numbers) is
+/// logged at most once per interval; the decode-error counters keep the exact count.
+static BAD_INPUT_WARNINGS: LazyLock<RateLimit> =
+    LazyLock::new(|| RateLimit::new(Duration::from_secs(10)));
 
 #[derive(Debug, Clone)]
 pub enum Listen {
@@ -164,10 +170,11 @@ enum Listener {
 pub struct ForwardInput {
     config: Arc<ForwardConfig>,
     listener: Listener,
+    metrics: InputMetrics,
 }
 
 impl ForwardInput {
-    pub async fn bind(config: ForwardConfig) -> std::io::Result<Self> {
+    pub async fn bind(config: ForwardConfig, metrics: InputMetrics) -> std::io::Result<Self> {
         let listener = match &config.listen {
             Listen::Tcp { bind, port } => {
                 let tcp = TcpListener::bind((bind.as_str(), *port)).await?;
@@ -189,6 +196,7 @@ impl ForwardInput {
         Ok(Self {
             config: Arc::new(config),
             listener,
+            metrics,
         })
     }
 
@@ -205,6 +213,7 @@ impl ForwardInput {
         let mut connections = JoinSet::new();
         let config = self.config;
         let limit = config.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+        let metrics = self.metrics;
         match self.listener {
             Listener::Tcp(tcp, udp) => {
                 let heartbeat = tokio::spawn(heartbeat(udp, shutdown.clone()));
@@ -217,11 +226,11 @@ impl ForwardInput {
                                     continue;
                                 };
                                 let _ = stream.set_nodelay(true);
-                                let (config, router, shutdown) = (Arc::clone(&config), Arc::clone(&router), shutdown.clone());
+                                let (config, router, shutdown, metrics) = (Arc::clone(&config), Arc::clone(&router), shutdown.clone(), metrics.clone());
                                 connections.spawn(async move {
                                     let _permit = permit;
                                     let peer = Peer::tcp(addr, &config).await;
-                                    let connection = Connection::new(&config, &router, peer, &shutdown);
+                                    let connection = Connection::new(&config, &router, peer, &shutdown, &metrics);
                                     match &config.tls {
                                         Some(Tls(acceptor)) => connection.run_tls(acceptor, stream).await,
                                         None => connection.run(stream).await,
@@ -245,7 +254,7 @@ impl ForwardInput {
                                 let Some(permit) = admit(&config, limit.as_ref(), &peer.label) else {
                                     continue;
                                 };
-                                let connection = Connection::new(&config, &router, peer, &shutdown);
+                                let connection = Connection::new(&config, &router, peer, &shutdown, &metrics);
                                 connections.spawn(async move {
                                     let _permit = permit;
                                     connection.run(stream).await;
@@ -324,6 +333,9 @@ async fn heartbeat(socket: UdpSocket, shutdown: CancellationToken) {
 /// Who is on the other end, for logs and `source_*_key`.
 struct Peer {
     label: String,
+    /// What repeated warnings are limited by: the address without the port, so a client
+    /// that reconnects in a loop is still one peer.
+    warn_key: String,
     address: String,
     hostname: String,
     ip: Option<std::net::IpAddr>,
@@ -344,6 +356,7 @@ impl Peer {
         };
         Self {
             label: addr.to_string(),
+            warn_key: address.clone(),
             address,
             hostname,
             ip: Some(addr.ip()),
@@ -354,6 +367,7 @@ impl Peer {
         let label = format!("unix:{}", path.display());
         Self {
             address: label.clone(),
+            warn_key: label.clone(),
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             label,
             ip: None,
@@ -366,6 +380,8 @@ impl Peer {
 struct RoutedTag {
     tag: Arc<str>,
     route: Option<usize>,
+    /// `fluentd_input_status_num_records_total` for this tag.
+    records: prometheus::IntCounter,
 }
 
 struct Connection {
@@ -374,13 +390,15 @@ struct Connection {
     peer: Peer,
     shutdown: CancellationToken,
     tags: HashMap<Bytes, RoutedTag>,
+    metrics: InputMetrics,
 }
 
 /// What one read produced: batches per route in arrival order, and the acks they earn.
 #[derive(Default)]
 struct Pending {
-    batches: Vec<(Option<usize>, Batch)>,
+    batches: Vec<(RoutedTag, Batch)>,
     acks: Vec<u8>,
+    ack_count: usize,
 }
 
 impl Connection {
@@ -389,6 +407,7 @@ impl Connection {
         router: &Arc<Router>,
         peer: Peer,
         shutdown: &CancellationToken,
+        metrics: &InputMetrics,
     ) -> Self {
         Self {
             config: Arc::clone(config),
@@ -396,6 +415,7 @@ impl Connection {
             peer,
             shutdown: shutdown.clone(),
             tags: HashMap::new(),
+            metrics: metrics.clone(),
         }
     }
 
@@ -413,6 +433,7 @@ impl Connection {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut decoder = Decoder::new(self.config.max_message_size, self.config.decode.max_depth);
+        let _open = self.metrics.connection();
         tracing::debug!(peer = %self.peer.label, "connection opened");
         if let Some(security) = self.config.security.clone() {
             let io = (&mut reader, &mut writer, &mut buf, &mut decoder);
@@ -435,7 +456,7 @@ impl Connection {
                     }
                     break;
                 }
-                Ok(_) => {}
+                Ok(n) => self.metrics.read(n),
                 Err(err) => {
                     tracing::warn!(peer = %self.peer.label, error = %err, "read failed");
                     break;
@@ -457,8 +478,11 @@ impl Connection {
                 break;
             }
             if let Some(err) = fatal {
-                tracing::warn!(peer = %self.peer.label, input = %self.config.id, error = %err,
-                    "bad input, closing the connection");
+                self.metrics.decode_error(err.kind(), 1);
+                if let Some(suppressed) = self.may_warn(&err) {
+                    tracing::warn!(peer = %self.peer.label, input = %self.config.id, error = %err,
+                        suppressed, "bad input, closing the connection");
+                }
                 break;
             }
             if self.config.deny_keepalive && buf.is_empty() {
@@ -523,8 +547,9 @@ impl Connection {
             .config
             .chunk_size_warn_limit
             .filter(|l| frame.len() > *l)
+            && let Some(suppressed) = self.may_warn(&"chunk_size_warn_limit")
         {
-            tracing::warn!(peer = %self.peer.label, size = frame.len(), limit,
+            tracing::warn!(peer = %self.peer.label, size = frame.len(), limit, suppressed,
                 "message is larger than chunk_size_warn_limit");
         }
         let Some(msg) = codec::decode_message(frame, &self.config.decode)? else {
@@ -535,29 +560,45 @@ impl Connection {
         let events = self.with_source_fields(msg.events);
         match pending.batches.last_mut() {
             Some((_, batch)) if Arc::ptr_eq(&batch.tag, &routed.tag) => batch.events.extend(events),
-            _ => pending.batches.push((
-                routed.route,
-                Batch {
-                    tag: routed.tag,
-                    events,
-                },
-            )),
+            _ => {
+                let tag = Arc::clone(&routed.tag);
+                pending.batches.push((routed, Batch { tag, events }));
+            }
         }
         if let Some(chunk) = &msg.chunk {
             codec::forward::write_ack(&mut pending.acks, chunk);
+            pending.ack_count += 1;
         }
         Ok(())
     }
 
     fn report_oddities(&self, msg: &Message) {
         if let Some(reason) = msg.first_skip {
-            tracing::warn!(peer = %self.peer.label, tag = msg.tag_str(), skipped = msg.skipped,
-                reason = %reason, "got invalid event and drop it");
+            self.metrics
+                .decode_error(reason.kind(), u64::from(msg.skipped));
+            if let Some(suppressed) = self.may_warn(&reason) {
+                tracing::warn!(peer = %self.peer.label, tag = msg.tag_str(), skipped = msg.skipped,
+                    reason = %reason, suppressed, "got invalid event and drop it");
+            }
         }
-        if let Some((declared, found)) = msg.size_mismatch {
+        if let Some((declared, found)) = msg.size_mismatch
+            && let Some(suppressed) = self.may_warn(&"size option mismatch")
+        {
             tracing::warn!(peer = %self.peer.label, tag = msg.tag_str(), declared, found,
-                "the 'size' option does not match the events in the message");
+                suppressed, "the 'size' option does not match the events in the message");
         }
+    }
+
+    /// `Some(suppressed since the last one)` if a warning about `what` from this peer may be
+    /// logged now. Numbers (offsets, sizes) are left out of the key so a flood of one fault
+    /// counts as one warning.
+    fn may_warn(&self, what: &dyn std::fmt::Display) -> Option<u64> {
+        let text: String = what
+            .to_string()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        BAD_INPUT_WARNINGS.check(&format!("{} {text}", self.peer.warn_key))
     }
 
     fn routed_tag(&mut self, msg: &Message) -> RoutedTag {
@@ -573,6 +614,7 @@ impl Connection {
         }
         let routed = RoutedTag {
             route: self.router.route(&tag),
+            records: self.metrics.records(&tag),
             tag: Arc::from(tag),
         };
         if self.tags.len() >= MAX_CACHED_TAGS {
@@ -602,8 +644,11 @@ impl Connection {
     /// Hands batches to their outputs in order, then writes the acks. `false` when the
     /// connection must close (an output refused, or the peer went away).
     async fn deliver<W: AsyncWrite + Unpin>(&self, pending: Pending, writer: &mut W) -> bool {
-        for (route, batch) in pending.batches {
-            let Some(output) = route.and_then(|r| self.router.output(r)) else {
+        let events: usize = pending.batches.iter().map(|(_, b)| b.events.len()).sum();
+        self.metrics.received(events);
+        for (routed, batch) in pending.batches {
+            routed.records.inc_by(batch.events.len() as u64);
+            let Some(output) = routed.route.and_then(|r| self.router.output(r)) else {
                 self.router.note_unmatched(&batch.tag, batch.events.len());
                 continue;
             };
@@ -617,7 +662,10 @@ impl Connection {
             return true;
         }
         match writer.write_all(&pending.acks).await {
-            Ok(()) => true,
+            Ok(()) => {
+                self.metrics.acked(pending.ack_count);
+                true
+            }
             Err(err) => {
                 tracing::warn!(peer = %self.peer.label, error = %err, "could not send ack");
                 false
