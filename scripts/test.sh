@@ -24,3 +24,5 @@ deploy/prometheus/test.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# A bounded fuzzing run of the frame decoder and the handshake.
+fuzz/run.sh

@@ -2,8 +2,10 @@
 //! chooses: it may reject, never panic, and never loop.
 #![no_main]
 
-use bqforward::codec::{DecodeOptions, Decoder, decode_message};
+include!("common.rs");
+
 use bytes::BytesMut;
+use codec::{DecodeOptions, Decoder, decode_message};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,8 +2,14 @@
 //! never a panic.
 #![no_main]
 
-use bqforward::input::security::{Handshake, Security, User};
+include!("common.rs");
+
+#[allow(dead_code)]
+#[path = "../../src/input/security.rs"]
+mod security;
+
 use libfuzzer_sys::fuzz_target;
+use security::{Handshake, Security, User};
 
 fuzz_target!(|data: &[u8]| {
     let security = Security {
