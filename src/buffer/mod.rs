@@ -46,23 +46,25 @@ impl Entry {
     }
 }
 
-/// A chunk's identity: unique across processes and restarts (time, process, sequence), so
-/// ids derived from it (BigQuery insertIds) are stable for the chunk's life.
+/// A chunk's identity: unique across processes, hosts and restarts (time, then 8 random
+/// bytes; not the process id, which is 1 in every container), so ids derived from it
+/// (BigQuery insertIds) are stable for the chunk's life and never shared by two instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChunkId(pub [u8; 16]);
 
 impl ChunkId {
     fn new() -> Self {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos() as u64;
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed) as u32;
+        let mut random = [0u8; 8];
+        if getrandom::getrandom(&mut random).is_err() {
+            random = fastrand::u64(..).to_be_bytes();
+        }
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&nanos.to_be_bytes());
-        id[8..12].copy_from_slice(&std::process::id().to_be_bytes());
-        id[12..].copy_from_slice(&seq.to_be_bytes());
+        id[8..].copy_from_slice(&random);
         Self(id)
     }
 
