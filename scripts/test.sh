@@ -24,5 +24,7 @@ deploy/prometheus/test.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# Dockerfile, ECS task definitions and Terraform: static checks, checkov, hadolint.
+scripts/check-deploy.sh
 # A bounded fuzzing run of the frame decoder and the handshake.
 fuzz/run.sh
