@@ -18,6 +18,13 @@ if [ -z "${FLUENT_BIT_BIN:-}" ] && [ -x ../shared/tools/fluent-bit ]; then
   export FLUENT_BIT_BIN="$PWD/../shared/tools/fluent-bit"
 fi
 
+# Alert rules, with promtool (Debian's prometheus package).
+deploy/prometheus/test.sh
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# Dockerfile, ECS task definitions and Terraform: static checks, checkov, hadolint.
+scripts/check-deploy.sh
+# A bounded fuzzing run of the frame decoder and the handshake.
+fuzz/run.sh

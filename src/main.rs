@@ -1,6 +1,7 @@
-//! The `bqforward` command line: run, check, and fluentd's own flags where they map
+//! The `bqforward` command line: run, check, health, and fluentd's own flags where they map
 //! (`bqforward -c fluent.conf`, `--dry-run`). Nothing else lives here.
 
+use bqforward::metrics::http::{DEFAULT_HEALTH_URL, probe};
 use bqforward::pipeline::Pipeline;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -30,6 +31,15 @@ struct Cli {
     quiet: u8,
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// How long outputs may flush after SIGTERM before what is left is kept on disk (file
+    /// buffers, spills) or dead-lettered; keep it under the orchestrator's stop timeout
+    /// (ECS: 30s).
+    #[arg(long, default_value = "20s", value_parser = parse_duration, global = true)]
+    shutdown_timeout: std::time::Duration,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    bqforward::config::value::parse_time(text)
 }
 
 #[derive(Subcommand)]
@@ -38,6 +48,16 @@ enum Command {
     Run,
     /// Parse and validate the config, print the resolved pipeline; non-zero exit on error.
     Check,
+    /// Exit 0 when the local instance is ready (GET /readyz answers 200): for container
+    /// health checks in images without curl.
+    Health {
+        /// The readiness URL (plain http).
+        #[arg(long, env = "BQFORWARD_HEALTH_URL", default_value = DEFAULT_HEALTH_URL)]
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -48,6 +68,9 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Health { url, timeout }) = &cli.command {
+        return health(url, *timeout);
+    }
     let Some(config_path) = cli.config.clone() else {
         eprintln!("error: no config file: pass -c FILE (fluentd's fluent.conf format)");
         return ExitCode::from(2);
@@ -64,16 +87,27 @@ fn main() -> ExitCode {
     };
     // Outputs start their flush workers as they are built, so building needs the runtime.
     runtime.block_on(async {
-        let pipeline = match Pipeline::load(&config_path) {
+        let root = match bqforward::config::parse_file(&config_path) {
+            Ok(root) => root,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let system = Pipeline::system_of(&root).unwrap_or_default();
+        init_logging(&cli, system.log_level.as_deref());
+        let pipeline = match Pipeline::from_root(&root) {
             Ok(pipeline) => pipeline,
             Err(err) => {
                 eprintln!("error: {err}");
                 return ExitCode::FAILURE;
             }
         };
-        init_logging(&cli, pipeline.system.log_level.as_deref());
         for warning in &pipeline.warnings {
             tracing::warn!("{warning}");
+        }
+        for note in &pipeline.notes {
+            tracing::info!("{note}");
         }
         if cli.dry_run || matches!(cli.command, Some(Command::Check)) {
             print!("{}", pipeline.describe());
@@ -83,7 +117,7 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_path.display(), "bqforward starting");
-        match bqforward::run(pipeline, shutdown).await {
+        match bqforward::run(pipeline, shutdown, cli.shutdown_timeout).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!("{err}");
@@ -91,6 +125,20 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn health(url: &str, timeout: u64) -> ExitCode {
+    match probe(url, std::time::Duration::from_secs(timeout.max(1))) {
+        Ok((200, _)) => ExitCode::SUCCESS,
+        Ok((status, body)) => {
+            eprintln!("unhealthy: {url} answered {status}: {body}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("unhealthy: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn on_signal(shutdown: CancellationToken) {

@@ -4,6 +4,7 @@
 
 use crate::config::{ConfigError, Element, Section};
 use crate::input::forward::ForwardConfig;
+use crate::metrics::http::EndpointConfig;
 use crate::output::bigquery::BigQueryOutput;
 use crate::output::file::FileOutput;
 use crate::output::stdout::StdoutOutput;
@@ -19,14 +20,9 @@ pub const OUTPUT_TYPES: &[&str] = &["bigquery_insert", "stdout", "null", "file"]
 /// What a `<secondary>` (dead letters) may be.
 pub const SECONDARY_TYPES: &[&str] = &["file", "stdout", "null"];
 
-/// Monitoring sources that do not touch the data: skipped with a warning until bqforward
-/// serves metrics itself.
-const SKIPPED_SOURCES: &[&str] = &[
-    "prometheus",
-    "prometheus_monitor",
-    "prometheus_output_monitor",
-    "monitor_agent",
-];
+/// fluent-plugin-prometheus's collectors: bqforward always exports what they would, so they
+/// are accepted and need nothing.
+const MONITOR_SOURCES: &[&str] = &["prometheus_monitor", "prometheus_output_monitor"];
 
 const SYSTEM_IGNORED: &[&str] = &[
     "workers",
@@ -60,21 +56,44 @@ pub struct Pipeline {
     pub system: SystemConfig,
     pub inputs: Vec<ForwardConfig>,
     pub routes: Vec<Route>,
+    /// `<source> @type prometheus`, if any (without one the endpoint serves on 127.0.0.1).
+    pub endpoint: Option<EndpointConfig>,
+    /// Outputs with a buffer, which metrics read at scrape time.
+    pub buffered: Vec<Arc<BigQueryOutput>>,
     pub warnings: Vec<String>,
+    /// Worth saying at start-up, not a problem (logged at info).
+    pub notes: Vec<String>,
 }
 
 impl Pipeline {
+    fn empty() -> Self {
+        Pipeline {
+            system: SystemConfig::default(),
+            inputs: Vec::new(),
+            routes: Vec::new(),
+            endpoint: None,
+            buffered: Vec::new(),
+            warnings: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::from_root(&crate::config::parse_file(path)?)
     }
 
+    /// Only `<system>`: read before the rest so logging is set up before plugins start
+    /// (a file buffer logs its recovery while it is built).
+    pub fn system_of(root: &Element) -> Result<SystemConfig, ConfigError> {
+        let mut pipeline = Self::empty();
+        for element in root.elements_named("system") {
+            pipeline.read_system(element)?;
+        }
+        Ok(pipeline.system)
+    }
+
     pub fn from_root(root: &Element) -> Result<Self, ConfigError> {
-        let mut pipeline = Pipeline {
-            system: SystemConfig::default(),
-            inputs: Vec::new(),
-            routes: Vec::new(),
-            warnings: Vec::new(),
-        };
+        let mut pipeline = Self::empty();
         let mut counter = 0usize;
         if let Some(param) = root.params.first() {
             return Err(ConfigError::at(
@@ -135,12 +154,17 @@ impl Pipeline {
     fn add_source(&mut self, element: &Element, n: usize) -> Result<(), ConfigError> {
         let s = Section::new(element);
         let type_name = plugin_type(&s, element)?;
-        if SKIPPED_SOURCES.contains(&type_name) {
-            self.warnings.push(format!(
-                "{}: <source> @type {type_name} is not implemented yet and is skipped",
-                element.location
-            ));
-            return Ok(());
+        match type_name {
+            "prometheus" => return self.add_prometheus(&s, element),
+            "monitor_agent" => {
+                self.warnings.push(format!(
+                    "{}: <source> @type monitor_agent is skipped: bqforward serves its /api/plugins.json on the metrics endpoint (<source> @type prometheus)",
+                    element.location
+                ));
+                return Ok(());
+            }
+            t if MONITOR_SOURCES.contains(&t) => return self.add_monitor(&s, element, t),
+            _ => {}
         }
         if !SOURCE_TYPES.contains(&type_name) {
             return Err(unknown_type(element, type_name, SOURCE_TYPES));
@@ -156,6 +180,41 @@ impl Pipeline {
         let (config, warnings) = ForwardConfig::from_config(id, &s, type_name == "unix")?;
         self.inputs.push(config);
         self.warnings.extend(warnings);
+        Ok(())
+    }
+
+    fn add_prometheus(&mut self, s: &Section<'_>, element: &Element) -> Result<(), ConfigError> {
+        if self.endpoint.is_some() {
+            return Err(ConfigError::at(
+                &element.location,
+                "only one <source> @type prometheus is supported",
+            ));
+        }
+        let _ = (s.id(), s.log_level());
+        let (config, warnings) = EndpointConfig::from_config(s)?;
+        self.endpoint = Some(config);
+        self.warnings.extend(warnings);
+        Ok(())
+    }
+
+    fn add_monitor(
+        &mut self,
+        s: &Section<'_>,
+        element: &Element,
+        type_name: &str,
+    ) -> Result<(), ConfigError> {
+        let _ = (s.id(), s.log_level(), s.time("interval")?);
+        if s.bool("gauge_all")? == Some(false) {
+            self.warnings.push(format!(
+                "{}: gauge_all false is ignored: bqforward exports fluentd_output_status_* as gauges (gauge_all true, the plugin's default)",
+                element.location
+            ));
+        }
+        self.notes.push(format!(
+            "{}: <source> @type {type_name}: its metrics are always exported on the metrics endpoint; nothing to configure",
+            element.location
+        ));
+        self.warnings.extend(s.finish(&["labels"])?);
         Ok(())
     }
 
@@ -177,7 +236,9 @@ impl Pipeline {
             };
             let (output, warnings) = BigQueryOutput::from_config(id, &s, secondary)?;
             self.warnings.extend(warnings);
-            Arc::new(output) as Arc<dyn Output>
+            let output = Arc::new(output);
+            self.buffered.push(Arc::clone(&output));
+            output as Arc<dyn Output>
         } else {
             let output = self.build_output(&s, element, type_name, id, OUTPUT_TYPES)?;
             // fluentd accepts these on every output; these outputs have no use for them.
@@ -246,6 +307,8 @@ impl Pipeline {
         for input in &self.inputs {
             let _ = writeln!(out, "  {} ({})", input.id, input.describe());
         }
+        let endpoint = self.endpoint.clone().unwrap_or_default();
+        let _ = writeln!(out, "metrics: {}", endpoint.describe());
         let _ = writeln!(out, "matches (first match wins):");
         for route in &self.routes {
             let _ = writeln!(

@@ -423,3 +423,28 @@ fn sigterm_flushes_buffered_rows_before_exit() {
         server.log()
     );
 }
+
+#[test]
+fn exhausted_retries_end_in_the_dead_letters() {
+    let emulator = Emulator::start(&[]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(PROJECT, DATASET, "down", schema());
+    emulator.set_faults(json!({"error_503_rate": 1.0}));
+    let server = Server::start(&config(&emulator, "down", "", "retry_max_times 2"));
+    let mut stream = server.connect();
+    send(
+        &mut stream,
+        &message_with_ack("app.down", &json!({"seq": 1}), "a"),
+    );
+    assert_eq!(read_ack(&mut stream).unwrap(), "a");
+    let dead = wait_for(1, || dead_letters(&server));
+    assert_eq!(dead.len(), 1, "{}", server.log());
+    assert_eq!(dead[0]["reason"], "retries_exhausted");
+    assert!(
+        dead[0]["message"].as_str().unwrap().contains("HTTP 503"),
+        "{}",
+        dead[0]
+    );
+    assert_eq!(dead[0]["record"], json!({"seq": 1}));
+    assert!(emulator.stats()["faults_503"].as_u64().unwrap() >= 3);
+}

@@ -106,7 +106,7 @@ fn config_errors_name_file_and_line_and_fail() {
         ),
         (
             "<source>\n  @type forward\n  <security>\n    shared_key x\n  </security>\n</source>\n",
-            ":3: <security> (TLS and shared-key auth) is not supported yet",
+            ":3: <security> needs 'self_hostname'",
         ),
         (
             "<filter **>\n  @type grep\n</filter>\n",

@@ -2,7 +2,18 @@
 //! `bigquery_insert` buffer has fluent-plugin-bigquery's, not fluentd's plain ones).
 
 use crate::config::{ConfigError, Element, Location, Section};
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// Where chunks live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BufferKind {
+    /// In memory; with `spill`, chunks undelivered at shutdown are written there and sent by
+    /// the next start.
+    Memory { spill: Option<PathBuf> },
+    /// Every chunk in a file under `path` before it is acked.
+    File { path: PathBuf },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushMode {
@@ -95,6 +106,10 @@ impl RetryPolicy {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BufferConfig {
+    pub kind: BufferKind,
+    /// File buffers: fdatasync each append before the ack (survives power loss, not only a
+    /// process crash).
+    pub fsync: bool,
     pub chunk_limit_size: usize,
     pub chunk_limit_records: Option<usize>,
     pub total_limit_size: usize,
@@ -115,6 +130,8 @@ impl BufferConfig {
     /// fluent-plugin-bigquery's `bigquery_insert` defaults (its out_bigquery_insert.rb).
     pub fn bigquery_insert_defaults() -> Self {
         Self {
+            kind: BufferKind::Memory { spill: None },
+            fsync: false,
             chunk_limit_size: 1024 * 1024,
             chunk_limit_records: Some(500),
             total_limit_size: 1024 * 1024 * 1024,
@@ -141,12 +158,23 @@ impl BufferConfig {
             return Ok((defaults, Vec::new()));
         };
         let s = Section::new(element);
-        if let Some(kind) = s.type_name().filter(|t| *t != "memory") {
-            return Err(ConfigError::at(
-                s.location(),
-                format!("<buffer> @type {kind} is not supported yet (supported: memory)"),
-            ));
-        }
+        let path = s.str("path").map(PathBuf::from);
+        let kind = match (s.type_name().unwrap_or("memory"), path) {
+            ("memory", spill) => BufferKind::Memory { spill },
+            ("file", Some(path)) => BufferKind::File { path },
+            ("file", None) => {
+                return Err(ConfigError::at(
+                    s.location(),
+                    "<buffer> @type file needs 'path' (a directory)",
+                ));
+            }
+            (other, _) => {
+                return Err(ConfigError::at(
+                    s.location(),
+                    format!("<buffer> @type {other} is not supported (supported: memory, file)"),
+                ));
+            }
+        };
         if !element.arg.trim().is_empty() {
             return Err(ConfigError::at(
                 s.location(),
@@ -157,6 +185,10 @@ impl BufferConfig {
             ));
         }
         let mut c = defaults;
+        c.kind = kind;
+        if let Some(v) = s.bool("fsync")? {
+            c.fsync = v;
+        }
         let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         if let Some(v) = s.size("chunk_limit_size")? {
             c.chunk_limit_size = to_usize(v).max(1);

@@ -4,10 +4,13 @@
 //! Knows nothing of BigQuery: a `Sink` says what a chunk's delivery came to.
 
 pub mod config;
+pub mod file;
 
 use crate::codec::Event;
 use crate::output::BoxFuture;
-pub use config::{BufferConfig, FlushMode, OverflowAction, RetryPolicy};
+pub use config::{BufferConfig, BufferKind, FlushMode, OverflowAction, RetryPolicy};
+use file::FileStore;
+use serde::{Serialize, de::DeserializeOwned};
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +18,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+
+/// Runs short blocking file I/O from async code: on a multi-threaded runtime the worker
+/// thread is handed over meanwhile, elsewhere it simply runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+/// A flush slower than this counts as slow (fluentd's `slow_flush_log_threshold` default).
+const SLOW_FLUSH: Duration = Duration::from_secs(20);
 
 /// Bytes one entry is counted as beyond its record (time, tag handle, bookkeeping).
 const ENTRY_OVERHEAD: usize = 32;
@@ -32,24 +46,37 @@ impl Entry {
     }
 }
 
-/// A chunk's identity: unique across processes and restarts (time, process, sequence), so
-/// ids derived from it (BigQuery insertIds) are stable for the chunk's life.
+/// A chunk's identity: unique across processes, hosts and restarts (time, then 8 random
+/// bytes; not the process id, which is 1 in every container), so ids derived from it
+/// (BigQuery insertIds) are stable for the chunk's life and never shared by two instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChunkId(pub [u8; 16]);
 
 impl ChunkId {
     fn new() -> Self {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos() as u64;
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed) as u32;
+        let mut random = [0u8; 8];
+        if getrandom::getrandom(&mut random).is_err() {
+            random = fastrand::u64(..).to_be_bytes();
+        }
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&nanos.to_be_bytes());
-        id[8..12].copy_from_slice(&std::process::id().to_be_bytes());
-        id[12..].copy_from_slice(&seq.to_be_bytes());
+        id[8..].copy_from_slice(&random);
         Self(id)
+    }
+
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(id))
     }
 
     pub fn hex(&self) -> String {
@@ -63,6 +90,10 @@ pub struct Chunk<K> {
     pub entries: Vec<Entry>,
     /// After a partial success: the indices (into `entries`) still to deliver.
     pub pending: Option<Vec<u32>>,
+    /// Entries in the chunk (also while `entries` is not loaded from disk).
+    len: usize,
+    /// The chunk has a file in the store; its entries may be unloaded to save memory.
+    on_disk: bool,
     bytes: usize,
     created: Instant,
     attempts: u32,
@@ -78,6 +109,8 @@ impl<K> Chunk<K> {
             key,
             entries: Vec::new(),
             pending: None,
+            len: 0,
+            on_disk: false,
             bytes: 0,
             created: now,
             attempts: 0,
@@ -90,12 +123,16 @@ impl<K> Chunk<K> {
     pub fn pending_indices(&self) -> Vec<u32> {
         match &self.pending {
             Some(indices) => indices.clone(),
-            None => (0..self.entries.len() as u32).collect(),
+            None => (0..self.len as u32).collect(),
         }
     }
 
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.as_ref().map_or(self.len, Vec::len)
     }
 }
 
@@ -124,6 +161,8 @@ pub trait Sink<K>: Send + Sync + 'static {
 pub enum BufferError {
     #[error("buffer full (total_limit_size {0} bytes) and overflow_action is throw_exception")]
     Overflow(usize),
+    #[error("cannot write the file buffer: {0}")]
+    Store(String),
     #[error("buffer is shut down")]
     Closed,
 }
@@ -141,6 +180,13 @@ pub struct BufferStats {
     pub dropped_records: AtomicU64,
     pub overflow_refusals: AtomicU64,
     pub blocked_nanos: AtomicU64,
+    pub recovered_chunks: AtomicU64,
+    pub recovered_records: AtomicU64,
+    pub spilled_records: AtomicU64,
+    /// Time spent in `Sink::write` (fluentd's `flush_time_count`).
+    pub flush_nanos: AtomicU64,
+    /// Writes slower than `SLOW_FLUSH` (fluentd's `slow_flush_count`).
+    pub slow_flushes: AtomicU64,
 }
 
 struct State<K> {
@@ -164,11 +210,32 @@ pub struct Buffer<K> {
     work: Notify,
     pub stats: BufferStats,
     tasks: Mutex<JoinSet<()>>,
+    /// `@type file`: every chunk lives on disk. `@type memory` with a `path`: only chunks
+    /// spilled at shutdown do.
+    store: Option<Arc<FileStore>>,
+    persist: bool,
 }
 
-impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
-    /// Creates the buffer and starts its flush workers and interval timer.
-    pub fn start(name: String, config: BufferConfig, sink: Arc<dyn Sink<K>>) -> Arc<Self> {
+impl<K> Buffer<K>
+where
+    K: Eq + Hash + Send + Sync + std::fmt::Display + Serialize + DeserializeOwned + 'static,
+{
+    /// Creates the buffer (opening and recovering its directory, if it has one) and starts
+    /// its flush workers and interval timer.
+    pub fn start(
+        name: String,
+        config: BufferConfig,
+        sink: Arc<dyn Sink<K>>,
+    ) -> Result<Arc<Self>, String> {
+        let (store, persist) = match &config.kind {
+            BufferKind::File { path } => (Some(path), true),
+            BufferKind::Memory { spill: Some(path) } => (Some(path), false),
+            BufferKind::Memory { spill: None } => (None, false),
+        };
+        let store = store
+            .map(|path| FileStore::open(path, config.fsync).map(Arc::new))
+            .transpose()
+            .map_err(|e| format!("{name}: buffer path: {e}"))?;
         let buffer = Arc::new(Self {
             name,
             state: Mutex::new(State {
@@ -185,7 +252,10 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
             stats: BufferStats::default(),
             tasks: Mutex::new(JoinSet::new()),
             config,
+            store,
+            persist,
         });
+        buffer.recover()?;
         let mut tasks = JoinSet::new();
         for _ in 0..buffer.config.flush_thread_count {
             tasks.spawn(Arc::clone(&buffer).worker());
@@ -194,7 +264,54 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
         if let Ok(mut slot) = buffer.tasks.lock() {
             *slot = tasks;
         }
-        buffer
+        Ok(buffer)
+    }
+
+    /// Queues the chunks a previous run left in the directory.
+    fn recover(&self) -> Result<(), String> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let found = store
+            .recover()
+            .map_err(|e| format!("{}: reading {}: {e}", self.name, store.dir().display()))?;
+        let mut state = self.lock();
+        let (mut chunks, mut records) = (0u64, 0u64);
+        for recovered in found {
+            let key: K = match serde_json::from_value(recovered.key.clone()) {
+                Ok(key) => key,
+                Err(err) => {
+                    tracing::error!(output = %self.name, chunk = %recovered.id.hex(), error = %err,
+                        "buffer chunk with an unreadable destination left in place");
+                    continue;
+                }
+            };
+            let mut chunk = Chunk::new(Arc::new(key));
+            chunk.id = recovered.id;
+            chunk.len = recovered.entries;
+            chunk.pending = recovered.pending;
+            chunk.bytes = recovered.bytes;
+            chunk.on_disk = true;
+            if chunk.pending_len() == 0 {
+                store.remove(&chunk.id);
+                continue;
+            }
+            chunks += 1;
+            records += chunk.pending_len() as u64;
+            state.bytes += chunk.bytes;
+            state.queue.push_back(chunk);
+        }
+        if chunks > 0 {
+            self.stats
+                .recovered_chunks
+                .fetch_add(chunks, Ordering::Relaxed);
+            self.stats
+                .recovered_records
+                .fetch_add(records, Ordering::Relaxed);
+            tracing::info!(output = %self.name, chunks, records, dir = %store.dir().display(),
+                "recovered buffered chunks from a previous run");
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &BufferConfig {
@@ -237,6 +354,20 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
             .max()
     }
 
+    /// fluentd's `retry_wait` for the chunk furthest into its retries: from its first
+    /// failure to its next try. `None` when nothing is waiting to be retried.
+    pub fn retry_wait(&self) -> Option<Duration> {
+        let state = self.lock();
+        state
+            .queue
+            .iter()
+            .filter_map(|c| {
+                c.first_failure
+                    .map(|first| c.next_try.saturating_duration_since(first))
+            })
+            .max()
+    }
+
     /// Stages entries grouped by key. Resolves once they are in the buffer; with
     /// `overflow_action block` that waits for room, which is what makes inputs stop reading.
     pub async fn append(&self, groups: Vec<(Arc<K>, Vec<Entry>)>) -> Result<(), BufferError> {
@@ -246,28 +377,38 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
             .sum();
         let records: usize = groups.iter().map(|(_, e)| e.len()).sum();
         self.reserve(incoming).await?;
-        let queued = {
+        let staged = {
             let mut state = self.lock();
-            state.bytes += incoming;
             let mut queued = false;
+            let mut failure = None;
             for (key, entries) in groups {
-                queued |= self.stage(&mut state, key, entries);
-            }
-            if self.config.flush_mode == FlushMode::Immediate {
-                let keys: Vec<Arc<K>> = state.staged.keys().cloned().collect();
-                for key in keys {
-                    queued |= Self::enqueue_staged(&mut state, &key);
+                match self.stage(&mut state, key, entries) {
+                    Ok(q) => queued |= q,
+                    Err(err) => {
+                        failure = Some(err);
+                        break;
+                    }
                 }
             }
-            queued
+            if failure.is_none() && self.config.flush_mode == FlushMode::Immediate {
+                let keys: Vec<Arc<K>> = state.staged.keys().cloned().collect();
+                for key in keys {
+                    queued |= self.enqueue_staged(&mut state, &key);
+                }
+            }
+            match failure {
+                Some(err) => Err(err),
+                None => Ok(queued),
+            }
         };
+        if matches!(staged, Ok(true)) {
+            self.work.notify_waiters();
+        }
+        let _ = staged?;
         self.stats.emit_count.fetch_add(1, Ordering::Relaxed);
         self.stats
             .emit_records
             .fetch_add(records as u64, Ordering::Relaxed);
-        if queued {
-            self.work.notify_waiters();
-        }
         Ok(())
     }
 
@@ -315,7 +456,10 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
     }
 
     fn drop_chunk(&self, chunk: Chunk<K>) {
-        let records = chunk.pending.as_ref().map_or(chunk.entries.len(), Vec::len);
+        let records = chunk.pending_len();
+        if let (true, Some(store)) = (chunk.on_disk, &self.store) {
+            store.remove(&chunk.id);
+        }
         self.stats.dropped_chunks.fetch_add(1, Ordering::Relaxed);
         self.stats
             .dropped_records
@@ -324,33 +468,87 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
             "buffer full: dropped the oldest chunk (overflow_action drop_oldest_chunk)");
     }
 
-    /// Adds entries to the key's staged chunk, queueing it each time it fills. Returns
-    /// whether anything was queued.
-    fn stage(&self, state: &mut State<K>, key: Arc<K>, entries: Vec<Entry>) -> bool {
+    /// Adds entries to the key's staged chunk, queueing it each time it fills; with a file
+    /// buffer the entries are written to the chunk's file first, in the order they are
+    /// staged (the lock is held, so file order is memory order). Returns whether anything was
+    /// queued.
+    fn stage(
+        &self,
+        state: &mut State<K>,
+        key: Arc<K>,
+        entries: Vec<Entry>,
+    ) -> Result<bool, BufferError> {
         let mut queued = false;
-        for entry in entries {
-            let size = entry.size();
+        let mut rest = entries;
+        while !rest.is_empty() {
             let chunk = state
                 .staged
                 .entry(Arc::clone(&key))
                 .or_insert_with(|| Chunk::new(Arc::clone(&key)));
-            chunk.bytes += size;
-            chunk.entries.push(entry);
-            let full = chunk.bytes >= self.config.chunk_limit_size
-                || self
-                    .config
-                    .chunk_limit_records
-                    .is_some_and(|limit| chunk.entries.len() >= limit);
-            if full {
-                queued |= Self::enqueue_staged(state, &key);
+            let room = self.room(chunk, &rest);
+            let now: Vec<Entry> = rest.drain(..room).collect();
+            if self.persist {
+                self.write_entries(chunk, &now)?;
+            }
+            for entry in now {
+                let size = entry.size();
+                chunk.bytes += size;
+                chunk.len += 1;
+                chunk.entries.push(entry);
+                state.bytes += size;
+            }
+            if self.is_full(chunk) {
+                queued |= self.enqueue_staged(state, &key);
             }
         }
-        queued
+        Ok(queued)
     }
 
-    fn enqueue_staged(state: &mut State<K>, key: &Arc<K>) -> bool {
+    /// How many of `entries` fit in `chunk` before it is full (at least one).
+    fn room(&self, chunk: &Chunk<K>, entries: &[Entry]) -> usize {
+        let by_records = self
+            .config
+            .chunk_limit_records
+            .map_or(usize::MAX, |limit| limit.saturating_sub(chunk.len));
+        let mut bytes = chunk.bytes;
+        let mut n = 0;
+        for entry in entries.iter().take(by_records) {
+            if n > 0 && bytes + entry.size() > self.config.chunk_limit_size {
+                break;
+            }
+            bytes += entry.size();
+            n += 1;
+        }
+        n.max(1)
+    }
+
+    fn is_full(&self, chunk: &Chunk<K>) -> bool {
+        chunk.bytes >= self.config.chunk_limit_size
+            || self
+                .config
+                .chunk_limit_records
+                .is_some_and(|limit| chunk.len >= limit)
+    }
+
+    fn write_entries(&self, chunk: &mut Chunk<K>, entries: &[Entry]) -> Result<(), BufferError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let key =
+            serde_json::to_value(&*chunk.key).map_err(|e| BufferError::Store(e.to_string()))?;
+        blocking(|| store.append(&chunk.id, &key, entries))
+            .map_err(|e| BufferError::Store(e.to_string()))?;
+        chunk.on_disk = true;
+        Ok(())
+    }
+
+    /// Moves a staged chunk to the queue; a chunk on disk leaves its entries there.
+    fn enqueue_staged(&self, state: &mut State<K>, key: &Arc<K>) -> bool {
         match state.staged.remove(key) {
-            Some(chunk) if !chunk.entries.is_empty() => {
+            Some(mut chunk) if chunk.len > 0 => {
+                if chunk.on_disk {
+                    chunk.entries = Vec::new();
+                }
                 state.queue.push_back(chunk);
                 true
             }
@@ -383,7 +581,7 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
                     .collect();
                 let mut queued = false;
                 for key in due {
-                    queued |= Self::enqueue_staged(&mut state, &key);
+                    queued |= self.enqueue_staged(&mut state, &key);
                 }
                 queued
             };
@@ -427,8 +625,25 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
                     continue;
                 }
             };
+            let mut chunk = chunk;
+            if let Err(err) = self.load(&mut chunk).await {
+                tracing::error!(output = %self.name, chunk = %chunk.id.hex(), error = %err,
+                    "cannot read buffered chunk; it stays on disk for the next start");
+                let mut state = self.lock();
+                state.in_flight -= 1;
+                state.bytes -= chunk.bytes;
+                continue;
+            }
+            let started = Instant::now();
             let outcome = self.sink.write(&chunk).await;
+            let took = started.elapsed();
             self.stats.write_count.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .flush_nanos
+                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            if took > SLOW_FLUSH {
+                self.stats.slow_flushes.fetch_add(1, Ordering::Relaxed);
+            }
             self.settle(chunk, outcome).await;
         }
     }
@@ -436,6 +651,7 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
     async fn settle(&self, mut chunk: Chunk<K>, outcome: Outcome) {
         let (keep, error, after) = match outcome {
             Outcome::Done => {
+                self.forget(&chunk);
                 self.release(&chunk);
                 return;
             }
@@ -443,6 +659,13 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
         };
         self.stats.num_errors.fetch_add(1, Ordering::Relaxed);
         if let Some(keep) = keep {
+            if let (true, Some(store)) = (chunk.on_disk, &self.store) {
+                let written = blocking(|| store.write_pending(&chunk.id, &keep));
+                if let Err(err) = written {
+                    tracing::error!(output = %self.name, chunk = %chunk.id.hex(), error = %err,
+                        "cannot record delivered rows; a restart would resend them (insertIds de-duplicate)");
+                }
+            }
             chunk.pending = Some(keep);
         }
         chunk.attempts += 1;
@@ -455,6 +678,7 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
             );
             tracing::error!(output = %self.name, key = %chunk.key, chunk = %chunk.id.hex(), %reason, "giving up on chunk");
             self.sink.give_up(&chunk, &reason).await;
+            self.forget(&chunk);
             self.release(&chunk);
             return;
         }
@@ -472,6 +696,37 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
         let mut state = self.lock();
         state.in_flight -= 1;
         state.queue.push_back(chunk);
+    }
+
+    /// Loads a chunk's entries from its file if they are not in memory.
+    async fn load(&self, chunk: &mut Chunk<K>) -> Result<(), String> {
+        if !chunk.entries.is_empty() || !chunk.on_disk {
+            return Ok(());
+        }
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
+        let id = chunk.id;
+        let entries = tokio::task::spawn_blocking(move || store.load(&id))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if entries.len() < chunk.len {
+            return Err(format!(
+                "chunk file has {} of {} entries",
+                entries.len(),
+                chunk.len
+            ));
+        }
+        chunk.entries = entries;
+        Ok(())
+    }
+
+    /// The chunk is delivered or handed on: remove its file.
+    fn forget(&self, chunk: &Chunk<K>) {
+        if let (true, Some(store)) = (chunk.on_disk, &self.store) {
+            store.remove(&chunk.id);
+        }
     }
 
     fn release(&self, chunk: &Chunk<K>) {
@@ -496,7 +751,7 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
             if self.config.flush_at_shutdown {
                 let keys: Vec<Arc<K>> = state.staged.keys().cloned().collect();
                 for key in keys {
-                    Self::enqueue_staged(&mut state, &key);
+                    self.enqueue_staged(&mut state, &key);
                 }
             }
         }
@@ -513,13 +768,62 @@ impl<K: Eq + Hash + Send + Sync + std::fmt::Display + 'static> Buffer<K> {
             state.queue.drain(..).chain(staged).collect()
         };
         let mut undelivered = 0;
-        for chunk in leftovers {
-            undelivered += chunk.pending.as_ref().map_or(chunk.entries.len(), Vec::len);
+        let (mut kept, mut kept_records) = (0u64, 0usize);
+        for mut chunk in leftovers {
+            if chunk.pending_len() == 0 {
+                continue;
+            }
+            if self.keep_for_next_start(&mut chunk) {
+                kept += 1;
+                kept_records += chunk.pending_len();
+                continue;
+            }
+            undelivered += chunk.pending_len();
+            if let Err(err) = self.load(&mut chunk).await {
+                tracing::error!(output = %self.name, chunk = %chunk.id.hex(), error = %err, "cannot read chunk at shutdown");
+                continue;
+            }
             self.sink
                 .give_up(&chunk, "not delivered before the shutdown deadline")
                 .await;
         }
+        if kept > 0 {
+            tracing::info!(output = %self.name, chunks = kept, records = kept_records,
+                "undelivered chunks kept on disk for the next start");
+        }
         undelivered
+    }
+
+    /// At shutdown: a chunk already on disk stays there; a memory chunk is spilled when the
+    /// buffer has a directory. `false` when the chunk has nowhere to go.
+    fn keep_for_next_start(&self, chunk: &mut Chunk<K>) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        if chunk.on_disk {
+            return true;
+        }
+        let Ok(key) = serde_json::to_value(&*chunk.key) else {
+            return false;
+        };
+        let written = store
+            .append(&chunk.id, &key, &chunk.entries)
+            .and_then(|()| match &chunk.pending {
+                Some(pending) => store.write_pending(&chunk.id, pending),
+                None => Ok(()),
+            });
+        match written {
+            Ok(()) => {
+                self.stats
+                    .spilled_records
+                    .fetch_add(chunk.pending_len() as u64, Ordering::Relaxed);
+                true
+            }
+            Err(err) => {
+                tracing::error!(output = %self.name, chunk = %chunk.id.hex(), error = %err, "cannot spill chunk at shutdown");
+                false
+            }
+        }
     }
 }
 

@@ -99,7 +99,7 @@ fn key(name: &str) -> Arc<String> {
 #[tokio::test]
 async fn chunks_are_cut_at_the_record_limit_and_old_ones_flushed() {
     let s = sink(Box::new(|_, _| Outcome::Done), None);
-    let buffer = Buffer::start("t".into(), config(), s.clone());
+    let buffer = Buffer::start("t".into(), config(), s.clone()).unwrap();
     buffer
         .append(vec![(key("a"), entries(0..1200, 10))])
         .await
@@ -115,7 +115,7 @@ async fn chunks_are_cut_at_the_record_limit_and_old_ones_flushed() {
 #[tokio::test]
 async fn keys_get_separate_chunks() {
     let s = sink(Box::new(|_, _| Outcome::Done), None);
-    let buffer = Buffer::start("t".into(), config(), s.clone());
+    let buffer = Buffer::start("t".into(), config(), s.clone()).unwrap();
     buffer
         .append(vec![
             (key("a"), entries(0..3, 10)),
@@ -142,7 +142,7 @@ async fn partial_retry_resends_only_kept_entries() {
         }),
         None,
     );
-    let buffer = Buffer::start("t".into(), config(), s.clone());
+    let buffer = Buffer::start("t".into(), config(), s.clone()).unwrap();
     buffer
         .append(vec![(key("a"), entries(0..5, 10))])
         .await
@@ -165,7 +165,7 @@ async fn exhausted_retries_hand_the_chunk_to_give_up() {
     );
     let mut c = config();
     c.retry.max_times = Some(2);
-    let buffer = Buffer::start("t".into(), c, s.clone());
+    let buffer = Buffer::start("t".into(), c, s.clone()).unwrap();
     buffer
         .append(vec![(key("a"), entries(0..4, 10))])
         .await
@@ -198,7 +198,8 @@ async fn throw_exception_refuses_when_full() {
         "t".into(),
         small_buffer(OverflowAction::ThrowException),
         s.clone(),
-    );
+    )
+    .unwrap();
     buffer
         .append(vec![(key("a"), entries(0..50, 150))])
         .await
@@ -220,7 +221,7 @@ async fn throw_exception_refuses_when_full() {
 async fn block_waits_for_room_then_accepts() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let s = sink(Box::new(|_, _| Outcome::Done), Some(gate.clone()));
-    let buffer = Buffer::start("t".into(), small_buffer(OverflowAction::Block), s.clone());
+    let buffer = Buffer::start("t".into(), small_buffer(OverflowAction::Block), s.clone()).unwrap();
     buffer
         .append(vec![(key("a"), entries(0..50, 150))])
         .await
@@ -248,7 +249,8 @@ async fn drop_oldest_chunk_makes_room_and_counts() {
         "t".into(),
         small_buffer(OverflowAction::DropOldestChunk),
         s.clone(),
-    );
+    )
+    .unwrap();
     buffer
         .append(vec![(key("a"), entries(0..50, 150))])
         .await
@@ -282,7 +284,7 @@ async fn shutdown_flushes_staged_and_gives_up_on_the_undeliverable() {
         flush_interval: Duration::from_secs(3600),
         ..config()
     };
-    let buffer = Buffer::start("t".into(), c, s.clone());
+    let buffer = Buffer::start("t".into(), c, s.clone()).unwrap();
     buffer
         .append(vec![
             (key("good"), entries(0..3, 10)),
@@ -302,4 +304,87 @@ async fn shutdown_flushes_staged_and_gives_up_on_the_undeliverable() {
         buffer.append(vec![(key("good"), entries(9..10, 10))]).await,
         Err(BufferError::Closed)
     ));
+}
+
+#[tokio::test]
+async fn immediate_mode_flushes_every_append_and_lazy_only_full_chunks() {
+    let s = sink(Box::new(|_, _| Outcome::Done), None);
+    let c = BufferConfig {
+        flush_mode: FlushMode::Immediate,
+        flush_interval: Duration::from_secs(3600),
+        ..config()
+    };
+    let buffer = Buffer::start("t".into(), c, s.clone()).unwrap();
+    buffer
+        .append(vec![(key("a"), entries(0..3, 10))])
+        .await
+        .unwrap();
+    wait_until(|| s.writes.lock().unwrap().len() == 1).await;
+
+    let s = sink(Box::new(|_, _| Outcome::Done), None);
+    let c = BufferConfig {
+        flush_mode: FlushMode::Lazy,
+        flush_interval: Duration::from_millis(1),
+        chunk_limit_records: Some(10),
+        ..config()
+    };
+    let buffer = Buffer::start("t".into(), c, s.clone()).unwrap();
+    buffer
+        .append(vec![(key("a"), entries(0..13, 10))])
+        .await
+        .unwrap();
+    wait_until(|| s.writes.lock().unwrap().len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The 3 left over stay staged: lazy flushes only full chunks (and at shutdown).
+    assert_eq!(s.writes.lock().unwrap().len(), 1);
+    assert_eq!(buffer.sizes().0, 1);
+    buffer
+        .shutdown(Instant::now() + Duration::from_secs(1))
+        .await;
+    assert_eq!(s.writes.lock().unwrap().concat().len(), 13);
+}
+
+#[tokio::test]
+async fn file_buffer_chunks_survive_a_restart_with_their_pending_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = BufferConfig {
+        kind: BufferKind::File {
+            path: dir.path().to_path_buf(),
+        },
+        flush_interval: Duration::from_secs(3600),
+        ..config()
+    };
+    // First run: BigQuery keeps only rows 1 and 3 pending, then the process dies.
+    let first = sink(
+        Box::new(|_, _| Outcome::Retry {
+            keep: Some(vec![1, 3]),
+            error: "stopped".into(),
+            after: Some(Duration::from_secs(3600)),
+        }),
+        None,
+    );
+    let buffer = Buffer::start(
+        "t".into(),
+        BufferConfig {
+            flush_mode: FlushMode::Immediate,
+            ..c.clone()
+        },
+        first.clone(),
+    )
+    .unwrap();
+    buffer
+        .append(vec![(key("a"), entries(0..5, 10))])
+        .await
+        .unwrap();
+    wait_until(|| first.writes.lock().unwrap().len() == 1).await;
+    // Stop: the chunk is on disk with its pending rows, so nothing is given up.
+    let undelivered = buffer.shutdown(Instant::now()).await;
+    assert_eq!(undelivered, 0);
+    assert!(first.given_up.lock().unwrap().is_empty());
+    drop(buffer);
+    let second = sink(Box::new(|_, _| Outcome::Done), None);
+    let reopened = Buffer::start("t".into(), c.clone(), second.clone()).unwrap();
+    wait_until(|| !second.writes.lock().unwrap().is_empty()).await;
+    assert_eq!(second.writes.lock().unwrap()[0], vec![1, 3]);
+    assert_eq!(reopened.stats.recovered_records.load(Ordering::Relaxed), 2);
 }

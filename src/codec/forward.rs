@@ -41,6 +41,25 @@ pub enum DecodeError {
     InvalidEvent(InvalidEvent),
 }
 
+impl DecodeError {
+    /// A short stable name for metrics labels (`bqforward_input_decode_errors_total{kind}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Msgpack(_) => "msgpack",
+            Self::JsonStream(_) => "json_stream",
+            Self::NotAnArray(_) | Self::Arity(_) => "message_shape",
+            Self::TagNotString(_) | Self::TagNotUtf8 => "tag",
+            Self::TooLarge { .. } => "too_large",
+            Self::Gzip(_) => "gzip",
+            Self::Zstd(_) => "zstd",
+            Self::DecompressedTooLarge(_) => "decompressed_too_large",
+            Self::UnsupportedCompression(_) => "compression",
+            Self::BrokenEntries(_) => "entries",
+            Self::InvalidEvent(e) => e.kind(),
+        }
+    }
+}
+
 /// Why one event was skipped (fluentd's `skip_invalid_event`); the rest of its message stays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidEvent {
@@ -50,6 +69,16 @@ pub enum InvalidEvent {
     Record(&'static str),
     #[error("entry is {0}, expected [time, record]")]
     Entry(&'static str),
+}
+
+impl InvalidEvent {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Time(_) => "invalid_event_time",
+            Self::Record(_) => "invalid_event_record",
+            Self::Entry(_) => "invalid_event_entry",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

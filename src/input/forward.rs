@@ -2,17 +2,22 @@
 //! to the codec, sends events to the router's outputs one batch per read, and acks a chunk
 //! only after every output it went to has accepted it. The UDP heartbeat lives here too.
 
+use super::security::{Handshake, Security};
 use crate::codec::{self, DecodeError, DecodeOptions, Decoder, Message};
 use crate::config::{ConfigError, Section};
+use crate::metrics::InputMetrics;
 use crate::output::Batch;
+use crate::ratelimit::RateLimit;
 use crate::router::Router;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -21,11 +26,27 @@ use tokio_util::sync::CancellationToken;
 pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 const MAX_CACHED_TAGS: usize = 1024;
+/// Time allowed for a TLS handshake and for the PING of the `<security>` handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The same warning about one peer's input (same peer address, same text up to numbers) is
+/// logged at most once per interval; the decode-error counters keep the exact count.
+static BAD_INPUT_WARNINGS: LazyLock<RateLimit> =
+    LazyLock::new(|| RateLimit::new(Duration::from_secs(10)));
 
 #[derive(Debug, Clone)]
 pub enum Listen {
     Tcp { bind: String, port: u16 },
     Unix { path: PathBuf },
+}
+
+/// The TLS acceptor, if `<transport tls>` is configured.
+#[derive(Clone)]
+pub struct Tls(pub tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +62,12 @@ pub struct ForwardConfig {
     pub source_hostname_key: Option<String>,
     pub resolve_hostname: bool,
     pub deny_keepalive: bool,
+    pub tls: Option<Tls>,
+    pub security: Option<Arc<Security>>,
+    /// bqforward's own limits (fluentd has none): connections at once, and how long a
+    /// connection may stay silent.
+    pub max_connections: Option<usize>,
+    pub idle_timeout: Option<Duration>,
 }
 
 /// in_forward parameters bqforward accepts and does not act on.
@@ -57,16 +84,29 @@ impl ForwardConfig {
         s: &Section<'_>,
         unix: bool,
     ) -> Result<(Self, Vec<String>), ConfigError> {
-        for unsupported in ["transport", "security"] {
-            if let Some(section) = s.section(unsupported)? {
+        let mut warnings = Vec::new();
+        let tls = match s.section("transport")? {
+            Some(transport) if unix => {
                 return Err(ConfigError::at(
-                    &section.location,
-                    format!(
-                        "<{unsupported}> (TLS and shared-key auth) is not supported yet by bqforward; remove it or terminate TLS in front of bqforward"
-                    ),
+                    &transport.location,
+                    "<transport> applies to TCP, not to a Unix socket",
                 ));
             }
-        }
+            Some(transport) => {
+                let (acceptor, w) = super::tls::from_config(transport)?;
+                warnings.extend(w);
+                acceptor.map(Tls)
+            }
+            None => None,
+        };
+        let security = match s.section("security")? {
+            Some(section) => {
+                let (security, w) = Security::from_config(section)?;
+                warnings.extend(w);
+                Some(Arc::new(security))
+            }
+            None => None,
+        };
         let listen = if unix {
             Listen::Unix {
                 path: PathBuf::from(s.string("path", "/var/run/fluent/fluent.sock")),
@@ -96,14 +136,26 @@ impl ForwardConfig {
             source_hostname_key: s.str("source_hostname_key").map(str::to_owned),
             resolve_hostname: s.bool("resolve_hostname")?.unwrap_or(false),
             deny_keepalive: s.bool("deny_keepalive")?.unwrap_or(false),
+            tls,
+            security,
+            max_connections: s.int::<usize>("max_connections")?.filter(|n| *n > 0),
+            idle_timeout: s.time("idle_timeout")?.filter(|d| !d.is_zero()),
         };
-        let warnings = s.finish(FORWARD_IGNORED)?;
+        warnings.extend(s.finish(FORWARD_IGNORED)?);
         Ok((config, warnings))
     }
 
     pub fn describe(&self) -> String {
         match &self.listen {
-            Listen::Tcp { bind, port } => format!("forward tcp+udp {bind}:{port}"),
+            Listen::Tcp { bind, port } => {
+                let transport = if self.tls.is_some() { "tls" } else { "tcp" };
+                let auth = if self.security.is_some() {
+                    ", shared-key handshake"
+                } else {
+                    ""
+                };
+                format!("forward {transport}+udp {bind}:{port}{auth}")
+            }
             Listen::Unix { path } => format!("unix {}", path.display()),
         }
     }
@@ -118,10 +170,11 @@ enum Listener {
 pub struct ForwardInput {
     config: Arc<ForwardConfig>,
     listener: Listener,
+    metrics: InputMetrics,
 }
 
 impl ForwardInput {
-    pub async fn bind(config: ForwardConfig) -> std::io::Result<Self> {
+    pub async fn bind(config: ForwardConfig, metrics: InputMetrics) -> std::io::Result<Self> {
         let listener = match &config.listen {
             Listen::Tcp { bind, port } => {
                 let tcp = TcpListener::bind((bind.as_str(), *port)).await?;
@@ -143,6 +196,7 @@ impl ForwardInput {
         Ok(Self {
             config: Arc::new(config),
             listener,
+            metrics,
         })
     }
 
@@ -158,6 +212,8 @@ impl ForwardInput {
     pub async fn serve(self, router: Arc<Router>, shutdown: CancellationToken) {
         let mut connections = JoinSet::new();
         let config = self.config;
+        let limit = config.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+        let metrics = self.metrics;
         match self.listener {
             Listener::Tcp(tcp, udp) => {
                 let heartbeat = tokio::spawn(heartbeat(udp, shutdown.clone()));
@@ -166,9 +222,20 @@ impl ForwardInput {
                         _ = shutdown.cancelled() => break,
                         accepted = tcp.accept() => match accepted {
                             Ok((stream, addr)) => {
+                                let Some(permit) = admit(&config, limit.as_ref(), &addr.to_string()) else {
+                                    continue;
+                                };
                                 let _ = stream.set_nodelay(true);
-                                let peer = Peer::tcp(addr, &config).await;
-                                connections.spawn(Connection::new(&config, &router, peer, &shutdown).run(stream));
+                                let (config, router, shutdown, metrics) = (Arc::clone(&config), Arc::clone(&router), shutdown.clone(), metrics.clone());
+                                connections.spawn(async move {
+                                    let _permit = permit;
+                                    let peer = Peer::tcp(addr, &config).await;
+                                    let connection = Connection::new(&config, &router, peer, &shutdown, &metrics);
+                                    match &config.tls {
+                                        Some(Tls(acceptor)) => connection.run_tls(acceptor, stream).await,
+                                        None => connection.run(stream).await,
+                                    }
+                                });
                             }
                             Err(err) => accept_error(&config, err).await,
                         },
@@ -184,7 +251,14 @@ impl ForwardInput {
                         accepted = unix.accept() => match accepted {
                             Ok((stream, _)) => {
                                 let peer = Peer::unix(&path);
-                                connections.spawn(Connection::new(&config, &router, peer, &shutdown).run(stream));
+                                let Some(permit) = admit(&config, limit.as_ref(), &peer.label) else {
+                                    continue;
+                                };
+                                let connection = Connection::new(&config, &router, peer, &shutdown, &metrics);
+                                connections.spawn(async move {
+                                    let _permit = permit;
+                                    connection.run(stream).await;
+                                });
                             }
                             Err(err) => accept_error(&config, err).await,
                         },
@@ -195,6 +269,43 @@ impl ForwardInput {
             }
         }
         while connections.join_next().await.is_some() {}
+    }
+}
+
+/// A place under `max_connections`, or `None` (the new connection is closed at once).
+fn admit(
+    config: &ForwardConfig,
+    limit: Option<&Arc<Semaphore>>,
+    peer: &str,
+) -> Option<Option<OwnedSemaphorePermit>> {
+    let Some(limit) = limit else {
+        return Some(None);
+    };
+    match Arc::clone(limit).try_acquire_owned() {
+        Ok(permit) => Some(Some(permit)),
+        Err(_) => {
+            tracing::warn!(input = %config.id, peer, max_connections = ?config.max_connections,
+                "too many connections; refusing this one");
+            None
+        }
+    }
+}
+
+/// Reads more bytes; an idle connection past `idle` counts as closed by the peer.
+async fn read_some<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    idle: Option<Duration>,
+) -> std::io::Result<usize> {
+    match idle {
+        None => reader.read_buf(buf).await,
+        Some(idle) => match tokio::time::timeout(idle, reader.read_buf(buf)).await {
+            Ok(read) => read,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "idle_timeout reached",
+            )),
+        },
     }
 }
 
@@ -222,8 +333,12 @@ async fn heartbeat(socket: UdpSocket, shutdown: CancellationToken) {
 /// Who is on the other end, for logs and `source_*_key`.
 struct Peer {
     label: String,
+    /// What repeated warnings are limited by: the address without the port, so a client
+    /// that reconnects in a loop is still one peer.
+    warn_key: String,
     address: String,
     hostname: String,
+    ip: Option<std::net::IpAddr>,
 }
 
 impl Peer {
@@ -241,8 +356,10 @@ impl Peer {
         };
         Self {
             label: addr.to_string(),
+            warn_key: address.clone(),
             address,
             hostname,
+            ip: Some(addr.ip()),
         }
     }
 
@@ -250,8 +367,10 @@ impl Peer {
         let label = format!("unix:{}", path.display());
         Self {
             address: label.clone(),
+            warn_key: label.clone(),
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             label,
+            ip: None,
         }
     }
 }
@@ -261,6 +380,8 @@ impl Peer {
 struct RoutedTag {
     tag: Arc<str>,
     route: Option<usize>,
+    /// `fluentd_input_status_num_records_total` for this tag.
+    records: prometheus::IntCounter,
 }
 
 struct Connection {
@@ -269,13 +390,15 @@ struct Connection {
     peer: Peer,
     shutdown: CancellationToken,
     tags: HashMap<Bytes, RoutedTag>,
+    metrics: InputMetrics,
 }
 
 /// What one read produced: batches per route in arrival order, and the acks they earn.
 #[derive(Default)]
 struct Pending {
-    batches: Vec<(Option<usize>, Batch)>,
+    batches: Vec<(RoutedTag, Batch)>,
     acks: Vec<u8>,
+    ack_count: usize,
 }
 
 impl Connection {
@@ -284,6 +407,7 @@ impl Connection {
         router: &Arc<Router>,
         peer: Peer,
         shutdown: &CancellationToken,
+        metrics: &InputMetrics,
     ) -> Self {
         Self {
             config: Arc::clone(config),
@@ -291,6 +415,17 @@ impl Connection {
             peer,
             shutdown: shutdown.clone(),
             tags: HashMap::new(),
+            metrics: metrics.clone(),
+        }
+    }
+
+    async fn run_tls(self, acceptor: &tokio_rustls::TlsAcceptor, stream: tokio::net::TcpStream) {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => self.run(tls).await,
+            Ok(Err(err)) => {
+                tracing::warn!(peer = %self.peer.label, error = %err, "TLS handshake failed");
+            }
+            Err(_) => tracing::warn!(peer = %self.peer.label, "TLS handshake timed out"),
         }
     }
 
@@ -298,12 +433,20 @@ impl Connection {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut decoder = Decoder::new(self.config.max_message_size, self.config.decode.max_depth);
+        let _open = self.metrics.connection();
         tracing::debug!(peer = %self.peer.label, "connection opened");
+        if let Some(security) = self.config.security.clone() {
+            let io = (&mut reader, &mut writer, &mut buf, &mut decoder);
+            if !self.authenticate(&security, io).await {
+                let _ = writer.shutdown().await;
+                return;
+            }
+        }
         loop {
             buf.reserve(READ_CHUNK);
             let read = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                read = reader.read_buf(&mut buf) => read,
+                read = read_some(&mut reader, &mut buf, self.config.idle_timeout) => read,
             };
             match read {
                 Ok(0) => {
@@ -313,7 +456,7 @@ impl Connection {
                     }
                     break;
                 }
-                Ok(_) => {}
+                Ok(n) => self.metrics.read(n),
                 Err(err) => {
                     tracing::warn!(peer = %self.peer.label, error = %err, "read failed");
                     break;
@@ -335,8 +478,11 @@ impl Connection {
                 break;
             }
             if let Some(err) = fatal {
-                tracing::warn!(peer = %self.peer.label, input = %self.config.id, error = %err,
-                    "bad input, closing the connection");
+                self.metrics.decode_error(err.kind(), 1);
+                if let Some(suppressed) = self.may_warn(&err) {
+                    tracing::warn!(peer = %self.peer.label, input = %self.config.id, error = %err,
+                        suppressed, "bad input, closing the connection");
+                }
                 break;
             }
             if self.config.deny_keepalive && buf.is_empty() {
@@ -347,14 +493,63 @@ impl Connection {
         tracing::debug!(peer = %self.peer.label, "connection closed");
     }
 
+    /// The `<security>` handshake: HELO, then the PING within the handshake timeout, then PONG.
+    async fn authenticate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &self,
+        security: &Security,
+        (reader, writer, buf, decoder): (&mut R, &mut W, &mut BytesMut, &mut Decoder),
+    ) -> bool {
+        let handshake = Handshake::new();
+        if writer
+            .write_all(&handshake.helo(security, !self.config.deny_keepalive))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let ping = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            loop {
+                match decoder.next_frame(buf) {
+                    Ok(Some(frame)) => return Some(frame),
+                    Ok(None) => {}
+                    Err(_) => return None,
+                }
+                buf.reserve(1024);
+                match reader.read_buf(buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        let ping = match ping {
+            Ok(Some(ping)) => ping,
+            Ok(None) => Bytes::new(),
+            Err(_) => {
+                tracing::warn!(peer = %self.peer.label, "no PING within the handshake timeout");
+                return false;
+            }
+        };
+        let (pong, result) = handshake.answer(security, &ping, self.peer.ip);
+        let _ = writer.write_all(&pong).await;
+        match result {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(peer = %self.peer.label, input = %self.config.id, %reason, "authentication failed");
+                false
+            }
+        }
+    }
+
     /// Decodes one message into `pending`. An error means the stream can't be trusted.
     fn accept_frame(&mut self, frame: &Bytes, pending: &mut Pending) -> Result<(), DecodeError> {
         if let Some(limit) = self
             .config
             .chunk_size_warn_limit
             .filter(|l| frame.len() > *l)
+            && let Some(suppressed) = self.may_warn(&"chunk_size_warn_limit")
         {
-            tracing::warn!(peer = %self.peer.label, size = frame.len(), limit,
+            tracing::warn!(peer = %self.peer.label, size = frame.len(), limit, suppressed,
                 "message is larger than chunk_size_warn_limit");
         }
         let Some(msg) = codec::decode_message(frame, &self.config.decode)? else {
@@ -365,29 +560,45 @@ impl Connection {
         let events = self.with_source_fields(msg.events);
         match pending.batches.last_mut() {
             Some((_, batch)) if Arc::ptr_eq(&batch.tag, &routed.tag) => batch.events.extend(events),
-            _ => pending.batches.push((
-                routed.route,
-                Batch {
-                    tag: routed.tag,
-                    events,
-                },
-            )),
+            _ => {
+                let tag = Arc::clone(&routed.tag);
+                pending.batches.push((routed, Batch { tag, events }));
+            }
         }
         if let Some(chunk) = &msg.chunk {
             codec::forward::write_ack(&mut pending.acks, chunk);
+            pending.ack_count += 1;
         }
         Ok(())
     }
 
     fn report_oddities(&self, msg: &Message) {
         if let Some(reason) = msg.first_skip {
-            tracing::warn!(peer = %self.peer.label, tag = msg.tag_str(), skipped = msg.skipped,
-                reason = %reason, "got invalid event and drop it");
+            self.metrics
+                .decode_error(reason.kind(), u64::from(msg.skipped));
+            if let Some(suppressed) = self.may_warn(&reason) {
+                tracing::warn!(peer = %self.peer.label, tag = msg.tag_str(), skipped = msg.skipped,
+                    reason = %reason, suppressed, "got invalid event and drop it");
+            }
         }
-        if let Some((declared, found)) = msg.size_mismatch {
+        if let Some((declared, found)) = msg.size_mismatch
+            && let Some(suppressed) = self.may_warn(&"size option mismatch")
+        {
             tracing::warn!(peer = %self.peer.label, tag = msg.tag_str(), declared, found,
-                "the 'size' option does not match the events in the message");
+                suppressed, "the 'size' option does not match the events in the message");
         }
+    }
+
+    /// `Some(suppressed since the last one)` if a warning about `what` from this peer may be
+    /// logged now. Numbers (offsets, sizes) are left out of the key so a flood of one fault
+    /// counts as one warning.
+    fn may_warn(&self, what: &dyn std::fmt::Display) -> Option<u64> {
+        let text: String = what
+            .to_string()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        BAD_INPUT_WARNINGS.check(&format!("{} {text}", self.peer.warn_key))
     }
 
     fn routed_tag(&mut self, msg: &Message) -> RoutedTag {
@@ -403,6 +614,7 @@ impl Connection {
         }
         let routed = RoutedTag {
             route: self.router.route(&tag),
+            records: self.metrics.records(&tag),
             tag: Arc::from(tag),
         };
         if self.tags.len() >= MAX_CACHED_TAGS {
@@ -432,8 +644,11 @@ impl Connection {
     /// Hands batches to their outputs in order, then writes the acks. `false` when the
     /// connection must close (an output refused, or the peer went away).
     async fn deliver<W: AsyncWrite + Unpin>(&self, pending: Pending, writer: &mut W) -> bool {
-        for (route, batch) in pending.batches {
-            let Some(output) = route.and_then(|r| self.router.output(r)) else {
+        let events: usize = pending.batches.iter().map(|(_, b)| b.events.len()).sum();
+        self.metrics.received(events);
+        for (routed, batch) in pending.batches {
+            routed.records.inc_by(batch.events.len() as u64);
+            let Some(output) = routed.route.and_then(|r| self.router.output(r)) else {
                 self.router.note_unmatched(&batch.tag, batch.events.len());
                 continue;
             };
@@ -447,7 +662,10 @@ impl Connection {
             return true;
         }
         match writer.write_all(&pending.acks).await {
-            Ok(()) => true,
+            Ok(()) => {
+                self.metrics.acked(pending.ack_count);
+                true
+            }
             Err(err) => {
                 tracing::warn!(peer = %self.peer.label, error = %err, "could not send ack");
                 false

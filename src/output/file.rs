@@ -211,7 +211,7 @@ impl Output for FileOutput {
         })
     }
 
-    fn shutdown(&self) -> BoxFuture<'_, Result<(), OutputError>> {
+    fn shutdown(&self, _deadline: std::time::Instant) -> BoxFuture<'_, Result<(), OutputError>> {
         let state = Arc::clone(&self.state);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {

@@ -45,8 +45,10 @@ pub trait Output: Send + Sync {
     /// promise). An input acks the sender only after this succeeds.
     fn emit(&self, batch: Batch) -> BoxFuture<'_, Result<(), OutputError>>;
 
-    /// Flushes what is pending; called once at shutdown after inputs have stopped.
-    fn shutdown(&self) -> BoxFuture<'_, Result<(), OutputError>>;
+    /// Flushes what is pending; called once at shutdown after inputs have stopped. Work not
+    /// done by `deadline` is kept for the next start where the output can (file buffers,
+    /// spills) and dead-lettered otherwise.
+    fn shutdown(&self, deadline: std::time::Instant) -> BoxFuture<'_, Result<(), OutputError>>;
 }
 
 /// `@type null`: accepts and discards.
@@ -73,7 +75,7 @@ impl Output for NullOutput {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn shutdown(&self) -> BoxFuture<'_, Result<(), OutputError>> {
+    fn shutdown(&self, _deadline: std::time::Instant) -> BoxFuture<'_, Result<(), OutputError>> {
         Box::pin(std::future::ready(Ok(())))
     }
 }

@@ -70,7 +70,7 @@ impl Output for StdoutOutput {
         })
     }
 
-    fn shutdown(&self) -> BoxFuture<'_, Result<(), OutputError>> {
+    fn shutdown(&self, _deadline: std::time::Instant) -> BoxFuture<'_, Result<(), OutputError>> {
         Box::pin(async {
             std::io::stdout().flush().map_err(|source| OutputError::Io {
                 output: self.id.clone(),

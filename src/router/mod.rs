@@ -17,6 +17,7 @@ pub struct Route {
 pub struct Router {
     routes: Vec<Route>,
     unmatched: AtomicU64,
+    unmatched_events: AtomicU64,
 }
 
 impl Router {
@@ -24,6 +25,7 @@ impl Router {
         Self {
             routes,
             unmatched: AtomicU64::new(0),
+            unmatched_events: AtomicU64::new(0),
         }
     }
 
@@ -43,6 +45,8 @@ impl Router {
     /// Counts events no `<match>` took, warning as fluentd does: on the 1st, 2nd, 4th, ...
     /// 256th unmatched batch, then every 512th.
     pub fn note_unmatched(&self, tag: &str, events: usize) {
+        self.unmatched_events
+            .fetch_add(events as u64, Ordering::Relaxed);
         let count = self.unmatched.fetch_add(1, Ordering::Relaxed) + 1;
         let warn = if count < 512 {
             count.is_power_of_two()
@@ -56,5 +60,10 @@ impl Router {
 
     pub fn unmatched(&self) -> u64 {
         self.unmatched.load(Ordering::Relaxed)
+    }
+
+    /// Events (not batches) no `<match>` took.
+    pub fn unmatched_events(&self) -> u64 {
+        self.unmatched_events.load(Ordering::Relaxed)
     }
 }

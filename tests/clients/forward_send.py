@@ -66,29 +66,44 @@ def run_connection(args, conn, results):
     s.settimeout(60)
     unpacker = msgpack.Unpacker(raw=False)
     sent = acked = 0
-    for start in range(0, args.events, args.chunk):
-        count = min(args.chunk, args.events - start)
-        chunk = base64.b64encode(os.urandom(16)).decode() if args.ack else None
-        s.sendall(build(args.mode, args.tag, entries(conn, start, count, args.pad), chunk,
-                        args.gzip_members))
-        sent += count
-        if not args.ack:
-            continue
-        # Message mode sends one message (and gets one ack) per event.
-        expected = count if args.mode == "message" else 1
-        got = 0
-        while got < expected:
-            data = s.recv(65536)
-            if not data:
-                raise SystemExit(f"connection {conn}: closed before ack of {chunk}")
-            unpacker.feed(data)
-            for answer in unpacker:
-                if answer != {"ack": chunk}:
-                    raise SystemExit(f"connection {conn}: wrong ack {answer!r}, want {chunk}")
-                got += 1
-        acked += count
+    results[conn] = (sent, acked)
+    try:
+        for start in range(0, args.events, args.chunk):
+            sent, acked = send_chunk(args, conn, s, unpacker, start, sent, acked)
+            results[conn] = (sent, acked)
+    except (ConnectionError, OSError, Disconnected) as e:
+        if not args.tolerate_disconnect:
+            raise SystemExit(f"connection {conn}: {e}")
     s.close()
     results[conn] = (sent, acked)
+
+
+class Disconnected(Exception):
+    pass
+
+
+def send_chunk(args, conn, s, unpacker, start, sent, acked):
+    """Sends events [start, start+chunk) and, with --ack, waits for the ack."""
+    count = min(args.chunk, args.events - start)
+    chunk = base64.b64encode(os.urandom(16)).decode() if args.ack else None
+    s.sendall(build(args.mode, args.tag, entries(conn, start, count, args.pad), chunk,
+                    args.gzip_members))
+    sent += count
+    if not args.ack:
+        return sent, acked
+    # Message mode sends one message (and gets one ack) per event.
+    expected = count if args.mode == "message" else 1
+    got = 0
+    while got < expected:
+        data = s.recv(65536)
+        if not data:
+            raise Disconnected(f"closed before ack of {chunk}")
+        unpacker.feed(data)
+        for answer in unpacker:
+            if answer != {"ack": chunk}:
+                raise SystemExit(f"connection {conn}: wrong ack {answer!r}, want {chunk}")
+            got += 1
+    return sent, acked + count
 
 
 def main():
@@ -102,6 +117,8 @@ def main():
     p.add_argument("--gzip-members", type=int, default=1)
     p.add_argument("--pad", type=int, default=40)
     p.add_argument("--tag", default="test.forward")
+    p.add_argument("--tolerate-disconnect", action="store_true",
+                   help="a closed connection ends that connection's stream instead of failing")
     args = p.parse_args()
     results = {}
     errors = []
@@ -120,8 +137,11 @@ def main():
     if errors:
         print("\n".join(errors), file=sys.stderr)
         sys.exit(1)
-    print(json.dumps({"sent": sum(r[0] for r in results.values()),
-                      "acked": sum(r[1] for r in results.values())}))
+    summary = {"sent": sum(r[0] for r in results.values()),
+               "acked": sum(r[1] for r in results.values())}
+    if args.tolerate_disconnect:
+        summary["acked_per_connection"] = [results.get(c, (0, 0))[1] for c in range(args.connections)]
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -32,13 +32,38 @@ impl Server {
     /// Starts bqforward on `config`, where `{dir}` stands for a fresh temporary directory.
     /// Listeners should use `port 0`; the bound port is read from the log.
     pub fn start(config: &str) -> Server {
+        Self::start_with(config, &[])
+    }
+
+    /// As `start`, with more command-line arguments.
+    pub fn start_with(config: &str, args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let text = config.replace("{dir}", dir.path().to_str().unwrap());
+        std::fs::write(dir.path().join("fluent.conf"), text).unwrap();
+        Self::spawn(dir, args)
+    }
+
+    /// Stops this process (SIGKILL unless it already exited) and starts a new one on the
+    /// same directory and config, as a restart after a crash.
+    pub fn restart(mut self, args: &[&str]) -> Server {
+        self.kill();
+        let dir = tempfile::TempDir::new().unwrap();
+        let old = std::mem::replace(&mut self.dir, dir);
+        Self::spawn(old, args)
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn spawn(dir: tempfile::TempDir, args: &[&str]) -> Server {
         let path = dir.path().join("fluent.conf");
-        std::fs::write(&path, text).unwrap();
         let mut child = Command::new(BIN)
             .args(["run", "-c"])
             .arg(&path)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -203,6 +228,44 @@ pub fn python() -> PathBuf {
         "{venv:?} missing: run `python3 -m venv .venv && .venv/bin/pip install -r tests/clients/requirements.txt` (or .ci/run)"
     );
     venv
+}
+
+/// Starts `tests/clients/<script>` in the background; `finish_client` collects it.
+pub fn spawn_client(script: &str, args: &[&str]) -> Child {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    Command::new(python())
+        .arg(path)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a background client; panics with its output unless it succeeded.
+pub fn finish_client(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "client failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Peak resident memory of a process, in KiB (VmHWM).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Runs `tests/clients/<script>` with `args`; panics with its output unless it succeeds.

@@ -22,10 +22,10 @@ use sink::{AutoCreate, BigQuerySink, Connection, SchemaSource, SinkStats};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where rows go: one buffer key per destination table.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TableKey {
     pub project: String,
     pub dataset: String,
@@ -241,7 +241,9 @@ impl BigQueryOutput {
             secondary,
             stats: Arc::clone(&stats),
         };
-        let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink));
+        let location = s.location().clone();
+        let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink))
+            .map_err(|e| ConfigError::at(&location, e))?;
         let output = Self {
             id,
             destinations: Mutex::new(Destinations {
@@ -385,16 +387,19 @@ impl Output for BigQueryOutput {
                     detail: err.to_string(),
                 },
                 BufferError::Closed => OutputError::Closed(self.id.clone()),
+                BufferError::Store(_) => OutputError::Refused {
+                    output: self.id.clone(),
+                    detail: err.to_string(),
+                },
             })
         })
     }
 
-    fn shutdown(&self) -> BoxFuture<'_, Result<(), OutputError>> {
+    fn shutdown(&self, deadline: std::time::Instant) -> BoxFuture<'_, Result<(), OutputError>> {
         Box::pin(async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
             let undelivered = self.buffer.shutdown(deadline).await;
             if undelivered > 0 {
-                tracing::error!(output = %self.id, rows = undelivered, "rows not delivered to BigQuery at shutdown (dead-lettered where a <secondary> exists)");
+                tracing::error!(output = %self.id, rows = undelivered, "rows neither delivered nor kept on disk at shutdown (dead-lettered where a <secondary> exists)");
             }
             Ok(())
         })

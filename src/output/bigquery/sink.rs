@@ -11,6 +11,7 @@ use super::schema::Schema;
 use crate::buffer::{Chunk, Outcome, Sink};
 use crate::codec::{Event, msgpack};
 use crate::format::Inject;
+use crate::metrics::{RequestOutcome, RowFate, SinkDetail};
 use crate::output::{Batch, BoxFuture, Output};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,8 @@ pub struct SinkStats {
     pub requests_ok: AtomicU64,
     pub requests_failed: AtomicU64,
     pub tables_created: AtomicU64,
+    /// The same per table and reason, and request latencies (metrics).
+    pub detail: SinkDetail,
 }
 
 pub enum SchemaSource {
@@ -136,14 +139,24 @@ impl BigQuerySink {
     }
 
     async fn deliver(&self, chunk: &Chunk<TableKey>) -> Outcome {
+        let key = &*chunk.key;
+        let table_name = key.to_string();
+        let retried = |reason: &str, n: usize| {
+            (self.stats.detail).rows(RowFate::Retried, &table_name, reason, n as u64);
+        };
         let client = match self.client().await {
             Ok(client) => client,
-            Err(error) => return retry_all(error, None),
+            Err(error) => {
+                retried("no_client", chunk.pending_indices().len());
+                return retry_all(error, None);
+            }
         };
-        let key = &*chunk.key;
         let schema = match self.schema_for(client, key).await {
             Ok(schema) => schema,
-            Err(error) => return retry_all(error, None),
+            Err(error) => {
+                retried("no_schema", chunk.pending_indices().len());
+                return retry_all(error, None);
+            }
         };
         let chunk_hex = chunk.id.hex();
         let mut inject = self.inject.clone();
@@ -168,17 +181,21 @@ impl BigQuerySink {
             if error.is_some() {
                 // Something transient failed: keep the rest for the retry, don't hammer.
                 keep.extend(&request.indices);
+                retried("deferred", request.indices.len());
                 continue;
             }
             let indices = request.indices.clone();
             let started = Instant::now();
             let answer = client.insert_all(&table, request.body).await;
+            let elapsed = started.elapsed();
             tracing::debug!(output = %self.id, table = %key, rows = indices.len(),
                 bytes = request.raw_len, elapsed_ms = started.elapsed().as_millis() as u64, ok = answer.is_ok(), "insertAll");
             match answer {
                 Ok(response) => {
                     self.stats.requests_ok.fetch_add(1, Ordering::Relaxed);
+                    self.stats.detail.request(RequestOutcome::Ok, elapsed);
                     self.sort_rows(
+                        &table_name,
                         &indices,
                         response.insert_errors.unwrap_or_default(),
                         &mut keep,
@@ -191,9 +208,14 @@ impl BigQuerySink {
                 }
                 Err(failure) => {
                     self.stats.requests_failed.fetch_add(1, Ordering::Relaxed);
-                    match classify(&failure) {
+                    let verdict = classify(&failure);
+                    self.stats
+                        .detail
+                        .request(request_outcome(&verdict), elapsed);
+                    match verdict {
                         Verdict::Retry(e) | Verdict::Reauthenticate(e) => {
                             keep.extend(&indices);
+                            retried("transient", indices.len());
                             error = Some(e);
                         }
                         Verdict::Split(e) if indices.len() > 1 => {
@@ -211,6 +233,7 @@ impl BigQuerySink {
                         Verdict::NotFound(e) => match self.on_not_found(client, key, &e).await {
                             Some(wait) => {
                                 keep.extend(&indices);
+                                retried("not_found", indices.len());
                                 error = Some(e);
                                 after = Some(wait);
                             }
@@ -224,6 +247,7 @@ impl BigQuerySink {
         if !dead.is_empty() && !self.dead_letter(chunk, &dead, &key.to_string()).await {
             // The dead letters could not be written: keep those rows too, so nothing is lost.
             keep.extend(dead.iter().map(|d| d.index));
+            retried("secondary_refused", dead.len());
             error.get_or_insert_with(|| "secondary output did not accept dead letters".into());
         }
         if keep.is_empty() {
@@ -244,6 +268,7 @@ impl BigQuerySink {
     /// Sorts a 200 answer's rows: unlisted rows were inserted.
     fn sort_rows(
         &self,
+        table: &str,
         indices: &[u32],
         errors: Vec<gcp_bigquery_client::model::table_data_insert_all_response_insert_errors::TableDataInsertAllResponseInsertErrors>,
         keep: &mut Vec<u32>,
@@ -262,7 +287,14 @@ impl BigQuerySink {
             let protos = row.errors.unwrap_or_default();
             let reasons = protos.iter().map(|p| p.reason.as_deref().unwrap_or(""));
             match classify_row(reasons) {
-                RowVerdict::Resend => keep.push(index),
+                RowVerdict::Resend => {
+                    keep.push(index);
+                    let reason = protos
+                        .iter()
+                        .find_map(|p| p.reason.as_deref().filter(|r| *r != "stopped"))
+                        .unwrap_or("stopped");
+                    (self.stats.detail).rows(RowFate::Retried, table, reason, 1);
+                }
                 RowVerdict::DeadLetter => {
                     let first = protos
                         .iter()
@@ -281,6 +313,7 @@ impl BigQuerySink {
         self.stats
             .rows_inserted
             .fetch_add(inserted, Ordering::Relaxed);
+        (self.stats.detail).rows(RowFate::Inserted, table, "", inserted);
     }
 
     /// A missing table: create it if configured (then wait), or wait briefly if it was just
@@ -342,6 +375,9 @@ impl BigQuerySink {
             self.stats
                 .rows_dropped
                 .fetch_add(dead.len() as u64, Ordering::Relaxed);
+            for (reason, n) in &reasons {
+                (self.stats.detail).rows(RowFate::Dropped, table, reason, *n);
+            }
             tracing::error!(output = %self.id, table, rows = dead.len(), ?reasons,
                 first = %dead.first().map(|d| d.message.as_str()).unwrap_or(""),
                 "rows rejected and no <secondary> configured: dropped");
@@ -374,6 +410,9 @@ impl BigQuerySink {
         self.stats
             .rows_dead_lettered
             .fetch_add(dead.len() as u64, Ordering::Relaxed);
+        for (reason, n) in &reasons {
+            (self.stats.detail).rows(RowFate::DeadLettered, table, reason, *n);
+        }
         tracing::warn!(output = %self.id, table, rows = dead.len(), ?reasons, secondary = secondary.id(), "rows dead-lettered");
         true
     }
@@ -412,6 +451,15 @@ fn reject(indices: &[u32], reason: &str, message: &str) -> Vec<Rejected> {
         .collect()
 }
 
+fn request_outcome(verdict: &Verdict) -> RequestOutcome {
+    match verdict {
+        Verdict::Retry(_) | Verdict::Reauthenticate(_) => RequestOutcome::Retryable,
+        Verdict::Split(_) => RequestOutcome::TooLarge,
+        Verdict::NotFound(_) => RequestOutcome::NotFound,
+        Verdict::DeadLetter(_) => RequestOutcome::Rejected,
+    }
+}
+
 fn retry_all(error: String, after: Option<Duration>) -> Outcome {
     Outcome::Retry {
         keep: None,
@@ -432,6 +480,13 @@ impl Sink<TableKey> for BigQuerySink {
                 self.stats
                     .rows_dropped
                     .fetch_add(dead.len() as u64, Ordering::Relaxed);
+                let table = chunk.key.to_string();
+                (self.stats.detail).rows(
+                    RowFate::Dropped,
+                    &table,
+                    "retries_exhausted",
+                    dead.len() as u64,
+                );
                 tracing::error!(output = %self.id, table = %chunk.key, rows = dead.len(), %reason,
                     "rows lost: retries exhausted and the secondary output refused them");
             }

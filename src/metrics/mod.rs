@@ -1,0 +1,752 @@
+//! Every metric bqforward exports, each named once in this file, and what `/metrics`,
+//! `/readyz` and `/api/plugins.json` say. Must not cost the data path a lock or a label lookup
+//! per event: inputs count per read through handles resolved once; outputs are read at scrape.
+//!
+//! Depends on no stage: `lib.rs` hands in plain snapshots of outputs (`Observe`), and the
+//! stages hold the handles defined here (`InputMetrics`, `SinkDetail`).
+
+pub mod http;
+
+use prometheus::core::Metric as _;
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// `/readyz` fails while any buffer holds more than this share of its `total_limit_size`.
+pub const HIGH_WATER: f64 = 0.9;
+/// Beyond this many series per family, new tables or tags are counted as `_other`.
+const MAX_SERIES: usize = 2000;
+const OTHER: &str = "_other";
+
+/// A metric family rendered at scrape time from counters the stages already keep.
+struct Def {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+}
+
+const fn gauge(name: &'static str, help: &'static str) -> Def {
+    Def {
+        name,
+        help,
+        kind: MetricType::GAUGE,
+    }
+}
+
+const fn counter(name: &'static str, help: &'static str) -> Def {
+    Def {
+        name,
+        help,
+        kind: MetricType::COUNTER,
+    }
+}
+
+// fluent-plugin-prometheus's `prometheus_output_monitor` (lib/fluent/plugin/
+// in_prometheus_output_monitor.rb, v2): names, help text and labels `plugin_id`, `type` as it
+// exports them. With its default `gauge_all true` every one of them is a gauge, counts included.
+const OUT_BUFFER_TOTAL_BYTES: Def = gauge(
+    "fluentd_output_status_buffer_total_bytes",
+    "Current total size of stage and queue buffers.",
+);
+const OUT_BUFFER_STAGE_LENGTH: Def = gauge(
+    "fluentd_output_status_buffer_stage_length",
+    "Current length of stage buffers.",
+);
+const OUT_BUFFER_STAGE_BYTE_SIZE: Def = gauge(
+    "fluentd_output_status_buffer_stage_byte_size",
+    "Current total size of stage buffers.",
+);
+const OUT_BUFFER_QUEUE_LENGTH: Def = gauge(
+    "fluentd_output_status_buffer_queue_length",
+    "Current length of queue buffers.",
+);
+const OUT_BUFFER_QUEUE_BYTE_SIZE: Def = gauge(
+    "fluentd_output_status_buffer_queue_byte_size",
+    "Current total size of queue buffers.",
+);
+const OUT_BUFFER_AVAILABLE_SPACE_RATIO: Def = gauge(
+    "fluentd_output_status_buffer_available_space_ratio",
+    "Ratio of available space in buffer.",
+);
+const OUT_RETRY_COUNT: Def = gauge("fluentd_output_status_retry_count", "Current retry counts.");
+const OUT_NUM_ERRORS: Def = gauge(
+    "fluentd_output_status_num_errors",
+    "Current number of errors.",
+);
+const OUT_EMIT_COUNT: Def = gauge("fluentd_output_status_emit_count", "Current emit counts.");
+const OUT_EMIT_RECORDS: Def = gauge(
+    "fluentd_output_status_emit_records",
+    "Current emit records.",
+);
+const OUT_WRITE_COUNT: Def = gauge("fluentd_output_status_write_count", "Current write counts.");
+const OUT_ROLLBACK_COUNT: Def = gauge(
+    "fluentd_output_status_rollback_count",
+    "Current rollback counts.",
+);
+const OUT_FLUSH_TIME_COUNT: Def = gauge(
+    "fluentd_output_status_flush_time_count",
+    "Total flush time.",
+);
+const OUT_SLOW_FLUSH_COUNT: Def = gauge(
+    "fluentd_output_status_slow_flush_count",
+    "Current slow flush counts.",
+);
+const OUT_RETRY_WAIT: Def = gauge("fluentd_output_status_retry_wait", "Current retry wait");
+
+// fluent-plugin-prometheus's `prometheus_monitor` (in_prometheus_monitor.rb): labels
+// `plugin_id`, `plugin_category`, `type`.
+const STATUS_BUFFER_QUEUE_LENGTH: Def = gauge(
+    "fluentd_status_buffer_queue_length",
+    "Current buffer queue length.",
+);
+const STATUS_BUFFER_TOTAL_BYTES: Def = gauge(
+    "fluentd_status_buffer_total_bytes",
+    "Current total size of queued buffers.",
+);
+const STATUS_RETRY_COUNT: Def = gauge("fluentd_status_retry_count", "Current retry counts.");
+
+// bqforward's own, per Prometheus naming conventions (base units, `_total` on counters).
+const BUFFER_OLDEST_AGE: Def = gauge(
+    "bqforward_buffer_oldest_chunk_age_seconds",
+    "Age of the oldest chunk still in the buffer (0 when empty).",
+);
+const BUFFER_LIMIT_BYTES: Def = gauge(
+    "bqforward_buffer_limit_bytes",
+    "The buffer's total_limit_size.",
+);
+const BUFFER_BLOCKED: Def = counter(
+    "bqforward_buffer_blocked_seconds_total",
+    "Time emits spent waiting for buffer space (overflow_action block): backpressure.",
+);
+const BUFFER_OVERFLOWS: Def = counter(
+    "bqforward_buffer_overflow_refusals_total",
+    "Emits refused because the buffer was full (overflow_action throw_exception).",
+);
+const BUFFER_DROPPED_CHUNKS: Def = counter(
+    "bqforward_buffer_dropped_chunks_total",
+    "Chunks dropped to make room (overflow_action drop_oldest_chunk).",
+);
+const BUFFER_DROPPED_RECORDS: Def = counter(
+    "bqforward_buffer_dropped_records_total",
+    "Records in chunks dropped to make room (overflow_action drop_oldest_chunk).",
+);
+const ROWS_INSERTED: Def = counter(
+    "bqforward_bigquery_rows_inserted_total",
+    "Rows BigQuery accepted, per table.",
+);
+const ROWS_RETRIED: Def = counter(
+    "bqforward_bigquery_rows_retried_total",
+    "Rows kept for another attempt, per table and reason.",
+);
+const ROWS_DEAD_LETTERED: Def = counter(
+    "bqforward_bigquery_rows_dead_lettered_total",
+    "Rows written to <secondary> instead of BigQuery, per table and reason.",
+);
+const ROWS_DROPPED: Def = counter(
+    "bqforward_bigquery_rows_dropped_total",
+    "Rows given up on with no <secondary> to take them (logged), per table and reason.",
+);
+const TABLES_CREATED: Def = counter(
+    "bqforward_bigquery_tables_created_total",
+    "Tables created by auto_create_table.",
+);
+const REQUEST_DURATION: &str = "bqforward_bigquery_request_duration_seconds";
+const REQUEST_DURATION_HELP: &str = "insertAll request latency by outcome.";
+const UNMATCHED: Def = counter(
+    "bqforward_router_unmatched_events_total",
+    "Events no <match> took (acked and discarded, as fluentd).",
+);
+const READY: Def = gauge(
+    "bqforward_ready",
+    "1 when listeners are bound and every buffer is below its high-water mark.",
+);
+
+/// One output as metrics see it, built by `lib.rs` at scrape time.
+pub struct OutputStatus<'a> {
+    pub plugin_id: &'a str,
+    pub type_name: &'a str,
+    pub buffer: Option<BufferStatus>,
+    pub sink: Option<SinkStatus<'a>>,
+}
+
+/// A buffer's sizes and counters (fluentd's monitor_agent fields), read when scraped.
+#[derive(Debug, Default, Clone)]
+pub struct BufferStatus {
+    pub stage_length: usize,
+    pub queue_length: usize,
+    pub stage_bytes: usize,
+    pub queue_bytes: usize,
+    pub total_limit: usize,
+    pub oldest_age: Option<Duration>,
+    pub retry_wait: Option<Duration>,
+    pub emit_count: u64,
+    pub emit_records: u64,
+    pub write_count: u64,
+    pub retry_count: u64,
+    pub rollback_count: u64,
+    pub num_errors: u64,
+    pub flush_time: Duration,
+    pub slow_flush_count: u64,
+    pub blocked: Duration,
+    pub overflow_refusals: u64,
+    pub dropped_chunks: u64,
+    pub dropped_records: u64,
+}
+
+impl BufferStatus {
+    fn total_bytes(&self) -> usize {
+        self.stage_bytes + self.queue_bytes
+    }
+
+    /// fluentd's `available_buffer_space_ratios`: percent of `total_limit_size` still free.
+    fn available_space_ratio(&self) -> f64 {
+        if self.total_limit == 0 {
+            return 100.0;
+        }
+        let used = self.total_bytes() as f64 / self.total_limit as f64;
+        ((1.0 - used) * 100.0).clamp(0.0, 100.0)
+    }
+
+    pub fn above_high_water(&self) -> bool {
+        self.total_limit > 0 && self.total_bytes() as f64 > self.total_limit as f64 * HIGH_WATER
+    }
+}
+
+pub struct SinkStatus<'a> {
+    pub tables_created: u64,
+    pub detail: &'a SinkDetail,
+}
+
+/// What `lib.rs` implements to let metrics read the outputs at scrape time.
+pub trait Observe: Send + Sync {
+    fn outputs(&self, visit: &mut dyn FnMut(&OutputStatus<'_>));
+    fn unmatched_events(&self) -> u64;
+}
+
+/// The registry and the handles for what is counted as it happens.
+pub struct Metrics {
+    registry: Registry,
+    hostname: String,
+    input_events: IntCounterVec,
+    input_bytes: IntCounterVec,
+    input_decode_errors: IntCounterVec,
+    input_connections_open: IntGaugeVec,
+    input_connections: IntCounterVec,
+    input_acks: IntCounterVec,
+    input_records: IntCounterVec,
+    input_tags: Mutex<HashSet<String>>,
+    inputs: Mutex<Vec<(String, String)>>,
+    listening: AtomicBool,
+    observe: OnceLock<Arc<dyn Observe>>,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
+    // Names are constants here and unique, so registration cannot fail.
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    register(registry, vec)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new("bqforward_build_info", "bqforward's version; always 1."),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        register(&r, build);
+        let input_connections_open = IntGaugeVec::new(
+            Opts::new(
+                "bqforward_input_connections_open",
+                "Forward connections open now.",
+            ),
+            &["input"],
+        )
+        .expect("valid metric definition");
+        Self {
+            input_events: counter_vec(
+                &r,
+                "bqforward_input_events_total",
+                "Events decoded from Forward messages.",
+                &["input"],
+            ),
+            input_bytes: counter_vec(
+                &r,
+                "bqforward_input_bytes_total",
+                "Bytes read from Forward connections.",
+                &["input"],
+            ),
+            input_decode_errors: counter_vec(
+                &r,
+                "bqforward_input_decode_errors_total",
+                "Bad input by kind: events skipped (invalid_event_*) or connections closed.",
+                &["input", "kind"],
+            ),
+            input_connections_open: register(&r, input_connections_open),
+            input_connections: counter_vec(
+                &r,
+                "bqforward_input_connections_total",
+                "Forward connections accepted.",
+                &["input"],
+            ),
+            input_acks: counter_vec(
+                &r,
+                "bqforward_input_acks_total",
+                "Forward acks sent (each after the outputs accepted the chunk).",
+                &["input"],
+            ),
+            // The counter fluent-plugin-prometheus's README and example config define with a
+            // `<filter> @type prometheus` (labels `tag`, `hostname`); dashboards expect it.
+            input_records: counter_vec(
+                &r,
+                "fluentd_input_status_num_records_total",
+                "The total number of incoming records",
+                &["tag", "hostname"],
+            ),
+            registry: r,
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            input_tags: Mutex::new(HashSet::new()),
+            inputs: Mutex::new(Vec::new()),
+            listening: AtomicBool::new(false),
+            observe: OnceLock::new(),
+        }
+    }
+
+    /// Handles for one `<source>`, resolved once.
+    pub fn input(self: &Arc<Self>, id: &str, type_name: &str) -> InputMetrics {
+        if let Ok(mut inputs) = self.inputs.lock() {
+            inputs.push((id.to_owned(), type_name.to_owned()));
+        }
+        InputMetrics {
+            events: self.input_events.with_label_values(&[id]),
+            bytes: self.input_bytes.with_label_values(&[id]),
+            acks: self.input_acks.with_label_values(&[id]),
+            connections: self.input_connections.with_label_values(&[id]),
+            open: self.input_connections_open.with_label_values(&[id]),
+            id: Arc::from(id),
+            metrics: Arc::clone(self),
+        }
+    }
+
+    pub fn set_observer(&self, observe: Arc<dyn Observe>) {
+        let _ = self.observe.set(observe);
+    }
+
+    /// Every input is bound (or no longer, at shutdown).
+    pub fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::Relaxed);
+    }
+
+    /// Ready: listeners bound and every buffer below `HIGH_WATER`. `Err` says why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.listening.load(Ordering::Relaxed) {
+            return Err("listeners are not bound".into());
+        }
+        let mut full = Vec::new();
+        if let Some(observe) = self.observe.get() {
+            observe.outputs(&mut |o| {
+                if o.buffer
+                    .as_ref()
+                    .is_some_and(BufferStatus::above_high_water)
+                {
+                    full.push(o.plugin_id.to_owned());
+                }
+            });
+        }
+        if full.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "buffer above {:.0}% of total_limit_size: {}",
+                HIGH_WATER * 100.0,
+                full.join(", ")
+            ))
+        }
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut families = Families::default();
+        for family in self.registry.gather() {
+            families.0.insert(family.name().to_owned(), family);
+        }
+        if let Some(observe) = self.observe.get() {
+            observe.outputs(&mut |o| families.output(o));
+            families.add(&UNMATCHED, &[], observe.unmatched_events() as f64);
+        }
+        families.add(&READY, &[], f64::from(u8::from(self.readiness().is_ok())));
+        let families: Vec<MetricFamily> = families
+            .0
+            .into_values()
+            .filter(|f| !f.get_metric().is_empty())
+            .collect();
+        let mut out = String::new();
+        if let Err(err) = prometheus::TextEncoder::new().encode_utf8(&families, &mut out) {
+            tracing::error!(error = %err, "cannot encode metrics");
+        }
+        out
+    }
+
+    /// fluentd's monitor_agent `/api/plugins.json`: one entry per plugin.
+    pub fn plugins_json(&self) -> serde_json::Value {
+        let mut plugins = Vec::new();
+        if let Ok(inputs) = self.inputs.lock() {
+            for (id, type_name) in inputs.iter() {
+                plugins.push(serde_json::json!({
+                    "plugin_id": id, "plugin_category": "input", "type": type_name,
+                    "output_plugin": false, "config": {},
+                }));
+            }
+        }
+        if let Some(observe) = self.observe.get() {
+            observe.outputs(&mut |o| {
+                let mut entry = serde_json::json!({
+                    "plugin_id": o.plugin_id, "plugin_category": "output", "type": o.type_name,
+                    "output_plugin": true, "config": {},
+                });
+                if let Some(b) = &o.buffer {
+                    entry["buffer_queue_length"] = b.queue_length.into();
+                    entry["buffer_total_queued_size"] = b.total_bytes().into();
+                    entry["buffer_stage_length"] = b.stage_length.into();
+                    entry["buffer_stage_byte_size"] = b.stage_bytes.into();
+                    entry["buffer_queue_byte_size"] = b.queue_bytes.into();
+                    entry["buffer_available_buffer_space_ratios"] =
+                        b.available_space_ratio().into();
+                    entry["retry_count"] = b.retry_count.into();
+                    entry["emit_records"] = b.emit_records.into();
+                    entry["emit_count"] = b.emit_count.into();
+                    entry["write_count"] = b.write_count.into();
+                    entry["rollback_count"] = b.rollback_count.into();
+                    entry["slow_flush_count"] = b.slow_flush_count.into();
+                    entry["flush_time_count"] = (b.flush_time.as_millis() as u64).into();
+                }
+                plugins.push(entry);
+            });
+        }
+        serde_json::json!({ "plugins": plugins })
+    }
+}
+
+/// One input's handles. Cloned into each connection; counting is an atomic add.
+#[derive(Clone)]
+pub struct InputMetrics {
+    id: Arc<str>,
+    events: IntCounter,
+    bytes: IntCounter,
+    acks: IntCounter,
+    connections: IntCounter,
+    open: IntGauge,
+    metrics: Arc<Metrics>,
+}
+
+impl InputMetrics {
+    pub fn read(&self, bytes: usize) {
+        self.bytes.inc_by(bytes as u64);
+    }
+
+    pub fn received(&self, events: usize) {
+        self.events.inc_by(events as u64);
+    }
+
+    pub fn acked(&self, acks: usize) {
+        self.acks.inc_by(acks as u64);
+    }
+
+    /// Bad input of `kind` (rare: the label is looked up here).
+    pub fn decode_error(&self, kind: &str, n: u64) {
+        self.metrics
+            .input_decode_errors
+            .with_label_values(&[&*self.id, kind])
+            .inc_by(n);
+    }
+
+    /// Counts a connection as open until the guard drops.
+    pub fn connection(&self) -> ConnectionGuard {
+        self.connections.inc();
+        self.open.inc();
+        ConnectionGuard(self.open.clone())
+    }
+
+    /// `fluentd_input_status_num_records_total{tag, hostname}` for `tag`: callers keep the
+    /// handle with their per-tag cache, so counting a batch is one atomic add.
+    pub fn records(&self, tag: &str) -> IntCounter {
+        let m = &self.metrics;
+        let known = m.input_tags.lock().is_ok_and(|mut tags| {
+            tags.contains(tag) || (tags.len() < MAX_SERIES && tags.insert(tag.to_owned()))
+        });
+        let tag = if known { tag } else { OTHER };
+        m.input_records.with_label_values(&[tag, &m.hostname])
+    }
+}
+
+pub struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What happened to rows, for `SinkDetail::rows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RowFate {
+    Inserted,
+    Retried,
+    DeadLettered,
+    Dropped,
+}
+
+/// How an insertAll request ended, for the latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// 200, whatever its per-row errors.
+    Ok,
+    /// Transient: rate limits, 5xx, timeouts, network, auth refresh.
+    Retryable,
+    TooLarge,
+    NotFound,
+    /// Permanent: the rows go to the dead letters.
+    Rejected,
+}
+
+impl RequestOutcome {
+    const ALL: [RequestOutcome; 5] = [
+        Self::Ok,
+        Self::Retryable,
+        Self::TooLarge,
+        Self::NotFound,
+        Self::Rejected,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Retryable => "retryable",
+            Self::TooLarge => "too_large",
+            Self::NotFound => "not_found",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// Per-table row counts and request latencies of one BigQuery output: one short lock per
+/// request or chunk, never per row.
+#[derive(Debug)]
+pub struct SinkDetail {
+    rows: Mutex<HashMap<(RowFate, String, String), u64>>,
+    requests: Vec<Histogram>,
+}
+
+impl Default for SinkDetail {
+    fn default() -> Self {
+        let buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
+        let requests = RequestOutcome::ALL
+            .iter()
+            .map(|_| {
+                Histogram::with_opts(
+                    HistogramOpts::new(REQUEST_DURATION, REQUEST_DURATION_HELP)
+                        .buckets(buckets.clone()),
+                )
+                .expect("valid histogram definition")
+            })
+            .collect();
+        Self {
+            rows: Mutex::new(HashMap::new()),
+            requests,
+        }
+    }
+}
+
+impl SinkDetail {
+    /// `n` rows of `table` (a partition decorator is dropped) came to `fate` for `reason`
+    /// (empty for inserted rows).
+    pub fn rows(&self, fate: RowFate, table: &str, reason: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let table = table.split('$').next().unwrap_or(table);
+        let Ok(mut rows) = self.rows.lock() else {
+            return;
+        };
+        let key = (fate, table.to_owned(), reason.to_owned());
+        if rows.len() >= MAX_SERIES && !rows.contains_key(&key) {
+            *rows
+                .entry((fate, OTHER.to_owned(), reason.to_owned()))
+                .or_default() += n;
+            return;
+        }
+        *rows.entry(key).or_default() += n;
+    }
+
+    pub fn request(&self, outcome: RequestOutcome, elapsed: Duration) {
+        let index = RequestOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.requests[index].observe(elapsed.as_secs_f64());
+    }
+
+    /// Rows of one fate, all tables and reasons (for tests and logs).
+    pub fn total(&self, fate: RowFate) -> u64 {
+        self.rows.lock().map_or(0, |rows| {
+            rows.iter()
+                .filter(|((f, _, _), _)| *f == fate)
+                .map(|(_, n)| n)
+                .sum()
+        })
+    }
+}
+
+/// Families being rendered, by name.
+#[derive(Default)]
+struct Families(BTreeMap<String, MetricFamily>);
+
+impl Families {
+    fn push(&mut self, name: &str, help: &str, kind: MetricType, metric: proto::Metric) {
+        let family = self.0.entry(name.to_owned()).or_insert_with(|| {
+            let mut family = MetricFamily::default();
+            family.set_name(name.to_owned());
+            family.set_help(help.to_owned());
+            family.set_field_type(kind);
+            family
+        });
+        family.mut_metric().push(metric);
+    }
+
+    fn add(&mut self, def: &Def, labels: &[(&str, &str)], value: f64) {
+        let mut metric = proto::Metric::from_label(label_pairs(labels));
+        if def.kind == MetricType::COUNTER {
+            let mut c = proto::Counter::default();
+            c.set_value(value);
+            metric.set_counter(c);
+        } else {
+            let mut g = proto::Gauge::default();
+            g.set_value(value);
+            metric.set_gauge(g);
+        }
+        self.push(def.name, def.help, def.kind, metric);
+    }
+
+    fn output(&mut self, o: &OutputStatus<'_>) {
+        let out = [("plugin_id", o.plugin_id), ("type", o.type_name)];
+        if let Some(b) = &o.buffer {
+            self.buffer(&out, o, b);
+        }
+        if let Some(sink) = &o.sink {
+            self.sink(o.plugin_id, sink);
+        }
+    }
+
+    fn buffer(&mut self, out: &[(&str, &str)], o: &OutputStatus<'_>, b: &BufferStatus) {
+        let secs = |d: Duration| d.as_secs_f64();
+        for (def, value) in [
+            (&OUT_BUFFER_TOTAL_BYTES, b.total_bytes() as f64),
+            (&OUT_BUFFER_STAGE_LENGTH, b.stage_length as f64),
+            (&OUT_BUFFER_STAGE_BYTE_SIZE, b.stage_bytes as f64),
+            (&OUT_BUFFER_QUEUE_LENGTH, b.queue_length as f64),
+            (&OUT_BUFFER_QUEUE_BYTE_SIZE, b.queue_bytes as f64),
+            (&OUT_BUFFER_AVAILABLE_SPACE_RATIO, b.available_space_ratio()),
+            (&OUT_RETRY_COUNT, b.retry_count as f64),
+            (&OUT_NUM_ERRORS, b.num_errors as f64),
+            (&OUT_EMIT_COUNT, b.emit_count as f64),
+            (&OUT_EMIT_RECORDS, b.emit_records as f64),
+            (&OUT_WRITE_COUNT, b.write_count as f64),
+            (&OUT_ROLLBACK_COUNT, b.rollback_count as f64),
+            // fluentd counts flush time in milliseconds.
+            (&OUT_FLUSH_TIME_COUNT, b.flush_time.as_millis() as f64),
+            (&OUT_SLOW_FLUSH_COUNT, b.slow_flush_count as f64),
+            (&OUT_RETRY_WAIT, b.retry_wait.map_or(0.0, secs)),
+            (&BUFFER_OLDEST_AGE, b.oldest_age.map_or(0.0, secs)),
+            (&BUFFER_LIMIT_BYTES, b.total_limit as f64),
+            (&BUFFER_BLOCKED, secs(b.blocked)),
+            (&BUFFER_OVERFLOWS, b.overflow_refusals as f64),
+            (&BUFFER_DROPPED_CHUNKS, b.dropped_chunks as f64),
+            (&BUFFER_DROPPED_RECORDS, b.dropped_records as f64),
+        ] {
+            self.add(def, out, value);
+        }
+        let status = [
+            ("plugin_id", o.plugin_id),
+            ("plugin_category", "output"),
+            ("type", o.type_name),
+        ];
+        self.add(&STATUS_BUFFER_QUEUE_LENGTH, &status, b.queue_length as f64);
+        self.add(&STATUS_BUFFER_TOTAL_BYTES, &status, b.total_bytes() as f64);
+        self.add(&STATUS_RETRY_COUNT, &status, b.retry_count as f64);
+    }
+
+    fn sink(&mut self, plugin_id: &str, sink: &SinkStatus<'_>) {
+        self.add(
+            &TABLES_CREATED,
+            &[("plugin_id", plugin_id)],
+            sink.tables_created as f64,
+        );
+        let rows: Vec<((RowFate, String, String), u64)> = sink
+            .detail
+            .rows
+            .lock()
+            .map(|rows| rows.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        for ((fate, table, reason), n) in rows {
+            let labels = [
+                ("plugin_id", plugin_id),
+                ("table", table.as_str()),
+                ("reason", reason.as_str()),
+            ];
+            let (def, labels) = match fate {
+                RowFate::Inserted => (&ROWS_INSERTED, &labels[..2]),
+                RowFate::Retried => (&ROWS_RETRIED, &labels[..]),
+                RowFate::DeadLettered => (&ROWS_DEAD_LETTERED, &labels[..]),
+                RowFate::Dropped => (&ROWS_DROPPED, &labels[..]),
+            };
+            self.add(def, labels, n as f64);
+        }
+        for (outcome, histogram) in RequestOutcome::ALL.iter().zip(&sink.detail.requests) {
+            let mut metric = histogram.metric();
+            metric.set_label(label_pairs(&[
+                ("plugin_id", plugin_id),
+                ("outcome", outcome.label()),
+            ]));
+            self.push(
+                REQUEST_DURATION,
+                REQUEST_DURATION_HELP,
+                MetricType::HISTOGRAM,
+                metric,
+            );
+        }
+    }
+}
+
+fn label_pairs(labels: &[(&str, &str)]) -> Vec<proto::LabelPair> {
+    labels
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = proto::LabelPair::default();
+            pair.set_name((*name).to_owned());
+            pair.set_value((*value).to_owned());
+            pair
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
