@@ -24,6 +24,8 @@ deploy/prometheus/test.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The criterion benches, once each in test mode, so they cannot rot.
+cargo test --locked --bench codec --bench rows --bench request --bench router
 # Dockerfile, ECS task definitions and Terraform: static checks, checkov, hadolint.
 scripts/check-deploy.sh
 # A bounded fuzzing run of the frame decoder and the handshake.

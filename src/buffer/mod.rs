@@ -30,8 +30,9 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// A flush slower than this counts as slow (fluentd's `slow_flush_log_threshold` default).
 const SLOW_FLUSH: Duration = Duration::from_secs(20);
 
-/// Bytes one entry is counted as beyond its record (time, tag handle, bookkeeping).
-const ENTRY_OVERHEAD: usize = 32;
+/// Bytes one entry is counted as beyond its record: the `Entry` itself (time, tag and
+/// record handles), so `total_limit_size` tracks real memory.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>();
 
 /// One event in a chunk, with the tag it came with.
 #[derive(Debug, Clone)]
