@@ -4,6 +4,7 @@
 pub mod buffer;
 pub mod codec;
 pub mod config;
+pub mod filter;
 pub mod format;
 pub mod input;
 pub mod metrics;
@@ -85,7 +86,7 @@ pub async fn run(
     tracing::info!("shutting down: no new connections, finishing messages in flight");
     while serving.join_next().await.is_some() {}
     let deadline = std::time::Instant::now() + shutdown_timeout;
-    for output in router.outputs() {
+    for output in &router.outputs() {
         if let Err(err) = output.shutdown(deadline).await {
             tracing::error!(error = %err, "output did not flush at shutdown");
         }

@@ -10,13 +10,31 @@ use crate::output::file::FileOutput;
 use crate::output::stdout::StdoutOutput;
 use crate::output::{NullOutput, Output};
 use crate::router::pattern::MatchPatterns;
-use crate::router::{Route, Router};
+use crate::router::rewrite_tag::RewriteTagFilter;
+use crate::router::{FilterRoute, Label, Route, Router, Store, Target};
 use std::fmt::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 pub const SOURCE_TYPES: &[&str] = &["forward", "unix"];
-pub const OUTPUT_TYPES: &[&str] = &["bigquery_insert", "stdout", "null", "file"];
+pub const OUTPUT_TYPES: &[&str] = &[
+    "bigquery_insert",
+    "stdout",
+    "null",
+    "file",
+    "copy",
+    "relabel",
+    "rewrite_tag_filter",
+];
+/// What a `<store>` of `@type copy` may be.
+const STORE_TYPES: &[&str] = &[
+    "bigquery_insert",
+    "stdout",
+    "null",
+    "file",
+    "relabel",
+    "rewrite_tag_filter",
+];
 /// What a `<secondary>` (dead letters) may be.
 pub const SECONDARY_TYPES: &[&str] = &["file", "stdout", "null"];
 
@@ -55,7 +73,8 @@ pub struct SystemConfig {
 pub struct Pipeline {
     pub system: SystemConfig,
     pub inputs: Vec<ForwardConfig>,
-    pub routes: Vec<Route>,
+    /// The root label first, then each `<label>` in config order.
+    pub labels: Vec<Label>,
     /// `<source> @type prometheus`, if any (without one the endpoint serves on 127.0.0.1).
     pub endpoint: Option<EndpointConfig>,
     /// Outputs with a buffer, which metrics read at scrape time.
@@ -70,7 +89,11 @@ impl Pipeline {
         Pipeline {
             system: SystemConfig::default(),
             inputs: Vec::new(),
-            routes: Vec::new(),
+            labels: vec![Label {
+                name: String::new(),
+                filters: Vec::new(),
+                routes: Vec::new(),
+            }],
             endpoint: None,
             buffered: Vec::new(),
             warnings: Vec::new(),
@@ -101,17 +124,20 @@ impl Pipeline {
                 format!("parameter '{}' outside any section", param.key),
             ));
         }
+        pipeline.declare_labels(root)?;
         for element in &root.elements {
             counter += 1;
             match element.name.as_str() {
                 "system" => pipeline.read_system(element)?,
                 "source" => pipeline.add_source(element, counter)?,
-                "match" => pipeline.add_match(element, counter)?,
-                "filter" | "label" | "worker" => {
+                "match" => pipeline.add_match(element, counter, 0)?,
+                "filter" => pipeline.add_filter(element, counter, 0)?,
+                "label" => pipeline.add_label(element, &mut counter)?,
+                "worker" => {
                     return Err(ConfigError::at(
                         &element.location,
                         format!(
-                            "{} is not supported yet by bqforward (supported: <system>, <source>, <match>)",
+                            "{} is not supported by bqforward (it uses every core in one process)",
                             element.header()
                         ),
                     ));
@@ -170,14 +196,13 @@ impl Pipeline {
             return Err(unknown_type(element, type_name, SOURCE_TYPES));
         }
         let id = plugin_id(&s, type_name, n);
-        if let Some(label) = s.label() {
-            return Err(ConfigError::at(
-                &element.location,
-                format!("@label {label}: labels are not supported yet by bqforward"),
-            ));
-        }
+        let label = match s.label() {
+            Some(name) => Some(self.label_named(name, element)?),
+            None => None,
+        };
         let _ = s.log_level();
-        let (config, warnings) = ForwardConfig::from_config(id, &s, type_name == "unix")?;
+        let (mut config, warnings) = ForwardConfig::from_config(id, &s, type_name == "unix")?;
+        config.label = label.map(|i| self.labels[i].name.clone());
         self.inputs.push(config);
         self.warnings.extend(warnings);
         Ok(())
@@ -218,36 +243,195 @@ impl Pipeline {
         Ok(())
     }
 
-    fn add_match(&mut self, element: &Element, n: usize) -> Result<(), ConfigError> {
+    /// Every `<label>` name first, so `@label` may name a label defined further down.
+    fn declare_labels(&mut self, root: &Element) -> Result<(), ConfigError> {
+        for element in root.elements_named("label") {
+            let name = element.arg.trim();
+            if name.is_empty() {
+                return Err(ConfigError::at(
+                    &element.location,
+                    "<label> needs a name, e.g. <label @ERROR>",
+                ));
+            }
+            if self.labels.iter().any(|l| l.name == name) {
+                return Err(ConfigError::at(
+                    &element.location,
+                    format!("label {name} is defined twice"),
+                ));
+            }
+            if name == "@FLUENT_LOG" {
+                self.warnings.push(format!(
+                    "{}: <label @FLUENT_LOG> receives nothing: bqforward logs to stderr, not as events",
+                    element.location
+                ));
+            }
+            self.labels.push(Label {
+                name: name.to_owned(),
+                filters: Vec::new(),
+                routes: Vec::new(),
+            });
+        }
+        Ok(())
+    }
+
+    fn label_named(&self, name: &str, element: &Element) -> Result<usize, ConfigError> {
+        self.labels
+            .iter()
+            .position(|l| l.name == name)
+            .ok_or_else(|| {
+                ConfigError::at(
+                    &element.location,
+                    format!("@label {name}: no <label {name}> in the config"),
+                )
+            })
+    }
+
+    fn add_label(&mut self, element: &Element, counter: &mut usize) -> Result<(), ConfigError> {
+        let label = self.label_named(element.arg.trim(), element)?;
+        if let Some(param) = element.params.first() {
+            return Err(ConfigError::at(
+                &param.location,
+                format!(
+                    "parameter '{}' in {}: a label holds only <filter> and <match>",
+                    param.key,
+                    element.header()
+                ),
+            ));
+        }
+        for child in &element.elements {
+            *counter += 1;
+            match child.name.as_str() {
+                "filter" => self.add_filter(child, *counter, label)?,
+                "match" => self.add_match(child, *counter, label)?,
+                _ => {
+                    return Err(ConfigError::at(
+                        &child.location,
+                        format!(
+                            "{} in {}: a label holds only <filter> and <match>",
+                            child.header(),
+                            element.header()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_filter(&mut self, element: &Element, n: usize, label: usize) -> Result<(), ConfigError> {
         let patterns = MatchPatterns::parse(&element.arg)
-            .map_err(|e| ConfigError::at(&element.location, e))?;
+            .map_err(|e| ConfigError::at(&element.location, e.replace("<match>", "<filter>")))?;
         let s = Section::new(element);
         let type_name = plugin_type(&s, element)?;
         let id = plugin_id(&s, type_name, n);
-        let _ = s.log_level();
-        let output = if type_name == "bigquery_insert" {
-            let secondary = match s.section("secondary")? {
-                Some(secondary) => Some(self.build_simple_output(
-                    secondary,
-                    &format!("{id}.secondary"),
-                    SECONDARY_TYPES,
-                )?),
-                None => None,
-            };
-            let (output, warnings) = BigQueryOutput::from_config(id, &s, secondary)?;
-            self.warnings.extend(warnings);
-            let output = Arc::new(output);
-            self.buffered.push(Arc::clone(&output));
-            output as Arc<dyn Output>
-        } else {
-            let output = self.build_output(&s, element, type_name, id, OUTPUT_TYPES)?;
-            // fluentd accepts these on every output; these outputs have no use for them.
-            self.warnings
-                .extend(s.finish(&["secondary", "time_as_integer"])?);
-            output
-        };
-        self.routes.push(Route { patterns, output });
+        let (filter, warnings) = crate::filter::from_config(id, element)?;
+        self.warnings.extend(warnings);
+        self.labels[label]
+            .filters
+            .push(FilterRoute { patterns, filter });
         Ok(())
+    }
+
+    fn add_match(&mut self, element: &Element, n: usize, label: usize) -> Result<(), ConfigError> {
+        let patterns = MatchPatterns::parse(&element.arg)
+            .map_err(|e| ConfigError::at(&element.location, e))?;
+        let target = self.build_target(element, n, label, OUTPUT_TYPES)?;
+        self.labels[label].routes.push(Route { patterns, target });
+        Ok(())
+    }
+
+    /// What a `<match>` or `<store>` sends events to.
+    fn build_target(
+        &mut self,
+        element: &Element,
+        n: usize,
+        label: usize,
+        allowed: &[&str],
+    ) -> Result<Target, ConfigError> {
+        let s = Section::new(element);
+        let type_name = plugin_type(&s, element)?;
+        if !allowed.contains(&type_name) {
+            return Err(unknown_type(element, type_name, allowed));
+        }
+        let id = plugin_id(&s, type_name, n);
+        let _ = s.log_level();
+        // `@label` on an output names where it emits to; only relabel and
+        // rewrite_tag_filter emit, others accept it as fluentd does.
+        let emit_label = match s.label() {
+            Some(name) => Some(self.label_named(name, element)?),
+            None => None,
+        };
+        match type_name {
+            "relabel" => {
+                let label = emit_label.ok_or_else(|| {
+                    ConfigError::at(&element.location, "@type relabel needs @label")
+                })?;
+                self.warnings.extend(s.finish(&[])?);
+                Ok(Target::Relabel { id, label })
+            }
+            "rewrite_tag_filter" => {
+                let (filter, warnings) = RewriteTagFilter::from_config(id, &s)?;
+                self.warnings.extend(warnings);
+                Ok(Target::RewriteTag {
+                    filter: Arc::new(filter),
+                    label: emit_label.unwrap_or(label),
+                })
+            }
+            "copy" => {
+                let _ = s.one_of("copy_mode", &["no_copy", "shallow", "deep", "marshal"])?;
+                let mut stores = Vec::new();
+                for (i, store) in s.sections("store").into_iter().enumerate() {
+                    let flags: Vec<&str> = store.arg.split_whitespace().collect();
+                    if let Some(bad) = flags
+                        .iter()
+                        .find(|f| !["ignore_error", "ignore_if_prev_success"].contains(f))
+                    {
+                        return Err(ConfigError::at(
+                            &store.location,
+                            format!(
+                                "<store {bad}>: supported are ignore_error and ignore_if_prev_success"
+                            ),
+                        ));
+                    }
+                    let default_n = n * 100 + i + 1;
+                    stores.push(Store {
+                        target: self.build_target(store, default_n, label, STORE_TYPES)?,
+                        ignore_error: flags.contains(&"ignore_error"),
+                        ignore_if_prev_success: flags.contains(&"ignore_if_prev_success"),
+                    });
+                }
+                if stores.is_empty() {
+                    return Err(ConfigError::at(
+                        &element.location,
+                        "@type copy needs at least one <store>",
+                    ));
+                }
+                self.warnings.extend(s.finish(&["deep_copy"])?);
+                Ok(Target::Copy { id, stores })
+            }
+            "bigquery_insert" => {
+                let secondary = match s.section("secondary")? {
+                    Some(secondary) => Some(self.build_simple_output(
+                        secondary,
+                        &format!("{id}.secondary"),
+                        SECONDARY_TYPES,
+                    )?),
+                    None => None,
+                };
+                let (output, warnings) = BigQueryOutput::from_config(id, &s, secondary)?;
+                self.warnings.extend(warnings);
+                let output = Arc::new(output);
+                self.buffered.push(Arc::clone(&output));
+                Ok(Target::Output(output as Arc<dyn Output>))
+            }
+            _ => {
+                let output = self.build_output(&s, element, type_name, id, allowed)?;
+                // fluentd accepts these on every output; these outputs have no use for them.
+                self.warnings
+                    .extend(s.finish(&["secondary", "time_as_integer"])?);
+                Ok(Target::Output(output))
+            }
+        }
     }
 
     /// A `<secondary>`: one of the local outputs, read completely.
@@ -297,7 +481,7 @@ impl Pipeline {
     }
 
     pub fn into_router(self) -> (Vec<ForwardConfig>, Router) {
-        (self.inputs, Router::new(self.routes))
+        (self.inputs, Router::new(self.labels))
     }
 
     /// The resolved pipeline, for `bqforward check`.
@@ -305,21 +489,85 @@ impl Pipeline {
         let mut out = String::new();
         let _ = writeln!(out, "sources:");
         for input in &self.inputs {
-            let _ = writeln!(out, "  {} ({})", input.id, input.describe());
+            let label = input
+                .label
+                .as_ref()
+                .map(|l| format!(" -> label {l}"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {} ({}){label}", input.id, input.describe());
         }
         let endpoint = self.endpoint.clone().unwrap_or_default();
         let _ = writeln!(out, "metrics: {}", endpoint.describe());
-        let _ = writeln!(out, "matches (first match wins):");
-        for route in &self.routes {
-            let _ = writeln!(
-                out,
-                "  <match {}> -> {} (@type {})",
-                route.patterns,
-                route.output.id(),
-                route.output.type_name()
-            );
+        for label in &self.labels {
+            let indent = if label.name.is_empty() {
+                ""
+            } else {
+                let _ = writeln!(out, "label {}:", label.name);
+                "  "
+            };
+            if !label.filters.is_empty() {
+                let _ = writeln!(out, "{indent}filters (in order, every match applies):");
+                for f in &label.filters {
+                    let _ = writeln!(
+                        out,
+                        "{indent}  <filter {}> {} (@type {}): {}",
+                        f.patterns,
+                        f.filter.id(),
+                        f.filter.type_name(),
+                        f.filter.describe()
+                    );
+                }
+            }
+            let _ = writeln!(out, "{indent}matches (first match wins):");
+            for route in &label.routes {
+                let _ = write!(out, "{indent}  <match {}> -> ", route.patterns);
+                describe_target(
+                    &mut out,
+                    &route.target,
+                    &self.labels,
+                    &format!("{indent}    "),
+                );
+            }
         }
         out
+    }
+}
+
+fn describe_target(out: &mut String, target: &Target, labels: &[Label], indent: &str) {
+    match target {
+        Target::Output(o) => {
+            let _ = writeln!(out, "{} (@type {})", o.id(), o.type_name());
+        }
+        Target::Relabel { id, label } => {
+            let _ = writeln!(out, "{id} (@type relabel) -> label {}", labels[*label].name);
+        }
+        Target::RewriteTag { filter, label } => {
+            let name = &labels[*label].name;
+            let into = if name.is_empty() {
+                "the root label"
+            } else {
+                name
+            };
+            let _ = writeln!(
+                out,
+                "{} (@type rewrite_tag_filter) {}, re-emitted into {into}",
+                filter.id(),
+                filter.describe()
+            );
+        }
+        Target::Copy { id, stores } => {
+            let _ = writeln!(out, "{id} (@type copy):");
+            for store in stores {
+                let flags = match (store.ignore_error, store.ignore_if_prev_success) {
+                    (true, true) => " ignore_error ignore_if_prev_success",
+                    (true, false) => " ignore_error",
+                    (false, true) => " ignore_if_prev_success",
+                    (false, false) => "",
+                };
+                let _ = write!(out, "{indent}<store{flags}> -> ");
+                describe_target(out, &store.target, labels, &format!("{indent}  "));
+            }
+        }
     }
 }
 

@@ -94,7 +94,7 @@ fn config_errors_name_file_and_line_and_fail() {
         ),
         (
             "<match **>\n  @type elasticsearch\n</match>\n",
-            ":1: unknown @type 'elasticsearch' in <match **> (bqforward supports: bigquery_insert, stdout, null, file)",
+            ":1: unknown @type 'elasticsearch' in <match **> (bqforward supports: bigquery_insert, stdout, null, file, copy, relabel, rewrite_tag_filter)",
         ),
         (
             "<source>\n  @type forward\n",
@@ -109,8 +109,8 @@ fn config_errors_name_file_and_line_and_fail() {
             ":3: <security> needs 'self_hostname'",
         ),
         (
-            "<filter **>\n  @type grep\n</filter>\n",
-            ":1: <filter **> is not supported yet",
+            "<filter **>\n  @type parser\n</filter>\n",
+            ":1: unknown @type 'parser' in <filter **> (bqforward supports: record_transformer, grep)",
         ),
     ];
     for (text, want) in cases {

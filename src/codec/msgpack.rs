@@ -268,7 +268,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// The range of the value at `path` (map keys, outermost first) in the msgpack map `record`.
-pub fn lookup(record: &[u8], path: &[&str]) -> Option<Range<usize>> {
+pub fn lookup<K: AsRef<str>>(record: &[u8], path: &[K]) -> Option<Range<usize>> {
     let mut cur = Cursor::new(record);
     let mut range = 0..record.len();
     for key in path {
@@ -283,7 +283,7 @@ pub fn lookup(record: &[u8], path: &[&str]) -> Option<Range<usize>> {
             let mut key_cur = Cursor::new(&record[key_range]);
             if let Ok(Head::Str(n) | Head::Bin(n)) = key_cur.head() {
                 let text = key_cur.take(n as usize).ok().map(|r| key_cur.slice(r));
-                if text == Some(key.as_bytes()) {
+                if text == Some(key.as_ref().as_bytes()) {
                     found = Some(value_range);
                 }
             }

@@ -8,7 +8,7 @@ use crate::config::{ConfigError, Section};
 use crate::metrics::InputMetrics;
 use crate::output::Batch;
 use crate::ratelimit::RateLimit;
-use crate::router::Router;
+use crate::router::{Plan, Router};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -52,6 +52,8 @@ impl std::fmt::Debug for Tls {
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
     pub id: String,
+    /// `@label`: events start in this label instead of the root.
+    pub label: Option<String>,
     pub listen: Listen,
     pub max_message_size: usize,
     pub chunk_size_warn_limit: Option<usize>,
@@ -126,6 +128,7 @@ impl ForwardConfig {
         };
         let config = Self {
             id,
+            label: None,
             listen,
             max_message_size: to_usize(s.size("chunk_size_limit")?).unwrap_or(DEFAULT_MAX_MESSAGE),
             chunk_size_warn_limit: to_usize(s.size("chunk_size_warn_limit")?),
@@ -375,11 +378,11 @@ impl Peer {
     }
 }
 
-/// The tag as routed: after `tag` / `add_tag_prefix`, and which route takes it.
+/// The tag as routed: after `tag` / `add_tag_prefix`, and its plan (filters and route).
 #[derive(Clone)]
 struct RoutedTag {
     tag: Arc<str>,
-    route: Option<usize>,
+    plan: Arc<Plan>,
     /// `fluentd_input_status_num_records_total` for this tag.
     records: prometheus::IntCounter,
 }
@@ -391,6 +394,8 @@ struct Connection {
     shutdown: CancellationToken,
     tags: HashMap<Bytes, RoutedTag>,
     metrics: InputMetrics,
+    /// The label events start in: the root, or the source's `@label`.
+    label: usize,
 }
 
 /// What one read produced: batches per route in arrival order, and the acks they earn.
@@ -416,6 +421,11 @@ impl Connection {
             shutdown: shutdown.clone(),
             tags: HashMap::new(),
             metrics: metrics.clone(),
+            label: config
+                .label
+                .as_deref()
+                .and_then(|l| router.label_index(l))
+                .unwrap_or(0),
         }
     }
 
@@ -613,7 +623,7 @@ impl Connection {
             tag = format!("{prefix}.{tag}");
         }
         let routed = RoutedTag {
-            route: self.router.route(&tag),
+            plan: self.router.plan(self.label, &tag),
             records: self.metrics.records(&tag),
             tag: Arc::from(tag),
         };
@@ -648,11 +658,7 @@ impl Connection {
         self.metrics.received(events);
         for (routed, batch) in pending.batches {
             routed.records.inc_by(batch.events.len() as u64);
-            let Some(output) = routed.route.and_then(|r| self.router.output(r)) else {
-                self.router.note_unmatched(&batch.tag, batch.events.len());
-                continue;
-            };
-            if let Err(err) = output.emit(batch).await {
+            if let Err(err) = self.router.dispatch(&routed.plan, batch).await {
                 tracing::error!(peer = %self.peer.label, error = %err,
                     "output did not accept events; closing the connection without ack");
                 return false;

@@ -1,0 +1,31 @@
+"""Sends given records with the PyPI fluent-logger client, as an application would.
+
+Usage: fluent_logger_records.py --port P --tag T --events JSON
+JSON is a list of [label, record] pairs; each is sent as tag T.label (or T when label is "").
+Exits non-zero if any emit fails.
+"""
+import argparse
+import json
+import sys
+
+from fluent import sender
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--tag", required=True)
+    p.add_argument("--events", required=True)
+    a = p.parse_args()
+    s = sender.FluentSender(a.tag, host="127.0.0.1", port=a.port)
+    events = json.loads(a.events)
+    for label, record in events:
+        if not s.emit(label or None, record):
+            print(f"emit failed: {s.last_error}", file=sys.stderr)
+            sys.exit(1)
+    s.close()
+    print(len(events))
+
+
+if __name__ == "__main__":
+    main()
