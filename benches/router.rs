@@ -6,7 +6,7 @@ use bqforward::format::time::Zone;
 use bqforward::output::NullOutput;
 use bqforward::router::pattern::MatchPatterns;
 use bqforward::router::template::{CachedTemplate, Template};
-use bqforward::router::{Route, Router};
+use bqforward::router::{Label, Route, Router, Target};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -23,18 +23,23 @@ const TAGS: [&str; 6] = [
 fn routing(c: &mut Criterion) {
     let route = |p: &str| Route {
         patterns: MatchPatterns::parse(p).unwrap(),
-        output: Arc::new(NullOutput::new(p.into())),
+        target: Target::Output(Arc::new(NullOutput::new(p.into()))),
     };
-    let router = Router::new(vec![
-        route("fluent.**"),
-        route("kube.var.log.containers.**"),
-        route("app.** {web,api}.*"),
-        route("system.{auth,cron}"),
-    ]);
+    let router = Router::new(vec![Label {
+        name: String::new(),
+        filters: Vec::new(),
+        routes: vec![
+            route("fluent.**"),
+            route("kube.var.log.containers.**"),
+            route("app.** {web,api}.*"),
+            route("system.{auth,cron}"),
+        ],
+    }]);
+    // Resolving a tag to its plan (inputs also cache plans per connection).
     c.bench_function("route/6_tags_4_matches", |b| {
         b.iter(|| {
             for tag in TAGS {
-                black_box(router.route(black_box(tag)));
+                black_box(router.plan(0, black_box(tag)));
             }
         })
     });
