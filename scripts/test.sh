@@ -23,10 +23,16 @@ deploy/prometheus/test.sh
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
 # The criterion benches, once each in test mode, so they cannot rot.
 cargo test --locked --bench codec --bench rows --bench request --bench router
 # Dockerfile, ECS task definitions and Terraform: static checks, checkov, hadolint.
 scripts/check-deploy.sh
 # A bounded fuzzing run of the frame decoder and the handshake.
 fuzz/run.sh
+
+# One closing line for the whole run (cargo's last line is a doc-test binary's "0 passed").
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "total: %d passed, %d failed\n", p, f }' "$log"
