@@ -14,6 +14,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY emulator ./emulator
+COPY loadgen ./loadgen
+COPY benches ./benches
 # The runtime image has no shell: its writable directories are made here.
 RUN cargo build --release --locked \
  && mkdir -p /out/var/lib/bqforward/buffer /out/var/lib/bqforward/dead-letters
