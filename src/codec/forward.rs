@@ -170,7 +170,8 @@ impl Decoder {
     }
 }
 
-/// Decodes one complete message. `Ok(None)` for a nil message, which fluentd ignores.
+/// Decodes one complete message: `frame` is exactly one msgpack value, as
+/// `Decoder::next_frame` returns it. `Ok(None)` for a nil message, which fluentd ignores.
 pub fn decode_message(frame: &Bytes, opts: &DecodeOptions) -> Result<Option<Message>, DecodeError> {
     let mut cur = Cursor::new(frame);
     let len = match cur.head()? {
@@ -241,7 +242,7 @@ pub fn decode_message(frame: &Bytes, opts: &DecodeOptions) -> Result<Option<Mess
                 return Err(DecodeError::Arity(len));
             }
             cur.set_position(second);
-            let event = decode_time_and_record(&mut cur, frame, opts)?;
+            let event = decode_time_and_record(&mut cur, frame, opts, len == 3)?;
             msg.push(event, opts)?;
             let option = read_option(&mut cur, len == 4, frame)?;
             msg.chunk = option.chunk;
@@ -292,7 +293,7 @@ fn decode_entry(
 ) -> Result<EventResult, DecodeError> {
     match cur.head()? {
         Head::Array(n) if n >= 2 => {
-            let event = decode_time_and_record(cur, base, opts)?;
+            let event = decode_time_and_record(cur, base, opts, false)?;
             for _ in 2..n {
                 cur.skip_value(opts.max_depth)?;
             }
@@ -305,14 +306,21 @@ fn decode_entry(
     }
 }
 
+/// `ends_base`: the record is the last value in `base` (a `[tag, time, record]` message,
+/// whose end the stream scanner has already found), so its extent needs no second walk.
 fn decode_time_and_record(
     cur: &mut Cursor<'_>,
     base: &Bytes,
     opts: &DecodeOptions,
+    ends_base: bool,
 ) -> Result<EventResult, DecodeError> {
     let time = read_time(cur, opts.max_depth, true)?;
     let start = cur.position();
     let record = match cur.head()? {
+        Head::Map(_) if ends_base => {
+            cur.set_position(base.len());
+            Some(base.slice(start..))
+        }
         Head::Map(_) => {
             cur.set_position(start);
             Some(base.slice(cur.skip_value(opts.max_depth)?))
