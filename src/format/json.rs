@@ -74,7 +74,7 @@ fn write_key(cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), MsgpackError
     match cur.head()? {
         Head::Str(n) | Head::Bin(n) => {
             let range = cur.take(n as usize)?;
-            write_bytes_as_str(cur.slice(range), out);
+            write_key_bytes(cur.slice(range), out);
         }
         _ => {
             // A non-string key becomes the string of its JSON text, as Ruby's to_s would.
@@ -155,6 +155,22 @@ fn write_f64(f: f64, out: &mut Vec<u8>) {
 pub fn write_str(s: &str, out: &mut Vec<u8>) {
     // serde_json's escaping; writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A map key as a JSON string. Keys are nearly always plain identifiers, which need no
+/// escaping: those are copied as they are, anything else goes through the full escaper.
+pub fn write_key_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    let plain = bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b'$'));
+    if plain {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    } else {
+        write_bytes_as_str(bytes, out);
+    }
 }
 
 fn write_bytes_as_str(bytes: &[u8], out: &mut Vec<u8>) {

@@ -252,6 +252,9 @@ impl Converter {
     ) -> Result<(), RowError> {
         let mut seen = Seen::new(fields.len());
         let mut first = true;
+        // Records of one source list their keys in the schema's order more often than not:
+        // try the field after the last one matched before scanning them all.
+        let mut hint = 0usize;
         out.push(b'{');
         for _ in 0..pairs {
             let key_start = cur.position();
@@ -280,8 +283,15 @@ impl Converter {
             first = false;
             let index = match key {
                 Some(key) => {
-                    write_bytes_as_str(key, out);
-                    field_index(fields, key)
+                    json::write_key_bytes(key, out);
+                    let found = match fields.get(hint) {
+                        Some(f) if f.name.as_bytes().eq_ignore_ascii_case(key) => Some(hint),
+                        _ => field_index(fields, key),
+                    };
+                    if let Some(i) = found {
+                        hint = i + 1;
+                    }
+                    found
                 }
                 None => {
                     // A non-string key: its JSON text as a string, as format::json writes it.
