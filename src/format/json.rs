@@ -238,6 +238,12 @@ mod tests {
     }
 
     #[test]
+    fn keys_that_need_escaping_take_the_slow_path() {
+        let record = json!({"plain_key-1.x": 1, "quo\"te": 2, "café": 3, "tab\t": 4});
+        assert_eq!(to_json(&record, &[]), record);
+    }
+
+    #[test]
     fn non_finite_floats_become_null() {
         let rec = [0x81, 0xa1, b'f', 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0];
         let mut out = Vec::new();
