@@ -4,7 +4,7 @@
 mod common;
 
 use bqforward::format::json::Extra;
-use bqforward::output::bigquery::rows::{Conversion, write_row};
+use bqforward::output::bigquery::rows::{Conversion, RowWriter};
 use bqforward::output::bigquery::schema::Schema;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -24,8 +24,11 @@ fn rows(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 out.clear();
+                // One writer per chunk, as a request is built.
+                let mut writer = RowWriter::new(schema, Conversion::Strict);
                 for event in &records {
-                    write_row(&event.record, schema, &extras, Conversion::Strict, &mut out)
+                    writer
+                        .write(&event.record, &extras, &mut out)
                         .expect("row converts");
                 }
                 black_box(out.len())

@@ -2,7 +2,6 @@
 //! where a value ends in a stream, and a cursor for complete values. It never allocates by a
 //! length the input declares and never builds a value tree.
 
-use rmp::Marker;
 use std::ops::Range;
 
 /// How deep arrays and maps may nest before input is rejected. Real records are shallow; the
@@ -54,66 +53,82 @@ impl Head {
     }
 }
 
-fn be_u64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+/// The big-endian number in the `N` bytes after the marker, or `None` when they are not all
+/// there yet.
+#[inline(always)]
+fn be<const N: usize>(buf: &[u8]) -> Option<u64> {
+    let bytes: [u8; N] = buf.get(1..1 + N)?.try_into().ok()?;
+    Some(bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
 }
 
 /// Reads the head at the start of `buf`: `Ok(None)` when more bytes are needed, otherwise the
 /// head and how many bytes it took. `offset` only labels errors.
+#[inline]
 pub fn read_head(buf: &[u8], offset: usize) -> Result<Option<(Head, usize)>, MsgpackError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
-    // `fixed(n)`: the head is the marker plus n bytes of big-endian number.
-    let fixed = |n: usize| -> Option<u64> { buf.get(1..1 + n).map(be_u64) };
-    let head = match Marker::from_u8(first) {
-        Marker::FixPos(n) => (Head::Uint(u64::from(n)), 1),
-        Marker::FixNeg(n) => (Head::Int(i64::from(n)), 1),
-        Marker::FixMap(n) => (Head::Map(u32::from(n)), 1),
-        Marker::FixArray(n) => (Head::Array(u32::from(n)), 1),
-        Marker::FixStr(n) => (Head::Str(u32::from(n)), 1),
-        Marker::Null => (Head::Nil, 1),
-        Marker::Reserved => return Err(MsgpackError::ReservedMarker(offset)),
-        Marker::False => (Head::Bool(false), 1),
-        Marker::True => (Head::Bool(true), 1),
-        marker => {
-            let (width, make): (usize, fn(u64) -> Head) = match marker {
-                Marker::Bin8 => (1, |n| Head::Bin(n as u32)),
-                Marker::Bin16 => (2, |n| Head::Bin(n as u32)),
-                Marker::Bin32 => (4, |n| Head::Bin(n as u32)),
-                Marker::Str8 => (1, |n| Head::Str(n as u32)),
-                Marker::Str16 => (2, |n| Head::Str(n as u32)),
-                Marker::Str32 => (4, |n| Head::Str(n as u32)),
-                Marker::Array16 => (2, |n| Head::Array(n as u32)),
-                Marker::Array32 => (4, |n| Head::Array(n as u32)),
-                Marker::Map16 => (2, |n| Head::Map(n as u32)),
-                Marker::Map32 => (4, |n| Head::Map(n as u32)),
-                Marker::U8 => (1, Head::Uint),
-                Marker::U16 => (2, Head::Uint),
-                Marker::U32 => (4, Head::Uint),
-                Marker::U64 => (8, Head::Uint),
-                Marker::I8 => (1, |n| Head::Int(i64::from(n as u8 as i8))),
-                Marker::I16 => (2, |n| Head::Int(i64::from(n as u16 as i16))),
-                Marker::I32 => (4, |n| Head::Int(i64::from(n as u32 as i32))),
-                Marker::I64 => (8, |n| Head::Int(n as i64)),
-                Marker::F32 => (4, |n| Head::F32(f32::from_bits(n as u32))),
-                Marker::F64 => (8, |n| Head::F64(f64::from_bits(n))),
-                Marker::FixExt1 | Marker::FixExt2 | Marker::FixExt4 | Marker::FixExt8 => {
-                    return Ok(ext_head(buf, 0, 1usize << (first - 0xd4)));
-                }
-                Marker::FixExt16 => return Ok(ext_head(buf, 0, 16)),
-                Marker::Ext8 => return Ok(fixed(1).and_then(|n| ext_head(buf, 1, n as usize))),
-                Marker::Ext16 => return Ok(fixed(2).and_then(|n| ext_head(buf, 2, n as usize))),
-                Marker::Ext32 => return Ok(fixed(4).and_then(|n| ext_head(buf, 4, n as usize))),
-                _ => return Err(MsgpackError::ReservedMarker(offset)),
-            };
-            match fixed(width) {
-                Some(n) => (make(n), 1 + width),
-                None => return Ok(None),
-            }
-        }
-    };
-    Ok(Some(head))
+    match one_byte_head(first) {
+        Some(head) => Ok(Some((head, 1))),
+        None => read_wide_head(buf, first, offset),
+    }
+}
+
+/// The heads that are only their marker byte (small integers, short strings, small maps and
+/// arrays, nil, booleans): decided inline, as they are most of what records hold.
+#[inline(always)]
+fn one_byte_head(first: u8) -> Option<Head> {
+    Some(match first {
+        0x00..=0x7f => Head::Uint(u64::from(first)),
+        0x80..=0x8f => Head::Map(u32::from(first & 0x0f)),
+        0x90..=0x9f => Head::Array(u32::from(first & 0x0f)),
+        0xa0..=0xbf => Head::Str(u32::from(first & 0x1f)),
+        0xc0 => Head::Nil,
+        0xc2 => Head::Bool(false),
+        0xc3 => Head::Bool(true),
+        0xe0..=0xff => Head::Int(i64::from(first as i8)),
+        _ => return None,
+    })
+}
+
+/// Heads whose marker is followed by length, number or extension-type bytes.
+#[inline(always)]
+fn read_wide_head(
+    buf: &[u8],
+    first: u8,
+    offset: usize,
+) -> Result<Option<(Head, usize)>, MsgpackError> {
+    let with =
+        |n: Option<u64>, width: usize, make: fn(u64) -> Head| n.map(|n| (make(n), 1 + width));
+    Ok(match first {
+        0xc4 => with(be::<1>(buf), 1, |n| Head::Bin(n as u32)),
+        0xc5 => with(be::<2>(buf), 2, |n| Head::Bin(n as u32)),
+        0xc6 => with(be::<4>(buf), 4, |n| Head::Bin(n as u32)),
+        0xc7 => be::<1>(buf).and_then(|n| ext_head(buf, 1, n as usize)),
+        0xc8 => be::<2>(buf).and_then(|n| ext_head(buf, 2, n as usize)),
+        0xc9 => be::<4>(buf).and_then(|n| ext_head(buf, 4, n as usize)),
+        0xca => with(be::<4>(buf), 4, |n| Head::F32(f32::from_bits(n as u32))),
+        0xcb => with(be::<8>(buf), 8, |n| Head::F64(f64::from_bits(n))),
+        0xcc => with(be::<1>(buf), 1, Head::Uint),
+        0xcd => with(be::<2>(buf), 2, Head::Uint),
+        0xce => with(be::<4>(buf), 4, Head::Uint),
+        0xcf => with(be::<8>(buf), 8, Head::Uint),
+        0xd0 => with(be::<1>(buf), 1, |n| Head::Int(i64::from(n as u8 as i8))),
+        0xd1 => with(be::<2>(buf), 2, |n| Head::Int(i64::from(n as u16 as i16))),
+        0xd2 => with(be::<4>(buf), 4, |n| Head::Int(i64::from(n as u32 as i32))),
+        0xd3 => with(be::<8>(buf), 8, |n| Head::Int(n as i64)),
+        0xd4..=0xd7 => ext_head(buf, 0, 1usize << (first - 0xd4)),
+        0xd8 => ext_head(buf, 0, 16),
+        0xd9 => with(be::<1>(buf), 1, |n| Head::Str(n as u32)),
+        0xda => with(be::<2>(buf), 2, |n| Head::Str(n as u32)),
+        0xdb => with(be::<4>(buf), 4, |n| Head::Str(n as u32)),
+        0xdc => with(be::<2>(buf), 2, |n| Head::Array(n as u32)),
+        0xdd => with(be::<4>(buf), 4, |n| Head::Array(n as u32)),
+        0xde => with(be::<2>(buf), 2, |n| Head::Map(n as u32)),
+        0xdf => with(be::<4>(buf), 4, |n| Head::Map(n as u32)),
+        // 0xc1 is reserved; every other byte is a one-byte head handled by `read_head`.
+        _ => return Err(MsgpackError::ReservedMarker(offset)),
+    })
 }
 
 /// An extension head: marker, `width` length bytes, then the type byte.
@@ -219,8 +234,21 @@ impl<'a> Cursor<'a> {
         self.pos >= self.buf.len()
     }
 
+    #[inline(always)]
     pub fn head(&mut self) -> Result<Head, MsgpackError> {
-        match read_head(&self.buf[self.pos..], self.pos)? {
+        let Some(&first) = self.buf.get(self.pos) else {
+            return Err(MsgpackError::Truncated(self.pos));
+        };
+        if let Some(head) = one_byte_head(first) {
+            self.pos += 1;
+            return Ok(head);
+        }
+        self.wide_head(first)
+    }
+
+    #[inline(always)]
+    fn wide_head(&mut self, first: u8) -> Result<Head, MsgpackError> {
+        match read_wide_head(&self.buf[self.pos..], first, self.pos)? {
             Some((head, len)) => {
                 self.pos += len;
                 Ok(head)
@@ -243,13 +271,57 @@ impl<'a> Cursor<'a> {
 
     /// Skips one whole value, returning its range.
     pub fn skip_value(&mut self, max_depth: usize) -> Result<Range<usize>, MsgpackError> {
+        /// Depth kept on the stack; deeper limits fall back to the scanner's heap stack.
+        const INLINE_DEPTH: usize = 64;
         let start = self.pos;
-        match Scanner::new().scan(&self.buf[start..], max_depth)? {
-            ScanStatus::Complete(len) => {
-                self.pos += len;
-                Ok(start..self.pos)
+        if max_depth > INLINE_DEPTH {
+            return match Scanner::new().scan(&self.buf[start..], max_depth)? {
+                ScanStatus::Complete(len) => {
+                    self.pos += len;
+                    Ok(start..self.pos)
+                }
+                ScanStatus::Incomplete { .. } => Err(MsgpackError::Truncated(self.buf.len())),
+            };
+        }
+        let result = self.skip_inline::<INLINE_DEPTH>(max_depth);
+        if result.is_err() {
+            self.pos = start;
+        }
+        result.map(|()| start..self.pos).map_err(|e| match e {
+            // As the scanner reports it: the value runs past the end of the buffer.
+            MsgpackError::Truncated(_) => MsgpackError::Truncated(self.buf.len()),
+            other => other,
+        })
+    }
+
+    /// `skip_value` for depths up to `D`, with its stack of open containers on the stack.
+    fn skip_inline<const D: usize>(&mut self, max_depth: usize) -> Result<(), MsgpackError> {
+        // Children still expected by each open container, innermost last.
+        let mut open = [0u64; D];
+        let mut depth = 0usize;
+        loop {
+            let head = self.head()?;
+            self.take(head.payload_len())?;
+            let children = head.children();
+            if children > 0 {
+                if depth >= max_depth.min(D) {
+                    return Err(MsgpackError::TooDeep(max_depth));
+                }
+                open[depth] = children;
+                depth += 1;
+                continue;
             }
-            ScanStatus::Incomplete { .. } => Err(MsgpackError::Truncated(self.buf.len())),
+            // A scalar or empty container ended: close every container it completes.
+            loop {
+                if depth == 0 {
+                    return Ok(());
+                }
+                open[depth - 1] -= 1;
+                if open[depth - 1] > 0 {
+                    break;
+                }
+                depth -= 1;
+            }
         }
     }
 

@@ -153,31 +153,69 @@ fn write_f64(f: f64, out: &mut Vec<u8>) {
 }
 
 pub fn write_str(s: &str, out: &mut Vec<u8>) {
-    // serde_json's escaping; writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-/// A map key as a JSON string. Keys are nearly always plain identifiers, which need no
-/// escaping: those are copied as they are, anything else goes through the full escaper.
-pub fn write_key_bytes(bytes: &[u8], out: &mut Vec<u8>) {
-    let plain = bytes
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b'$'));
-    if plain {
-        out.reserve(bytes.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(bytes);
-        out.push(b'"');
+    if needs_no_escaping(s.as_bytes()) {
+        write_quoted_plain(s.as_bytes(), out);
     } else {
-        write_bytes_as_str(bytes, out);
+        // serde_json's escaping; writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
-fn write_bytes_as_str(bytes: &[u8], out: &mut Vec<u8>) {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => write_str(s, out),
-        Err(_) => write_str(&String::from_utf8_lossy(bytes), out),
+/// A map key as a JSON string (keys and values take the same path).
+pub fn write_key_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    write_bytes_as_str(bytes, out);
+}
+
+/// Bytes as a JSON string. The usual case, ASCII with nothing to escape, is copied as it is;
+/// anything else goes through serde_json's escaper (invalid UTF-8 replaced, as
+/// `String::from_utf8_lossy` does).
+pub fn write_bytes_as_str(bytes: &[u8], out: &mut Vec<u8>) {
+    if needs_no_escaping(bytes) {
+        write_quoted_plain(bytes, out);
+    } else {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => {
+                let _ = serde_json::to_writer(&mut *out, s);
+            }
+            Err(_) => {
+                let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(bytes));
+            }
+        }
     }
+}
+
+fn write_quoted_plain(bytes: &[u8], out: &mut Vec<u8>) {
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(bytes);
+    out.push(b'"');
+}
+
+/// True when every byte is printable ASCII other than `"` and `\\`: such bytes are valid
+/// UTF-8 and stand for themselves in a JSON string. Checks 8 bytes per step with the
+/// "has a byte less than n" word tricks (each exact, no false positives).
+fn needs_no_escaping(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // A byte of `x` is below `n` (n <= 128, all bytes of `x` below 128).
+    let any_below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let x = u64::from_ne_bytes(w);
+        if x & HIGH != 0
+            || any_below(x, 0x20)
+            || any_below(x ^ (ONES * u64::from(b'"')), 1)
+            || any_below(x ^ (ONES * u64::from(b'\\')), 1)
+        {
+            return false;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
 }
 
 #[cfg(test)]
@@ -249,5 +287,30 @@ mod tests {
         let mut out = Vec::new();
         write_record(&rec, &[], &mut out).unwrap();
         assert_eq!(out, br#"{"f":null}"#);
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time check must agree with serde_json's escaper on every input,
+        /// including the bytes around each threshold (0x1f/0x20, '"', '\\', 0x7f/0x80).
+        #[test]
+        fn strings_are_written_exactly_as_serde_json_writes_them(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<u8>(),
+                    proptest::sample::select(vec![0x1f_u8, 0x20, b'"', b'\\', 0x7f, 0x80, b'a']),
+                ],
+                0..40,
+            )
+        ) {
+            let mut fast = Vec::new();
+            write_bytes_as_str(&bytes, &mut fast);
+            let expected = serde_json::to_vec(&String::from_utf8_lossy(&bytes)).unwrap();
+            proptest::prop_assert_eq!(&fast, &expected);
+            if let Ok(s) = std::str::from_utf8(&bytes) {
+                let mut via_str = Vec::new();
+                write_str(s, &mut via_str);
+                proptest::prop_assert_eq!(via_str, expected);
+            }
+        }
     }
 }

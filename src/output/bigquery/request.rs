@@ -3,7 +3,7 @@
 //! insertId derived from its chunk and position, so a resend is de-duplicated by BigQuery.
 //! Limits: "Quotas and limits / Streaming inserts" (10 MB per HTTP request, 50,000 rows).
 
-use super::rows::{Conversion, write_row};
+use super::rows::{Conversion, RowWriter};
 use super::schema::Schema;
 use crate::buffer::Entry;
 use crate::codec::msgpack::{self, Cursor, Head};
@@ -57,14 +57,15 @@ pub struct RequestBuilder<'a> {
 }
 
 impl RequestBuilder<'_> {
-    /// Builds requests for the entries at `indices`, splitting by rows and bytes.
+    /// Builds requests for the entries at `indices`, splitting by rows and bytes. Rows are
+    /// written straight into the body; a row that does not fit is moved to the next request.
     pub fn build(&mut self, indices: &[u32]) -> (Vec<Request>, Vec<Rejected>) {
         let mut requests = Vec::new();
         let mut rejected = Vec::new();
         let mut body = Vec::with_capacity(64 * 1024);
         let mut rows: Vec<u32> = Vec::new();
-        let mut row = Vec::with_capacity(1024);
         let mut scratch = String::new();
+        let mut writer = RowWriter::new(self.schema, self.options.conversion);
         let insert_time = self.options.add_insert_timestamp.as_ref().map(|_| {
             chrono::Utc::now()
                 .format("%Y-%m-%d %H:%M:%S%.6f")
@@ -77,36 +78,47 @@ impl RequestBuilder<'_> {
             let Some(entry) = self.entries.get(index as usize) else {
                 continue;
             };
-            row.clear();
-            if let Err(reason) =
-                self.write_row(index, entry, insert_time.as_deref(), &mut scratch, &mut row)
-            {
-                rejected.push(reason);
-                continue;
-            }
-            if envelope.len() + row.len() + 2 > max_bytes {
-                rejected.push(Rejected {
-                    index,
-                    reason: "row_too_large".into(),
-                    location: String::new(),
-                    message: format!(
-                        "row of {} bytes cannot fit in a {max_bytes}-byte request (BigQuery's limit is 10 MB)",
-                        row.len()
-                    ),
-                });
-                continue;
-            }
-            if !rows.is_empty()
-                && (rows.len() >= max_rows || body.len() + row.len() + 3 > max_bytes)
-            {
-                requests.push(finish(&mut body, std::mem::take(&mut rows)));
-            }
+            let mark = body.len();
             if rows.is_empty() {
                 body.extend_from_slice(&envelope);
             } else {
                 body.push(b',');
             }
-            body.extend_from_slice(&row);
+            let row_start = body.len();
+            let written = self.write_row(
+                &mut writer,
+                index,
+                entry,
+                insert_time.as_deref(),
+                &mut scratch,
+                &mut body,
+            );
+            if let Err(reason) = written {
+                body.truncate(mark);
+                rejected.push(reason);
+                continue;
+            }
+            let row_len = body.len() - row_start;
+            if envelope.len() + row_len + 2 > max_bytes {
+                body.truncate(mark);
+                rejected.push(Rejected {
+                    index,
+                    reason: "row_too_large".into(),
+                    location: String::new(),
+                    message: format!(
+                        "row of {row_len} bytes cannot fit in a {max_bytes}-byte request (BigQuery's limit is 10 MB)"
+                    ),
+                });
+                continue;
+            }
+            // `+ 2`: the closing `]}`.
+            if !rows.is_empty() && (rows.len() >= max_rows || body.len() + 2 > max_bytes) {
+                let row = body[row_start..].to_vec();
+                body.truncate(mark);
+                requests.push(finish(&mut body, std::mem::take(&mut rows)));
+                body.extend_from_slice(&envelope);
+                body.extend_from_slice(&row);
+            }
             rows.push(index);
         }
         if !rows.is_empty() {
@@ -137,6 +149,7 @@ impl RequestBuilder<'_> {
     /// `{"insertId":"...","json":{...}}` for one entry.
     fn write_row(
         &mut self,
+        writer: &mut RowWriter<'_>,
         index: u32,
         entry: &Entry,
         insert_time: Option<&str>,
@@ -159,19 +172,14 @@ impl RequestBuilder<'_> {
         if let (Some(field), Some(time)) = (&self.options.add_insert_timestamp, insert_time) {
             extras.push((field.as_str(), crate::format::json::Extra::Str(time)));
         }
-        write_row(
-            &entry.event.record,
-            self.schema,
-            &extras,
-            self.options.conversion,
-            out,
-        )
-        .map_err(|err| Rejected {
-            index,
-            reason: "conversion_error".into(),
-            location: err.field.clone(),
-            message: err.to_string(),
-        })?;
+        writer
+            .write(&entry.event.record, &extras, out)
+            .map_err(|err| Rejected {
+                index,
+                reason: "conversion_error".into(),
+                location: err.field.clone(),
+                message: err.to_string(),
+            })?;
         out.push(b'}');
         Ok(())
     }

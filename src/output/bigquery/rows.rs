@@ -10,7 +10,7 @@
 
 use super::schema::{Field, FieldMode, FieldType, Schema, field_index};
 use crate::codec::msgpack::{Cursor, DEFAULT_MAX_DEPTH, Head, MsgpackError};
-use crate::format::json::{self, Extra};
+use crate::format::json::{self, Extra, write_bytes_as_str};
 use base64::Engine;
 
 /// How values that do not match their column type are treated.
@@ -80,31 +80,221 @@ pub fn write_row(
     conversion: Conversion,
     out: &mut Vec<u8>,
 ) -> Result<(), RowError> {
-    let start = out.len();
-    let result = write_row_inner(record, schema, extras, conversion, out);
-    if result.is_err() {
-        out.truncate(start);
-    }
-    result
+    RowWriter::new(schema, conversion).write(record, extras, out)
 }
 
-fn write_row_inner(
-    record: &[u8],
-    schema: Option<&Schema>,
-    extras: &[(&str, Extra<'_>)],
-    conversion: Conversion,
-    out: &mut Vec<u8>,
-) -> Result<(), RowError> {
-    let mut cur = Cursor::new(record);
-    let Head::Map(pairs) = cur.head()? else {
-        return Err(RowError::leaf("record is not a msgpack map"));
-    };
-    match schema {
-        None => Ok(json::write_record(record, extras, out)?),
-        Some(schema) => Converter {
+/// `write_row` for many records of one table: it remembers, by position, what each top-level
+/// key turned out to be (schema field, replaced by an extra, or unknown) and its JSON text, so
+/// records that repeat their keys' order (those of one source nearly always do) skip the
+/// schema lookup and the escaping. A key that differs from the one remembered at its position
+/// is looked up in full.
+pub struct RowWriter<'a> {
+    schema: Option<&'a Schema>,
+    compat: bool,
+    keys: Vec<KeySlot>,
+    extras: Vec<ExtraSlot>,
+    /// Bit i set: top-level field i is REQUIRED (schemas of up to 64 fields; larger ones are
+    /// checked field by field).
+    required: Option<u64>,
+}
+
+/// What a record's key at one position was last time.
+struct KeySlot {
+    key: Vec<u8>,
+    role: KeyRole,
+    /// `"key":`
+    json: Vec<u8>,
+}
+
+#[derive(Clone, Copy)]
+enum KeyRole {
+    /// An injected field of the same name replaces it.
+    Replaced,
+    Field(usize),
+    Unknown,
+}
+
+struct ExtraSlot {
+    name: String,
+    field: Option<usize>,
+    /// `"name":`
+    json: Vec<u8>,
+}
+
+/// Positions remembered per record: enough for wide records, bounded against odd ones.
+const MAX_KEY_SLOTS: usize = 128;
+
+impl<'a> RowWriter<'a> {
+    pub fn new(schema: Option<&'a Schema>, conversion: Conversion) -> Self {
+        let required = schema.and_then(|s| {
+            (s.fields.len() <= 64).then(|| {
+                s.fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.mode == FieldMode::Required)
+                    .fold(0u64, |mask, (i, _)| mask | 1 << i)
+            })
+        });
+        Self {
+            schema,
             compat: conversion == Conversion::Compat,
+            keys: Vec::new(),
+            extras: Vec::new(),
+            required,
         }
-        .record(&schema.fields, &mut cur, pairs, extras, out),
+    }
+
+    /// One row, as `write_row` writes it. On error `out` is left as it was.
+    pub fn write(
+        &mut self,
+        record: &[u8],
+        extras: &[(&str, Extra<'_>)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowError> {
+        let start = out.len();
+        let result = self.write_inner(record, extras, out);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
+    fn write_inner(
+        &mut self,
+        record: &[u8],
+        extras: &[(&str, Extra<'_>)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowError> {
+        let mut cur = Cursor::new(record);
+        let Head::Map(pairs) = cur.head()? else {
+            return Err(RowError::leaf("record is not a msgpack map"));
+        };
+        let Some(schema) = self.schema else {
+            return Ok(json::write_record(record, extras, out)?);
+        };
+        let converter = Converter {
+            compat: self.compat,
+        };
+        let fields = &schema.fields;
+        let mut seen = Seen::new(fields.len());
+        let mut first = true;
+        let mut hint = 0usize;
+        out.push(b'{');
+        for position in 0..pairs as usize {
+            let key_start = cur.position();
+            let key = match cur.head()? {
+                Head::Str(n) | Head::Bin(n) => take(&mut cur, n)?,
+                _ => {
+                    // A non-string key: the general path, not remembered.
+                    cur.set_position(key_start);
+                    let mut key_cur = cur.clone();
+                    cur.skip_value(DEFAULT_MAX_DEPTH)?;
+                    if converter.compat && next_is_nil(&mut cur)? {
+                        continue;
+                    }
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    write_json_text_as_str(&mut key_cur, out)?;
+                    out.push(b':');
+                    json::write_value(&mut cur, out, DEFAULT_MAX_DEPTH)?;
+                    continue;
+                }
+            };
+            let slot = match self.keys.get(position) {
+                Some(slot) if slot.key == key => slot,
+                _ => {
+                    let role = if extras.iter().any(|(name, _)| name.as_bytes() == key) {
+                        KeyRole::Replaced
+                    } else {
+                        let found = match fields.get(hint) {
+                            Some(f) if f.name.as_bytes().eq_ignore_ascii_case(key) => Some(hint),
+                            _ => field_index(fields, key),
+                        };
+                        found.map_or(KeyRole::Unknown, KeyRole::Field)
+                    };
+                    let mut json = Vec::with_capacity(key.len() + 3);
+                    json::write_key_bytes(key, &mut json);
+                    json.push(b':');
+                    let slot = KeySlot {
+                        key: key.to_vec(),
+                        role,
+                        json,
+                    };
+                    if position < self.keys.len() {
+                        self.keys[position] = slot;
+                        &self.keys[position]
+                    } else if position == self.keys.len() && position < MAX_KEY_SLOTS {
+                        self.keys.push(slot);
+                        &self.keys[position]
+                    } else {
+                        // Not remembered (past the bound, or after a gap): used once.
+                        converter.key_value(
+                            fields, &slot, &mut seen, &mut first, &mut hint, &mut cur, out,
+                        )?;
+                        continue;
+                    }
+                }
+            };
+            converter.key_value(
+                fields, slot, &mut seen, &mut first, &mut hint, &mut cur, out,
+            )?;
+        }
+        self.write_extras(&converter, fields, extras, &mut seen, &mut first, out)?;
+        if !converter.compat {
+            converter.check_required(fields, &seen, self.required)?;
+        }
+        out.push(b'}');
+        Ok(())
+    }
+
+    /// The injected fields, after the record's own.
+    fn write_extras(
+        &mut self,
+        converter: &Converter,
+        fields: &[Field],
+        extras: &[(&str, Extra<'_>)],
+        seen: &mut Seen,
+        first: &mut bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowError> {
+        for (position, (name, extra)) in extras.iter().enumerate() {
+            if self
+                .extras
+                .get(position)
+                .is_none_or(|slot| slot.name != *name)
+            {
+                let mut json = Vec::with_capacity(name.len() + 3);
+                json::write_str(name, &mut json);
+                json.push(b':');
+                let slot = ExtraSlot {
+                    name: (*name).to_owned(),
+                    field: field_index(fields, name.as_bytes()),
+                    json,
+                };
+                self.extras.truncate(position);
+                self.extras.push(slot);
+            }
+            let slot = &self.extras[position];
+            if !*first {
+                out.push(b',');
+            }
+            *first = false;
+            out.extend_from_slice(&slot.json);
+            let val = Val::from_extra(extra);
+            match slot.field {
+                Some(i) => {
+                    seen.set(i);
+                    let field = &fields[i];
+                    converter
+                        .field(field, val, &mut Cursor::new(&[]), out)
+                        .map_err(|e| e.under(&field.name))?;
+                }
+                None => plain_scalar(val, out),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -137,6 +327,7 @@ enum Val<'a> {
 }
 
 impl<'a> Val<'a> {
+    #[inline(always)]
     fn read(cur: &mut Cursor<'a>) -> Result<Self, MsgpackError> {
         Ok(match cur.head()? {
             Head::Nil => Val::Nil,
@@ -192,6 +383,11 @@ impl<'a> Val<'a> {
     }
 }
 
+#[cold]
+fn value_error(e: MsgpackError, field: &Field) -> RowError {
+    RowError::from(e).under(&field.name)
+}
+
 fn take<'a>(cur: &mut Cursor<'a>, n: u32) -> Result<&'a [u8], MsgpackError> {
     let range = cur.take(n as usize)?;
     Ok(cur.slice(range))
@@ -241,6 +437,70 @@ impl Seen {
 }
 
 impl Converter {
+    /// One key (already read, its role decided) and its value.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn key_value(
+        &self,
+        fields: &[Field],
+        slot: &KeySlot,
+        seen: &mut Seen,
+        first: &mut bool,
+        hint: &mut usize,
+        cur: &mut Cursor<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowError> {
+        if matches!(slot.role, KeyRole::Replaced) {
+            cur.skip_value(DEFAULT_MAX_DEPTH)?;
+            return Ok(());
+        }
+        if self.compat && next_is_nil(cur)? {
+            // The plugin skips nil values (`next if value.nil?`).
+            return Ok(());
+        }
+        if !*first {
+            out.push(b',');
+        }
+        *first = false;
+        out.extend_from_slice(&slot.json);
+        match slot.role {
+            KeyRole::Field(i) => {
+                *hint = i + 1;
+                seen.set(i);
+                let field = &fields[i];
+                let val = match Val::read(cur) {
+                    Ok(val) => val,
+                    Err(e) => return Err(value_error(e, field)),
+                };
+                self.field(field, val, cur, out)
+                    .map_err(|e| e.under(&field.name))
+            }
+            _ => Ok(json::write_value(cur, out, DEFAULT_MAX_DEPTH)?),
+        }
+    }
+
+    /// REQUIRED fields the record and extras did not give.
+    fn check_required(
+        &self,
+        fields: &[Field],
+        seen: &Seen,
+        required: Option<u64>,
+    ) -> Result<(), RowError> {
+        if let (Some(mask), Seen::Small(bits)) = (required, seen)
+            && mask & !bits == 0
+        {
+            return Ok(());
+        }
+        let missing = fields
+            .iter()
+            .enumerate()
+            .find(|(i, f)| f.mode == FieldMode::Required && !seen.get(*i));
+        match missing {
+            Some((_, f)) => Err(RowError::leaf("missing required field").under(&f.name)),
+            None => Ok(()),
+        }
+    }
+
     /// A map's `pairs` entries (cursor after the map head), then `extras`.
     fn record(
         &self,
@@ -738,13 +998,6 @@ fn write_quoted_ascii(s: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
     out.extend_from_slice(s);
     out.push(b'"');
-}
-
-fn write_bytes_as_str(bytes: &[u8], out: &mut Vec<u8>) {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => json::write_str(s, out),
-        Err(_) => json::write_str(&String::from_utf8_lossy(bytes), out),
-    }
 }
 
 /// The value's plain JSON (format::json's mapping).
@@ -2198,6 +2451,75 @@ mod tests {
             let record = Value::Object(record.into_iter().collect());
             let got = row(&v(&record), None, &[], Conversion::Strict).unwrap();
             prop_assert!(approx_eq(&got, &record), "{} != {}", got, record);
+        }
+    }
+
+    /// One `RowWriter` over records whose keys change order, case, role and count must write
+    /// exactly what a fresh writer writes for each record alone, errors included.
+    #[test]
+    fn remembered_keys_never_change_a_row() {
+        let schema = schema(json!([
+            {"name": "time", "type": "TIMESTAMP", "mode": "REQUIRED"},
+            {"name": "a", "type": "INTEGER"},
+            {"name": "b", "type": "STRING"},
+            {"name": "tag", "type": "STRING"},
+            {"name": "nested", "type": "RECORD", "fields": [{"name": "x", "type": "INTEGER"}]},
+        ]));
+        let records = [
+            map(&[("a", v(&json!(1))), ("b", v(&json!("x")))]),
+            map(&[("a", v(&json!(2))), ("b", v(&json!("y")))]),
+            // Order swapped: every position misses.
+            map(&[("b", v(&json!("z"))), ("a", v(&json!(3)))]),
+            // Same bytes at position 0 as the last record's, then a new unknown key.
+            map(&[("b", v(&json!("w"))), ("other", v(&json!([1, "two"])))]),
+            // A key the extras replace, at a position that held a schema field.
+            map(&[("b", v(&json!("v"))), ("tag", v(&json!("from record")))]),
+            // Case differs from the schema's name.
+            map(&[("A", v(&json!(4))), ("B", v(&json!("u")))]),
+            // A bad value under a remembered key: an error, nothing written.
+            map(&[("A", v(&json!("not a number"))), ("B", v(&json!("t")))]),
+            // Fewer keys, then more, then a nested record and a non-string key.
+            map(&[("a", v(&json!(5)))]),
+            map(&[
+                ("a", v(&json!(6))),
+                ("b", v(&json!("s"))),
+                ("nested", v(&json!({"x": 7}))),
+                ("c", v(&json!(null))),
+            ]),
+            {
+                let mut r = vec![0x82, 0x01, 0x02];
+                r.extend(v(&json!("a")));
+                r.extend(v(&json!(8)));
+                r
+            },
+            // A nil value: strict writes null, compat drops the key.
+            map(&[("a", v(&json!(null))), ("b", v(&json!("r")))]),
+        ];
+        let with_time = [
+            ("time", Extra::Float(1_700_000_000.5)),
+            ("tag", Extra::Str("app.web")),
+        ];
+        let without_time = [("tag", Extra::Str("app.web"))];
+        for conversion in [Conversion::Strict, Conversion::Compat] {
+            let mut writer = RowWriter::new(Some(&schema), conversion);
+            for (i, record) in records.iter().enumerate() {
+                // Extras change too: the REQUIRED time is missing from every third row.
+                let extras: &[(&str, Extra<'_>)] = if i % 3 == 2 {
+                    &without_time
+                } else {
+                    &with_time
+                };
+                let mut remembered = b"[prefix]".to_vec();
+                let got = writer.write(record, extras, &mut remembered);
+                let mut fresh = b"[prefix]".to_vec();
+                let want = write_row(record, Some(&schema), extras, conversion, &mut fresh);
+                assert_eq!(got, want, "record {i}, {conversion:?}");
+                assert_eq!(
+                    String::from_utf8_lossy(&remembered),
+                    String::from_utf8_lossy(&fresh),
+                    "record {i}, {conversion:?}"
+                );
+            }
         }
     }
 }
