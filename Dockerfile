@@ -16,8 +16,11 @@ COPY src ./src
 COPY emulator ./emulator
 COPY loadgen ./loadgen
 COPY benches ./benches
-# The runtime image has no shell: its writable directories are made here.
-RUN cargo build --release --locked \
+COPY scripts/build-deps.sh ./scripts/
+# ISA-L's build tools, as CI installs them; the runtime image has no shell, so its writable
+# directories are made here.
+RUN scripts/build-deps.sh \
+ && cargo build --release --locked \
  && mkdir -p /out/var/lib/bqforward/buffer /out/var/lib/bqforward/dead-letters
 
 # --- runtime: glibc and CA certificates, no shell, uid 65532 ----------------------------------

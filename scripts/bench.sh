@@ -21,6 +21,7 @@ out=$PWD/target/bench-out
 rm -rf "$out"
 mkdir -p "$out"
 
+scripts/build-deps.sh
 cargo build --release --locked -p bqforward -p bigquery-emulator -p bqforward-loadgen >&2
 bin=$PWD/target/release
 

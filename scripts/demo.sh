@@ -12,6 +12,7 @@ if ! .venv/bin/python -c 'import fluent, msgpack' 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet -r tests/clients/requirements.txt
 fi
+scripts/build-deps.sh
 cargo build --release --locked --workspace
 
 out=$PWD/demo-out

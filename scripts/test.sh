@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Build tools for ISA-L (nasm, autotools), from Debian's packages when missing.
+scripts/build-deps.sh
 # Real fluent clients for the integration tests, pinned.
 if ! .venv/bin/python -c 'import fluent, msgpack' 2>/dev/null; then
   python3 -m venv .venv

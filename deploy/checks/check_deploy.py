@@ -252,7 +252,7 @@ def check_dockerfile(cli):
                     image["copied"].update(dest.rstrip("/") + "/" + f[len(rel):].lstrip("/") for f in sent)
         elif word == "RUN":
             for part in re.split(r"&&|;", args):
-                if re.match(r"\s*cargo\s+build\b", part):
+                if re.match(r"\s*(cargo\s+build\b|scripts/build-deps\.sh)", part):
                     build_cmds.append(" ".join(part.split()))
         elif word == "ENV":
             for key, value in re.findall(r"(\w+)=(\S+)", args):
@@ -274,9 +274,12 @@ def check_dockerfile(cli):
             image["healthcheck"] = form
 
     # The build stage compiles with CI's command.
-    check(build_cmds == ["cargo build --release --locked"],
-          "the build stage runs `cargo build --release --locked`", f"found {build_cmds}")
+    check(build_cmds == ["scripts/build-deps.sh", "cargo build --release --locked"],
+          "the build stage runs scripts/build-deps.sh, then `cargo build --release --locked`",
+          f"found {build_cmds}")
     ci = (ROOT / "scripts" / "test.sh").read_text()
+    check(re.search(r"^scripts/build-deps\.sh$", ci, re.M) is not None,
+          "CI (scripts/test.sh) installs the build tools with the same scripts/build-deps.sh")
     ci_cargo = [l.strip() for l in ci.splitlines() if re.match(r"\s*cargo\s+(build|test|clippy)\b", l)]
     check(bool(ci_cargo) and all("--locked" in l for l in ci_cargo),
           "CI (scripts/test.sh) builds with --locked too, so a stale Cargo.lock fails CI before the image",

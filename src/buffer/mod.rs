@@ -487,11 +487,11 @@ where
                 .entry(Arc::clone(&key))
                 .or_insert_with(|| Chunk::new(Arc::clone(&key)));
             let room = self.room(chunk, &rest);
-            let now: Vec<Entry> = rest.drain(..room).collect();
             if self.persist {
-                self.write_entries(chunk, &now)?;
+                self.write_entries(chunk, &rest[..room])?;
             }
-            for entry in now {
+            chunk.entries.reserve(room);
+            for entry in rest.drain(..room) {
                 let size = entry.size();
                 chunk.bytes += size;
                 chunk.len += 1;

@@ -9,7 +9,7 @@ use crate::codec::msgpack::{Cursor, DEFAULT_MAX_DEPTH, Head, MsgpackError};
 use base64::Engine;
 
 /// A field added to a record on output (fluentd's `<inject>`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Extra<'a> {
     Str(&'a str),
     Float(f64),

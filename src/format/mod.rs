@@ -77,7 +77,7 @@ impl Inject {
         tag: &'a str,
         time: EventTime,
         scratch: &'a mut String,
-    ) -> Vec<(&'a str, Extra<'a>)> {
+    ) -> Extras<'a> {
         let Self {
             time_key,
             time_type,
@@ -85,7 +85,7 @@ impl Inject {
             tag_key,
             hostname,
         } = self;
-        let mut extras: Vec<(&str, Extra<'_>)> = Vec::with_capacity(3);
+        let mut extras = Extras::default();
         if let (Some(key), Some(time_type)) = (time_key.as_deref(), *time_type) {
             let value = match time_type {
                 TimeType::Float => Extra::Float(time.as_f64()),
@@ -107,6 +107,41 @@ impl Inject {
             extras.push((key.as_str(), Extra::Str(name.as_str())));
         }
         extras
+    }
+}
+
+/// The few fields `<inject>` adds to one event (time, tag, hostname, and one more for the
+/// caller), without a heap allocation per event.
+#[derive(Debug, Clone, Copy)]
+pub struct Extras<'a> {
+    items: [(&'a str, Extra<'a>); 4],
+    len: usize,
+}
+
+impl Default for Extras<'_> {
+    fn default() -> Self {
+        Self {
+            items: [("", Extra::Int(0)); 4],
+            len: 0,
+        }
+    }
+}
+
+impl<'a> Extras<'a> {
+    /// Adds a field; past the fourth it is dropped (`inject` makes at most three).
+    pub fn push(&mut self, item: (&'a str, Extra<'a>)) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = item;
+            self.len += 1;
+        }
+    }
+}
+
+impl<'a> std::ops::Deref for Extras<'a> {
+    type Target = [(&'a str, Extra<'a>)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.items[..self.len]
     }
 }
 

@@ -53,10 +53,40 @@ struct Destinations {
     tables: Vec<CachedTemplate>,
     next_table: usize,
     keys: HashMap<(String, String, String), Arc<TableKey>>,
+    /// The last key handed out and what it was rendered from: (table template, tag, second
+    /// or 0 when no template reads the time). Events of one message nearly always share it.
+    last: Option<(usize, Arc<str>, i64, Arc<TableKey>)>,
 }
 
 impl Destinations {
-    fn key(&mut self, table: usize, tag: &str, time: crate::codec::EventTime) -> Arc<TableKey> {
+    fn key(
+        &mut self,
+        table: usize,
+        tag: &Arc<str>,
+        time: crate::codec::EventTime,
+    ) -> Arc<TableKey> {
+        let timed = self.project.template().has_time()
+            || self.dataset.template().has_time()
+            || self.tables[table].template().has_time();
+        let secs = if timed { time.secs } else { 0 };
+        if let Some((last_table, last_tag, last_secs, key)) = &self.last
+            && *last_table == table
+            && *last_secs == secs
+            && (Arc::ptr_eq(last_tag, tag) || **last_tag == **tag)
+        {
+            return Arc::clone(key);
+        }
+        let key = self.render_key(table, tag, time);
+        self.last = Some((table, Arc::clone(tag), secs, Arc::clone(&key)));
+        key
+    }
+
+    fn render_key(
+        &mut self,
+        table: usize,
+        tag: &str,
+        time: crate::codec::EventTime,
+    ) -> Arc<TableKey> {
         let project = self.project.render(tag, time);
         let dataset = self.dataset.render(tag, time);
         let table = self.tables[table].render(tag, time);
@@ -252,6 +282,7 @@ impl BigQueryOutput {
                 tables,
                 next_table: 0,
                 keys: HashMap::new(),
+                last: None,
             }),
             buffer,
             stats,

@@ -205,15 +205,38 @@ impl RequestBuilder<'_> {
 fn finish(body: &mut Vec<u8>, indices: Vec<u32>) -> Request {
     body.extend_from_slice(b"]}");
     let raw_len = body.len();
-    let mut encoder = GzEncoder::new(Vec::with_capacity(raw_len / 4 + 64), Compression::fast());
-    // Writing into a Vec cannot fail.
-    let _ = encoder.write_all(body);
-    let gz = encoder.finish().unwrap_or_default();
+    let gz = gzip(body);
     body.clear();
     Request {
         body: gz,
         indices,
         raw_len,
+    }
+}
+
+/// gzip at level 1 with ISA-L's igzip: on insertAll bodies about twice as fast as zlib-rs at
+/// level 1, and a quarter smaller (README, Performance). Its one-shot compressor needs the
+/// whole output room up front: JSON rows shrink to well under half, and a body that does not
+/// (say, rows of random text) goes through flate2 instead.
+pub fn gzip(raw: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; raw.len() / 2 + 4096];
+    match isal::compress_into(
+        raw,
+        &mut out,
+        isal::CompressionLevel::One,
+        isal::Codec::Gzip,
+    ) {
+        Ok(len) => {
+            out.truncate(len);
+            out
+        }
+        Err(_) => {
+            let mut encoder =
+                GzEncoder::new(Vec::with_capacity(raw.len() + 64), Compression::fast());
+            // Writing into a Vec cannot fail.
+            let _ = encoder.write_all(raw);
+            encoder.finish().unwrap_or_default()
+        }
     }
 }
 
@@ -393,5 +416,37 @@ mod tests {
         );
         assert!(parse_record_accessor("$.a[0]").is_err());
         assert!(parse_record_accessor("$").is_err());
+    }
+
+    /// Both ways a body is gzipped (ISA-L in one shot; flate2 when the output would not fit
+    /// in half the input) give a gzip stream that inflates back to the exact body.
+    #[test]
+    fn gzip_round_trips_compressible_and_incompressible_bodies() {
+        let rows: String = (0..2000)
+            .map(|i| format!(r#"{{"json":{{"n":{i},"path":"/api/v1/orders/{i}"}}}},"#))
+            .collect();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        for (raw, compressible) in [(rows.into_bytes(), true), (noise, false)] {
+            let gz = gzip(&raw);
+            assert_eq!(gz[..2], [0x1f, 0x8b], "a gzip header");
+            assert_eq!(
+                gz.len() < raw.len() / 2,
+                compressible,
+                "{} of {}",
+                gz.len(),
+                raw.len()
+            );
+            let mut back = Vec::new();
+            GzDecoder::new(&gz[..]).read_to_end(&mut back).unwrap();
+            assert!(back == raw, "inflates to the same {} bytes", raw.len());
+        }
     }
 }
