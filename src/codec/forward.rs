@@ -133,6 +133,8 @@ pub struct Decoder {
     scanner: Scanner,
     max_depth: usize,
     max_message_size: usize,
+    /// Least length the buffer must reach to complete the message being read (0: none open).
+    needed: usize,
 }
 
 impl Decoder {
@@ -141,7 +143,14 @@ impl Decoder {
             scanner: Scanner::new(),
             max_depth,
             max_message_size,
+            needed: 0,
         }
+    }
+
+    /// Bytes still to come for the message being read, as far as its heads tell (never past
+    /// the size limit): a reader can make room for them at once instead of growing by steps.
+    pub fn still_needed(&self, buffered: usize) -> usize {
+        self.needed.saturating_sub(buffered)
     }
 
     /// Splits the next complete message off the front of `buf`, or `Ok(None)` until more bytes
@@ -158,14 +167,20 @@ impl Decoder {
                     limit: self.max_message_size,
                 })
             }
-            ScanStatus::Complete(len) => Ok(Some(buf.split_to(len).freeze())),
+            ScanStatus::Complete(len) => {
+                self.needed = 0;
+                Ok(Some(buf.split_to(len).freeze()))
+            }
             ScanStatus::Incomplete { needed } if needed > self.max_message_size => {
                 Err(DecodeError::TooLarge {
                     needed,
                     limit: self.max_message_size,
                 })
             }
-            ScanStatus::Incomplete { .. } => Ok(None),
+            ScanStatus::Incomplete { needed } => {
+                self.needed = needed;
+                Ok(None)
+            }
         }
     }
 }

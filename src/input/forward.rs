@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 /// unbounded buffer would let one peer exhaust memory). Fits fluentd's 8 MiB chunks with room.
 pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
+/// The most a connection reserves ahead for a message it is reading.
+const MAX_RESERVE: usize = 1024 * 1024;
 const MAX_CACHED_TAGS: usize = 1024;
 /// Time allowed for a TLS handshake and for the PING of the `<security>` handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -453,7 +455,11 @@ impl Connection {
             }
         }
         loop {
-            buf.reserve(READ_CHUNK);
+            // Room for the rest of a message being read, up to MAX_RESERVE at once: a large
+            // PackedForward message then costs one allocation, not a copy per doubling. A
+            // peer that only declares a large message gets no more than that.
+            let rest = decoder.still_needed(buf.len()).min(MAX_RESERVE);
+            buf.reserve(rest.max(READ_CHUNK));
             let read = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 read = read_some(&mut reader, &mut buf, self.config.idle_timeout) => read,

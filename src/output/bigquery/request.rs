@@ -62,8 +62,7 @@ impl RequestBuilder<'_> {
     pub fn build(&mut self, indices: &[u32]) -> (Vec<Request>, Vec<Rejected>) {
         let mut requests = Vec::new();
         let mut rejected = Vec::new();
-        let mut body = Vec::with_capacity(64 * 1024);
-        let mut rows: Vec<u32> = Vec::new();
+        let mut rows: Vec<u32> = Vec::with_capacity(indices.len().min(MAX_ROWS));
         let mut scratch = String::new();
         let mut writer = RowWriter::new(self.schema, self.options.conversion);
         let insert_time = self.options.add_insert_timestamp.as_ref().map(|_| {
@@ -74,6 +73,14 @@ impl RequestBuilder<'_> {
         let envelope = self.envelope();
         let max_rows = self.options.max_rows.clamp(1, MAX_ROWS);
         let max_bytes = self.options.max_body_bytes.clamp(1024, MAX_BODY_BYTES);
+        // Room for the whole body up front (a JSON row is about 1.3 times its msgpack record,
+        // plus the insertId), so it is not copied as it grows.
+        let records: usize = indices
+            .iter()
+            .filter_map(|&i| self.entries.get(i as usize))
+            .map(|entry| entry.event.record.len() * 3 / 2 + 64)
+            .sum();
+        let mut body = Vec::with_capacity((envelope.len() + records).min(max_bytes) + 1024);
         for &index in indices {
             let Some(entry) = self.entries.get(index as usize) else {
                 continue;

@@ -24,23 +24,51 @@ pub enum Conversion {
     Compat,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("field '{field}': {reason}")]
-pub struct RowError {
+/// Why a record cannot become a row. Boxed, so the `Result`s of the converter's hot path are
+/// one register wide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError(Box<RowErrorAt>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowErrorAt {
     /// Dotted path, e.g. `http.status` or `tags[2]`; empty when the record itself is bad.
     pub field: String,
     pub reason: String,
 }
 
+impl std::ops::Deref for RowError {
+    type Target = RowErrorAt;
+
+    fn deref(&self) -> &RowErrorAt {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RowError {
+    fn deref_mut(&mut self) -> &mut RowErrorAt {
+        &mut self.0
+    }
+}
+
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "field '{}': {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for RowError {}
+
 impl RowError {
+    #[cold]
     fn leaf(reason: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(RowErrorAt {
             field: String::new(),
             reason: reason.into(),
-        }
+        }))
     }
 
     /// The error happened inside the field `name`.
+    #[cold]
     fn under(mut self, name: &str) -> Self {
         self.field = match self.field.as_bytes().first() {
             None => name.to_owned(),
@@ -51,6 +79,7 @@ impl RowError {
     }
 
     /// The error happened in element `index` of an array.
+    #[cold]
     fn at(mut self, index: u32) -> Self {
         self.field = match self.field.as_bytes().first() {
             None | Some(b'[') => format!("[{index}]{}", self.field),
@@ -119,6 +148,12 @@ struct ExtraSlot {
     field: Option<usize>,
     /// `"name":`
     json: Vec<u8>,
+}
+
+/// Byte equality without a call into libc's memcmp for the short keys records have.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// Positions remembered per record: enough for wide records, bounded against odd ones.
@@ -203,7 +238,7 @@ impl<'a> RowWriter<'a> {
                 }
             };
             let slot = match self.keys.get(position) {
-                Some(slot) if slot.key == key => slot,
+                Some(slot) if same_bytes(&slot.key, key) => slot,
                 _ => {
                     let role = if extras.iter().any(|(name, _)| name.as_bytes() == key) {
                         KeyRole::Replaced
