@@ -10,6 +10,7 @@
 #        (Fluent Bit takes BENCH_FLUENT_BIT_EVENTS, default 1000000: it holds everything it has
 #        acked in memory until its slower http output catches up)
 #        BENCH_PROFILE=1 scripts/bench.sh   also records `perf` samples of the PackedForward run
+#        BENCH_SOAK_SECONDS=600 scripts/bench.sh   only the 10-minute overload soak (RSS over time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -140,6 +141,28 @@ load() {
     --connections "$conns" --events "$events" --label "$label" "$@" 2>> "$out/loadgen.log" \
     | tee -a "$out/table.md"
 }
+
+# BENCH_SOAK_SECONDS=600: only the overload soak. PackedForward with acks as fast as bqforward
+# takes it, so its 64 MiB buffer stays full and `overflow_action block` holds the senders; its
+# RSS (VmRSS) is sampled every 10 s and the run ends with the usual row plus the samples.
+if [ -n "${BENCH_SOAK_SECONDS:-}" ]; then
+  start_bqforward soak bigquery.conf
+  (
+    while kill -0 "$server_pid" 2> /dev/null; do
+      echo "$(date +%s) $(awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$server_pid/status" 2> /dev/null)"
+      sleep 10
+    done
+  ) > "$out/soak-rss.txt" &
+  pids+=("$!")
+  load "bqforward: PackedForward + ack, ${BENCH_SOAK_SECONDS} s of overload (block)" --mode packed --ack \
+    --events 1000000000 --duration "$BENCH_SOAK_SECONDS" --timeout 120
+  stop_server
+  echo
+  echo "RSS MiB every 10 s ($out/soak-rss.txt):"
+  awk 'NF == 2 { printf "%s ", $2; if (NR > 3) { if (min == "" || $2 < min) min = $2; if ($2 > max) max = $2 } }
+       END { print ""; print "after the first 30 s: min " min ", max " max " MiB" }' "$out/soak-rss.txt"
+  exit 0
+fi
 
 {
   echo "Load: $events events of ~300 B (11 fields) per scenario, $conns connections, 500 events per chunk; $(nproc) CPUs; $(uptime | sed 's/.*load/load/')"

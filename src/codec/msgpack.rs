@@ -91,6 +91,32 @@ fn one_byte_head(first: u8) -> Option<Head> {
     })
 }
 
+/// The whole length (head and payload) of the scalar at the start of `buf`, from its marker
+/// and length bytes; `None` for containers, the reserved marker, or too few bytes to tell.
+#[inline(always)]
+fn scalar_len(buf: &[u8]) -> Option<usize> {
+    let first = *buf.first()?;
+    let n8 = || buf.get(1).map(|&n| usize::from(n));
+    let n16 = || be::<2>(buf).map(|n| n as usize);
+    let n32 = || be::<4>(buf).map(|n| n as usize);
+    Some(match first {
+        0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => 1,
+        0xa0..=0xbf => 1 + usize::from(first & 0x1f),
+        0xd9 | 0xc4 => 2 + n8()?,
+        0xda | 0xc5 => 3 + n16()?,
+        0xdb | 0xc6 => 5 + n32()?,
+        0xcc | 0xd0 => 2,
+        0xcd | 0xd1 => 3,
+        0xca | 0xce | 0xd2 => 5,
+        0xcb | 0xcf | 0xd3 => 9,
+        0xd4..=0xd8 => 2 + (1usize << (first - 0xd4)),
+        0xc7 => 3 + n8()?,
+        0xc8 => 4 + n16()?,
+        0xc9 => 6 + n32()?,
+        _ => return None,
+    })
+}
+
 /// Heads whose marker is followed by length, number or extension-type bytes.
 #[inline(always)]
 fn read_wide_head(
@@ -300,9 +326,18 @@ impl<'a> Cursor<'a> {
         let mut open = [0u64; D];
         let mut depth = 0usize;
         loop {
-            let head = self.head()?;
-            self.take(head.payload_len())?;
-            let children = head.children();
+            // Scalars (most of a record) are stepped over by their marker alone.
+            let children = match scalar_len(&self.buf[self.pos..]) {
+                Some(len) if self.pos + len <= self.buf.len() => {
+                    self.pos += len;
+                    0
+                }
+                _ => {
+                    let head = self.head()?;
+                    self.take(head.payload_len())?;
+                    head.children()
+                }
+            };
             if children > 0 {
                 if depth >= max_depth.min(D) {
                     return Err(MsgpackError::TooDeep(max_depth));
@@ -381,6 +416,75 @@ mod tests {
 
     fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
         rmp_serde::to_vec(value).unwrap()
+    }
+
+    /// Values of every marker kind: each width of integer, float, string, binary, extension,
+    /// array and map, nested.
+    fn arb_msgpack() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let scalar = prop_oneof![
+            any::<i64>().prop_map(|n| encode(&n)),
+            any::<u64>().prop_map(|n| encode(&n)),
+            any::<f32>().prop_map(|f| encode(&f)),
+            any::<f64>().prop_map(|f| encode(&f)),
+            any::<bool>().prop_map(|b| encode(&b)),
+            Just(vec![0xc0]),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| {
+                let mut out = Vec::new();
+                rmp::encode::write_bin(&mut out, &b).unwrap();
+                out
+            }),
+            "[a-z]{0,70}".prop_map(|s| encode(&s)),
+            (any::<i8>(), proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(t, d)| {
+                let mut out = Vec::new();
+                rmp::encode::write_ext_meta(&mut out, d.len() as u32, t).unwrap();
+                out.extend(d);
+                out
+            }),
+        ];
+        scalar.prop_recursive(3, 40, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(|items| {
+                    let mut out = Vec::new();
+                    rmp::encode::write_array_len(&mut out, items.len() as u32).unwrap();
+                    items.into_iter().for_each(|i| out.extend(i));
+                    out
+                }),
+                proptest::collection::vec(("[a-z]{1,8}", inner), 0..8).prop_map(|pairs| {
+                    let mut out = Vec::new();
+                    rmp::encode::write_map_len(&mut out, pairs.len() as u32).unwrap();
+                    for (k, v) in pairs {
+                        out.extend(encode(&k));
+                        out.extend(v);
+                    }
+                    out
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// `Cursor::skip_value` (markers stepped over directly) and the resumable scanner
+        /// agree on where a value ends, and on every truncation of it being an error.
+        #[test]
+        fn skip_value_agrees_with_the_scanner(value in arb_msgpack(), trailing in 0usize..3) {
+            let mut bytes = value.clone();
+            bytes.extend(std::iter::repeat_n(0xc0, trailing));
+            let mut cur = Cursor::new(&bytes);
+            proptest::prop_assert_eq!(cur.skip_value(DEFAULT_MAX_DEPTH), Ok(0..value.len()));
+            proptest::prop_assert_eq!(
+                Scanner::new().scan(&bytes, DEFAULT_MAX_DEPTH),
+                Ok(ScanStatus::Complete(value.len()))
+            );
+            for cut in 0..value.len() {
+                let mut cur = Cursor::new(&value[..cut]);
+                proptest::prop_assert_eq!(
+                    cur.skip_value(DEFAULT_MAX_DEPTH),
+                    Err(MsgpackError::Truncated(cut))
+                );
+                proptest::prop_assert_eq!(cur.position(), 0);
+            }
+        }
     }
 
     #[test]
