@@ -442,8 +442,15 @@ fn read_option(
 }
 
 /// Inflates gzip data (several concatenated members too) up to `limit` bytes.
+/// The inflated events are buffered as slices of one allocation, so it is sized to what the
+/// gzip trailer declares (ISIZE, the last member's length; believed only as far as deflate's
+/// 1032:1 bound and `limit` allow) and trimmed when growth left much room unused.
 fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, DecodeError> {
-    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(limit));
+    let declared = data
+        .last_chunk::<4>()
+        .map_or(0, |isize| u32::from_le_bytes(*isize) as usize);
+    let expected = declared.min(data.len().saturating_mul(1032));
+    let mut out = Vec::with_capacity(expected.max(data.len().saturating_mul(4)).min(limit) + 1);
     MultiGzDecoder::new(data)
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
@@ -451,7 +458,15 @@ fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, DecodeError> {
     if out.len() > limit {
         return Err(DecodeError::DecompressedTooLarge(limit));
     }
-    Ok(Bytes::from(out))
+    Ok(trimmed(out))
+}
+
+/// `out` as `Bytes`, without keeping much unused capacity alive with the events sliced from it.
+fn trimmed(mut out: Vec<u8>) -> Bytes {
+    if out.capacity() > out.len() + out.len() / 8 + 4096 {
+        out.shrink_to_fit();
+    }
+    Bytes::from(out)
 }
 
 /// Inflates zstd data (several concatenated frames too, as fluentd >= 1.19 and Fluent Bit
@@ -470,7 +485,7 @@ fn unzstd(mut data: &[u8], limit: usize) -> Result<Bytes, DecodeError> {
             return Err(DecodeError::DecompressedTooLarge(limit));
         }
     }
-    Ok(Bytes::from(out))
+    Ok(trimmed(out))
 }
 
 /// The `{"ack": chunk}` answer, appended to `out`.
