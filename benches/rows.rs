@@ -13,7 +13,7 @@ fn rows(c: &mut Criterion) {
     let records: Vec<_> = common::events(0, 0, common::CHUNK, common::time());
     let schema = Schema::from_json(&serde_json::from_str(common::SCHEMA_JSON).unwrap()).unwrap();
     let extras = [
-        ("time", Extra::Float(common::time().as_f64())),
+        ("time", Extra::Time(common::time())),
         ("tag", Extra::Str("app.web")),
     ];
     let bytes: usize = records.iter().map(|e| e.record.len()).sum();

@@ -14,6 +14,9 @@ pub enum Extra<'a> {
     Str(&'a str),
     Float(f64),
     Int(i64),
+    /// The event time as `time_type float` injects it: the float `as_f64` gives everywhere,
+    /// except where exact seconds can be written instead (a BigQuery TIMESTAMP column).
+    Time(crate::codec::EventTime),
 }
 
 /// Writes `record` (a msgpack map) as a JSON object, followed by `extras` as more fields.
@@ -53,6 +56,7 @@ pub fn write_record(
         match value {
             Extra::Str(s) => write_str(s, out),
             Extra::Float(f) => write_f64(*f, out),
+            Extra::Time(t) => write_f64(t.as_f64(), out),
             Extra::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
         }
         first = false;

@@ -88,7 +88,7 @@ impl Inject {
         let mut extras = Extras::default();
         if let (Some(key), Some(time_type)) = (time_key.as_deref(), *time_type) {
             let value = match time_type {
-                TimeType::Float => Extra::Float(time.as_f64()),
+                TimeType::Float => Extra::Time(time),
                 TimeType::Unixtime => Extra::Int(time.secs),
                 TimeType::String => {
                     scratch.clear();

@@ -150,6 +150,23 @@ struct ExtraSlot {
     json: Vec<u8>,
 }
 
+/// An injected event time into a TIMESTAMP column as exact decimal seconds, which BigQuery
+/// reads as it reads the float (`secs.nanos`, no float formatting on the way). Only for
+/// times at or after the epoch; returns whether it wrote.
+fn exact_timestamp(field: &Field, time: crate::codec::EventTime, out: &mut Vec<u8>) -> bool {
+    if field.field_type != FieldType::Timestamp
+        || field.mode == FieldMode::Repeated
+        || time.secs < 0
+        || time.nanos >= 1_000_000_000
+    {
+        return false;
+    }
+    out.extend_from_slice(itoa::Buffer::new().format(time.secs).as_bytes());
+    out.push(b'.');
+    pad(out, time.nanos, 9);
+    true
+}
+
 /// Byte equality without a call into libc's memcmp for the short keys records have.
 #[inline(always)]
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
@@ -317,6 +334,12 @@ impl<'a> RowWriter<'a> {
             }
             *first = false;
             out.extend_from_slice(&slot.json);
+            if let (Extra::Time(time), Some(i)) = (extra, slot.field)
+                && exact_timestamp(&fields[i], *time, out)
+            {
+                seen.set(i);
+                continue;
+            }
             let val = Val::from_extra(extra);
             match slot.field {
                 Some(i) => {
@@ -390,6 +413,7 @@ impl<'a> Val<'a> {
         match *extra {
             Extra::Str(s) => Val::Str(s.as_bytes()),
             Extra::Float(f) => Val::Float(f),
+            Extra::Time(t) => Val::Float(t.as_f64()),
             Extra::Int(i) => Val::Int(i),
         }
     }
@@ -2554,6 +2578,63 @@ mod tests {
                     String::from_utf8_lossy(&fresh),
                     "record {i}, {conversion:?}"
                 );
+            }
+        }
+    }
+
+    /// An injected event time goes into a TIMESTAMP column as exact seconds, which parse to
+    /// the same float the float path writes; every other column, and times before the epoch,
+    /// get the float text itself.
+    #[test]
+    fn injected_time_is_exact_in_timestamp_columns_and_the_float_elsewhere() {
+        use crate::codec::EventTime;
+        let schema = schema(json!([
+            {"name": "time", "type": "TIMESTAMP"},
+            {"name": "t_float", "type": "FLOAT"},
+            {"name": "t_string", "type": "STRING"},
+        ]));
+        let record = map(&[("msg", v(&json!("x")))]);
+        for time in [
+            EventTime::new(1_764_099_221, 123_456_789),
+            EventTime::new(1_764_099_221, 0),
+            EventTime::new(0, 1),
+            EventTime::new(-5, 500_000_000),
+        ] {
+            for name in ["time", "t_float", "t_string"] {
+                let mut exact = Vec::new();
+                let mut float = Vec::new();
+                let mut writer = RowWriter::new(Some(&schema), Conversion::Strict);
+                writer
+                    .write(&record, &[(name, Extra::Time(time))], &mut exact)
+                    .unwrap();
+                write_row(
+                    &record,
+                    Some(&schema),
+                    &[(name, Extra::Float(time.as_f64()))],
+                    Conversion::Strict,
+                    &mut float,
+                )
+                .unwrap();
+                let exact_text = String::from_utf8(exact.clone()).unwrap();
+                if name == "time" && time.secs >= 0 {
+                    let want = format!("{}.{:09}", time.secs, time.nanos);
+                    assert!(exact_text.contains(&want), "{exact_text} has {want}");
+                    let parsed = |row: &[u8]| {
+                        serde_json::from_slice::<Value>(row).unwrap()[name]
+                            .as_f64()
+                            .unwrap()
+                    };
+                    assert!(
+                        (parsed(&exact) - parsed(&float)).abs() < 1e-6,
+                        "{exact_text}"
+                    );
+                } else {
+                    assert_eq!(
+                        exact_text,
+                        String::from_utf8(float).unwrap(),
+                        "{name} {time:?}"
+                    );
+                }
             }
         }
     }
