@@ -178,11 +178,17 @@ impl Drop for Server {
 }
 
 /// JSON lines of every file under `dir` whose name contains `name_part`, files in name order.
+/// A directory the output has not created yet reads as empty (callers poll with `wait_for`).
 pub fn read_json_lines(dir: &Path, name_part: &str) -> Vec<serde_json::Value> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{d:?}: {e}"),
+        };
+        for entry in entries {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
