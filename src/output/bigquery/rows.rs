@@ -132,7 +132,39 @@ struct KeySlot {
     key: Vec<u8>,
     role: KeyRole,
     /// `"key":`
-    json: Vec<u8>,
+    json: Json,
+}
+
+/// JSON text written for every row, kept also zero-padded to a fixed width when it fits: one
+/// fixed-size copy and a truncate append it without a call into libc's memcpy.
+struct Json {
+    text: Vec<u8>,
+    padded: Option<[u8; Json::PADDED]>,
+}
+
+impl Json {
+    const PADDED: usize = 32;
+
+    fn new(text: Vec<u8>) -> Self {
+        let padded = (text.len() <= Self::PADDED).then(|| {
+            let mut padded = [0u8; Self::PADDED];
+            padded[..text.len()].copy_from_slice(&text);
+            padded
+        });
+        Self { text, padded }
+    }
+
+    #[inline(always)]
+    fn append_to(&self, out: &mut Vec<u8>) {
+        match &self.padded {
+            Some(padded) => {
+                let end = out.len() + self.text.len();
+                out.extend_from_slice(padded);
+                out.truncate(end);
+            }
+            None => out.extend_from_slice(&self.text),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -272,7 +304,7 @@ impl<'a> RowWriter<'a> {
                     let slot = KeySlot {
                         key: key.to_vec(),
                         role,
-                        json,
+                        json: Json::new(json),
                     };
                     if position < self.keys.len() {
                         self.keys[position] = slot;
@@ -521,7 +553,7 @@ impl Converter {
             out.push(b',');
         }
         *first = false;
-        out.extend_from_slice(&slot.json);
+        slot.json.append_to(out);
         match slot.role {
             KeyRole::Field(i) => {
                 *hint = i + 1;
@@ -531,11 +563,31 @@ impl Converter {
                     Ok(val) => val,
                     Err(e) => return Err(value_error(e, field)),
                 };
+                if self.common_scalar(field, val, out) {
+                    return Ok(());
+                }
                 self.field(field, val, cur, out)
                     .map_err(|e| e.under(&field.name))
             }
             _ => Ok(json::write_value(cur, out, DEFAULT_MAX_DEPTH)?),
         }
+    }
+
+    /// The usual pairs of a column type and a value of that type, written inline as `field`
+    /// would write them; false (nothing written) for everything else.
+    #[inline(always)]
+    fn common_scalar(&self, field: &Field, val: Val<'_>, out: &mut Vec<u8>) -> bool {
+        if field.mode == FieldMode::Repeated {
+            return false;
+        }
+        match (field.field_type, val) {
+            (FieldType::String, Val::Str(s)) if !self.compat => write_bytes_as_str(s, out),
+            (FieldType::Integer, Val::Int(n)) => write_int(n, out),
+            (FieldType::Integer, Val::Uint(n)) if n <= i64::MAX as u64 => write_int(n as i64, out),
+            (FieldType::Float, Val::Float(f)) => write_float(f, out),
+            _ => return false,
+        }
+        true
     }
 
     /// REQUIRED fields the record and extras did not give.
@@ -2553,6 +2605,9 @@ mod tests {
             },
             // A nil value: strict writes null, compat drops the key.
             map(&[("a", v(&json!(null))), ("b", v(&json!("r")))]),
+            // Keys whose JSON text is longer than the padded copy holds, then shorter again.
+            map(&[("a_key_that_is_longer_than_the_padded_copy", v(&json!(1)))]),
+            map(&[("a", v(&json!(9))), ("b", v(&json!("q")))]),
         ];
         let with_time = [
             ("time", Extra::Float(1_700_000_000.5)),
