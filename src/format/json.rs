@@ -78,7 +78,7 @@ fn write_key(cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), MsgpackError
     match cur.head()? {
         Head::Str(n) | Head::Bin(n) => {
             let range = cur.take(n as usize)?;
-            write_key_bytes(cur.slice(range), out);
+            write_bytes_as_str(cur.slice(range), out);
         }
         _ => {
             // A non-string key becomes the string of its JSON text, as Ruby's to_s would.
@@ -163,11 +163,6 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
         // serde_json's escaping; writing into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
     }
-}
-
-/// A map key as a JSON string (keys and values take the same path).
-pub fn write_key_bytes(bytes: &[u8], out: &mut Vec<u8>) {
-    write_bytes_as_str(bytes, out);
 }
 
 /// Bytes as a JSON string. The usual case, ASCII with nothing to escape, is copied as it is;

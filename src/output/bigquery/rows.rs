@@ -199,6 +199,16 @@ fn exact_timestamp(field: &Field, time: crate::codec::EventTime, out: &mut Vec<u
     true
 }
 
+/// The schema field named `key` (case-insensitively, as BigQuery matches names). Records of one
+/// source list their keys in the schema's order more often than not: the field at `hint` (the
+/// one after the last match) is tried before scanning them all.
+fn find_field(fields: &[Field], hint: usize, key: &[u8]) -> Option<usize> {
+    match fields.get(hint) {
+        Some(f) if f.name.as_bytes().eq_ignore_ascii_case(key) => Some(hint),
+        _ => field_index(fields, key),
+    }
+}
+
 /// Byte equality without a call into libc's memcmp for the short keys records have.
 #[inline(always)]
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
@@ -269,20 +279,8 @@ impl<'a> RowWriter<'a> {
             let key = match cur.head()? {
                 Head::Str(n) | Head::Bin(n) => take(&mut cur, n)?,
                 _ => {
-                    // A non-string key: the general path, not remembered.
-                    cur.set_position(key_start);
-                    let mut key_cur = cur.clone();
-                    cur.skip_value(DEFAULT_MAX_DEPTH)?;
-                    if converter.compat && next_is_nil(&mut cur)? {
-                        continue;
-                    }
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
-                    write_json_text_as_str(&mut key_cur, out)?;
-                    out.push(b':');
-                    json::write_value(&mut cur, out, DEFAULT_MAX_DEPTH)?;
+                    // Not remembered.
+                    converter.non_string_key(key_start, &mut cur, &mut first, out)?;
                     continue;
                 }
             };
@@ -292,14 +290,10 @@ impl<'a> RowWriter<'a> {
                     let role = if extras.iter().any(|(name, _)| name.as_bytes() == key) {
                         KeyRole::Replaced
                     } else {
-                        let found = match fields.get(hint) {
-                            Some(f) if f.name.as_bytes().eq_ignore_ascii_case(key) => Some(hint),
-                            _ => field_index(fields, key),
-                        };
-                        found.map_or(KeyRole::Unknown, KeyRole::Field)
+                        find_field(fields, hint, key).map_or(KeyRole::Unknown, KeyRole::Field)
                     };
                     let mut json = Vec::with_capacity(key.len() + 3);
-                    json::write_key_bytes(key, &mut json);
+                    write_bytes_as_str(key, &mut json);
                     json.push(b':');
                     let slot = KeySlot {
                         key: key.to_vec(),
@@ -612,37 +606,28 @@ impl Converter {
         }
     }
 
-    /// A map's `pairs` entries (cursor after the map head), then `extras`.
+    /// A nested RECORD's `pairs` entries (cursor after the map head). The top level goes
+    /// through `RowWriter`, which also remembers keys and adds the extras.
     fn record(
         &self,
         fields: &[Field],
         cur: &mut Cursor<'_>,
         pairs: u32,
-        extras: &[(&str, Extra<'_>)],
         out: &mut Vec<u8>,
     ) -> Result<(), RowError> {
         let mut seen = Seen::new(fields.len());
         let mut first = true;
-        // Records of one source list their keys in the schema's order more often than not:
-        // try the field after the last one matched before scanning them all.
         let mut hint = 0usize;
         out.push(b'{');
         for _ in 0..pairs {
             let key_start = cur.position();
             let key = match cur.head()? {
-                Head::Str(n) | Head::Bin(n) => Some(take(cur, n)?),
+                Head::Str(n) | Head::Bin(n) => take(cur, n)?,
                 _ => {
-                    cur.set_position(key_start);
-                    cur.skip_value(DEFAULT_MAX_DEPTH)?;
-                    None
+                    self.non_string_key(key_start, cur, &mut first, out)?;
+                    continue;
                 }
             };
-            if let Some(key) = key
-                && extras.iter().any(|(name, _)| name.as_bytes() == key)
-            {
-                cur.skip_value(DEFAULT_MAX_DEPTH)?;
-                continue;
-            }
             if self.compat && next_is_nil(cur)? {
                 // The plugin skips nil values (`next if value.nil?`), so a nil under an
                 // unknown key never reaches BigQuery as "no such field".
@@ -652,67 +637,49 @@ impl Converter {
                 out.push(b',');
             }
             first = false;
-            let index = match key {
-                Some(key) => {
-                    json::write_key_bytes(key, out);
-                    let found = match fields.get(hint) {
-                        Some(f) if f.name.as_bytes().eq_ignore_ascii_case(key) => Some(hint),
-                        _ => field_index(fields, key),
-                    };
-                    if let Some(i) = found {
-                        hint = i + 1;
-                    }
-                    found
-                }
-                None => {
-                    // A non-string key: its JSON text as a string, as format::json writes it.
-                    let mut key_cur = cur.clone();
-                    key_cur.set_position(key_start);
-                    write_json_text_as_str(&mut key_cur, out)?;
-                    None
-                }
-            };
+            write_bytes_as_str(key, out);
             out.push(b':');
-            match index {
+            match find_field(fields, hint, key) {
                 Some(i) => {
+                    hint = i + 1;
                     seen.set(i);
                     let field = &fields[i];
-                    let val = Val::read(cur).map_err(|e| RowError::from(e).under(&field.name))?;
+                    let val = Val::read(cur).map_err(|e| value_error(e, field))?;
                     self.field(field, val, cur, out)
                         .map_err(|e| e.under(&field.name))?;
                 }
                 None => json::write_value(cur, out, DEFAULT_MAX_DEPTH)?,
             }
         }
-        for (name, extra) in extras {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            json::write_str(name, out);
-            out.push(b':');
-            let val = Val::from_extra(extra);
-            match field_index(fields, name.as_bytes()) {
-                Some(i) => {
-                    seen.set(i);
-                    let field = &fields[i];
-                    self.field(field, val, &mut Cursor::new(&[]), out)
-                        .map_err(|e| e.under(&field.name))?;
-                }
-                None => plain_scalar(val, out),
-            }
-        }
         if !self.compat {
-            let missing = fields
-                .iter()
-                .enumerate()
-                .find(|(i, f)| f.mode == FieldMode::Required && !seen.get(*i));
-            if let Some((_, f)) = missing {
-                return Err(RowError::leaf("missing required field").under(&f.name));
-            }
+            self.check_required(fields, &seen, None)?;
         }
         out.push(b'}');
         Ok(())
+    }
+
+    /// A key that is not a string (the cursor on it, at `key_start`) and its value: the key's
+    /// JSON text as a string, as format::json writes it, never a schema field.
+    fn non_string_key(
+        &self,
+        key_start: usize,
+        cur: &mut Cursor<'_>,
+        first: &mut bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowError> {
+        cur.set_position(key_start);
+        let mut key_cur = cur.clone();
+        cur.skip_value(DEFAULT_MAX_DEPTH)?;
+        if self.compat && next_is_nil(cur)? {
+            return Ok(());
+        }
+        if !*first {
+            out.push(b',');
+        }
+        *first = false;
+        write_json_text_as_str(&mut key_cur, out)?;
+        out.push(b':');
+        Ok(json::write_value(cur, out, DEFAULT_MAX_DEPTH)?)
     }
 
     /// One field's value, per its mode.
@@ -777,7 +744,7 @@ impl Converter {
         let ty = field.field_type;
         match ty {
             FieldType::Record => match val {
-                Val::Map(pairs) => self.record(&field.fields, cur, pairs, &[], out),
+                Val::Map(pairs) => self.record(&field.fields, cur, pairs, out),
                 other => Err(RowError::leaf(format!(
                     "RECORD needs a map, got {}",
                     other.describe()
