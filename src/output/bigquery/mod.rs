@@ -53,8 +53,9 @@ struct Destinations {
     tables: Vec<CachedTemplate>,
     next_table: usize,
     keys: HashMap<(String, String, String), Arc<TableKey>>,
-    /// The last key handed out and what it was rendered from: (table template, tag, second
-    /// or 0 when no template reads the time). Events of one message nearly always share it.
+    /// The last key handed out and what it was rendered from: (table template, tag, second;
+    /// templates resolve no finer than the second). Events of one message nearly always
+    /// share it.
     last: Option<(usize, Arc<str>, i64, Arc<TableKey>)>,
 }
 
@@ -65,10 +66,7 @@ impl Destinations {
         tag: &Arc<str>,
         time: crate::codec::EventTime,
     ) -> Arc<TableKey> {
-        let timed = self.project.template().has_time()
-            || self.dataset.template().has_time()
-            || self.tables[table].template().has_time();
-        let secs = if timed { time.secs } else { 0 };
+        let secs = time.secs;
         if let Some((last_table, last_tag, last_secs, key)) = &self.last
             && *last_table == table
             && *last_secs == secs
