@@ -73,7 +73,8 @@ fn shadowed(written: &[u8], extras: &[(&str, Extra<'_>)]) -> bool {
         .any(|(name, _)| key.len() == name.len() + 2 && &key[1..key.len() - 1] == name.as_bytes())
 }
 
-fn write_key(cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), MsgpackError> {
+/// A map key as a JSON string: a string key as it is, any other the string of its JSON text.
+pub fn write_key(cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), MsgpackError> {
     let start = cur.position();
     match cur.head()? {
         Head::Str(n) | Head::Bin(n) => {
@@ -110,28 +111,8 @@ pub fn write_value(
             let range = cur.take(n as usize)?;
             write_bytes_as_str(cur.slice(range), out);
         }
-        Head::Array(n) => {
-            out.push(b'[');
-            for i in 0..n {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(cur, out, depth - 1)?;
-            }
-            out.push(b']');
-        }
-        Head::Map(n) => {
-            out.push(b'{');
-            for i in 0..n {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_key(cur, out)?;
-                out.push(b':');
-                write_value(cur, out, depth - 1)?;
-            }
-            out.push(b'}');
-        }
+        Head::Array(n) => write_array(n, cur, out, depth - 1)?,
+        Head::Map(n) => write_map(n, cur, out, depth - 1)?,
         Head::Ext(0, 8) => {
             let range = cur.take(8)?;
             let bytes = cur.slice(range);
@@ -144,6 +125,44 @@ pub fn write_value(
             write_str(&encoded, out);
         }
     }
+    Ok(())
+}
+
+/// An array whose head (`n` elements) was just read: its elements, each at most `depth` deep.
+pub fn write_array(
+    n: u32,
+    cur: &mut Cursor<'_>,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<(), MsgpackError> {
+    out.push(b'[');
+    for i in 0..n {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_value(cur, out, depth)?;
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// A map whose head (`n` pairs) was just read: its pairs, each value at most `depth` deep.
+pub fn write_map(
+    n: u32,
+    cur: &mut Cursor<'_>,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<(), MsgpackError> {
+    out.push(b'{');
+    for i in 0..n {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_key(cur, out)?;
+        out.push(b':');
+        write_value(cur, out, depth)?;
+    }
+    out.push(b'}');
     Ok(())
 }
 

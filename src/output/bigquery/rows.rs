@@ -677,7 +677,7 @@ impl Converter {
             out.push(b',');
         }
         *first = false;
-        write_json_text_as_str(&mut key_cur, out)?;
+        json::write_key(&mut key_cur, out)?;
         out.push(b':');
         Ok(json::write_value(cur, out, DEFAULT_MAX_DEPTH)?)
     }
@@ -1081,31 +1081,13 @@ fn write_quoted_ascii(s: &[u8], out: &mut Vec<u8>) {
 /// The value's plain JSON (format::json's mapping).
 fn plain(val: Val<'_>, cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), MsgpackError> {
     match val {
-        Val::Array(n) => {
-            out.push(b'[');
-            for i in 0..n {
-                if i > 0 {
-                    out.push(b',');
-                }
-                json::write_value(cur, out, DEFAULT_MAX_DEPTH)?;
-            }
-            out.push(b']');
+        Val::Array(n) => json::write_array(n, cur, out, DEFAULT_MAX_DEPTH),
+        Val::Map(n) => json::write_map(n, cur, out, DEFAULT_MAX_DEPTH),
+        scalar => {
+            plain_scalar(scalar, out);
+            Ok(())
         }
-        Val::Map(n) => {
-            out.push(b'{');
-            for i in 0..n {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_json_text_as_str_or_key(cur, out)?;
-                out.push(b':');
-                json::write_value(cur, out, DEFAULT_MAX_DEPTH)?;
-            }
-            out.push(b'}');
-        }
-        scalar => plain_scalar(scalar, out),
     }
-    Ok(())
 }
 
 fn plain_scalar(val: Val<'_>, out: &mut Vec<u8>) {
@@ -1124,30 +1106,6 @@ fn plain_scalar(val: Val<'_>, out: &mut Vec<u8>) {
         // Containers are written by `plain`.
         Val::Array(_) | Val::Map(_) => out.extend_from_slice(b"null"),
     }
-}
-
-/// A map key inside a plain value: strings as themselves, others as their JSON text.
-fn write_json_text_as_str_or_key(
-    cur: &mut Cursor<'_>,
-    out: &mut Vec<u8>,
-) -> Result<(), MsgpackError> {
-    let start = cur.position();
-    match cur.head()? {
-        Head::Str(n) | Head::Bin(n) => write_bytes_as_str(take(cur, n)?, out),
-        _ => {
-            cur.set_position(start);
-            write_json_text_as_str(cur, out)?;
-        }
-    }
-    Ok(())
-}
-
-/// The next value's JSON text, as a JSON string.
-fn write_json_text_as_str(cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), MsgpackError> {
-    let mark = out.len();
-    json::write_value(cur, out, DEFAULT_MAX_DEPTH)?;
-    quote_in_place(out, mark);
-    Ok(())
 }
 
 /// `val`'s JSON text, as a JSON string.
