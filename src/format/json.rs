@@ -57,7 +57,7 @@ pub fn write_record(
             Extra::Str(s) => write_str(s, out),
             Extra::Float(f) => write_f64(*f, out),
             Extra::Time(t) => write_f64(t.as_f64(), out),
-            Extra::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+            Extra::Int(i) => write_integer(*i, out),
         }
         first = false;
     }
@@ -103,8 +103,8 @@ pub fn write_value(
     match cur.head()? {
         Head::Nil => out.extend_from_slice(b"null"),
         Head::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-        Head::Uint(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-        Head::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        Head::Uint(n) => write_integer(n, out),
+        Head::Int(n) => write_integer(n, out),
         Head::F32(f) => write_f64(f64::from(f), out),
         Head::F64(f) => write_f64(f, out),
         Head::Str(n) | Head::Bin(n) => {
@@ -117,7 +117,7 @@ pub fn write_value(
             let range = cur.take(8)?;
             let bytes = cur.slice(range);
             let secs = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            out.extend_from_slice(itoa::Buffer::new().format(secs).as_bytes());
+            write_integer(secs, out);
         }
         Head::Ext(_, n) => {
             let range = cur.take(n as usize)?;
@@ -168,11 +168,23 @@ pub fn write_map(
 
 fn write_f64(f: f64, out: &mut Vec<u8>) {
     if f.is_finite() {
-        // serde_json prints the shortest representation that round-trips.
-        let _ = serde_json::to_writer(&mut *out, &f);
+        write_finite_f64(f, out);
     } else {
         out.extend_from_slice(b"null");
     }
+}
+
+/// The shortest text that reads back as `f` (zmij, as serde_json writes floats). `f` must be
+/// finite: JSON has no text for the others.
+#[inline]
+pub fn write_finite_f64(f: f64, out: &mut Vec<u8>) {
+    append_bytes(zmij::Buffer::new().format_finite(f).as_bytes(), out);
+}
+
+/// An integer's decimal digits.
+#[inline]
+pub fn write_integer(n: impl itoa::Integer, out: &mut Vec<u8>) {
+    append_bytes(itoa::Buffer::new().format(n).as_bytes(), out);
 }
 
 pub fn write_str(s: &str, out: &mut Vec<u8>) {
@@ -202,11 +214,61 @@ pub fn write_bytes_as_str(bytes: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+#[inline(always)]
 fn write_quoted_plain(bytes: &[u8], out: &mut Vec<u8>) {
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    out.extend_from_slice(bytes);
-    out.push(b'"');
+    let n = bytes.len();
+    if n > SHORT {
+        out.reserve(n + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    // Quotes all over room for the longest short string, then the bytes over the middle.
+    let start = out.len();
+    out.extend_from_slice(&[b'"'; SHORT + 2]);
+    copy_short(bytes, &mut out[start + 1..start + 1 + n]);
+    out.truncate(start + n + 2);
+}
+
+/// Strings up to this long are copied by `copy_short`.
+const SHORT: usize = 32;
+
+/// Appends `bytes`; short ones (most keys, values and numbers' digits) without a call into
+/// libc's memcpy, which for a few bytes costs more than the copy.
+#[inline(always)]
+pub fn append_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    let n = bytes.len();
+    if n > SHORT {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    let start = out.len();
+    out.extend_from_slice(&[0; SHORT]);
+    copy_short(bytes, &mut out[start..start + n]);
+    out.truncate(start + n);
+}
+
+/// Copies `src` (at most `SHORT` bytes) into `dst` of the same length with two fixed-size,
+/// possibly overlapping moves, as memcpy itself does for small sizes.
+#[inline(always)]
+fn copy_short(src: &[u8], dst: &mut [u8]) {
+    let n = src.len();
+    debug_assert!(n == dst.len() && n <= SHORT);
+    if n >= 16 {
+        dst[..16].copy_from_slice(&src[..16]);
+        dst[n - 16..].copy_from_slice(&src[n - 16..]);
+    } else if n >= 8 {
+        dst[..8].copy_from_slice(&src[..8]);
+        dst[n - 8..].copy_from_slice(&src[n - 8..]);
+    } else if n >= 4 {
+        dst[..4].copy_from_slice(&src[..4]);
+        dst[n - 4..].copy_from_slice(&src[n - 4..]);
+    } else if n > 0 {
+        dst[0] = src[0];
+        dst[n / 2] = src[n / 2];
+        dst[n - 1] = src[n - 1];
+    }
 }
 
 /// True when every byte is printable ASCII other than `"` and `\\`: such bytes are valid
@@ -305,6 +367,50 @@ mod tests {
         let mut out = Vec::new();
         write_record(&rec, &[], &mut out).unwrap();
         assert_eq!(out, br#"{"f":null}"#);
+    }
+
+    /// The fixed-size moves of short copies cover every byte of every length, after whatever
+    /// the buffer already holds, and leave nothing past the end.
+    #[test]
+    fn short_copies_are_exact_at_every_length() {
+        let text: Vec<u8> = (0..70u8)
+            .map(|i| b'!' + i % 90)
+            .filter(|&b| b != b'\\')
+            .collect();
+        for len in 0..text.len() {
+            let bytes = &text[..len];
+            let mut out = b"prefix".to_vec();
+            append_bytes(bytes, &mut out);
+            assert_eq!(out, [&b"prefix"[..], bytes].concat(), "append {len}");
+            let mut quoted = b"prefix".to_vec();
+            write_bytes_as_str(bytes, &mut quoted);
+            let expected = serde_json::to_vec(std::str::from_utf8(bytes).unwrap()).unwrap();
+            assert_eq!(quoted, [&b"prefix"[..], &expected].concat(), "quoted {len}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_serde_json_writes_them() {
+        for n in [0i64, 7, -7, 1 << 53, i64::MIN, i64::MAX] {
+            let mut out = Vec::new();
+            write_integer(n, &mut out);
+            assert_eq!(out, serde_json::to_vec(&n).unwrap());
+        }
+        for f in [
+            0.0,
+            -0.0,
+            1.5,
+            1e21,
+            1e-7,
+            0.1 + 0.2,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            1428.5714285714287,
+        ] {
+            let mut out = Vec::new();
+            write_finite_f64(f, &mut out);
+            assert_eq!(out, serde_json::to_vec(&f).unwrap(), "{f}");
+        }
     }
 
     proptest::proptest! {

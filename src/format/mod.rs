@@ -72,6 +72,7 @@ impl Inject {
     }
 
     /// The fields to add to one event's record; a string time is formatted into `scratch`.
+    #[inline]
     pub fn extras<'a>(
         &'a mut self,
         tag: &'a str,

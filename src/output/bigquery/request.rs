@@ -9,7 +9,7 @@ use super::schema::Schema;
 use crate::buffer::Entry;
 use crate::codec::msgpack::{self, Cursor, Head};
 use crate::format::Inject;
-use crate::format::json::write_str;
+use crate::format::json::{write_integer, write_str};
 
 /// BigQuery's hard row limit per request.
 pub const MAX_ROWS: usize = 50_000;
@@ -169,7 +169,7 @@ impl RequestBuilder<'_> {
                 out.extend_from_slice(b"\"");
                 out.extend_from_slice(self.chunk_hex.as_bytes());
                 out.push(b'-');
-                out.extend_from_slice(itoa::Buffer::new().format(index).as_bytes());
+                write_integer(index, out);
                 out.extend_from_slice(b"\"");
             }
         }

@@ -10,7 +10,7 @@
 
 use super::schema::{Field, FieldMode, FieldType, Schema, field_index};
 use crate::codec::msgpack::{Cursor, DEFAULT_MAX_DEPTH, Head, MsgpackError};
-use crate::format::json::{self, Extra, write_bytes_as_str};
+use crate::format::json::{self, Extra, write_bytes_as_str, write_finite_f64, write_integer};
 use base64::Engine;
 
 /// How values that do not match their column type are treated.
@@ -127,23 +127,92 @@ pub struct RowWriter<'a> {
     required: Option<u64>,
 }
 
-/// What a record's key at one position was last time.
+/// What a record's key at one position was last time. What a row needs of it is kept in the
+/// slot itself, not behind a pointer: the key as words to compare, and its JSON padded.
 struct KeySlot {
-    key: Vec<u8>,
+    key: Key,
     role: KeyRole,
     /// `"key":`
     json: Json,
 }
 
+/// A key to compare record keys against: keys of up to 32 bytes as the words `key_words`
+/// makes of them, longer ones as bytes.
+struct Key {
+    len: usize,
+    words: Option<(u128, u128)>,
+    long: Vec<u8>,
+}
+
+impl Key {
+    fn new(key: &[u8]) -> Self {
+        let words = key_words(key);
+        Key {
+            len: key.len(),
+            words,
+            long: if words.is_some() {
+                Vec::new()
+            } else {
+                key.to_vec()
+            },
+        }
+    }
+
+    #[inline(always)]
+    fn matches(&self, key: &[u8]) -> bool {
+        key.len() == self.len
+            && match self.words {
+                Some(words) => key_words(key) == Some(words),
+                None => self.long == key,
+            }
+    }
+}
+
+/// Up to 32 bytes as two words: the first and the last 16, 8 or 4 bytes (overlapping when
+/// shorter than twice that), or the first, middle and last byte. Together with the length
+/// they give every byte, so two keys of one length are equal exactly when their words are.
+#[inline(always)]
+fn key_words(s: &[u8]) -> Option<(u128, u128)> {
+    let n = s.len();
+    Some(match n {
+        16..=32 => (
+            u128::from_ne_bytes(word(s, 0)),
+            u128::from_ne_bytes(word(s, n - 16)),
+        ),
+        8..=15 => (
+            u64::from_ne_bytes(word(s, 0)).into(),
+            u64::from_ne_bytes(word(s, n - 8)).into(),
+        ),
+        4..=7 => (
+            u32::from_ne_bytes(word(s, 0)).into(),
+            u32::from_ne_bytes(word(s, n - 4)).into(),
+        ),
+        1..=3 => (
+            u128::from(s[0]) | u128::from(s[n / 2]) << 8 | u128::from(s[n - 1]) << 16,
+            0,
+        ),
+        0 => (0, 0),
+        _ => return None,
+    })
+}
+
+/// The `N` bytes of `s` at `at` as an array.
+#[inline(always)]
+fn word<const N: usize>(s: &[u8], at: usize) -> [u8; N] {
+    let mut w = [0u8; N];
+    w.copy_from_slice(&s[at..at + N]);
+    w
+}
+
 /// JSON text written for every row, kept also zero-padded to a fixed width when it fits: one
-/// fixed-size copy and a truncate append it without a call into libc's memcpy.
+/// fixed-size copy and a truncate append it.
 struct Json {
     text: Vec<u8>,
     padded: Option<[u8; Json::PADDED]>,
 }
 
 impl Json {
-    const PADDED: usize = 32;
+    const PADDED: usize = 48;
 
     fn new(text: Vec<u8>) -> Self {
         let padded = (text.len() <= Self::PADDED).then(|| {
@@ -193,7 +262,7 @@ fn exact_timestamp(field: &Field, time: crate::codec::EventTime, out: &mut Vec<u
     {
         return false;
     }
-    out.extend_from_slice(itoa::Buffer::new().format(time.secs).as_bytes());
+    write_integer(time.secs, out);
     out.push(b'.');
     pad(out, time.nanos, 9);
     true
@@ -207,12 +276,6 @@ fn find_field(fields: &[Field], hint: usize, key: &[u8]) -> Option<usize> {
         Some(f) if f.name.as_bytes().eq_ignore_ascii_case(key) => Some(hint),
         _ => field_index(fields, key),
     }
-}
-
-/// Byte equality without a call into libc's memcmp for the short keys records have.
-#[inline(always)]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// Positions remembered per record: enough for wide records, bounded against odd ones.
@@ -285,7 +348,7 @@ impl<'a> RowWriter<'a> {
                 }
             };
             let slot = match self.keys.get(position) {
-                Some(slot) if same_bytes(&slot.key, key) => slot,
+                Some(slot) if slot.key.matches(key) => slot,
                 _ => {
                     let role = if extras.iter().any(|(name, _)| name.as_bytes() == key) {
                         KeyRole::Replaced
@@ -296,7 +359,7 @@ impl<'a> RowWriter<'a> {
                     write_bytes_as_str(key, &mut json);
                     json.push(b':');
                     let slot = KeySlot {
-                        key: key.to_vec(),
+                        key: Key::new(key),
                         role,
                         json: Json::new(json),
                     };
@@ -819,8 +882,8 @@ impl Converter {
 
     fn float(&self, val: Val<'_>, out: &mut Vec<u8>) -> Result<(), RowError> {
         match val {
-            Val::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-            Val::Uint(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+            Val::Int(n) => write_integer(n, out),
+            Val::Uint(n) => write_integer(n, out),
             Val::Float(f) => write_float(f, out),
             Val::Time(secs, nanos) => write_float(f64::from(secs) + f64::from(nanos) / 1e9, out),
             Val::Str(s) | Val::Bin(s) if self.compat => write_float(ruby_to_f(s), out),
@@ -855,7 +918,7 @@ impl Converter {
             Val::Time(secs, nanos) if nanos < 1_000_000_000 => {
                 // Exact: NUMERIC keeps 9 decimal places.
                 out.push(b'"');
-                out.extend_from_slice(itoa::Buffer::new().format(secs).as_bytes());
+                write_integer(secs, out);
                 out.push(b'.');
                 pad(out, nanos, 9);
                 out.push(b'"');
@@ -922,7 +985,7 @@ impl Converter {
             // Numbers are epoch seconds (https://cloud.google.com/bigquery/docs/reference/standard-sql/data-types#timestamp_type
             // for the text forms; insertAll takes numeric seconds as load jobs do).
             Val::Int(n) => write_int(n, out),
-            Val::Uint(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+            Val::Uint(n) => write_integer(n, out),
             Val::Float(f) if f.is_finite() => write_float(f, out),
             Val::Time(secs, nanos) => write_event_time(FieldType::Timestamp, secs, nanos, out),
             Val::Str(s) | Val::Bin(s) => {
@@ -1023,12 +1086,10 @@ fn base64_padding(s: &[u8]) -> Option<usize> {
 /// Integers within ±(2^53-1) as JSON numbers, others as strings (see the module comment).
 fn write_int(n: i64, out: &mut Vec<u8>) {
     const SAFE: i64 = (1 << 53) - 1;
-    let mut text = itoa::Buffer::new();
-    let digits = text.format(n);
     if (-SAFE..=SAFE).contains(&n) {
-        out.extend_from_slice(digits.as_bytes());
+        write_integer(n, out);
     } else {
-        write_quoted(digits, out);
+        write_quoted(itoa::Buffer::new().format(n), out);
     }
 }
 
@@ -1044,7 +1105,7 @@ fn write_big_int(digits: &str, out: &mut Vec<u8>) {
 /// "-Infinity"; googleapis/google-cloud-go#2408, googleapis/python-bigquery#696).
 fn write_float(f: f64, out: &mut Vec<u8>) {
     if f.is_finite() {
-        let _ = serde_json::to_writer(&mut *out, &f);
+        write_finite_f64(f, out);
     } else {
         write_quoted(non_finite_name(f), out);
     }
@@ -1094,14 +1155,14 @@ fn plain_scalar(val: Val<'_>, out: &mut Vec<u8>) {
     match val {
         Val::Nil => out.extend_from_slice(b"null"),
         Val::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
-        Val::Uint(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-        Val::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        Val::Uint(n) => write_integer(n, out),
+        Val::Int(n) => write_integer(n, out),
         Val::Float(f) if f.is_finite() => {
             let _ = serde_json::to_writer(&mut *out, &f);
         }
         Val::Float(_) => out.extend_from_slice(b"null"),
         Val::Str(s) | Val::Bin(s) => write_bytes_as_str(s, out),
-        Val::Time(secs, _) => out.extend_from_slice(itoa::Buffer::new().format(secs).as_bytes()),
+        Val::Time(secs, _) => write_integer(secs, out),
         Val::Ext(b) => json::write_str(&base64::engine::general_purpose::STANDARD.encode(b), out),
         // Containers are written by `plain`.
         Val::Array(_) | Val::Map(_) => out.extend_from_slice(b"null"),
@@ -2487,6 +2548,23 @@ mod tests {
             let record = Value::Object(record.into_iter().collect());
             let got = row(&v(&record), None, &[], Conversion::Strict).unwrap();
             prop_assert!(approx_eq(&got, &record), "{} != {}", got, record);
+        }
+    }
+
+    /// The word compares of remembered keys see a difference at every position of every length.
+    #[test]
+    fn key_comparison_is_exact_at_every_length_and_position() {
+        let key: Vec<u8> = (b'a'..=b'z').chain(b'A'..=b'Z').collect();
+        for len in 0..key.len() {
+            let a = &key[..len];
+            let remembered = Key::new(a);
+            assert!(remembered.matches(&key[..len]), "{len}");
+            assert!(!remembered.matches(&key[..len + 1]), "{len} vs longer");
+            for at in 0..len {
+                let mut b = a.to_vec();
+                b[at] ^= 0x20;
+                assert!(!remembered.matches(&b), "{len} differing at {at}");
+            }
         }
     }
 
