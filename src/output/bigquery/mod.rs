@@ -66,18 +66,24 @@ impl Destinations {
         table: usize,
         tag: &Arc<str>,
         time: crate::codec::EventTime,
-    ) -> Arc<TableKey> {
+    ) -> &Arc<TableKey> {
         let secs = time.secs;
-        if let Some((last_table, last_tag, last_secs, key)) = &self.last
-            && *last_table == table
-            && *last_secs == secs
-            && (Arc::ptr_eq(last_tag, tag) || **last_tag == **tag)
-        {
-            return Arc::clone(key);
-        }
-        let key = self.render_key(table, tag, time);
-        self.last = Some((table, Arc::clone(tag), secs, Arc::clone(&key)));
-        key
+        let last = match self.last.take() {
+            Some(last)
+                if last.0 == table
+                    && last.2 == secs
+                    && (Arc::ptr_eq(&last.1, tag) || *last.1 == **tag) =>
+            {
+                last
+            }
+            _ => (
+                table,
+                Arc::clone(tag),
+                secs,
+                self.render_key(table, tag, time),
+            ),
+        };
+        &self.last.insert(last).3
     }
 
     fn render_key(
@@ -302,15 +308,21 @@ impl BigQueryOutput {
         // With `tables`, batches take the tables in turn (the plugin rotates per chunk).
         let table = dest.next_table % dest.tables.len();
         dest.next_table = dest.next_table.wrapping_add(1);
-        for event in batch.events {
+        let mut events = batch.events.into_iter();
+        while let Some(event) = events.next() {
             let key = dest.key(table, &batch.tag, event.time);
             let entry = Entry {
                 tag: Arc::clone(&batch.tag),
                 event,
             };
             match groups.last_mut() {
-                Some((last, entries)) if Arc::ptr_eq(last, &key) => entries.push(entry),
-                _ => groups.push((key, vec![entry])),
+                Some((last, entries)) if Arc::ptr_eq(last, key) => entries.push(entry),
+                _ => {
+                    // Room for the rest of the batch: usually all of it goes to one table.
+                    let mut entries = Vec::with_capacity(events.len() + 1);
+                    entries.push(entry);
+                    groups.push((Arc::clone(key), entries));
+                }
             }
         }
         groups
