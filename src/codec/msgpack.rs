@@ -309,6 +309,9 @@ impl<'a> Cursor<'a> {
                 ScanStatus::Incomplete { .. } => Err(MsgpackError::Truncated(self.buf.len())),
             };
         }
+        if max_depth > 0 && self.skip_flat() {
+            return Ok(start..self.pos);
+        }
         let result = self.skip_inline::<INLINE_DEPTH>(max_depth);
         if result.is_err() {
             self.pos = start;
@@ -318,6 +321,34 @@ impl<'a> Cursor<'a> {
             MsgpackError::Truncated(_) => MsgpackError::Truncated(self.buf.len()),
             other => other,
         })
+    }
+
+    /// Skips a map or array of scalars only (most records), which needs no stack of open
+    /// containers; false, with the cursor where it was, for anything else.
+    #[inline]
+    fn skip_flat(&mut self) -> bool {
+        let buf = &self.buf[self.pos..];
+        let (children, mut pos) = match buf.first() {
+            Some(&b @ 0x80..=0x8f) => (2 * u64::from(b & 0x0f), 1),
+            Some(&b @ 0x90..=0x9f) => (u64::from(b & 0x0f), 1),
+            Some(0xde) => match be::<2>(buf) {
+                Some(n) => (2 * n, 3),
+                None => return false,
+            },
+            Some(0xdc) => match be::<2>(buf) {
+                Some(n) => (n, 3),
+                None => return false,
+            },
+            _ => return false,
+        };
+        for _ in 0..children {
+            match scalar_len(&buf[pos..]) {
+                Some(len) if pos + len <= buf.len() => pos += len,
+                _ => return false,
+            }
+        }
+        self.pos += pos;
+        true
     }
 
     /// `skip_value` for depths up to `D`, with its stack of open containers on the stack.
@@ -484,6 +515,35 @@ mod tests {
                 );
                 proptest::prop_assert_eq!(cur.position(), 0);
             }
+        }
+    }
+
+    /// Flat containers past 15 elements (map16, array16) are skipped whole, every truncation
+    /// of them is an error, and a container still counts as one level of depth.
+    #[test]
+    fn wide_flat_containers_skip_like_the_scanner() {
+        let map: std::collections::BTreeMap<String, u32> =
+            (0..20).map(|i| (format!("key{i}"), i * 1000)).collect();
+        let array: Vec<String> = (0..20).map(|i| "x".repeat(i)).collect();
+        for value in [encode(&map), encode(&array)] {
+            assert!(matches!(value[0], 0xde | 0xdc));
+            assert_eq!(
+                Cursor::new(&value).skip_value(DEFAULT_MAX_DEPTH),
+                Ok(0..value.len())
+            );
+            for cut in 0..value.len() {
+                let mut cur = Cursor::new(&value[..cut]);
+                assert_eq!(
+                    cur.skip_value(DEFAULT_MAX_DEPTH),
+                    Err(MsgpackError::Truncated(cut)),
+                    "cut {cut}"
+                );
+                assert_eq!(cur.position(), 0);
+            }
+            assert_eq!(
+                Cursor::new(&value).skip_value(0),
+                Err(MsgpackError::TooDeep(0))
+            );
         }
     }
 

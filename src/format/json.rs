@@ -199,17 +199,24 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
 /// Bytes as a JSON string. The usual case, ASCII with nothing to escape, is copied as it is;
 /// anything else goes through serde_json's escaper (invalid UTF-8 replaced, as
 /// `String::from_utf8_lossy` does).
+#[inline(always)]
 pub fn write_bytes_as_str(bytes: &[u8], out: &mut Vec<u8>) {
     if needs_no_escaping(bytes) {
         write_quoted_plain(bytes, out);
     } else {
-        match std::str::from_utf8(bytes) {
-            Ok(s) => {
-                let _ = serde_json::to_writer(&mut *out, s);
-            }
-            Err(_) => {
-                let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(bytes));
-            }
+        write_escaped(bytes, out);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn write_escaped(bytes: &[u8], out: &mut Vec<u8>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => {
+            let _ = serde_json::to_writer(&mut *out, s);
+        }
+        Err(_) => {
+            let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(bytes));
         }
     }
 }
@@ -274,6 +281,7 @@ fn copy_short(src: &[u8], dst: &mut [u8]) {
 /// True when every byte is printable ASCII other than `"` and `\\`: such bytes are valid
 /// UTF-8 and stand for themselves in a JSON string. Checks 8 bytes per step with the
 /// "has a byte less than n" word tricks (each exact, no false positives).
+#[inline(always)]
 fn needs_no_escaping(bytes: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);

@@ -9,7 +9,7 @@ use super::schema::Schema;
 use crate::buffer::Entry;
 use crate::codec::msgpack::{self, Cursor, Head};
 use crate::format::Inject;
-use crate::format::json::{write_integer, write_str};
+use crate::format::json::{append_bytes, write_integer, write_str};
 
 /// BigQuery's hard row limit per request.
 pub const MAX_ROWS: usize = 50_000;
@@ -167,7 +167,7 @@ impl RequestBuilder<'_> {
             Some(id) => write_str(&id, out),
             None => {
                 out.extend_from_slice(b"\"");
-                out.extend_from_slice(self.chunk_hex.as_bytes());
+                append_bytes(self.chunk_hex.as_bytes(), out);
                 out.push(b'-');
                 write_integer(index, out);
                 out.extend_from_slice(b"\"");

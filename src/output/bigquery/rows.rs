@@ -132,7 +132,7 @@ pub struct RowWriter<'a> {
 struct KeySlot {
     key: Key,
     role: KeyRole,
-    /// `"key":`
+    /// `,"key":`
     json: Json,
 }
 
@@ -245,10 +245,10 @@ enum KeyRole {
 }
 
 struct ExtraSlot {
-    name: String,
+    name: Key,
     field: Option<usize>,
-    /// `"name":`
-    json: Vec<u8>,
+    /// `,"name":`
+    json: Json,
 }
 
 /// An injected event time into a TIMESTAMP column as exact decimal seconds, which BigQuery
@@ -334,16 +334,16 @@ impl<'a> RowWriter<'a> {
         };
         let fields = &schema.fields;
         let mut seen = Seen::new(fields.len());
-        let mut first = true;
         let mut hint = 0usize;
-        out.push(b'{');
+        // Every field is written with a leading comma; the first comma becomes the `{`.
+        let open = out.len();
         for position in 0..pairs as usize {
             let key_start = cur.position();
             let key = match cur.head()? {
                 Head::Str(n) | Head::Bin(n) => take(&mut cur, n)?,
                 _ => {
                     // Not remembered.
-                    converter.non_string_key(key_start, &mut cur, &mut first, out)?;
+                    converter.non_string_key(key_start, &mut cur, &mut false, out)?;
                     continue;
                 }
             };
@@ -355,7 +355,8 @@ impl<'a> RowWriter<'a> {
                     } else {
                         find_field(fields, hint, key).map_or(KeyRole::Unknown, KeyRole::Field)
                     };
-                    let mut json = Vec::with_capacity(key.len() + 3);
+                    let mut json = Vec::with_capacity(key.len() + 4);
+                    json.push(b',');
                     write_bytes_as_str(key, &mut json);
                     json.push(b':');
                     let slot = KeySlot {
@@ -371,20 +372,20 @@ impl<'a> RowWriter<'a> {
                         &self.keys[position]
                     } else {
                         // Not remembered (past the bound, or after a gap): used once.
-                        converter.key_value(
-                            fields, &slot, &mut seen, &mut first, &mut hint, &mut cur, out,
-                        )?;
+                        converter.key_value(fields, &slot, &mut seen, &mut hint, &mut cur, out)?;
                         continue;
                     }
                 }
             };
-            converter.key_value(
-                fields, slot, &mut seen, &mut first, &mut hint, &mut cur, out,
-            )?;
+            converter.key_value(fields, slot, &mut seen, &mut hint, &mut cur, out)?;
         }
-        self.write_extras(&converter, fields, extras, &mut seen, &mut first, out)?;
+        self.write_extras(&converter, fields, extras, &mut seen, out)?;
         if !converter.compat {
             converter.check_required(fields, &seen, self.required)?;
+        }
+        match out.get_mut(open) {
+            Some(comma) => *comma = b'{',
+            None => out.push(b'{'),
         }
         out.push(b'}');
         Ok(())
@@ -397,32 +398,28 @@ impl<'a> RowWriter<'a> {
         fields: &[Field],
         extras: &[(&str, Extra<'_>)],
         seen: &mut Seen,
-        first: &mut bool,
         out: &mut Vec<u8>,
     ) -> Result<(), RowError> {
         for (position, (name, extra)) in extras.iter().enumerate() {
             if self
                 .extras
                 .get(position)
-                .is_none_or(|slot| slot.name != *name)
+                .is_none_or(|slot| !slot.name.matches(name.as_bytes()))
             {
-                let mut json = Vec::with_capacity(name.len() + 3);
+                let mut json = Vec::with_capacity(name.len() + 4);
+                json.push(b',');
                 json::write_str(name, &mut json);
                 json.push(b':');
                 let slot = ExtraSlot {
-                    name: (*name).to_owned(),
+                    name: Key::new(name.as_bytes()),
                     field: field_index(fields, name.as_bytes()),
-                    json,
+                    json: Json::new(json),
                 };
                 self.extras.truncate(position);
                 self.extras.push(slot);
             }
             let slot = &self.extras[position];
-            if !*first {
-                out.push(b',');
-            }
-            *first = false;
-            out.extend_from_slice(&slot.json);
+            slot.json.append_to(out);
             if let (Extra::Time(time), Some(i)) = (extra, slot.field)
                 && exact_timestamp(&fields[i], *time, out)
             {
@@ -434,9 +431,11 @@ impl<'a> RowWriter<'a> {
                 Some(i) => {
                     seen.set(i);
                     let field = &fields[i];
-                    converter
-                        .field(field, val, &mut Cursor::new(&[]), out)
-                        .map_err(|e| e.under(&field.name))?;
+                    if !converter.common_scalar(field, val, out) {
+                        converter
+                            .field(field, val, &mut Cursor::new(&[]), out)
+                            .map_err(|e| e.under(&field.name))?;
+                    }
                 }
                 None => plain_scalar(val, out),
             }
@@ -586,14 +585,12 @@ impl Seen {
 
 impl Converter {
     /// One key (already read, its role decided) and its value.
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     fn key_value(
         &self,
         fields: &[Field],
         slot: &KeySlot,
         seen: &mut Seen,
-        first: &mut bool,
         hint: &mut usize,
         cur: &mut Cursor<'_>,
         out: &mut Vec<u8>,
@@ -606,10 +603,6 @@ impl Converter {
             // The plugin skips nil values (`next if value.nil?`).
             return Ok(());
         }
-        if !*first {
-            out.push(b',');
-        }
-        *first = false;
         slot.json.append_to(out);
         match slot.role {
             KeyRole::Field(i) => {
