@@ -454,8 +454,6 @@ impl Connection {
                 return;
             }
         }
-        // The size of the last message read: buffers are sized for a few of those.
-        let mut last_frame = 0usize;
         loop {
             // Room for the rest of a message being read, up to MAX_RESERVE at once: a large
             // PackedForward message then costs one allocation, not a copy per doubling. A
@@ -463,13 +461,7 @@ impl Connection {
             let want = decoder
                 .still_needed(buf.len())
                 .clamp(READ_CHUNK, MAX_RESERVE);
-            if buf.capacity() - buf.len() < want {
-                // A new buffer (the old one stays with the messages read from it): room for
-                // four messages like the last, so that fewer straddle two buffers, each such
-                // costing a copy of the part already read.
-                let room = want.max((last_frame * 4).min(MAX_RESERVE));
-                buf.reserve(room);
-            }
+            buf.reserve(want);
             let read = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 read = read_some(&mut reader, &mut buf, self.config.idle_timeout) => read,
@@ -492,7 +484,6 @@ impl Connection {
             let fatal = loop {
                 match decoder.next_frame(&mut buf) {
                     Ok(Some(frame)) => {
-                        last_frame = frame.len();
                         if let Err(err) = self.accept_frame(&frame, &mut pending) {
                             break Some(err);
                         }
