@@ -72,13 +72,27 @@ impl Inject {
     }
 
     /// The fields to add to one event's record; a string time is formatted into `scratch`.
-    #[inline]
     pub fn extras<'a>(
         &'a mut self,
         tag: &'a str,
         time: EventTime,
         scratch: &'a mut String,
     ) -> Extras<'a> {
+        let mut extras = Extras::default();
+        self.extras_into(tag, time, scratch, &mut extras);
+        extras
+    }
+
+    /// `extras` written into the caller's `extras` (which should be empty): a row at a time,
+    /// this saves moving the whole array out of a return value.
+    #[inline]
+    pub fn extras_into<'a>(
+        &'a mut self,
+        tag: &'a str,
+        time: EventTime,
+        scratch: &'a mut String,
+        extras: &mut Extras<'a>,
+    ) {
         let Self {
             time_key,
             time_type,
@@ -86,7 +100,6 @@ impl Inject {
             tag_key,
             hostname,
         } = self;
-        let mut extras = Extras::default();
         if let (Some(key), Some(time_type)) = (time_key.as_deref(), *time_type) {
             let value = match time_type {
                 TimeType::Float => Extra::Time(time),
@@ -107,7 +120,6 @@ impl Inject {
         if let Some((key, name)) = hostname.as_ref() {
             extras.push((key.as_str(), Extra::Str(name.as_str())));
         }
-        extras
     }
 }
 

@@ -8,8 +8,8 @@ use super::rows::{Conversion, RowWriter};
 use super::schema::Schema;
 use crate::buffer::Entry;
 use crate::codec::msgpack::{self, Cursor, Head};
-use crate::format::Inject;
 use crate::format::json::{append_bytes, write_integer, write_str};
+use crate::format::{Extras, Inject};
 
 /// BigQuery's hard row limit per request.
 pub const MAX_ROWS: usize = 50_000;
@@ -174,7 +174,8 @@ impl RequestBuilder<'_> {
             }
         }
         out.extend_from_slice(br#","json":"#);
-        let mut extras = self.inject.extras(&entry.tag, entry.event.time, scratch);
+        let mut extras = Extras::default();
+        (self.inject).extras_into(&entry.tag, entry.event.time, scratch, &mut extras);
         if let (Some(field), Some(time)) = (&self.options.add_insert_timestamp, insert_time) {
             extras.push((field.as_str(), crate::format::json::Extra::Str(time)));
         }
