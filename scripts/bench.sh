@@ -76,11 +76,11 @@ cat > "$out/bigquery.conf" <<EOF
 </match>
 EOF
 
-# Starts bqforward on CONFIG; sets $server_pid and $server_port.
+# Starts bqforward on CONFIG (with any further ARGS); sets $server_pid and $server_port.
 start_bqforward() {
   local log=$out/bqforward-$1.log
   : > "$log"
-  "$bin/bqforward" run -c "$out/$2" 2> "$log" &
+  "$bin/bqforward" run -c "$out/$2" "${@:3}" 2> "$log" &
   server_pid=$!
   pids+=("$server_pid")
   for _ in $(seq 100); do
@@ -178,27 +178,37 @@ stop_server
 
 # The headline scenario runs BENCH_REPEAT times (default 3), each on a fresh bqforward: this
 # kind of VM drifts by 10-20 % over minutes, so one run says little. The median is reported.
+# It runs with the default threads (one per CPU) and with `--threads 1`: the generator and
+# the emulator share the CPUs, as an application shares them with a sidecar.
 repeats=${BENCH_REPEAT:-3}
-packed_rows=
-for run in $(seq "$repeats"); do
-  start_bqforward "packed-bq-$run" bigquery.conf
-  perf_pid=
-  if [ -n "${BENCH_PROFILE:-}" ] && [ "$run" = 1 ]; then
-    perf record -F 499 --call-graph dwarf,16384 -o "$out/perf.data" -p "$server_pid" \
-      2> "$out/perf.log" &
-    perf_pid=$!
-  fi
-  row=$(load "bqforward: PackedForward + ack -> bigquery_insert (gzip), run $run/$repeats" \
-    --mode packed --ack --until rows)
-  echo "$row"
-  packed_rows+="$row"$'\n'
-  [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
-  stop_server
-done
-# The median run by CPU seconds per million events; its rate sets the half-rate scenario.
-median=$(awk -F'|' 'NF > 5 {print $6 "|" $0}' <<< "$packed_rows" | sort -n \
-  | sed -n "$(( (repeats + 1) / 2 ))p" | cut -d'|' -f2-)
-max=$(awk -F'|' '{gsub(/[ k]/, "", $4); print $4 * 1000}' <<< "$median")
+# packed_runs LABEL ARGS...: the runs; sets $median to the median row (by CPU per event).
+packed_runs() {
+  local label=$1 rows= row run
+  shift
+  for run in $(seq "$repeats"); do
+    start_bqforward "packed-bq$label-$run" bigquery.conf "$@"
+    perf_pid=
+    if [ -n "${BENCH_PROFILE:-}" ] && [ "$run" = 1 ] && [ -z "$label" ]; then
+      perf record -F 499 --call-graph dwarf,16384 -o "$out/perf.data" -p "$server_pid" \
+        2> "$out/perf.log" &
+      perf_pid=$!
+    fi
+    row=$(load "bqforward$label: PackedForward + ack -> bigquery_insert (gzip), run $run/$repeats" \
+      --mode packed --ack --until rows)
+    echo "$row"
+    rows+="$row"$'\n'
+    [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+    stop_server
+  done
+  median=$(awk -F'|' 'NF > 5 {print $6 "|" $0}' <<< "$rows" | sort -n \
+    | sed -n "$(( (repeats + 1) / 2 ))p" | cut -d'|' -f2-)
+}
+packed_runs ""
+median_default=$median
+packed_runs " --threads 1" --threads 1
+median_one=$median
+# The default's median rate sets the half-rate scenario.
+max=$(awk -F'|' '{gsub(/[ k]/, "", $4); print $4 * 1000}' <<< "$median_default")
 
 start_bqforward packed-bq-half bigquery.conf
 load "bqforward: PackedForward + ack at half rate ($((max / 2000)) k/s) -> bigquery_insert" \
@@ -235,7 +245,11 @@ if [ -n "${BENCH_PROFILE:-}" ]; then
     | head -n 6 | sed 's/[[:space:]-]*$//'; } || true
 fi
 echo
-echo "PackedForward + ack -> bigquery_insert, median of $repeats runs:" \
-  "$(awk -F'|' '{gsub(/ /, "", $6); gsub(/ /, "", $7); print $6 " CPU s per M events, " $7 " M events per CPU-s"}' <<< "$median")" \
-  | tee -a "$out/table.md"
+per_event() {
+  awk -F'|' '{gsub(/ /, "", $6); gsub(/ /, "", $7); print $6 " CPU s per M events, " $7 " M events per CPU-s"}' <<< "$1"
+}
+{
+  echo "PackedForward + ack -> bigquery_insert, median of $repeats runs: $(per_event "$median_default")"
+  echo "The same with --threads 1, median of $repeats runs: $(per_event "$median_one")"
+} | tee -a "$out/table.md"
 echo "Table in $out/table.md; details in $out/loadgen.log, server logs in $out/."

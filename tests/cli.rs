@@ -151,3 +151,35 @@ fn busy_port_fails_start_up_with_a_clear_error() {
     assert_ne!(code, 0);
     assert!(err.contains("cannot listen"), "{err}");
 }
+
+/// `--threads N` (or BQFORWARD_THREADS) sets how many threads run the pipeline, which then
+/// serves as usual; zero is refused. (The null output: nothing here runs on tokio's blocking
+/// threads, which carry the same name.)
+#[test]
+fn threads_sets_the_pipeline_threads() {
+    let config = "<source>\n  @type forward\n  bind 127.0.0.1\n  port 0\n</source>\n\
+                  <match **>\n  @type null\n</match>\n";
+    let pipeline_threads = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+            .filter(|comm| comm.trim() == "bqforward-rt")
+            .count()
+    };
+    for (args, threads) in [(vec!["--threads", "1"], 1), (vec!["--threads", "3"], 3)] {
+        let mut server = Server::start_with(config, &args);
+        let mut stream = server.connect();
+        send(
+            &mut stream,
+            &message_with_ack("app.x", &serde_json::json!({"n": 1}), "c1"),
+        );
+        assert_eq!(read_ack(&mut stream).unwrap(), "c1");
+        assert_eq!(pipeline_threads(server.pid()), threads, "{args:?}");
+        assert!(server.terminate().success());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "fluent.conf", config);
+    let (code, _, err) = bqforward(&["run", "-c", &path], &[("BQFORWARD_THREADS", "0")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--threads"), "{err}");
+}
