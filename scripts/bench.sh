@@ -75,6 +75,9 @@ cat > "$out/bigquery.conf" <<EOF
   </buffer>
 </match>
 EOF
+# The same with a file buffer (chunks appended to files under the buffer path before the ack).
+sed "s|^  <buffer>|  <buffer>\n    @type file\n    path $out/file-buffer|" "$out/bigquery.conf" \
+  > "$out/bigquery-file.conf"
 
 # Starts bqforward on CONFIG (with any further ARGS); sets $server_pid and $server_port.
 start_bqforward() {
@@ -213,6 +216,18 @@ max=$(awk -F'|' '{gsub(/[ k]/, "", $4); print $4 * 1000}' <<< "$median_default")
 start_bqforward packed-bq-half bigquery.conf
 load "bqforward: PackedForward + ack at half rate ($((max / 2000)) k/s) -> bigquery_insert" \
   --mode packed --ack --until rows --rate $((max / 2))
+stop_server
+
+# With a file buffer: the maximum rate, then half of it (the ack-latency target's setting).
+start_bqforward packed-bq-file bigquery-file.conf
+row=$(load "bqforward: PackedForward + ack -> bigquery_insert, file buffer" \
+  --mode packed --ack --until rows)
+echo "$row"
+stop_server
+max_file=$(awk -F'|' '{gsub(/[ k]/, "", $4); print $4 * 1000}' <<< "$row")
+start_bqforward packed-bq-file-half bigquery-file.conf
+load "bqforward: PackedForward + ack at half rate ($((max_file / 2000)) k/s) -> bigquery_insert, file buffer" \
+  --mode packed --ack --until rows --rate $((max_file / 2))
 stop_server
 
 for mode in forward compressed; do
