@@ -327,28 +327,23 @@ impl<'a> Cursor<'a> {
     /// containers; false, with the cursor where it was, for anything else.
     #[inline]
     fn skip_flat(&mut self) -> bool {
-        let buf = &self.buf[self.pos..];
-        let (children, mut pos) = match buf.first() {
-            Some(&b @ 0x80..=0x8f) => (2 * u64::from(b & 0x0f), 1),
-            Some(&b @ 0x90..=0x9f) => (u64::from(b & 0x0f), 1),
-            Some(0xde) => match be::<2>(buf) {
-                Some(n) => (2 * n, 3),
-                None => return false,
-            },
-            Some(0xdc) => match be::<2>(buf) {
-                Some(n) => (n, 3),
-                None => return false,
-            },
-            _ => return false,
+        let start = self.pos;
+        let children = match self.head() {
+            Ok(head @ (Head::Map(_) | Head::Array(_))) => head.children(),
+            _ => 0,
         };
-        for _ in 0..children {
-            match scalar_len(&buf[pos..]) {
-                Some(len) if pos + len <= buf.len() => pos += len,
-                _ => return false,
-            }
+        let flat = children > 0
+            && (0..children).all(|_| match scalar_len(&self.buf[self.pos..]) {
+                Some(len) if self.pos + len <= self.buf.len() => {
+                    self.pos += len;
+                    true
+                }
+                _ => false,
+            });
+        if !flat {
+            self.pos = start;
         }
-        self.pos += pos;
-        true
+        flat
     }
 
     /// `skip_value` for depths up to `D`, with its stack of open containers on the stack.

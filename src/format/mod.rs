@@ -71,20 +71,9 @@ impl Inject {
         self.time_key.is_none() && self.tag_key.is_none() && self.hostname.is_none()
     }
 
-    /// The fields to add to one event's record; a string time is formatted into `scratch`.
-    pub fn extras<'a>(
-        &'a mut self,
-        tag: &'a str,
-        time: EventTime,
-        scratch: &'a mut String,
-    ) -> Extras<'a> {
-        let mut extras = Extras::default();
-        self.extras_into(tag, time, scratch, &mut extras);
-        extras
-    }
-
-    /// `extras` written into the caller's `extras` (which should be empty): a row at a time,
-    /// this saves moving the whole array out of a return value.
+    /// The fields to add to one event's record, pushed onto `extras` (which should be empty;
+    /// filled in place, a row need not move the whole array out of a return value). A string
+    /// time is formatted into `scratch`.
     #[inline]
     pub fn extras_into<'a>(
         &'a mut self,
@@ -290,7 +279,9 @@ impl Formatter {
         event: &Event,
         out: &mut Vec<u8>,
     ) -> Result<(), MsgpackError> {
-        let extras = self.inject.extras(tag, event.time, &mut self.scratch);
+        let mut extras = Extras::default();
+        self.inject
+            .extras_into(tag, event.time, &mut self.scratch, &mut extras);
         json::write_record(&event.record, &extras, out)
     }
 }

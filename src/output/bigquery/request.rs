@@ -175,7 +175,8 @@ impl RequestBuilder<'_> {
         }
         out.extend_from_slice(br#","json":"#);
         let mut extras = Extras::default();
-        (self.inject).extras_into(&entry.tag, entry.event.time, scratch, &mut extras);
+        self.inject
+            .extras_into(&entry.tag, entry.event.time, scratch, &mut extras);
         if let (Some(field), Some(time)) = (&self.options.add_insert_timestamp, insert_time) {
             extras.push((field.as_str(), crate::format::json::Extra::Str(time)));
         }

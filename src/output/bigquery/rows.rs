@@ -342,7 +342,7 @@ impl<'a> RowWriter<'a> {
             let key = match cur.head()? {
                 Head::Str(n) | Head::Bin(n) => take(&mut cur, n)?,
                 _ => {
-                    // Not remembered.
+                    // Not remembered. `first` false: here every field takes a leading comma.
                     converter.non_string_key(key_start, &mut cur, &mut false, out)?;
                     continue;
                 }
@@ -1150,9 +1150,7 @@ fn plain_scalar(val: Val<'_>, out: &mut Vec<u8>) {
         Val::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
         Val::Uint(n) => write_integer(n, out),
         Val::Int(n) => write_integer(n, out),
-        Val::Float(f) if f.is_finite() => {
-            let _ = serde_json::to_writer(&mut *out, &f);
-        }
+        Val::Float(f) if f.is_finite() => write_finite_f64(f, out),
         Val::Float(_) => out.extend_from_slice(b"null"),
         Val::Str(s) | Val::Bin(s) => write_bytes_as_str(s, out),
         Val::Time(secs, _) => write_integer(secs, out),
