@@ -278,6 +278,123 @@ fn copy_short(src: &[u8], dst: &mut [u8]) {
     }
 }
 
+/// Room made ahead at the end of a buffer, written through a slice and a position that stay
+/// in registers. Appending to a `Vec` loads and stores its length for every piece, and for
+/// rows of short keys and values that bookkeeping cost about as much as the bytes. A write
+/// that does not fit returns `Full` and writes nothing; the caller makes more room and
+/// starts again. Everything before `len()` has been written.
+pub struct Room<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+/// A `Room` write that did not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+impl<'a> Room<'a> {
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        Self { buf, at: 0 }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.at
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at == 0
+    }
+
+    /// The `n` bytes at the position, which then moves past them.
+    #[inline(always)]
+    fn next(&mut self, n: usize) -> Result<&mut [u8], Full> {
+        let start = self.at;
+        let slot = self.buf.get_mut(start..start + n).ok_or(Full)?;
+        self.at = start + n;
+        Ok(slot)
+    }
+
+    #[inline(always)]
+    pub fn byte(&mut self, b: u8) -> Result<(), Full> {
+        self.next(1)?[0] = b;
+        Ok(())
+    }
+
+    /// Overwrites a byte already written.
+    pub fn set(&mut self, at: usize, b: u8) {
+        if at < self.at {
+            self.buf[at] = b;
+        }
+    }
+
+    #[inline(always)]
+    pub fn bytes(&mut self, s: &[u8]) -> Result<(), Full> {
+        let slot = self.next(s.len())?;
+        if s.len() <= SHORT {
+            copy_short(s, slot);
+        } else {
+            slot.copy_from_slice(s);
+        }
+        Ok(())
+    }
+
+    /// The first `len` bytes of `padded`, with one fixed-size copy when the room allows.
+    #[inline(always)]
+    pub fn padded<const N: usize>(&mut self, padded: &[u8; N], len: usize) -> Result<(), Full> {
+        match self.buf.get_mut(self.at..self.at + N) {
+            Some(slot) => {
+                slot.copy_from_slice(padded);
+                self.at += len.min(N);
+                Ok(())
+            }
+            None => self.bytes(&padded[..len.min(N)]),
+        }
+    }
+
+    /// `s` as a JSON string when it needs no escaping; `Ok(false)`, nothing written, when it
+    /// does.
+    #[inline(always)]
+    pub fn plain_str(&mut self, s: &[u8]) -> Result<bool, Full> {
+        if !needs_no_escaping(s) {
+            return Ok(false);
+        }
+        let n = s.len();
+        let slot = self.next(n + 2)?;
+        slot[0] = b'"';
+        slot[n + 1] = b'"';
+        let body = &mut slot[1..n + 1];
+        if n <= SHORT {
+            copy_short(s, body);
+        } else {
+            body.copy_from_slice(s);
+        }
+        Ok(true)
+    }
+
+    /// An integer's decimal digits.
+    #[inline(always)]
+    pub fn integer(&mut self, n: impl itoa::Integer) -> Result<(), Full> {
+        self.bytes(itoa::Buffer::new().format(n).as_bytes())
+    }
+
+    /// `n` (below 10^width, width at most 18) in exactly `width` digits, zero-padded.
+    #[inline(always)]
+    pub fn padded_digits(&mut self, n: u64, width: usize) -> Result<(), Full> {
+        let width = width.min(18);
+        let mut buf = itoa::Buffer::new();
+        // One more digit than asked for, the leading 1 dropped.
+        let digits = buf.format(10u64.pow(width as u32) + n % 10u64.pow(width as u32));
+        self.bytes(&digits.as_bytes()[1..])
+    }
+
+    /// A finite float as serde_json writes it (shortest round-trip, zmij).
+    #[inline(always)]
+    pub fn finite_f64(&mut self, f: f64) -> Result<(), Full> {
+        self.bytes(zmij::Buffer::new().format_finite(f).as_bytes())
+    }
+}
+
 /// True when every byte is printable ASCII other than `"` and `\\`: such bytes are valid
 /// UTF-8 and stand for themselves in a JSON string. Checks 8 bytes per step with the
 /// "has a byte less than n" word tricks (each exact, no false positives).

@@ -10,7 +10,9 @@
 
 use super::schema::{Field, FieldMode, FieldType, Schema, field_index};
 use crate::codec::msgpack::{Cursor, DEFAULT_MAX_DEPTH, Head, MsgpackError};
-use crate::format::json::{self, Extra, write_bytes_as_str, write_finite_f64, write_integer};
+use crate::format::json::{
+    self, Extra, Full, Room, write_bytes_as_str, write_finite_f64, write_integer,
+};
 use base64::Engine;
 
 /// How values that do not match their column type are treated.
@@ -125,6 +127,8 @@ pub struct RowWriter<'a> {
     /// Bit i set: top-level field i is REQUIRED (schemas of up to 64 fields; larger ones are
     /// checked field by field).
     required: Option<u64>,
+    /// What the less usual conversions write before it is copied into the row.
+    scratch: Vec<u8>,
 }
 
 /// What a record's key at one position was last time. What a row needs of it is kept in the
@@ -205,7 +209,7 @@ fn word<const N: usize>(s: &[u8], at: usize) -> [u8; N] {
 }
 
 /// JSON text written for every row, kept also zero-padded to a fixed width when it fits: one
-/// fixed-size copy and a truncate append it.
+/// fixed-size copy writes it.
 struct Json {
     text: Vec<u8>,
     padded: Option<[u8; Json::PADDED]>,
@@ -224,14 +228,10 @@ impl Json {
     }
 
     #[inline(always)]
-    fn append_to(&self, out: &mut Vec<u8>) {
+    fn put(&self, out: &mut Room<'_>) -> Result<(), Full> {
         match &self.padded {
-            Some(padded) => {
-                let end = out.len() + self.text.len();
-                out.extend_from_slice(padded);
-                out.truncate(end);
-            }
-            None => out.extend_from_slice(&self.text),
+            Some(padded) => out.padded(padded, self.text.len()),
+            None => out.bytes(&self.text),
         }
     }
 }
@@ -254,18 +254,22 @@ struct ExtraSlot {
 /// An injected event time into a TIMESTAMP column as exact decimal seconds, which BigQuery
 /// reads as it reads the float (`secs.nanos`, no float formatting on the way). Only for
 /// times at or after the epoch; returns whether it wrote.
-fn exact_timestamp(field: &Field, time: crate::codec::EventTime, out: &mut Vec<u8>) -> bool {
+fn exact_timestamp(
+    field: &Field,
+    time: crate::codec::EventTime,
+    out: &mut Room<'_>,
+) -> Result<bool, Full> {
     if field.field_type != FieldType::Timestamp
         || field.mode == FieldMode::Repeated
         || time.secs < 0
         || time.nanos >= 1_000_000_000
     {
-        return false;
+        return Ok(false);
     }
-    write_integer(time.secs, out);
-    out.push(b'.');
-    pad(out, time.nanos, 9);
-    true
+    out.integer(time.secs)?;
+    out.byte(b'.')?;
+    out.padded_digits(u64::from(time.nanos), 9)?;
+    Ok(true)
 }
 
 /// The schema field named `key` (case-insensitively, as BigQuery matches names). Records of one
@@ -298,6 +302,7 @@ impl<'a> RowWriter<'a> {
             keys: Vec::new(),
             extras: Vec::new(),
             required,
+            scratch: Vec::new(),
         }
     }
 
@@ -309,25 +314,50 @@ impl<'a> RowWriter<'a> {
         out: &mut Vec<u8>,
     ) -> Result<(), RowError> {
         let start = out.len();
-        let result = self.write_inner(record, extras, out);
-        if result.is_err() {
-            out.truncate(start);
+        if self.schema.is_none() {
+            let Head::Map(_) = Cursor::new(record).head()? else {
+                return Err(RowError::leaf("record is not a msgpack map"));
+            };
+            let result = json::write_record(record, extras, out);
+            if result.is_err() {
+                out.truncate(start);
+            }
+            return Ok(result?);
         }
-        result
+        // Room for the usual row (JSON is rarely twice its msgpack); a row that needs more is
+        // written again into twice the room.
+        let mut room = record.len() * 2 + 64 * extras.len() + 64;
+        loop {
+            out.resize(start + room, 0);
+            match self.write_inner(record, extras, &mut out[start..]) {
+                Ok(written) => {
+                    out.truncate(start + written);
+                    return Ok(());
+                }
+                Err(Stop::Full) => room *= 2,
+                Err(Stop::Row(err)) => {
+                    out.truncate(start);
+                    return Err(err);
+                }
+            }
+        }
     }
 
+    /// The row into `room`; returns how many bytes it took.
     fn write_inner(
         &mut self,
         record: &[u8],
         extras: &[(&str, Extra<'_>)],
-        out: &mut Vec<u8>,
-    ) -> Result<(), RowError> {
+        room: &mut [u8],
+    ) -> Result<usize, Stop> {
+        // A local, handed only to inlined code, so its position stays in a register.
+        let out = &mut Room::new(room);
         let mut cur = Cursor::new(record);
         let Head::Map(pairs) = cur.head()? else {
-            return Err(RowError::leaf("record is not a msgpack map"));
+            return Err(RowError::leaf("record is not a msgpack map").into());
         };
         let Some(schema) = self.schema else {
-            return Ok(json::write_record(record, extras, out)?);
+            return Err(RowError::leaf("no schema").into());
         };
         let converter = Converter {
             compat: self.compat,
@@ -335,6 +365,7 @@ impl<'a> RowWriter<'a> {
         let fields = &schema.fields;
         let mut seen = Seen::new(fields.len());
         let mut hint = 0usize;
+        let scratch = &mut self.scratch;
         // Every field is written with a leading comma; the first comma becomes the `{`.
         let open = out.len();
         for position in 0..pairs as usize {
@@ -343,7 +374,9 @@ impl<'a> RowWriter<'a> {
                 Head::Str(n) | Head::Bin(n) => take(&mut cur, n)?,
                 _ => {
                     // Not remembered. `first` false: here every field takes a leading comma.
-                    converter.non_string_key(key_start, &mut cur, &mut false, out)?;
+                    via(out, scratch, |v| {
+                        converter.non_string_key(key_start, &mut cur, &mut false, v)
+                    })?;
                     continue;
                 }
             };
@@ -372,76 +405,135 @@ impl<'a> RowWriter<'a> {
                         &self.keys[position]
                     } else {
                         // Not remembered (past the bound, or after a gap): used once.
-                        converter.key_value(fields, &slot, &mut seen, &mut hint, &mut cur, out)?;
+                        converter.key_value(
+                            fields, &slot, &mut seen, &mut hint, &mut cur, out, scratch,
+                        )?;
                         continue;
                     }
                 }
             };
-            converter.key_value(fields, slot, &mut seen, &mut hint, &mut cur, out)?;
+            converter.key_value(fields, slot, &mut seen, &mut hint, &mut cur, out, scratch)?;
         }
-        self.write_extras(&converter, fields, extras, &mut seen, out)?;
+        write_extras(
+            &mut self.extras,
+            &converter,
+            fields,
+            extras,
+            &mut seen,
+            out,
+            scratch,
+        )?;
         if !converter.compat {
             converter.check_required(fields, &seen, self.required)?;
         }
-        match out.get_mut(open) {
-            Some(comma) => *comma = b'{',
-            None => out.push(b'{'),
+        if out.len() > open {
+            out.set(open, b'{');
+        } else {
+            out.byte(b'{')?;
         }
-        out.push(b'}');
-        Ok(())
+        out.byte(b'}')?;
+        Ok(out.len())
     }
+}
 
-    /// The injected fields, after the record's own.
-    fn write_extras(
-        &mut self,
-        converter: &Converter,
-        fields: &[Field],
-        extras: &[(&str, Extra<'_>)],
-        seen: &mut Seen,
-        out: &mut Vec<u8>,
-    ) -> Result<(), RowError> {
-        for (position, (name, extra)) in extras.iter().enumerate() {
-            if self
-                .extras
-                .get(position)
-                .is_none_or(|slot| !slot.name.matches(name.as_bytes()))
-            {
-                let mut json = Vec::with_capacity(name.len() + 4);
-                json.push(b',');
-                json::write_str(name, &mut json);
-                json.push(b':');
-                let slot = ExtraSlot {
-                    name: Key::new(name.as_bytes()),
-                    field: field_index(fields, name.as_bytes()),
-                    json: Json::new(json),
-                };
-                self.extras.truncate(position);
-                self.extras.push(slot);
-            }
-            let slot = &self.extras[position];
-            slot.json.append_to(out);
-            if let (Extra::Time(time), Some(i)) = (extra, slot.field)
-                && exact_timestamp(&fields[i], *time, out)
-            {
-                seen.set(i);
-                continue;
-            }
-            let val = Val::from_extra(extra);
-            match slot.field {
-                Some(i) => {
-                    seen.set(i);
-                    let field = &fields[i];
-                    if !converter.common_scalar(field, val, out) {
-                        converter
-                            .field(field, val, &mut Cursor::new(&[]), out)
-                            .map_err(|e| e.under(&field.name))?;
-                    }
-                }
-                None => plain_scalar(val, out),
-            }
+/// The injected fields, after the record's own; `slots` remembers their names by position.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn write_extras(
+    slots: &mut Vec<ExtraSlot>,
+    converter: &Converter,
+    fields: &[Field],
+    extras: &[(&str, Extra<'_>)],
+    seen: &mut Seen,
+    out: &mut Room<'_>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), Stop> {
+    for (position, (name, extra)) in extras.iter().enumerate() {
+        if slots
+            .get(position)
+            .is_none_or(|slot| !slot.name.matches(name.as_bytes()))
+        {
+            let mut json = Vec::with_capacity(name.len() + 4);
+            json.push(b',');
+            json::write_str(name, &mut json);
+            json.push(b':');
+            let slot = ExtraSlot {
+                name: Key::new(name.as_bytes()),
+                field: field_index(fields, name.as_bytes()),
+                json: Json::new(json),
+            };
+            slots.truncate(position);
+            slots.push(slot);
         }
-        Ok(())
+        let slot = &slots[position];
+        slot.json.put(out)?;
+        if let (Extra::Time(time), Some(i)) = (extra, slot.field)
+            && exact_timestamp(&fields[i], *time, out)?
+        {
+            seen.set(i);
+            continue;
+        }
+        let val = Val::from_extra(extra);
+        match slot.field {
+            Some(i) => {
+                seen.set(i);
+                let field = &fields[i];
+                if !converter.common_scalar(field, val, out)? {
+                    via(out, scratch, |v| {
+                        converter
+                            .field(field, val, &mut Cursor::new(&[]), v)
+                            .map_err(|e| e.under(&field.name))
+                    })?;
+                }
+            }
+            None => via(out, scratch, |v| {
+                plain_scalar(val, v);
+                Ok::<(), RowError>(())
+            })?,
+        }
     }
+    Ok(())
+}
+
+/// Why a row stopped: it needs more room, or it cannot be converted.
+enum Stop {
+    Full,
+    Row(RowError),
+}
+
+impl From<Full> for Stop {
+    fn from(_: Full) -> Self {
+        Stop::Full
+    }
+}
+
+impl From<RowError> for Stop {
+    fn from(err: RowError) -> Self {
+        Stop::Row(err)
+    }
+}
+
+impl From<MsgpackError> for Stop {
+    fn from(err: MsgpackError) -> Self {
+        Stop::Row(err.into())
+    }
+}
+
+/// What the `Vec`-writing conversions (everything but the usual scalars) write, copied into
+/// the room through `scratch`.
+#[inline(always)]
+fn via<E>(
+    out: &mut Room<'_>,
+    scratch: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), Stop>
+where
+    Stop: From<E>,
+{
+    scratch.clear();
+    write(scratch)?;
+    out.bytes(scratch)?;
+    Ok(())
 }
 
 /// Consumes the next value if it is nil; leaves the cursor where it was otherwise.
@@ -585,7 +677,8 @@ impl Seen {
 
 impl Converter {
     /// One key (already read, its role decided) and its value.
-    #[inline]
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn key_value(
         &self,
         fields: &[Field],
@@ -593,8 +686,9 @@ impl Converter {
         seen: &mut Seen,
         hint: &mut usize,
         cur: &mut Cursor<'_>,
-        out: &mut Vec<u8>,
-    ) -> Result<(), RowError> {
+        out: &mut Room<'_>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), Stop> {
         if matches!(slot.role, KeyRole::Replaced) {
             cur.skip_value(DEFAULT_MAX_DEPTH)?;
             return Ok(());
@@ -603,7 +697,7 @@ impl Converter {
             // The plugin skips nil values (`next if value.nil?`).
             return Ok(());
         }
-        slot.json.append_to(out);
+        slot.json.put(out)?;
         match slot.role {
             KeyRole::Field(i) => {
                 *hint = i + 1;
@@ -611,33 +705,38 @@ impl Converter {
                 let field = &fields[i];
                 let val = match Val::read(cur) {
                     Ok(val) => val,
-                    Err(e) => return Err(value_error(e, field)),
+                    Err(e) => return Err(value_error(e, field).into()),
                 };
-                if self.common_scalar(field, val, out) {
+                if self.common_scalar(field, val, out)? {
                     return Ok(());
                 }
-                self.field(field, val, cur, out)
-                    .map_err(|e| e.under(&field.name))
+                via(out, scratch, |v| {
+                    self.field(field, val, cur, v)
+                        .map_err(|e| e.under(&field.name))
+                })
             }
-            _ => Ok(json::write_value(cur, out, DEFAULT_MAX_DEPTH)?),
+            _ => via(out, scratch, |v| {
+                json::write_value(cur, v, DEFAULT_MAX_DEPTH)
+            }),
         }
     }
 
-    /// The usual pairs of a column type and a value of that type, written inline as `field`
-    /// would write them; false (nothing written) for everything else.
+    /// The usual pairs of a column type and a value of that type, written as `field` would
+    /// write them; false (nothing written) for everything else.
     #[inline(always)]
-    fn common_scalar(&self, field: &Field, val: Val<'_>, out: &mut Vec<u8>) -> bool {
+    fn common_scalar(&self, field: &Field, val: Val<'_>, out: &mut Room<'_>) -> Result<bool, Full> {
+        const SAFE: i64 = (1 << 53) - 1;
         if field.mode == FieldMode::Repeated {
-            return false;
+            return Ok(false);
         }
         match (field.field_type, val) {
-            (FieldType::String, Val::Str(s)) if !self.compat => write_bytes_as_str(s, out),
-            (FieldType::Integer, Val::Int(n)) => write_int(n, out),
-            (FieldType::Integer, Val::Uint(n)) if n <= i64::MAX as u64 => write_int(n as i64, out),
-            (FieldType::Float, Val::Float(f)) => write_float(f, out),
-            _ => return false,
+            (FieldType::String, Val::Str(s)) if !self.compat => return out.plain_str(s),
+            (FieldType::Integer, Val::Int(n)) if (-SAFE..=SAFE).contains(&n) => out.integer(n)?,
+            (FieldType::Integer, Val::Uint(n)) if n <= SAFE as u64 => out.integer(n)?,
+            (FieldType::Float, Val::Float(f)) if f.is_finite() => out.finite_f64(f)?,
+            _ => return Ok(false),
         }
-        true
+        Ok(true)
     }
 
     /// REQUIRED fields the record and extras did not give.
@@ -2685,6 +2784,38 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Rows are written into room sized from the record; rows far larger than their record
+    /// (escapes, small integers, long extras) are written again into more room, never cut.
+    #[test]
+    fn rows_larger_than_their_first_room_are_whole() {
+        let schema = schema(json!([
+            {"name": "s", "type": "STRING"},
+            {"name": "n", "type": "INTEGER", "mode": "REPEATED"},
+            {"name": "tag", "type": "STRING"},
+        ]));
+        let escaped = "\u{1}\"".repeat(300);
+        let record = map(&[
+            ("s", v(&json!(escaped))),
+            ("n", v(&json!(vec![-100; 500]))),
+            ("unknown", v(&json!([1, 2, 3]))),
+        ]);
+        let tag = "t".repeat(5000);
+        let mut out = b"[prefix]".to_vec();
+        let mut writer = RowWriter::new(Some(&schema), Conversion::Strict);
+        for _ in 0..2 {
+            out.truncate(8);
+            writer
+                .write(&record, &[("tag", Extra::Str(&tag))], &mut out)
+                .unwrap();
+            assert!(out.len() > 8 + 2 * record.len(), "{} bytes", out.len());
+            let row: Value = serde_json::from_slice(&out[8..]).unwrap();
+            assert_eq!(
+                row,
+                json!({"s": escaped, "n": vec![-100; 500], "unknown": [1, 2, 3], "tag": tag})
+            );
         }
     }
 }
