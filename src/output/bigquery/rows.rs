@@ -314,7 +314,7 @@ impl<'a> RowWriter<'a> {
         out: &mut Vec<u8>,
     ) -> Result<(), RowError> {
         let start = out.len();
-        if self.schema.is_none() {
+        let Some(schema) = self.schema else {
             let Head::Map(_) = Cursor::new(record).head()? else {
                 return Err(RowError::leaf("record is not a msgpack map"));
             };
@@ -323,13 +323,13 @@ impl<'a> RowWriter<'a> {
                 out.truncate(start);
             }
             return Ok(result?);
-        }
+        };
         // Room for the usual row (JSON is rarely twice its msgpack); a row that needs more is
         // written again into twice the room.
         let mut room = record.len() * 2 + 64 * extras.len() + 64;
         loop {
             out.resize(start + room, 0);
-            match self.write_inner(record, extras, &mut out[start..]) {
+            match self.write_inner(schema, record, extras, &mut out[start..]) {
                 Ok(written) => {
                     out.truncate(start + written);
                     return Ok(());
@@ -346,6 +346,7 @@ impl<'a> RowWriter<'a> {
     /// The row into `room`; returns how many bytes it took.
     fn write_inner(
         &mut self,
+        schema: &Schema,
         record: &[u8],
         extras: &[(&str, Extra<'_>)],
         room: &mut [u8],
@@ -355,9 +356,6 @@ impl<'a> RowWriter<'a> {
         let mut cur = Cursor::new(record);
         let Head::Map(pairs) = cur.head()? else {
             return Err(RowError::leaf("record is not a msgpack map").into());
-        };
-        let Some(schema) = self.schema else {
-            return Err(RowError::leaf("no schema").into());
         };
         let converter = Converter {
             compat: self.compat,
