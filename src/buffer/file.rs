@@ -40,27 +40,28 @@ fn crc(data: &[u8]) -> u32 {
     crc32fast::hash(data)
 }
 
-fn frame(out: &mut Vec<u8>, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&crc(payload).to_be_bytes());
-    out.extend_from_slice(payload);
-}
-
-/// One entry's frame, written in place: its payload is the tag, the time and the record.
-fn encode_entry(out: &mut Vec<u8>, entry: &Entry) {
-    let tag = entry.tag.as_bytes();
+/// One frame: the payload's length and CRC-32, then the payload `write` appends in place.
+fn frame(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
     let head = out.len();
     out.extend_from_slice(&[0; FRAME_HEAD]);
-    out.extend_from_slice(&(tag.len() as u16).to_be_bytes());
-    out.extend_from_slice(tag);
-    out.extend_from_slice(&entry.event.time.secs.to_be_bytes());
-    out.extend_from_slice(&entry.event.time.nanos.to_be_bytes());
-    out.extend_from_slice(&entry.event.record);
+    write(out);
     let payload = &out[head + FRAME_HEAD..];
     let len = (payload.len() as u32).to_be_bytes();
     let sum = crc(payload).to_be_bytes();
     out[head..head + 4].copy_from_slice(&len);
     out[head + 4..head + FRAME_HEAD].copy_from_slice(&sum);
+}
+
+/// One entry's frame: its payload is the tag, the time and the record.
+fn encode_entry(out: &mut Vec<u8>, entry: &Entry) {
+    let tag = entry.tag.as_bytes();
+    frame(out, |out| {
+        out.extend_from_slice(&(tag.len() as u16).to_be_bytes());
+        out.extend_from_slice(tag);
+        out.extend_from_slice(&entry.event.time.secs.to_be_bytes());
+        out.extend_from_slice(&entry.event.time.nanos.to_be_bytes());
+        out.extend_from_slice(&entry.event.record);
+    });
 }
 
 /// Entries from frame payloads; consecutive entries of one tag share its `Arc`.
@@ -167,7 +168,9 @@ impl FileStore {
         let mut out = Vec::with_capacity(entries.iter().map(|e| e.event.record.len() + 40).sum());
         if new {
             let header = serde_json::json!({"version": 1, "id": id.hex(), "key": key});
-            frame(&mut out, header.to_string().as_bytes());
+            frame(&mut out, |out| {
+                out.extend_from_slice(header.to_string().as_bytes())
+            });
         }
         entries.iter().for_each(|e| encode_entry(&mut out, e));
         let mut file = OpenOptions::new().create(true).append(true).open(&path)?;

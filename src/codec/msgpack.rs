@@ -535,8 +535,6 @@ mod tests {
         }
     }
 
-    /// Flat containers past 15 elements (map16, array16) are skipped whole, every truncation
-    /// of them is an error, and a container still counts as one level of depth.
     /// Every marker: the table-driven scalar length is the head's length plus its payload.
     #[test]
     fn scalar_len_agrees_with_read_head_for_every_marker() {
@@ -561,6 +559,8 @@ mod tests {
         }
     }
 
+    /// Flat containers past 15 elements (map16, array16) are skipped whole, every truncation
+    /// of them is an error, and a container still counts as one level of depth.
     #[test]
     fn wide_flat_containers_skip_like_the_scanner() {
         let map: std::collections::BTreeMap<String, u32> =

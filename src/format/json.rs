@@ -278,6 +278,16 @@ fn copy_short(src: &[u8], dst: &mut [u8]) {
     }
 }
 
+/// Copies `src` into `dst` of the same length: short ones by `copy_short`.
+#[inline(always)]
+fn copy_into(src: &[u8], dst: &mut [u8]) {
+    if src.len() <= SHORT {
+        copy_short(src, dst);
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
 /// Room made ahead at the end of a buffer, written through a slice and a position that stay
 /// in registers. Appending to a `Vec` loads and stores its length for every piece, and for
 /// rows of short keys and values that bookkeeping cost about as much as the bytes. A write
@@ -330,12 +340,7 @@ impl<'a> Room<'a> {
 
     #[inline(always)]
     pub fn bytes(&mut self, s: &[u8]) -> Result<(), Full> {
-        let slot = self.next(s.len())?;
-        if s.len() <= SHORT {
-            copy_short(s, slot);
-        } else {
-            slot.copy_from_slice(s);
-        }
+        copy_into(s, self.next(s.len())?);
         Ok(())
     }
 
@@ -363,12 +368,7 @@ impl<'a> Room<'a> {
         let slot = self.next(n + 2)?;
         slot[0] = b'"';
         slot[n + 1] = b'"';
-        let body = &mut slot[1..n + 1];
-        if n <= SHORT {
-            copy_short(s, body);
-        } else {
-            body.copy_from_slice(s);
-        }
+        copy_into(s, &mut slot[1..n + 1]);
         Ok(true)
     }
 
