@@ -55,6 +55,7 @@ fn request(c: &mut Criterion) {
             schema,
             inject: &mut inject,
             options: &options,
+            template_suffix: None,
         };
         let (requests, rejected) = builder.build(&indices);
         assert!(rejected.is_empty() && requests.len() == 1);

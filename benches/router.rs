@@ -49,11 +49,11 @@ fn templates(c: &mut Criterion) {
     let template = Template::parse("${tag[1]}_%Y%m%d", Zone::Utc).unwrap();
     let time = EventTime::new(1_795_600_800, 0);
     c.bench_function("table_template/render", |b| {
-        b.iter(|| black_box(template.render(black_box("app.web"), time)))
+        b.iter(|| black_box(template.render(black_box("app.web"), time, &[])))
     });
     let mut cached = CachedTemplate::new(template.clone());
     c.bench_function("table_template/cached_same_second", |b| {
-        b.iter(|| black_box(cached.render(black_box("app.web"), time).len()))
+        b.iter(|| black_box(cached.render(black_box("app.web"), time, &[]).len()))
     });
 }
 

@@ -15,8 +15,11 @@ pub mod router;
 
 use input::forward::ForwardInput;
 use metrics::http::Endpoint;
-use metrics::{BufferStatus, Metrics, Observe, OutputStatus, SinkStatus};
+use metrics::{
+    BufferStatus, Metrics, Observe, OutputCounts, OutputStatus, PluginStatus, SinkStatus,
+};
 use output::bigquery::BigQueryOutput;
+use pipeline::Monitored;
 use pipeline::Pipeline;
 use router::Router;
 use std::sync::Arc;
@@ -44,12 +47,14 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let endpoint_config = pipeline.endpoint.take().unwrap_or_default();
     let buffered = std::mem::take(&mut pipeline.buffered);
+    let monitored = std::mem::take(&mut pipeline.monitored);
     let (inputs, router) = pipeline.into_router();
     let router = Arc::new(router);
     let metrics = Arc::new(Metrics::new());
     metrics.set_observer(Arc::new(Observed {
         router: Arc::clone(&router),
         buffered,
+        monitored,
     }));
     let mut bound = Vec::with_capacity(inputs.len());
     for config in inputs {
@@ -127,10 +132,12 @@ async fn bind_endpoint(
     }
 }
 
-/// What metrics read at scrape time: the router's unmatched count and each buffered output.
+/// What metrics read at scrape time: the router's unmatched count, each buffered output,
+/// and every other plugin's counters.
 struct Observed {
     router: Arc<Router>,
     buffered: Vec<Arc<BigQueryOutput>>,
+    monitored: Vec<Monitored>,
 }
 
 impl Observe for Observed {
@@ -149,12 +156,6 @@ impl Observe for Observed {
                 total_limit: buffer.config().total_limit_size,
                 oldest_age: buffer.oldest_age(),
                 retry_wait: buffer.retry_wait(),
-                emit_count: n(&stats.emit_count),
-                emit_records: n(&stats.emit_records),
-                write_count: n(&stats.write_count),
-                retry_count: n(&stats.retry_count),
-                rollback_count: n(&stats.rollback_count),
-                num_errors: n(&stats.num_errors),
                 flush_time: nanos(&stats.flush_nanos),
                 slow_flush_count: n(&stats.slow_flushes),
                 blocked: nanos(&stats.blocked_nanos),
@@ -162,14 +163,49 @@ impl Observe for Observed {
                 dropped_chunks: n(&stats.dropped_chunks),
                 dropped_records: n(&stats.dropped_records),
             };
+            let missing_datasets = output
+                .stats
+                .missing_datasets
+                .lock()
+                .map(|m| m.iter().cloned().collect())
+                .unwrap_or_default();
             visit(&OutputStatus {
                 plugin_id: output::Output::id(&**output),
                 type_name: output::Output::type_name(&**output),
+                counts: OutputCounts {
+                    emit_count: n(&stats.emit_count),
+                    emit_records: n(&stats.emit_records),
+                    write_count: n(&stats.write_count),
+                    retry_count: n(&stats.retry_count),
+                    rollback_count: n(&stats.rollback_count),
+                    num_errors: n(&stats.num_errors),
+                },
                 buffer: Some(status),
                 sink: Some(SinkStatus {
                     tables_created: n(&output.stats.tables_created),
+                    missing_datasets,
                     detail: &output.stats.detail,
                 }),
+            });
+        }
+        for m in self.monitored.iter().filter(|m| m.output) {
+            visit(&OutputStatus {
+                plugin_id: &m.id,
+                type_name: m.type_name,
+                counts: m.counters.counts(),
+                buffer: None,
+                sink: None,
+            });
+        }
+    }
+
+    fn plugins(&self, visit: &mut dyn FnMut(&PluginStatus<'_>)) {
+        for m in &self.monitored {
+            visit(&PluginStatus {
+                plugin_id: &m.id,
+                type_name: m.type_name,
+                drops: m.drops,
+                counters: &m.counters,
             });
         }
     }

@@ -3,7 +3,7 @@
 
 use bqforward::metrics::http::{DEFAULT_HEALTH_URL, probe};
 use bqforward::pipeline::Pipeline;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -12,47 +12,27 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "bqforward",
     version,
-    about = "A fluentd-compatible Forward protocol aggregator for BigQuery"
+    about = "A fluentd-compatible Forward protocol aggregator for BigQuery",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Config file in fluentd's format (as `fluentd -c`); runs it when no command is given.
-    #[arg(short = 'c', long = "config", global = true, env = "BQFORWARD_CONFIG")]
-    config: Option<PathBuf>,
+    /// With no command: run the config (`bqforward -c fluent.conf`, as `fluentd -c`).
+    #[command(flatten)]
+    run: RunArgs,
     /// Check the config and exit, as `fluentd --dry-run`.
     #[arg(long)]
     dry_run: bool,
-    /// More log output (-v debug, -vv trace).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    /// Less log output (-q warn, -qq error).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    quiet: u8,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
-    /// How long outputs may flush after SIGTERM before what is left is kept on disk (file
-    /// buffers, spills) or dead-lettered; keep it under the orchestrator's stop timeout
-    /// (ECS: 30s).
-    #[arg(long, default_value = "20s", value_parser = parse_duration, global = true)]
-    shutdown_timeout: std::time::Duration,
-    /// Threads that run the pipeline (default: one per CPU). Where bqforward shares its CPUs
-    /// with other work (a sidecar beside the application), fewer threads spend less CPU per
-    /// event: they hand less work to each other.
-    #[arg(long, env = "BQFORWARD_THREADS", global = true)]
-    threads: Option<std::num::NonZeroUsize>,
-}
-
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    bqforward::config::value::parse_time(text)
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the pipeline until SIGTERM or SIGINT.
-    Run,
-    /// Parse and validate the config, print the resolved pipeline; non-zero exit on error.
-    Check,
+    Run(RunArgs),
+    /// Parse and validate the config, print the resolved pipeline and every problem found;
+    /// non-zero exit on error.
+    Check(CheckArgs),
     /// Exit 0 when the local instance is ready (GET /readyz answers 200): for container
     /// health checks in images without curl.
     Health {
@@ -65,6 +45,55 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+struct ConfigArg {
+    /// Config file in fluentd's format (as `fluentd -c`).
+    #[arg(short = 'c', long = "config", env = "BQFORWARD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct LogArgs {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less log output (-q warn, -qq error).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    quiet: u8,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    log: LogArgs,
+    /// How long outputs may flush after SIGTERM before what is left is kept on disk (file
+    /// buffers, spills) or dead-lettered; keep it under the orchestrator's stop timeout
+    /// (ECS: 30s).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    shutdown_timeout: std::time::Duration,
+    /// Threads that run the pipeline (default: one per CPU). Where bqforward shares its CPUs
+    /// with other work (a sidecar beside the application), fewer threads spend less CPU per
+    /// event: they hand less work to each other.
+    #[arg(long, env = "BQFORWARD_THREADS")]
+    threads: Option<std::num::NonZeroUsize>,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    bqforward::config::value::parse_time(text)
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -73,16 +102,27 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Health { url, timeout }) = &cli.command {
-        return health(url, *timeout);
-    }
-    let Some(config_path) = cli.config.clone() else {
+    let (args, check) = match cli.command {
+        Some(Command::Health { url, timeout }) => return health(&url, timeout),
+        Some(Command::Check(check)) => (
+            RunArgs {
+                config: check.config,
+                log: check.log,
+                shutdown_timeout: std::time::Duration::ZERO,
+                threads: None,
+            },
+            true,
+        ),
+        Some(Command::Run(run)) => (run, false),
+        None => (cli.run, cli.dry_run),
+    };
+    let Some(config_path) = args.config.config.clone() else {
         eprintln!("error: no config file: pass -c FILE (fluentd's fluent.conf format)");
         return ExitCode::from(2);
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all().thread_name("bqforward-rt");
-    if let Some(threads) = cli.threads {
+    if let Some(threads) = args.threads {
         builder.worker_threads(threads.get());
     }
     let runtime = match builder.build() {
@@ -102,11 +142,16 @@ fn main() -> ExitCode {
             }
         };
         let system = Pipeline::system_of(&root).unwrap_or_default();
-        init_logging(&cli, system.log_level.as_deref());
+        init_logging(&args.log, system.log_level.as_deref());
         let pipeline = match Pipeline::from_root(&root) {
             Ok(pipeline) => pipeline,
-            Err(err) => {
-                eprintln!("error: {err}");
+            Err(errors) => {
+                for err in &errors.0 {
+                    eprintln!("error: {err}");
+                }
+                if errors.0.len() > 1 {
+                    eprintln!("{} errors in {}", errors.0.len(), config_path.display());
+                }
                 return ExitCode::FAILURE;
             }
         };
@@ -116,7 +161,7 @@ fn main() -> ExitCode {
         for note in &pipeline.notes {
             tracing::info!("{note}");
         }
-        if cli.dry_run || matches!(cli.command, Some(Command::Check)) {
+        if check {
             print!("{}", pipeline.describe());
             println!("config OK: {}", config_path.display());
             return ExitCode::SUCCESS;
@@ -124,7 +169,7 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_path.display(), "bqforward starting");
-        match bqforward::run(pipeline, shutdown, cli.shutdown_timeout).await {
+        match bqforward::run(pipeline, shutdown, args.shutdown_timeout).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!("{err}");
@@ -164,7 +209,7 @@ async fn on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn init_logging(cli: &Cli, system_level: Option<&str>) {
+fn init_logging(cli: &LogArgs, system_level: Option<&str>) {
     const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
     let base = match system_level.unwrap_or("info") {
         "fatal" | "error" => 0,

@@ -2,13 +2,14 @@
 //! with typed settings, in config order. Everything is checked here, once, before anything
 //! runs; what bqforward does not implement is an error or a warning that says so.
 
-use crate::config::{ConfigError, Element, Section};
+use crate::config::{ConfigError, ConfigErrors, Element, Section};
 use crate::input::forward::ForwardConfig;
+use crate::metrics::PluginCounters;
 use crate::metrics::http::EndpointConfig;
 use crate::output::bigquery::BigQueryOutput;
 use crate::output::file::FileOutput;
 use crate::output::stdout::StdoutOutput;
-use crate::output::{NullOutput, Output};
+use crate::output::{Counted, NullOutput, Output};
 use crate::router::pattern::MatchPatterns;
 use crate::router::rewrite_tag::RewriteTagFilter;
 use crate::router::{FilterRoute, Label, Route, Router, Store, Target};
@@ -36,7 +37,7 @@ const STORE_TYPES: &[&str] = &[
     "rewrite_tag_filter",
 ];
 /// What a `<secondary>` (dead letters) may be.
-pub const SECONDARY_TYPES: &[&str] = &["file", "stdout", "null"];
+pub const SECONDARY_TYPES: &[&str] = &["secondary_file", "file", "stdout", "null"];
 
 /// fluent-plugin-prometheus's collectors: bqforward always exports what they would, so they
 /// are accepted and need nothing.
@@ -65,6 +66,17 @@ const SYSTEM_IGNORED: &[&str] = &[
     "log",
 ];
 
+/// A plugin metrics read through its counters.
+pub struct Monitored {
+    pub id: String,
+    pub type_name: &'static str,
+    /// fluentd lists it among outputs (relabel, copy and rewrite_tag_filter are outputs).
+    pub output: bool,
+    /// It drops events on purpose (filters, rewrite_tag_filter).
+    pub drops: bool,
+    pub counters: Arc<PluginCounters>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct SystemConfig {
     pub log_level: Option<String>,
@@ -79,6 +91,9 @@ pub struct Pipeline {
     pub endpoint: Option<EndpointConfig>,
     /// Outputs with a buffer, which metrics read at scrape time.
     pub buffered: Vec<Arc<BigQueryOutput>>,
+    /// Every other plugin's counters: outputs without a buffer (copy stores and
+    /// `<secondary>`s included), routing outputs, filters.
+    pub monitored: Vec<Monitored>,
     pub warnings: Vec<String>,
     /// Worth saying at start-up, not a problem (logged at info).
     pub notes: Vec<String>,
@@ -96,12 +111,13 @@ impl Pipeline {
             }],
             endpoint: None,
             buffered: Vec::new(),
+            monitored: Vec::new(),
             warnings: Vec::new(),
             notes: Vec::new(),
         }
     }
 
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         Self::from_root(&crate::config::parse_file(path)?)
     }
 
@@ -115,40 +131,48 @@ impl Pipeline {
         Ok(pipeline.system)
     }
 
-    pub fn from_root(root: &Element) -> Result<Self, ConfigError> {
+    /// Reads every directive. A directive with an error is reported and the next one read,
+    /// so one run names every problem the config has, in line order.
+    pub fn from_root(root: &Element) -> Result<Self, ConfigErrors> {
         let mut pipeline = Self::empty();
         let mut counter = 0usize;
-        if let Some(param) = root.params.first() {
-            return Err(ConfigError::at(
-                &param.location,
-                format!("parameter '{}' outside any section", param.key),
-            ));
-        }
+        let mut errors: Vec<ConfigError> = root
+            .params
+            .iter()
+            .map(|param| {
+                ConfigError::at(
+                    &param.location,
+                    format!("parameter '{}' outside any section", param.key),
+                )
+            })
+            .collect();
         pipeline.declare_labels(root)?;
         for element in &root.elements {
             counter += 1;
-            match element.name.as_str() {
-                "system" => pipeline.read_system(element)?,
-                "source" => pipeline.add_source(element, counter)?,
-                "match" => pipeline.add_match(element, counter, 0)?,
-                "filter" => pipeline.add_filter(element, counter, 0)?,
-                "label" => pipeline.add_label(element, &mut counter)?,
-                "worker" => {
-                    return Err(ConfigError::at(
-                        &element.location,
-                        format!(
-                            "{} is not supported by bqforward (it uses every core in one process)",
-                            element.header()
-                        ),
-                    ));
-                }
-                other => {
-                    return Err(ConfigError::at(
-                        &element.location,
-                        format!("unknown directive <{other}>"),
-                    ));
-                }
+            let read = match element.name.as_str() {
+                "system" => pipeline.read_system(element),
+                "source" => pipeline.add_source(element, counter),
+                "match" => pipeline.add_match(element, counter, 0),
+                "filter" => pipeline.add_filter(element, counter, 0),
+                "label" => pipeline.add_label(element, &mut counter, &mut errors),
+                "worker" => Err(ConfigError::at(
+                    &element.location,
+                    format!(
+                        "{} is not supported by bqforward (it uses every core in one process)",
+                        element.header()
+                    ),
+                )),
+                other => Err(ConfigError::at(
+                    &element.location,
+                    format!("unknown directive <{other}>"),
+                )),
+            };
+            if let Err(error) = read {
+                errors.push(error);
             }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors::sorted(errors));
         }
         if pipeline.inputs.is_empty() {
             pipeline
@@ -286,7 +310,12 @@ impl Pipeline {
             })
     }
 
-    fn add_label(&mut self, element: &Element, counter: &mut usize) -> Result<(), ConfigError> {
+    fn add_label(
+        &mut self,
+        element: &Element,
+        counter: &mut usize,
+        errors: &mut Vec<ConfigError>,
+    ) -> Result<(), ConfigError> {
         let label = self.label_named(element.arg.trim(), element)?;
         if let Some(param) = element.params.first() {
             return Err(ConfigError::at(
@@ -300,19 +329,20 @@ impl Pipeline {
         }
         for child in &element.elements {
             *counter += 1;
-            match child.name.as_str() {
-                "filter" => self.add_filter(child, *counter, label)?,
-                "match" => self.add_match(child, *counter, label)?,
-                _ => {
-                    return Err(ConfigError::at(
-                        &child.location,
-                        format!(
-                            "{} in {}: a label holds only <filter> and <match>",
-                            child.header(),
-                            element.header()
-                        ),
-                    ));
-                }
+            let read = match child.name.as_str() {
+                "filter" => self.add_filter(child, *counter, label),
+                "match" => self.add_match(child, *counter, label),
+                _ => Err(ConfigError::at(
+                    &child.location,
+                    format!(
+                        "{} in {}: a label holds only <filter> and <match>",
+                        child.header(),
+                        element.header()
+                    ),
+                )),
+            };
+            if let Err(error) = read {
+                errors.push(error);
             }
         }
         Ok(())
@@ -326,10 +356,31 @@ impl Pipeline {
         let id = plugin_id(&s, type_name, n);
         let (filter, warnings) = crate::filter::from_config(id, element)?;
         self.warnings.extend(warnings);
-        self.labels[label]
-            .filters
-            .push(FilterRoute { patterns, filter });
+        let counters = self.monitor(filter.id(), filter.type_name(), false, true);
+        self.labels[label].filters.push(FilterRoute {
+            patterns,
+            filter,
+            counters,
+        });
         Ok(())
+    }
+
+    fn monitor(
+        &mut self,
+        id: &str,
+        type_name: &'static str,
+        output: bool,
+        drops: bool,
+    ) -> Arc<PluginCounters> {
+        let counters = Arc::new(PluginCounters::default());
+        self.monitored.push(Monitored {
+            id: id.to_owned(),
+            type_name,
+            output,
+            drops,
+            counters: Arc::clone(&counters),
+        });
+        counters
     }
 
     fn add_match(&mut self, element: &Element, n: usize, label: usize) -> Result<(), ConfigError> {
@@ -367,14 +418,21 @@ impl Pipeline {
                     ConfigError::at(&element.location, "@type relabel needs @label")
                 })?;
                 self.warnings.extend(s.finish(&[])?);
-                Ok(Target::Relabel { id, label })
+                let counters = self.monitor(&id, "relabel", true, false);
+                Ok(Target::Relabel {
+                    id,
+                    label,
+                    counters,
+                })
             }
             "rewrite_tag_filter" => {
                 let (filter, warnings) = RewriteTagFilter::from_config(id, &s)?;
                 self.warnings.extend(warnings);
+                let counters = self.monitor(filter.id(), "rewrite_tag_filter", true, true);
                 Ok(Target::RewriteTag {
                     filter: Arc::new(filter),
                     label: emit_label.unwrap_or(label),
+                    counters,
                 })
             }
             "copy" => {
@@ -407,7 +465,12 @@ impl Pipeline {
                     ));
                 }
                 self.warnings.extend(s.finish(&["deep_copy"])?);
-                Ok(Target::Copy { id, stores })
+                let counters = self.monitor(&id, "copy", true, false);
+                Ok(Target::Copy {
+                    id,
+                    stores,
+                    counters,
+                })
             }
             "bigquery_insert" => {
                 let secondary = match s.section("secondary")? {
@@ -418,8 +481,9 @@ impl Pipeline {
                     )?),
                     None => None,
                 };
-                let (output, warnings) = BigQueryOutput::from_config(id, &s, secondary)?;
+                let (output, warnings, notes) = BigQueryOutput::from_config(id, &s, secondary)?;
                 self.warnings.extend(warnings);
+                self.notes.extend(notes);
                 let output = Arc::new(output);
                 self.buffered.push(Arc::clone(&output));
                 Ok(Target::Output(output as Arc<dyn Output>))
@@ -467,6 +531,10 @@ impl Pipeline {
                 let (o, w) = FileOutput::from_config(id, s)?;
                 (Arc::new(o), w)
             }
+            "secondary_file" if allowed.contains(&"secondary_file") => {
+                let (o, w) = FileOutput::secondary_from_config(id, s)?;
+                (Arc::new(o), w)
+            }
             "null" if allowed.contains(&"null") => {
                 let mut warnings = Vec::new();
                 if let Some(buffer) = s.section("buffer")? {
@@ -477,7 +545,9 @@ impl Pipeline {
             other => return Err(unknown_type(element, other, allowed)),
         };
         self.warnings.extend(warnings);
-        Ok(output)
+        let writes = output.type_name() != "null";
+        let counters = self.monitor(output.id(), output.type_name(), true, false);
+        Ok(Arc::new(Counted::new(output, counters, writes)))
     }
 
     pub fn into_router(self) -> (Vec<ForwardConfig>, Router) {
@@ -538,10 +608,10 @@ fn describe_target(out: &mut String, target: &Target, labels: &[Label], indent: 
         Target::Output(o) => {
             let _ = writeln!(out, "{} (@type {})", o.id(), o.type_name());
         }
-        Target::Relabel { id, label } => {
+        Target::Relabel { id, label, .. } => {
             let _ = writeln!(out, "{id} (@type relabel) -> label {}", labels[*label].name);
         }
-        Target::RewriteTag { filter, label } => {
+        Target::RewriteTag { filter, label, .. } => {
             let name = &labels[*label].name;
             let into = if name.is_empty() {
                 "the root label"
@@ -555,7 +625,7 @@ fn describe_target(out: &mut String, target: &Target, labels: &[Label], indent: 
                 filter.describe()
             );
         }
-        Target::Copy { id, stores } => {
+        Target::Copy { id, stores, .. } => {
             let _ = writeln!(out, "{id} (@type copy):");
             for store in stores {
                 let flags = match (store.ignore_error, store.ignore_if_prev_success) {

@@ -1,7 +1,8 @@
 //! fluentd's `<buffer>` parameters as typed settings, with each output's defaults (a
 //! `bigquery_insert` buffer has fluent-plugin-bigquery's, not fluentd's plain ones).
 
-use crate::config::{ConfigError, Element, Location, Section};
+use crate::config::{ConfigError, Element, Location, Section, value};
+use crate::format::time::Zone;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,6 +105,78 @@ impl RetryPolicy {
     }
 }
 
+/// fluentd's chunk keys, `<buffer time,tag,KEY>`. bqforward keys chunks by destination,
+/// which already separates what placeholders tell apart, so chunk keys only say what
+/// placeholders may read, and `time` makes names use the event time cut to `timekey`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChunkKeys {
+    pub time: bool,
+    pub tag: bool,
+    /// Record keys as written: `status`, `$.a.b`.
+    pub record: Vec<String>,
+}
+
+impl ChunkKeys {
+    /// fluentd's rules (`Output#configure`): `time`, `tag`, and record keys of
+    /// `[-_.@$a-zA-Z0-9]` (so `$.a.b` paths; bracket paths are refused).
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut keys = Self::default();
+        for key in value::parse_array(text)? {
+            match key.as_str() {
+                "time" => keys.time = true,
+                "tag" => keys.tag = true,
+                k if k.starts_with("$[") => {
+                    return Err("in chunk_keys: bracket notation is not allowed".into());
+                }
+                k if k.is_empty()
+                    || !k
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.@$".contains(&b)) =>
+                {
+                    return Err(format!(
+                        "chunk_keys specification includes invalid char: '{k}'"
+                    ));
+                }
+                k => {
+                    crate::filter::accessor::KeyPath::parse(k)
+                        .map_err(|e| format!("in chunk_keys: {e}"))?;
+                    if !keys.record.iter().any(|r| r == k) {
+                        keys.record.push(k.to_owned());
+                    }
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.time && !self.tag && self.record.is_empty()
+    }
+
+    /// As fluentd writes them: `time,tag,status`.
+    pub fn describe(&self) -> String {
+        let mut all: Vec<&str> = Vec::new();
+        if self.time {
+            all.push("time");
+        }
+        if self.tag {
+            all.push("tag");
+        }
+        all.extend(self.record.iter().map(String::as_str));
+        all.join(",")
+    }
+}
+
+/// `timekey` with a `time` chunk key: names take the start of the event's period.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeKey {
+    /// The period, in seconds (at least 1).
+    pub period: i64,
+    /// `timekey_wait`: with `flush_mode lazy`, how long after a period ends its chunk waits
+    /// for late events before it is flushed.
+    pub wait: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BufferConfig {
     pub kind: BufferKind,
@@ -121,8 +194,12 @@ pub struct BufferConfig {
     pub flush_at_shutdown: bool,
     pub overflow_action: OverflowAction,
     pub retry: RetryPolicy,
-    /// For strftime parts of destination names: UTC instead of local time.
-    pub timekey_use_utc: bool,
+    pub chunk_keys: ChunkKeys,
+    /// Set when `time` is a chunk key.
+    pub timekey: Option<TimeKey>,
+    /// The zone of strftime parts in names and of timekey periods: `timekey_zone`, UTC with
+    /// `timekey_use_utc`, else local time (fluentd's default).
+    pub time_zone: Zone,
     pub location: Option<Location>,
 }
 
@@ -143,7 +220,9 @@ impl BufferConfig {
             flush_at_shutdown: true,
             overflow_action: OverflowAction::ThrowException,
             retry: RetryPolicy::default(),
-            timekey_use_utc: false,
+            chunk_keys: ChunkKeys::default(),
+            timekey: None,
+            time_zone: Zone::Local,
             location: None,
         }
     }
@@ -175,15 +254,13 @@ impl BufferConfig {
                 ));
             }
         };
-        if !element.arg.trim().is_empty() {
-            return Err(ConfigError::at(
-                s.location(),
-                format!(
-                    "<buffer {}>: chunk keys are not used by bqforward, which keys chunks by destination table; write <buffer>",
-                    element.arg
-                ),
-            ));
-        }
+        let at = |message: String| ConfigError::at(s.location(), message);
+        // The section's argument, or fluentd's equivalent `chunk_keys` parameter.
+        let chunk_keys = match (element.arg.trim(), s.str("chunk_keys")) {
+            ("", None) => ChunkKeys::default(),
+            ("", Some(param)) => ChunkKeys::parse(param).map_err(at)?,
+            (arg, _) => ChunkKeys::parse(arg).map_err(at)?,
+        };
         let mut c = defaults;
         c.kind = kind;
         if let Some(v) = s.bool("fsync")? {
@@ -206,15 +283,20 @@ impl BufferConfig {
         if let Some(v) = s.int::<usize>("queued_chunks_limit_size")? {
             c.queued_chunks_limit_size = Some(v.max(1));
         }
+        let flush_interval = s.time("flush_interval")?;
+        if let Some(v) = flush_interval {
+            c.flush_interval = v;
+        }
         if let Some(mode) = s.one_of("flush_mode", &["default", "interval", "immediate", "lazy"])? {
             c.flush_mode = match mode {
                 "immediate" => FlushMode::Immediate,
                 "lazy" => FlushMode::Lazy,
+                "interval" => FlushMode::Interval,
+                // fluentd's `default`: interval when flush_interval is set, else lazy for
+                // time-keyed chunks.
+                _ if flush_interval.is_none() && chunk_keys.time => FlushMode::Lazy,
                 _ => FlushMode::Interval,
             };
-        }
-        if let Some(v) = s.time("flush_interval")? {
-            c.flush_interval = v;
         }
         if let Some(v) = s.int::<usize>("flush_thread_count")? {
             c.flush_thread_count = v.clamp(1, 256);
@@ -236,9 +318,10 @@ impl BufferConfig {
             };
         }
         read_retry(&s, &mut c.retry)?;
-        if let Some(v) = s.bool("timekey_use_utc")? {
-            c.timekey_use_utc = v;
-        }
+        let (timekey, zone) = read_timekey(&s, chunk_keys.time)?;
+        c.timekey = timekey;
+        c.time_zone = zone;
+        c.chunk_keys = chunk_keys;
         c.location = Some(s.location().clone());
         let warnings = s.finish(&[
             "flush_thread_burst_interval",
@@ -247,13 +330,54 @@ impl BufferConfig {
             "chunk_full_threshold",
             "compress",
             "disable_chunk_backup",
-            "timekey",
-            "timekey_wait",
-            "timekey_zone",
             "queue_limit_length",
         ])?;
         Ok((c, warnings))
     }
+
+    /// For `check`: what the chunk keys do here, when there are any.
+    pub fn describe_chunk_keys(&self) -> Option<String> {
+        if self.chunk_keys.is_empty() {
+            return None;
+        }
+        let time = match self.timekey {
+            Some(t) => format!("; names use the event time cut to timekey {}s", t.period),
+            None => String::new(),
+        };
+        Some(format!(
+            "<buffer {}>: chunks are keyed by destination, which separates what the placeholders tell apart; the chunk keys say what placeholders read{time}",
+            self.chunk_keys.describe()
+        ))
+    }
+}
+
+/// `timekey`, `timekey_wait`, `timekey_use_utc`, `timekey_zone` as fluentd reads them: a
+/// `time` chunk key needs a positive timekey.
+fn read_timekey(s: &Section<'_>, time_key: bool) -> Result<(Option<TimeKey>, Zone), ConfigError> {
+    let at = |message: String| ConfigError::at(s.location(), message);
+    let period = s.time("timekey")?;
+    let wait = s.time("timekey_wait")?.unwrap_or(Duration::from_secs(600));
+    let utc = s.bool("timekey_use_utc")?.unwrap_or(false);
+    let zone = match s.str("timekey_zone") {
+        Some(name) => Zone::parse(name).map_err(|e| at(format!("timekey_zone: {e}")))?,
+        None => Zone::Local,
+    };
+    let zone = if utc { Zone::Utc } else { zone };
+    if !time_key {
+        return Ok((None, zone));
+    }
+    let Some(period) = period else {
+        return Err(at(
+            "<buffer ...> argument includes 'time', but timekey is not configured".into(),
+        ));
+    };
+    let secs = period.as_secs() as i64;
+    if secs <= 0 {
+        return Err(at(format!(
+            "timekey should be greater than 0. current timekey: {secs}"
+        )));
+    }
+    Ok((Some(TimeKey { period: secs, wait }), zone))
 }
 
 fn read_retry(s: &Section<'_>, r: &mut RetryPolicy) -> Result<(), ConfigError> {

@@ -97,6 +97,11 @@ pub struct Chunk<K> {
     on_disk: bool,
     bytes: usize,
     created: Instant,
+    /// The oldest event time staged (Unix seconds), and when (Unix seconds) the timekey
+    /// period it falls in has ended and waited `timekey_wait`: time-keyed chunks are due
+    /// then, as fluentd flushes a timekey's chunks.
+    oldest: i64,
+    timekey_due: Option<i64>,
     attempts: u32,
     first_failure: Option<Instant>,
     next_try: Instant,
@@ -114,6 +119,8 @@ impl<K> Chunk<K> {
             on_disk: false,
             bytes: 0,
             created: now,
+            oldest: i64::MAX,
+            timekey_due: None,
             attempts: 0,
             first_failure: None,
             next_try: now,
@@ -143,11 +150,13 @@ pub enum Outcome {
     /// Every pending entry is delivered (or dead-lettered by the sink).
     Done,
     /// Try again later with `keep` (None: all pending entries), after `after` if the sink
-    /// knows better than the backoff policy.
+    /// knows better than the backoff policy. `quiet`: an expected wait (a table being
+    /// created), logged at debug rather than as a failure.
     Retry {
         keep: Option<Vec<u32>>,
         error: String,
         after: Option<Duration>,
+        quiet: bool,
     },
 }
 
@@ -493,12 +502,19 @@ where
                 self.write_entries(chunk, &rest[..room])?;
             }
             chunk.entries.reserve(room);
+            let oldest = chunk.oldest;
             for entry in rest.drain(..room) {
                 let size = entry.size();
                 chunk.bytes += size;
                 chunk.len += 1;
+                chunk.oldest = chunk.oldest.min(entry.event.time.secs);
                 chunk.entries.push(entry);
                 state.bytes += size;
+            }
+            if let Some(timekey) = self.config.timekey.filter(|_| chunk.oldest < oldest) {
+                let start = self.config.time_zone.timekey(chunk.oldest, timekey.period);
+                let wait = timekey.wait.as_secs() as i64;
+                chunk.timekey_due = Some(start.saturating_add(timekey.period).saturating_add(wait));
             }
             if self.is_full(chunk) {
                 queued |= self.enqueue_staged(state, &key);
@@ -559,8 +575,14 @@ where
         }
     }
 
-    /// Queues staged chunks that are old enough (interval mode).
+    /// Queues staged chunks that are due: old enough (interval mode), or, with a `time`
+    /// chunk key, past the end of their oldest event's timekey period and `timekey_wait`
+    /// (any mode; the only time-based flush in lazy mode, as fluentd's).
     async fn timer(self: Arc<Self>) {
+        let interval = self.config.flush_mode == FlushMode::Interval;
+        if !interval && self.config.timekey.is_none() {
+            return;
+        }
         loop {
             tokio::time::sleep(self.config.flush_thread_interval).await;
             let queued = {
@@ -568,17 +590,20 @@ where
                 if state.closing {
                     return;
                 }
-                if self.config.flush_mode != FlushMode::Interval {
-                    continue;
-                }
                 let room = self
                     .config
                     .queued_chunks_limit_size
                     .map_or(usize::MAX, |limit| limit.saturating_sub(state.queue.len()));
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
                 let due: Vec<Arc<K>> = state
                     .staged
                     .iter()
-                    .filter(|(_, c)| c.created.elapsed() >= self.config.flush_interval)
+                    .filter(|(_, c)| {
+                        (interval && c.created.elapsed() >= self.config.flush_interval)
+                            || c.timekey_due.is_some_and(|due| now >= due)
+                    })
                     .map(|(k, _)| Arc::clone(k))
                     .take(room)
                     .collect();
@@ -656,13 +681,18 @@ where
     }
 
     async fn settle(&self, mut chunk: Chunk<K>, outcome: Outcome) {
-        let (keep, error, after) = match outcome {
+        let (keep, error, after, quiet) = match outcome {
             Outcome::Done => {
                 self.forget(&chunk);
                 self.release(&chunk);
                 return;
             }
-            Outcome::Retry { keep, error, after } => (keep, error, after),
+            Outcome::Retry {
+                keep,
+                error,
+                after,
+                quiet,
+            } => (keep, error, after, quiet),
         };
         self.stats.num_errors.fetch_add(1, Ordering::Relaxed);
         if let Some(keep) = keep {
@@ -692,8 +722,13 @@ where
         let delay = after.unwrap_or_else(|| self.config.retry.delay(chunk.attempts));
         self.stats.retry_count.fetch_add(1, Ordering::Relaxed);
         self.stats.rollback_count.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(output = %self.name, key = %chunk.key, chunk = %chunk.id.hex(),
-            attempt = chunk.attempts, retry_in_ms = delay.as_millis() as u64, %error, "chunk will be retried");
+        if quiet {
+            tracing::debug!(output = %self.name, key = %chunk.key, chunk = %chunk.id.hex(),
+                attempt = chunk.attempts, retry_in_ms = delay.as_millis() as u64, %error, "chunk will be retried");
+        } else {
+            tracing::warn!(output = %self.name, key = %chunk.key, chunk = %chunk.id.hex(),
+                attempt = chunk.attempts, retry_in_ms = delay.as_millis() as u64, %error, "chunk will be retried");
+        }
         chunk.next_try = Instant::now()
             + if closing {
                 delay.min(Duration::from_secs(1))

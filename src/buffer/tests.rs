@@ -137,6 +137,7 @@ async fn partial_retry_resends_only_kept_entries() {
                 keep: Some(vec![1, 3]),
                 error: "stopped rows".into(),
                 after: None,
+                quiet: false,
             },
             _ => Outcome::Done,
         }),
@@ -160,6 +161,7 @@ async fn exhausted_retries_hand_the_chunk_to_give_up() {
             keep: None,
             error: "503".into(),
             after: None,
+            quiet: false,
         }),
         None,
     );
@@ -273,6 +275,7 @@ async fn shutdown_flushes_staged_and_gives_up_on_the_undeliverable() {
                     keep: None,
                     error: "down".into(),
                     after: None,
+                    quiet: false,
                 }
             } else {
                 Outcome::Done
@@ -360,6 +363,7 @@ async fn file_buffer_chunks_survive_a_restart_with_their_pending_rows() {
             keep: Some(vec![1, 3]),
             error: "stopped".into(),
             after: Some(Duration::from_secs(3600)),
+            quiet: false,
         }),
         None,
     );

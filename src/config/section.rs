@@ -133,24 +133,57 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// The error for a required parameter that is absent. A parameter in the section that
+    /// looks like a misspelling of it is named instead: `tabel` is the problem, not a
+    /// missing `table`.
+    pub fn missing(&self, key: &str, plugin: &str) -> ConfigError {
+        let used = self.used_params.borrow();
+        let typo = self
+            .element
+            .params
+            .iter()
+            .filter(|p| !used.contains(&p.key))
+            .find(|p| similar(&p.key, key));
+        match typo {
+            Some(param) => ConfigError::at(
+                &param.location,
+                format!(
+                    "unknown parameter '{}' in {} (did you mean '{key}'? {plugin} needs '{key}')",
+                    param.key,
+                    self.describe()
+                ),
+            ),
+            None => ConfigError::at(self.location(), format!("{plugin} needs '{key}'")),
+        }
+    }
+
     /// Ends reading: unread parameters named in `ignored` (accepted by fluentd, not
     /// implemented by bqforward) become warnings; any other unread parameter or sub-section
-    /// is an error. Sub-section names may be listed in `ignored` too.
+    /// is an error, with the known name it is closest to. Every unknown one is reported: the
+    /// first is the error, the rest ride along in `ConfigError::more`.
     pub fn finish(&self, ignored: &[&str]) -> Result<Vec<String>, ConfigError> {
         let used_params = self.used_params.borrow();
         let used_sections = self.used_sections.borrow();
         let mut warned = HashSet::new();
         let mut warnings = Vec::new();
+        let mut errors: Vec<ConfigError> = Vec::new();
         let where_ = self.describe();
+        let known: Vec<&str> = used_params
+            .iter()
+            .map(String::as_str)
+            .chain(ignored.iter().copied())
+            .collect();
         for param in &self.element.params {
             if used_params.contains(&param.key) {
                 continue;
             }
             if !ignored.contains(&param.key.as_str()) {
-                return Err(ConfigError::at(
+                let hint = suggestion(&param.key, &known);
+                errors.push(ConfigError::at(
                     &param.location,
-                    format!("unknown parameter '{}' in {where_}", param.key),
+                    format!("unknown parameter '{}' in {where_}{hint}", param.key),
                 ));
+                continue;
             }
             if warned.insert(param.key.as_str()) {
                 warnings.push(format!(
@@ -164,17 +197,27 @@ impl<'a> Section<'a> {
                 continue;
             }
             if !ignored.contains(&element.name.as_str()) {
-                return Err(ConfigError::at(
+                let sections: Vec<&str> = used_sections.iter().map(String::as_str).collect();
+                let hint = suggestion(&element.name, &sections);
+                errors.push(ConfigError::at(
                     &element.location,
-                    format!("unknown section <{}> in {where_}", element.name),
+                    format!("unknown section <{}> in {where_}{hint}", element.name),
                 ));
+                continue;
             }
             warnings.push(format!(
                 "{}: section <{}> in {where_} is accepted for compatibility but ignored by bqforward",
                 element.location, element.name
             ));
         }
-        Ok(warnings)
+        let mut errors = errors.into_iter();
+        match errors.next() {
+            Some(mut first) => {
+                first.more.extend(errors);
+                Err(first)
+            }
+            None => Ok(warnings),
+        }
     }
 
     fn read(&self, key: &str) -> Option<&'a Param> {
@@ -219,6 +262,29 @@ impl<'a> Section<'a> {
             None => header,
         }
     }
+}
+
+/// Close enough to be a typo: a small edit distance relative to the length, or one a
+/// prefix-weighted similarity finds (`projetc` / `project`, `tabel` / `table`).
+fn similar(a: &str, b: &str) -> bool {
+    if a == b {
+        return false;
+    }
+    let distance = strsim::damerau_levenshtein(a, b);
+    distance <= 2.min(b.len() / 3).max(1) || strsim::jaro_winkler(a, b) >= 0.92
+}
+
+/// ` (did you mean 'x'?)` for the closest known name, or nothing.
+fn suggestion(name: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .filter(|k| !k.starts_with('@') && similar(name, k))
+        .min_by(|a, b| {
+            let d = |k: &str| strsim::damerau_levenshtein(name, k);
+            d(a).cmp(&d(b)).then_with(|| a.cmp(b))
+        })
+        .map(|k| format!(" (did you mean '{k}'?)"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -347,6 +413,48 @@ mod tests {
         assert_eq!(
             s.finish(&[]).unwrap_err().to_string(),
             "etc/fluent.conf:3: unknown parameter 'projetc' in <match app.**> (@type bigquery_insert)"
+        );
+    }
+
+    #[test]
+    fn unknown_names_get_the_closest_known_one_and_all_are_reported() {
+        let element = first_match(
+            "<match app.**>\n  @type t\n  projetc p\n  flush_intervl 1s\n  zzz 1\n  <bufer>\n  </bufer>\n</match>\n",
+        );
+        let s = Section::new(&element);
+        let _ = (
+            s.type_name(),
+            s.str("project"),
+            s.str("dataset"),
+            s.sections("buffer"),
+        );
+        let err = s.finish(&["flush_interval"]).unwrap_err();
+        let all: Vec<String> = std::iter::once(&err)
+            .chain(&err.more)
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "etc/fluent.conf:3: unknown parameter 'projetc' in <match app.**> (@type t) (did you mean 'project'?)",
+                "etc/fluent.conf:4: unknown parameter 'flush_intervl' in <match app.**> (@type t) (did you mean 'flush_interval'?)",
+                "etc/fluent.conf:5: unknown parameter 'zzz' in <match app.**> (@type t)",
+                "etc/fluent.conf:6: unknown section <bufer> in <match app.**> (@type t) (did you mean 'buffer'?)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_required_parameter_names_its_misspelling() {
+        let element = first_match("<match x>\n  @type t\n  tabel logs\n</match>\n");
+        let s = Section::new(&element);
+        assert_eq!(
+            s.missing("table", "bigquery_insert").to_string(),
+            "etc/fluent.conf:3: unknown parameter 'tabel' in <match x> (@type t) (did you mean 'table'? bigquery_insert needs 'table')"
+        );
+        assert_eq!(
+            s.missing("dataset", "bigquery_insert").to_string(),
+            "etc/fluent.conf:1: bigquery_insert needs 'dataset'"
         );
     }
 

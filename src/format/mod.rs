@@ -234,6 +234,16 @@ impl Formatter {
         Ok((formatter, warnings))
     }
 
+    /// `<format> @type json` with no options: one JSON object per line.
+    pub fn json() -> Self {
+        Self {
+            kind: Kind::Json,
+            time: TimeFormatter::iso8601(Zone::Local),
+            inject: Inject::default(),
+            scratch: String::new(),
+        }
+    }
+
     /// Appends one formatted line (with its newline) for `event` to `out`.
     pub fn format(
         &mut self,

@@ -4,26 +4,66 @@
 
 use crate::codec::EventTime;
 use chrono::format::{Item, StrftimeItems};
-use chrono::{DateTime, FixedOffset, Local, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, Local, Offset, TimeZone, Utc};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Zone {
     Local,
     Utc,
     Fixed(FixedOffset),
+    /// An IANA zone (`Asia/Tokyo`), with its daylight-saving rules.
+    Named(chrono_tz::Tz),
 }
 
 impl Zone {
     /// From fluentd's `localtime` / `utc` / `timezone` parameters (later ones win).
     pub fn from_params(utc: bool, timezone: Option<&str>) -> Result<Self, String> {
         if let Some(tz) = timezone {
-            return parse_offset(tz).map(Zone::Fixed);
+            return Self::parse(tz);
         }
         Ok(if utc { Zone::Utc } else { Zone::Local })
     }
+
+    /// A zone as fluentd's `Fluent::Timezone` reads one: an offset (`+09:00`, `-0530`), `UTC`,
+    /// or an IANA name (`Asia/Tokyo`).
+    pub fn parse(tz: &str) -> Result<Self, String> {
+        let tz = tz.trim();
+        if let Ok(offset) = parse_offset(tz) {
+            return Ok(Zone::Fixed(offset));
+        }
+        tz.parse::<chrono_tz::Tz>().map(Zone::Named).map_err(|_| {
+            format!(
+                "unknown timezone '{tz}': use an offset like +09:00, UTC, or a name like Asia/Tokyo"
+            )
+        })
+    }
+
+    /// Seconds east of UTC at `secs` (Unix time) in this zone.
+    pub fn offset_at(&self, secs: i64) -> i64 {
+        let Some(utc) = DateTime::<Utc>::from_timestamp(secs, 0) else {
+            return 0;
+        };
+        let seconds = match self {
+            Zone::Utc => 0,
+            Zone::Local => utc.with_timezone(&Local).offset().local_minus_utc(),
+            Zone::Fixed(offset) => offset.local_minus_utc(),
+            Zone::Named(tz) => utc.with_timezone(tz).offset().fix().local_minus_utc(),
+        };
+        i64::from(seconds)
+    }
+
+    /// fluentd's `calculate_timekey`: the start of the `timekey`-long period holding `secs`,
+    /// periods aligned to midnight in this zone (a 1d timekey starts at local midnight).
+    pub fn timekey(&self, secs: i64, timekey: i64) -> i64 {
+        if timekey <= 0 {
+            return secs;
+        }
+        let offset = self.offset_at(secs);
+        secs - (secs + offset).rem_euclid(timekey)
+    }
 }
 
-/// "+09:00", "-0530", "UTC", "Z". Named zones (Asia/Tokyo) are not supported.
+/// "+09:00", "-0530", "UTC", "Z".
 fn parse_offset(tz: &str) -> Result<FixedOffset, String> {
     if matches!(tz, "UTC" | "Z" | "utc" | "GMT") {
         return FixedOffset::east_opt(0).ok_or_else(|| "bad offset".into());
@@ -104,6 +144,16 @@ impl TimeFormatter {
         })
     }
 
+    /// ISO 8601, fluentd's format when none is given.
+    pub fn iso8601(zone: Zone) -> Self {
+        Self {
+            items: None,
+            zone,
+            subsec: false,
+            cache: None,
+        }
+    }
+
     pub fn zone(&self) -> Zone {
         self.zone
     }
@@ -128,6 +178,7 @@ impl TimeFormatter {
             Zone::Utc => self.render(utc, true),
             Zone::Local => self.render(utc.with_timezone(&Local), false),
             Zone::Fixed(offset) => self.render(utc.with_timezone(&offset), false),
+            Zone::Named(tz) => self.render(utc.with_timezone(&tz), false),
         }
     }
 
@@ -182,7 +233,34 @@ mod tests {
 
     #[test]
     fn bad_zone_and_format_are_errors() {
-        assert!(Zone::from_params(false, Some("Asia/Tokyo")).is_err());
+        assert!(Zone::from_params(false, Some("Mars/Olympus")).is_err());
+        assert!(Zone::from_params(false, Some("+25:00")).is_err());
         assert!(TimeFormatter::new(Some("%Q"), Zone::Utc).is_err());
+    }
+
+    #[test]
+    fn named_zones_follow_their_daylight_saving_rules() {
+        let paris = Zone::parse("Europe/Paris").unwrap();
+        // 2025-01-15 12:00Z (CET, +1) and 2025-07-15 12:00Z (CEST, +2).
+        assert_eq!(paris.offset_at(1_736_942_400), 3600);
+        assert_eq!(paris.offset_at(1_752_580_800), 7200);
+        let t = EventTime::new(1_752_580_800, 0);
+        assert_eq!(fmt(Some("%H:%M %z"), paris, t), "14:00 +0200");
+    }
+
+    #[test]
+    fn timekeys_start_at_midnight_of_the_zone() {
+        // 2025-11-25T19:33:41Z
+        let t = 1_764_099_221;
+        assert_eq!(Zone::Utc.timekey(t, 86_400), 1_764_028_800); // 2025-11-25T00:00Z
+        assert_eq!(Zone::Utc.timekey(t, 3600), 1_764_097_200); // 19:00Z
+        let tokyo = Zone::parse("+09:00").unwrap();
+        // 04:33 on the 26th in Tokyo: the day began at 2025-11-25T15:00Z.
+        assert_eq!(tokyo.timekey(t, 86_400), 1_764_082_800);
+        assert_eq!(
+            Zone::parse("Asia/Tokyo").unwrap().timekey(t, 86_400),
+            1_764_082_800
+        );
+        assert_eq!(Zone::Utc.timekey(-1, 60), -60);
     }
 }

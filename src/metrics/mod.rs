@@ -13,7 +13,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -161,6 +161,18 @@ const UNMATCHED: Def = counter(
     "bqforward_router_unmatched_events_total",
     "Events no <match> took (acked and discarded, as fluentd).",
 );
+const DATASET_MISSING: Def = gauge(
+    "bqforward_bigquery_dataset_missing",
+    "1 while BigQuery answers that this dataset does not exist: its rows wait in the buffer.",
+);
+const FILTER_DROPPED: Def = counter(
+    "bqforward_filter_dropped_events_total",
+    "Events a filter dropped on purpose (grep; rewrite_tag_filter with no rule for them).",
+);
+const ERROR_EVENTS: Def = counter(
+    "bqforward_error_events_total",
+    "Events a plugin could not process (fluentd's emit_error_event): routed to <label @ERROR>, or dropped when there is none.",
+);
 const READY: Def = gauge(
     "bqforward_ready",
     "1 when listeners are bound and every buffer is below its high-water mark.",
@@ -170,8 +182,94 @@ const READY: Def = gauge(
 pub struct OutputStatus<'a> {
     pub plugin_id: &'a str,
     pub type_name: &'a str,
+    pub counts: OutputCounts,
     pub buffer: Option<BufferStatus>,
     pub sink: Option<SinkStatus<'a>>,
+}
+
+/// fluentd's per-output counters (monitor_agent's instance variables), which every output
+/// has, buffered or not.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OutputCounts {
+    pub emit_count: u64,
+    pub emit_records: u64,
+    pub write_count: u64,
+    pub retry_count: u64,
+    pub rollback_count: u64,
+    pub num_errors: u64,
+}
+
+/// What a plugin without a buffer counts as events pass: an output's emits (fluentd's
+/// `emit_sync`), a filter's drops, and events either could not process. Atomic adds per
+/// batch; read at scrape time.
+#[derive(Debug, Default)]
+pub struct PluginCounters {
+    pub emit_count: AtomicU64,
+    pub emit_records: AtomicU64,
+    pub num_errors: AtomicU64,
+    /// Writes to a destination (a file); 0 for outputs that write nothing (null).
+    pub write_count: AtomicU64,
+    /// Events dropped on purpose (grep; rewrite_tag_filter with no rule for them).
+    pub dropped: AtomicU64,
+    /// Events this plugin could not process, routed to `<label @ERROR>`.
+    pub errors_rerouted: AtomicU64,
+    /// Events this plugin could not process, dropped for want of `<label @ERROR>`.
+    pub errors_dropped: AtomicU64,
+}
+
+impl PluginCounters {
+    /// One emit of `records` events that was accepted (`ok`) or refused.
+    pub fn emitted(&self, records: usize, ok: bool, wrote: bool) {
+        self.emit_count.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            self.emit_records
+                .fetch_add(records as u64, Ordering::Relaxed);
+            if wrote {
+                self.write_count.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            self.num_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn dropped(&self, events: usize) {
+        if events > 0 {
+            self.dropped.fetch_add(events as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Events that could not be processed: to @ERROR (`rerouted`) or dropped.
+    pub fn errors(&self, events: usize, rerouted: bool) {
+        let counter = if rerouted {
+            &self.errors_rerouted
+        } else {
+            &self.errors_dropped
+        };
+        counter.fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    /// fluentd's counts for an output without a buffer: `retry_count` is its `num_errors`, as
+    /// monitor_agent reports it; nothing is rolled back.
+    pub fn counts(&self) -> OutputCounts {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        OutputCounts {
+            emit_count: n(&self.emit_count),
+            emit_records: n(&self.emit_records),
+            write_count: n(&self.write_count),
+            retry_count: n(&self.num_errors),
+            rollback_count: 0,
+            num_errors: n(&self.num_errors),
+        }
+    }
+}
+
+/// A plugin's drop and error counts, for filters and routing outputs.
+pub struct PluginStatus<'a> {
+    pub plugin_id: &'a str,
+    pub type_name: &'a str,
+    /// The plugin drops events on purpose (filters, rewrite_tag_filter).
+    pub drops: bool,
+    pub counters: &'a PluginCounters,
 }
 
 /// A buffer's sizes and counters (fluentd's monitor_agent fields), read when scraped.
@@ -184,12 +282,6 @@ pub struct BufferStatus {
     pub total_limit: usize,
     pub oldest_age: Option<Duration>,
     pub retry_wait: Option<Duration>,
-    pub emit_count: u64,
-    pub emit_records: u64,
-    pub write_count: u64,
-    pub retry_count: u64,
-    pub rollback_count: u64,
-    pub num_errors: u64,
     pub flush_time: Duration,
     pub slow_flush_count: u64,
     pub blocked: Duration,
@@ -219,12 +311,19 @@ impl BufferStatus {
 
 pub struct SinkStatus<'a> {
     pub tables_created: u64,
+    /// `project.dataset` of datasets BigQuery says do not exist (rows wait for them).
+    pub missing_datasets: Vec<String>,
     pub detail: &'a SinkDetail,
 }
 
 /// What `lib.rs` implements to let metrics read the outputs at scrape time.
 pub trait Observe: Send + Sync {
+    /// Every output: buffered ones, the local ones, copy stores, `<secondary>`s and the
+    /// routing outputs (copy, relabel, rewrite_tag_filter), as fluentd lists them.
     fn outputs(&self, visit: &mut dyn FnMut(&OutputStatus<'_>));
+    /// Every plugin that drops events or raises error events: filters, rewrite_tag_filter,
+    /// and outputs refusing single records.
+    fn plugins(&self, visit: &mut dyn FnMut(&PluginStatus<'_>));
     fn unmatched_events(&self) -> u64;
 }
 
@@ -360,6 +459,7 @@ impl Metrics {
             return Err("listeners are not bound".into());
         }
         let mut full = Vec::new();
+        let mut missing = Vec::new();
         if let Some(observe) = self.observe.get() {
             observe.outputs(&mut |o| {
                 if o.buffer
@@ -368,16 +468,28 @@ impl Metrics {
                 {
                     full.push(o.plugin_id.to_owned());
                 }
+                if let Some(sink) = &o.sink {
+                    missing.extend(
+                        sink.missing_datasets
+                            .iter()
+                            .map(|d| format!("{}: dataset {d} not found", o.plugin_id)),
+                    );
+                }
             });
         }
-        if full.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
+        let mut why = Vec::new();
+        if !full.is_empty() {
+            why.push(format!(
                 "buffer above {:.0}% of total_limit_size: {}",
                 HIGH_WATER * 100.0,
                 full.join(", ")
-            ))
+            ));
+        }
+        why.extend(missing);
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
         }
     }
 
@@ -389,6 +501,7 @@ impl Metrics {
         }
         if let Some(observe) = self.observe.get() {
             observe.outputs(&mut |o| families.output(o));
+            observe.plugins(&mut |p| families.plugin(p));
             families.add(&UNMATCHED, &[], observe.unmatched_events() as f64);
         }
         families.add(&READY, &[], f64::from(u8::from(self.readiness().is_ok())));
@@ -417,9 +530,13 @@ impl Metrics {
         }
         if let Some(observe) = self.observe.get() {
             observe.outputs(&mut |o| {
+                let c = &o.counts;
                 let mut entry = serde_json::json!({
                     "plugin_id": o.plugin_id, "plugin_category": "output", "type": o.type_name,
                     "output_plugin": true, "config": {},
+                    "retry_count": c.retry_count, "emit_records": c.emit_records,
+                    "emit_count": c.emit_count, "write_count": c.write_count,
+                    "rollback_count": c.rollback_count,
                 });
                 if let Some(b) = &o.buffer {
                     entry["buffer_queue_length"] = b.queue_length.into();
@@ -429,11 +546,6 @@ impl Metrics {
                     entry["buffer_queue_byte_size"] = b.queue_bytes.into();
                     entry["buffer_available_buffer_space_ratios"] =
                         b.available_space_ratio().into();
-                    entry["retry_count"] = b.retry_count.into();
-                    entry["emit_records"] = b.emit_records.into();
-                    entry["emit_count"] = b.emit_count.into();
-                    entry["write_count"] = b.write_count.into();
-                    entry["rollback_count"] = b.rollback_count.into();
                     entry["slow_flush_count"] = b.slow_flush_count.into();
                     entry["flush_time_count"] = (b.flush_time.as_millis() as u64).into();
                 }
@@ -648,11 +760,45 @@ impl Families {
 
     fn output(&mut self, o: &OutputStatus<'_>) {
         let out = [("plugin_id", o.plugin_id), ("type", o.type_name)];
+        let c = &o.counts;
+        for (def, value) in [
+            (&OUT_RETRY_COUNT, c.retry_count),
+            (&OUT_NUM_ERRORS, c.num_errors),
+            (&OUT_EMIT_COUNT, c.emit_count),
+            (&OUT_EMIT_RECORDS, c.emit_records),
+            (&OUT_WRITE_COUNT, c.write_count),
+            (&OUT_ROLLBACK_COUNT, c.rollback_count),
+        ] {
+            self.add(def, &out, value as f64);
+        }
         if let Some(b) = &o.buffer {
             self.buffer(&out, o, b);
         }
         if let Some(sink) = &o.sink {
             self.sink(o.plugin_id, sink);
+        }
+    }
+
+    fn plugin(&mut self, p: &PluginStatus<'_>) {
+        let labels = [("plugin_id", p.plugin_id), ("type", p.type_name)];
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        let c = p.counters;
+        if p.drops {
+            self.add(&FILTER_DROPPED, &labels, n(&c.dropped));
+        }
+        for (routed, value) in [
+            ("@ERROR", n(&c.errors_rerouted)),
+            ("dropped", n(&c.errors_dropped)),
+        ] {
+            self.add(
+                &ERROR_EVENTS,
+                &[
+                    ("plugin_id", p.plugin_id),
+                    ("type", p.type_name),
+                    ("routed_to", routed),
+                ],
+                value,
+            );
         }
     }
 
@@ -665,12 +811,6 @@ impl Families {
             (&OUT_BUFFER_QUEUE_LENGTH, b.queue_length as f64),
             (&OUT_BUFFER_QUEUE_BYTE_SIZE, b.queue_bytes as f64),
             (&OUT_BUFFER_AVAILABLE_SPACE_RATIO, b.available_space_ratio()),
-            (&OUT_RETRY_COUNT, b.retry_count as f64),
-            (&OUT_NUM_ERRORS, b.num_errors as f64),
-            (&OUT_EMIT_COUNT, b.emit_count as f64),
-            (&OUT_EMIT_RECORDS, b.emit_records as f64),
-            (&OUT_WRITE_COUNT, b.write_count as f64),
-            (&OUT_ROLLBACK_COUNT, b.rollback_count as f64),
             // fluentd counts flush time in milliseconds.
             (&OUT_FLUSH_TIME_COUNT, b.flush_time.as_millis() as f64),
             (&OUT_SLOW_FLUSH_COUNT, b.slow_flush_count as f64),
@@ -691,7 +831,7 @@ impl Families {
         ];
         self.add(&STATUS_BUFFER_QUEUE_LENGTH, &status, b.queue_length as f64);
         self.add(&STATUS_BUFFER_TOTAL_BYTES, &status, b.total_bytes() as f64);
-        self.add(&STATUS_RETRY_COUNT, &status, b.retry_count as f64);
+        self.add(&STATUS_RETRY_COUNT, &status, o.counts.retry_count as f64);
     }
 
     fn sink(&mut self, plugin_id: &str, sink: &SinkStatus<'_>) {
@@ -700,6 +840,13 @@ impl Families {
             &[("plugin_id", plugin_id)],
             sink.tables_created as f64,
         );
+        for dataset in &sink.missing_datasets {
+            self.add(
+                &DATASET_MISSING,
+                &[("plugin_id", plugin_id), ("dataset", dataset)],
+                1.0,
+            );
+        }
         let rows: Vec<((RowFate, String, String), u64)> = sink
             .detail
             .rows

@@ -7,7 +7,6 @@ fn status(total_limit: usize, stage_bytes: usize, queue_bytes: usize) -> BufferS
         stage_bytes,
         queue_bytes,
         total_limit,
-        emit_records: 7,
         ..BufferStatus::default()
     }
 }
@@ -15,6 +14,19 @@ fn status(total_limit: usize, stage_bytes: usize, queue_bytes: usize) -> BufferS
 struct Fake {
     buffer: BufferStatus,
     detail: SinkDetail,
+    missing: Vec<String>,
+    plugins: Vec<(&'static str, &'static str, bool, PluginCounters)>,
+}
+
+impl Fake {
+    fn new(buffer: BufferStatus, detail: SinkDetail) -> Self {
+        Self {
+            buffer,
+            detail,
+            missing: Vec::new(),
+            plugins: Vec::new(),
+        }
+    }
 }
 
 impl Observe for Fake {
@@ -22,12 +34,39 @@ impl Observe for Fake {
         visit(&OutputStatus {
             plugin_id: "bq",
             type_name: "bigquery_insert",
+            counts: OutputCounts {
+                emit_records: 7,
+                ..OutputCounts::default()
+            },
             buffer: Some(self.buffer.clone()),
             sink: Some(SinkStatus {
                 tables_created: 0,
+                missing_datasets: self.missing.clone(),
                 detail: &self.detail,
             }),
         });
+        for (id, type_name, _, counters) in &self.plugins {
+            if *type_name != "grep" {
+                visit(&OutputStatus {
+                    plugin_id: id,
+                    type_name,
+                    counts: counters.counts(),
+                    buffer: None,
+                    sink: None,
+                });
+            }
+        }
+    }
+
+    fn plugins(&self, visit: &mut dyn FnMut(&PluginStatus<'_>)) {
+        for (id, type_name, drops, counters) in &self.plugins {
+            visit(&PluginStatus {
+                plugin_id: id,
+                type_name,
+                drops: *drops,
+                counters,
+            });
+        }
     }
 
     fn unmatched_events(&self) -> u64 {
@@ -44,10 +83,10 @@ fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
 #[test]
 fn fluentd_output_status_families_carry_plugin_id_and_type_as_gauges() {
     let metrics = Metrics::new();
-    metrics.set_observer(Arc::new(Fake {
-        buffer: status(1000, 100, 150),
-        detail: SinkDetail::default(),
-    }));
+    metrics.set_observer(Arc::new(Fake::new(
+        status(1000, 100, 150),
+        SinkDetail::default(),
+    )));
     let text = metrics.render();
     assert!(text.contains("# TYPE fluentd_output_status_emit_records gauge"));
     assert_eq!(
@@ -75,10 +114,10 @@ fn fluentd_output_status_families_carry_plugin_id_and_type_as_gauges() {
 #[test]
 fn readiness_needs_listeners_and_buffers_below_high_water() {
     let metrics = Metrics::new();
-    metrics.set_observer(Arc::new(Fake {
-        buffer: status(1000, 500, 450),
-        detail: SinkDetail::default(),
-    }));
+    metrics.set_observer(Arc::new(Fake::new(
+        status(1000, 500, 450),
+        SinkDetail::default(),
+    )));
     assert!(metrics.readiness().is_err(), "not listening yet");
     metrics.set_listening(true);
     let why = metrics.readiness().unwrap_err();
@@ -86,11 +125,64 @@ fn readiness_needs_listeners_and_buffers_below_high_water() {
 
     let metrics = Metrics::new();
     metrics.set_listening(true);
-    metrics.set_observer(Arc::new(Fake {
-        buffer: status(1000, 500, 300),
-        detail: SinkDetail::default(),
-    }));
+    metrics.set_observer(Arc::new(Fake::new(
+        status(1000, 500, 300),
+        SinkDetail::default(),
+    )));
     assert_eq!(metrics.readiness(), Ok(()));
+
+    let metrics = Metrics::new();
+    metrics.set_listening(true);
+    let mut fake = Fake::new(status(1000, 0, 0), SinkDetail::default());
+    fake.missing = vec!["p.logs".into()];
+    metrics.set_observer(Arc::new(fake));
+    assert_eq!(
+        metrics.readiness(),
+        Err("bq: dataset p.logs not found".into())
+    );
+    assert!(
+        metrics
+            .render()
+            .contains(r#"bqforward_bigquery_dataset_missing{plugin_id="bq",dataset="p.logs"} 1"#)
+    );
+}
+
+#[test]
+fn outputs_without_a_buffer_and_filters_are_counted_as_fluentd_names_them() {
+    let null = PluginCounters::default();
+    null.emitted(10, true, false);
+    null.emitted(5, false, false);
+    let file = PluginCounters::default();
+    file.emitted(3, true, true);
+    file.errors(1, true);
+    let grep = PluginCounters::default();
+    grep.dropped(4);
+    let mut fake = Fake::new(status(1000, 0, 0), SinkDetail::default());
+    fake.plugins = vec![
+        ("drop", "null", false, null),
+        ("archive", "file", false, file),
+        ("no_debug", "grep", true, grep),
+    ];
+    let metrics = Metrics::new();
+    metrics.set_observer(Arc::new(fake));
+    let text = metrics.render();
+    for expected in [
+        r#"fluentd_output_status_emit_count{plugin_id="drop",type="null"} 2"#,
+        r#"fluentd_output_status_emit_records{plugin_id="drop",type="null"} 10"#,
+        r#"fluentd_output_status_num_errors{plugin_id="drop",type="null"} 1"#,
+        r#"fluentd_output_status_retry_count{plugin_id="drop",type="null"} 1"#,
+        r#"fluentd_output_status_write_count{plugin_id="drop",type="null"} 0"#,
+        r#"fluentd_output_status_write_count{plugin_id="archive",type="file"} 1"#,
+        r#"fluentd_output_status_rollback_count{plugin_id="archive",type="file"} 0"#,
+        r#"bqforward_filter_dropped_events_total{plugin_id="no_debug",type="grep"} 4"#,
+        r#"bqforward_error_events_total{plugin_id="archive",type="file",routed_to="@ERROR"} 1"#,
+        r#"bqforward_error_events_total{plugin_id="archive",type="file",routed_to="dropped"} 0"#,
+    ] {
+        assert!(text.contains(expected), "{expected} not in\n{text}");
+    }
+    // Buffer gauges only for outputs with a buffer.
+    assert!(!text.contains(r#"fluentd_output_status_buffer_total_bytes{plugin_id="drop""#));
+    assert!(!text.contains(r#"bqforward_filter_dropped_events_total{plugin_id="archive""#));
 }
 
 #[test]
@@ -101,10 +193,7 @@ fn rows_are_counted_per_table_without_partition_decorator_and_per_reason() {
     detail.rows(RowFate::DeadLettered, "p.d.logs", "invalid", 1);
     detail.request(RequestOutcome::Ok, Duration::from_millis(30));
     let metrics = Metrics::new();
-    metrics.set_observer(Arc::new(Fake {
-        buffer: status(1000, 0, 0),
-        detail,
-    }));
+    metrics.set_observer(Arc::new(Fake::new(status(1000, 0, 0), detail)));
     let text = metrics.render();
     assert_eq!(
         line(&text, "bqforward_bigquery_rows_inserted_total{"),

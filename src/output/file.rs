@@ -26,6 +26,7 @@ const MAX_OPEN_FILES: usize = 64;
 
 pub struct FileOutput {
     id: String,
+    type_name: &'static str,
     state: Arc<Mutex<FileState>>,
 }
 
@@ -33,6 +34,8 @@ struct FileState {
     prefix: CachedTemplate,
     suffix: String,
     append: bool,
+    /// Between the name and the index of a new file: `_` (out_file), `.` (secondary_file).
+    index_separator: char,
     gzip: bool,
     formatter: Formatter,
     open: HashMap<String, File>,
@@ -60,18 +63,23 @@ impl FileOutput {
             s.one_of("compress", &["text", "gzip", "gz"])?,
             Some("gzip" | "gz")
         );
-        let (timekey, utc) = match s.section("buffer")? {
+        let (timekey, utc, timekey_zone) = match s.section("buffer")? {
             Some(buffer) => {
                 let b = Section::new(buffer);
                 let timekey = b.time("timekey")?.map(|d| d.as_secs()).unwrap_or(86400);
                 let utc = b.bool("timekey_use_utc")?.unwrap_or(false);
+                let zone = b.str("timekey_zone");
                 warnings.extend(b.finish(super::BUFFER_PARAMS)?);
-                (timekey, utc)
+                (timekey, utc, zone)
             }
-            None => (86400, false),
+            None => (86400, false, None),
         };
         let utc = utc || s.bool("utc")?.unwrap_or(false);
-        let zone = Zone::from_params(utc, None).map_err(|e| ConfigError::at(s.location(), e))?;
+        let zone = match (utc, timekey_zone) {
+            (false, Some(name)) => Zone::parse(name),
+            _ => Zone::from_params(utc, None),
+        }
+        .map_err(|e| ConfigError::at(s.location(), e))?;
         let time_slice = s
             .str("time_slice_format")
             .unwrap_or(timekey_format(timekey));
@@ -96,15 +104,56 @@ impl FileOutput {
             prefix: CachedTemplate::new(prefix),
             suffix,
             append,
+            index_separator: '_',
             gzip,
             formatter,
             open: HashMap::new(),
         };
         let output = Self {
             id,
+            type_name: "file",
             state: Arc::new(Mutex::new(state)),
         };
         Ok((output, warnings))
+    }
+
+    /// fluentd's `<secondary> @type secondary_file`: `directory` + `basename` (dump.bin; the
+    /// same placeholders as names: `${tag}`, `${KEY}`, strftime), `append` (false: a new
+    /// `.N` file per run and path, as fluentd's per flushed chunk), `compress` (`text`,
+    /// `gzip`). fluentd dumps the chunk's bytes; bqforward writes each dead letter as one
+    /// JSON line (`{"table","reason","location","message","tag","time","record"}`), so the
+    /// file can be read and replayed.
+    pub fn secondary_from_config(
+        id: String,
+        s: &Section<'_>,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let at = |message: String| ConfigError::at(s.location(), message);
+        let directory = s
+            .str("directory")
+            .ok_or_else(|| s.missing("directory", "secondary_file"))?;
+        let basename = s.str("basename").unwrap_or("dump.bin");
+        if basename.contains('/') {
+            return Err(at("basename should not include `/`".into()));
+        }
+        let append = s.bool("append")?.unwrap_or(false);
+        let gzip = matches!(s.one_of("compress", &["text", "gzip"])?, Some("gzip"));
+        let path = Path::new(directory).join(basename);
+        let prefix = Template::parse(&path.to_string_lossy(), Zone::Local).map_err(at)?;
+        let state = FileState {
+            prefix: CachedTemplate::new(prefix),
+            suffix: if gzip { ".gz".into() } else { String::new() },
+            append,
+            index_separator: '.',
+            gzip,
+            formatter: Formatter::json(),
+            open: HashMap::new(),
+        };
+        let output = Self {
+            id,
+            type_name: "secondary_file",
+            state: Arc::new(Mutex::new(state)),
+        };
+        Ok((output, Vec::new()))
     }
 
     fn error(&self, source: std::io::Error) -> OutputError {
@@ -120,7 +169,7 @@ impl FileState {
     fn write(&mut self, id: &str, batch: &Batch) -> Result<(), OutputError> {
         let mut groups: Vec<(String, Vec<u8>)> = Vec::new();
         for event in &batch.events {
-            let prefix = self.prefix.render(&batch.tag, event.time);
+            let prefix = self.prefix.render(&batch.tag, event.time, &event.record);
             let index = match groups.last() {
                 Some((p, _)) if p == prefix => groups.len() - 1,
                 _ => match groups.iter().position(|(p, _)| p == prefix) {
@@ -175,7 +224,7 @@ impl FileState {
             format!("{prefix}{}", self.suffix)
         } else {
             (0..)
-                .map(|n| format!("{prefix}_{n}{}", self.suffix))
+                .map(|n| format!("{prefix}{}{n}{}", self.index_separator, self.suffix))
                 .find(|candidate| !Path::new(candidate).exists())
                 .unwrap_or_default()
         };
@@ -195,7 +244,7 @@ impl Output for FileOutput {
     }
 
     fn type_name(&self) -> &'static str {
-        "file"
+        self.type_name
     }
 
     fn emit(&self, batch: Batch) -> BoxFuture<'_, Result<(), OutputError>> {

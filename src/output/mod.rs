@@ -6,6 +6,7 @@ pub mod file;
 pub mod stdout;
 
 use crate::codec::Event;
+use crate::metrics::PluginCounters;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -49,6 +50,57 @@ pub trait Output: Send + Sync {
     /// done by `deadline` is kept for the next start where the output can (file buffers,
     /// spills) and dead-lettered otherwise.
     fn shutdown(&self, deadline: std::time::Instant) -> BoxFuture<'_, Result<(), OutputError>>;
+
+    /// The counters of an output without a buffer (`Counted`), where the router adds the
+    /// events it could not take one by one.
+    fn counters(&self) -> Option<&PluginCounters> {
+        None
+    }
+}
+
+/// An output without a buffer, counted as fluentd's `emit_sync` counts: every emit, the
+/// records accepted, the refusals; `writes` for outputs that write somewhere (a file).
+pub struct Counted {
+    inner: Arc<dyn Output>,
+    counters: Arc<PluginCounters>,
+    writes: bool,
+}
+
+impl Counted {
+    pub fn new(inner: Arc<dyn Output>, counters: Arc<PluginCounters>, writes: bool) -> Self {
+        Self {
+            inner,
+            counters,
+            writes,
+        }
+    }
+}
+
+impl Output for Counted {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    fn type_name(&self) -> &'static str {
+        self.inner.type_name()
+    }
+
+    fn emit(&self, batch: Batch) -> BoxFuture<'_, Result<(), OutputError>> {
+        Box::pin(async move {
+            let records = batch.events.len();
+            let result = self.inner.emit(batch).await;
+            self.counters.emitted(records, result.is_ok(), self.writes);
+            result
+        })
+    }
+
+    fn shutdown(&self, deadline: std::time::Instant) -> BoxFuture<'_, Result<(), OutputError>> {
+        self.inner.shutdown(deadline)
+    }
+
+    fn counters(&self) -> Option<&PluginCounters> {
+        Some(&self.counters)
+    }
 }
 
 /// `@type null`: accepts and discards.

@@ -8,6 +8,7 @@ pub mod template;
 
 use crate::codec::Event;
 use crate::filter::{Filter, RecordError};
+use crate::metrics::PluginCounters;
 use crate::output::{Batch, BoxFuture, Output, OutputError};
 use pattern::MatchPatterns;
 use rewrite_tag::RewriteTagFilter;
@@ -24,6 +25,8 @@ pub const ERROR_LABEL: &str = "@ERROR";
 pub struct FilterRoute {
     pub patterns: MatchPatterns,
     pub filter: Arc<dyn Filter>,
+    /// Events it dropped, and events it could not process.
+    pub counters: Arc<PluginCounters>,
 }
 
 pub enum Target {
@@ -32,16 +35,19 @@ pub enum Target {
     Relabel {
         id: String,
         label: usize,
+        counters: Arc<PluginCounters>,
     },
     /// Re-tagged events start again at the top of `label` (its own `@label`, or the label
     /// it is in).
     RewriteTag {
         filter: Arc<RewriteTagFilter>,
         label: usize,
+        counters: Arc<PluginCounters>,
     },
     Copy {
         id: String,
         stores: Vec<Store>,
+        counters: Arc<PluginCounters>,
     },
 }
 
@@ -167,18 +173,19 @@ impl Router {
         if !plan.filters.is_empty() {
             let mut errors = Vec::new();
             for &i in &plan.filters {
+                let route = &label.filters[i];
                 let before = batch.events.len();
                 let events = std::mem::take(&mut batch.events);
-                batch.events = label.filters[i]
-                    .filter
-                    .filter(&batch.tag, events, &mut errors);
+                batch.events = route.filter.filter(&batch.tag, events, &mut errors);
                 let lost = before - batch.events.len();
-                let failed = errors.len();
+                let dropped = lost.saturating_sub(errors.len());
                 self.filtered_events
-                    .fetch_add(lost.saturating_sub(failed) as u64, Ordering::Relaxed);
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+                route.counters.dropped(dropped);
                 if !errors.is_empty() {
                     let errors = std::mem::take(&mut errors);
-                    self.emit_errors(label.filters[i].filter.id(), &batch.tag, errors, hop)
+                    let by = route.filter.id();
+                    self.emit_errors(by, Some(&route.counters), &batch.tag, errors, hop)
                         .await?;
                 }
                 if batch.events.is_empty() {
@@ -202,21 +209,50 @@ impl Router {
         Box::pin(async move {
             match target {
                 Target::Output(output) => self.emit(output, batch, hop).await,
-                Target::Relabel { id, label } => self.reemit(id, *label, batch, hop).await,
-                Target::RewriteTag { filter, label } => {
+                Target::Relabel {
+                    id,
+                    label,
+                    counters,
+                } => {
+                    let records = batch.events.len();
+                    let result = self.reemit(id, counters, *label, batch, hop).await;
+                    counters.emitted(records, result.is_ok(), false);
+                    result
+                }
+                Target::RewriteTag {
+                    filter,
+                    label,
+                    counters,
+                } => {
+                    let records = batch.events.len();
                     let rewritten = filter.rewrite(&batch.tag, batch.events);
                     self.filtered_events
                         .fetch_add(rewritten.dropped as u64, Ordering::Relaxed);
+                    counters.dropped(rewritten.dropped);
+                    let mut result = Ok(());
                     for (tag, events) in rewritten.groups {
                         let batch = Batch {
                             tag: Arc::from(tag),
                             events,
                         };
-                        self.reemit(filter.id(), *label, batch, hop).await?;
+                        result = self.reemit(filter.id(), counters, *label, batch, hop).await;
+                        if result.is_err() {
+                            break;
+                        }
                     }
-                    Ok(())
+                    counters.emitted(records, result.is_ok(), false);
+                    result
                 }
-                Target::Copy { id, stores } => self.copy(id, stores, batch, hop).await,
+                Target::Copy {
+                    id,
+                    stores,
+                    counters,
+                } => {
+                    let records = batch.events.len();
+                    let result = self.copy(id, stores, batch, hop).await;
+                    counters.emitted(records, result.is_ok(), false);
+                    result
+                }
             }
         })
     }
@@ -250,6 +286,7 @@ impl Router {
     async fn reemit(
         &self,
         by: &str,
+        counters: &PluginCounters,
         label: usize,
         batch: Batch,
         hop: Hop,
@@ -268,7 +305,9 @@ impl Router {
                     reason: reason.clone(),
                 })
                 .collect();
-            return self.emit_errors(by, &batch.tag, errors, hop).await;
+            return self
+                .emit_errors(by, Some(counters), &batch.tag, errors, hop)
+                .await;
         }
         let plan = self.cached_plan(label, &batch.tag);
         let next = Hop {
@@ -308,7 +347,8 @@ impl Router {
                 Err(err) => return Err(err),
             }
         }
-        self.emit_errors(output.id(), &batch.tag, errors, hop).await
+        self.emit_errors(output.id(), output.counters(), &batch.tag, errors, hop)
+            .await
     }
 
     /// fluentd's `emit_error_event`: into `@ERROR` if the config has it; otherwise logged and
@@ -316,6 +356,7 @@ impl Router {
     async fn emit_errors(
         &self,
         by: &str,
+        counters: Option<&PluginCounters>,
         tag: &Arc<str>,
         errors: Vec<RecordError>,
         hop: Hop,
@@ -325,8 +366,12 @@ impl Router {
         }
         self.error_events
             .fetch_add(errors.len() as u64, Ordering::Relaxed);
+        let label = self.error_label.filter(|_| !hop.in_error);
+        if let Some(counters) = counters {
+            counters.errors(errors.len(), label.is_some());
+        }
         let first = &errors[0].reason;
-        let Some(label) = self.error_label.filter(|_| !hop.in_error) else {
+        let Some(label) = label else {
             if hop.in_error {
                 return Err(OutputError::Refused {
                     output: by.to_owned(),

@@ -1,15 +1,21 @@
-//! Name templates resolved per event, as fluentd's buffer placeholders: `${tag}`,
-//! `${tag[N]}` (negative N counts from the end) and strftime parts of the event time such as
-//! `%Y%m%d`. Used for file paths now and BigQuery table names later. Pure; no I/O.
+//! Name templates resolved per event, as fluentd's buffer placeholders
+//! (`Output#extract_placeholders`): `${tag}`, `${tag[N]}` (negative N counts from the end),
+//! `${KEY}` and `${$.a.b}` (a record value, what fluentd calls a chunk key), and strftime parts
+//! of the event time such as `%Y%m%d`. Used for file paths and BigQuery destinations. Pure; no
+//! I/O.
 
 use super::super::format::time::{TimeFormatter, Zone};
 use crate::codec::EventTime;
+use crate::filter::accessor::{self, KeyPath};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Literal(String),
     Tag,
     TagIndex(i64),
+    /// A record value, as Ruby's `to_s` prints it; a missing key is "" (fluentd
+    /// substitutes the nil chunk-key value).
+    Key(KeyPath),
 }
 
 #[derive(Debug, Clone)]
@@ -32,9 +38,9 @@ impl Template {
                 .find('}')
                 .ok_or_else(|| format!("unclosed '${{' in '{source}'"))?;
             let name = &rest[start + 2..start + end];
-            parts.push(parse_placeholder(name).ok_or_else(|| {
+            parts.push(parse_placeholder(name).map_err(|why| {
                 format!(
-                    "unsupported placeholder '${{{name}}}' in '{source}' (supported: ${{tag}}, ${{tag[N]}}, strftime like %Y%m%d)"
+                    "placeholder '${{{name}}}' in '{source}': {why} (supported: ${{tag}}, ${{tag[N]}}, ${{KEY}}, ${{$.a.b}}, strftime like %Y%m%d)"
                 )
             })?);
             rest = &rest[start + end + 1..];
@@ -61,15 +67,33 @@ impl Template {
         &self.source
     }
 
+    /// The template has strftime parts.
     pub fn has_time(&self) -> bool {
         self.has_time
     }
 
+    /// The template reads the tag (`${tag}`, `${tag[N]}`).
     pub fn has_tag(&self) -> bool {
-        self.parts.iter().any(|p| !matches!(p, Part::Literal(_)))
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Tag | Part::TagIndex(_)))
     }
 
-    pub fn render(&self, tag: &str, time: EventTime) -> String {
+    /// Nothing to resolve: the text is the result.
+    pub fn is_constant(&self) -> bool {
+        !self.has_time && self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
+    }
+
+    /// The record keys the template reads, in order of appearance.
+    pub fn keys(&self) -> impl Iterator<Item = &KeyPath> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Key(key) => Some(key),
+            _ => None,
+        })
+    }
+
+    /// The name for one event. `record` is its msgpack map (only read for `${KEY}`).
+    pub fn render(&self, tag: &str, time: EventTime, record: &[u8]) -> String {
         let mut out = String::with_capacity(self.source.len() + tag.len());
         for part in &self.parts {
             match part {
@@ -80,6 +104,10 @@ impl Template {
                     let index = if *n < 0 { pieces.len() as i64 + n } else { *n };
                     let piece = usize::try_from(index).ok().and_then(|i| pieces.get(i));
                     push_escaped(&mut out, piece.copied().unwrap_or(""), self.has_time);
+                }
+                Part::Key(key) => {
+                    let value = key.get(record).map(accessor::to_text).unwrap_or_default();
+                    push_escaped(&mut out, &value, self.has_time);
                 }
             }
         }
@@ -93,7 +121,7 @@ impl Template {
     }
 }
 
-/// Tag text going through strftime must not be read as a format.
+/// Text going through strftime (a tag, a record value) must not be read as a format.
 fn push_escaped(out: &mut String, text: &str, escape: bool) {
     if escape {
         out.push_str(&text.replace('%', "%%"));
@@ -112,15 +140,34 @@ fn literal_format(parts: &[Part]) -> String {
         .collect()
 }
 
-fn parse_placeholder(name: &str) -> Option<Part> {
+/// fluentd's placeholder names: `tag`, `tag[N]`, and chunk keys (`[-_.@$a-zA-Z0-9]+`, which
+/// covers `$.a.b` paths).
+fn parse_placeholder(name: &str) -> Result<Part, String> {
     if name == "tag" {
-        return Some(Part::Tag);
+        return Ok(Part::Tag);
     }
-    let index = name.strip_prefix("tag[")?.strip_suffix(']')?;
-    index.trim().parse().ok().map(Part::TagIndex)
+    if let Some(index) = name.strip_prefix("tag[").and_then(|n| n.strip_suffix(']')) {
+        return index
+            .trim()
+            .parse()
+            .map(Part::TagIndex)
+            .map_err(|_| "the index must be an integer".into());
+    }
+    if name == "chunk_id" {
+        return Err("bqforward writes as events arrive and has no chunk to name".into());
+    }
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@$".contains(&b));
+    if !valid {
+        return Err("not a tag or record key placeholder".into());
+    }
+    KeyPath::parse(name).map(Part::Key)
 }
 
 /// Remembers the last rendering per (tag, second): events of one batch mostly share both.
+/// Templates that read record values are rendered per event.
 #[derive(Debug, Clone)]
 pub struct CachedTemplate {
     template: Template,
@@ -139,11 +186,12 @@ impl CachedTemplate {
         &self.template
     }
 
-    pub fn render(&mut self, tag: &str, time: EventTime) -> &str {
+    pub fn render(&mut self, tag: &str, time: EventTime, record: &[u8]) -> &str {
         let secs = if self.template.has_time { time.secs } else { 0 };
-        let hit = matches!(&self.last, Some((t, s, _)) if t == tag && *s == secs);
+        let reads_record = self.template.keys().next().is_some();
+        let hit = !reads_record && matches!(&self.last, Some((t, s, _)) if t == tag && *s == secs);
         if !hit {
-            let rendered = self.template.render(tag, time);
+            let rendered = self.template.render(tag, time, record);
             self.last = Some((tag.to_owned(), secs, rendered));
         }
         self.last
@@ -156,10 +204,16 @@ impl CachedTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn render(template: &str, tag: &str) -> String {
+        render_with(template, tag, &json!({}))
+    }
+
+    fn render_with(template: &str, tag: &str, record: &serde_json::Value) -> String {
         let t = Template::parse(template, Zone::Utc).unwrap();
-        t.render(tag, EventTime::new(1_764_099_221, 0)) // 2025-11-25T19:33:41Z
+        let record = rmp_serde::to_vec(record).unwrap();
+        t.render(tag, EventTime::new(1_764_099_221, 0), &record) // 2025-11-25T19:33:41Z
     }
 
     #[test]
@@ -179,8 +233,40 @@ mod tests {
     }
 
     #[test]
+    fn record_placeholders_read_values_as_ruby_prints_them() {
+        let record = json!({"created_at": "2014_08_20", "status": 404, "ok": true,
+            "f": 1.5, "pct": "5%d", "n": null, "a": {"b": "deep"}});
+        assert_eq!(
+            render_with("foo_${created_at}", "t", &record),
+            "foo_2014_08_20"
+        );
+        assert_eq!(
+            render_with("s${status}_${ok}_${f}", "t", &record),
+            "s404_true_1.5"
+        );
+        assert_eq!(render_with("${$.a.b}_${tag}", "t", &record), "deep_t");
+        // A missing key and nil read as "", as fluentd's nil chunk-key value.
+        assert_eq!(render_with("x_${missing}_${n}", "t", &record), "x__");
+        // Values are not strftime formats.
+        assert_eq!(render_with("%Y_${pct}", "t", &record), "2025_5%d");
+    }
+
+    #[test]
+    fn templates_report_what_they_read() {
+        let t = Template::parse("${tag}_${a}_${$.b.c}_%Y", Zone::Utc).unwrap();
+        assert!(t.has_tag() && t.has_time() && !t.is_constant());
+        let keys: Vec<String> = t.keys().map(ToString::to_string).collect();
+        assert_eq!(keys, ["a", "$.b.c"]);
+        assert!(Template::parse("plain", Zone::Utc).unwrap().is_constant());
+        assert!(!Template::parse("${x}", Zone::Utc).unwrap().has_tag());
+    }
+
+    #[test]
     fn unknown_placeholders_and_bad_formats_are_errors() {
-        assert!(Template::parse("${record}", Zone::Utc).is_err());
+        assert!(Template::parse("${record[\"a\"]}", Zone::Utc).is_err());
+        assert!(Template::parse("${chunk_id}", Zone::Utc).is_err());
+        assert!(Template::parse("${tag[x]}", Zone::Utc).is_err());
+        assert!(Template::parse("${}", Zone::Utc).is_err());
         assert!(Template::parse("${tag", Zone::Utc).is_err());
         assert!(Template::parse("x_%Q", Zone::Utc).is_err());
     }
@@ -188,8 +274,13 @@ mod tests {
     #[test]
     fn cache_follows_tag_and_second() {
         let mut c = CachedTemplate::new(Template::parse("${tag}.%S", Zone::Utc).unwrap());
-        assert_eq!(c.render("a", EventTime::new(1, 0)), "a.01");
-        assert_eq!(c.render("a", EventTime::new(2, 0)), "a.02");
-        assert_eq!(c.render("b", EventTime::new(2, 0)), "b.02");
+        assert_eq!(c.render("a", EventTime::new(1, 0), &[]), "a.01");
+        assert_eq!(c.render("a", EventTime::new(2, 0), &[]), "a.02");
+        assert_eq!(c.render("b", EventTime::new(2, 0), &[]), "b.02");
+        let mut c = CachedTemplate::new(Template::parse("${k}", Zone::Utc).unwrap());
+        let a = rmp_serde::to_vec(&json!({"k": "a"})).unwrap();
+        let b = rmp_serde::to_vec(&json!({"k": "b"})).unwrap();
+        assert_eq!(c.render("t", EventTime::new(1, 0), &a), "a");
+        assert_eq!(c.render("t", EventTime::new(1, 0), &b), "b");
     }
 }

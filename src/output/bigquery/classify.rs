@@ -10,8 +10,10 @@ pub enum Verdict {
     Retry(String),
     /// The request is too large: split it and send the halves.
     Split(String),
-    /// The table (or dataset) is missing.
+    /// The table is missing.
     NotFound(String),
+    /// The dataset is missing: a deployment problem no row can fix. Rows wait for it.
+    DatasetNotFound(String),
     /// The credentials were refused: get a new token, then retry.
     Reauthenticate(String),
     /// Retrying as is cannot succeed: dead-letter the rows with this reason.
@@ -63,6 +65,7 @@ pub fn classify(failure: &Failure) -> Verdict {
                 413 => Verdict::Split(text),
                 400 if too_large => Verdict::Split(text),
                 401 => Verdict::Reauthenticate(text),
+                404 if message.contains("Not found: Dataset") => Verdict::DatasetNotFound(text),
                 404 => Verdict::NotFound(text),
                 408 | 429 | 500 | 502 | 503 | 504 => Verdict::Retry(text),
                 // Quota and rate limits come as 403 with these reasons: back off.
@@ -153,6 +156,9 @@ mod tests {
             }),
             (http(404, "notFound", "Not found: Table p:d.t"), |v| {
                 matches!(v, Verdict::NotFound(_))
+            }),
+            (http(404, "notFound", "Not found: Dataset p:d"), |v| {
+                matches!(v, Verdict::DatasetNotFound(_))
             }),
             (http(408, "", "timeout"), |v| matches!(v, Verdict::Retry(_))),
             (http(429, "rateLimitExceeded", "Too many requests"), |v| {

@@ -112,6 +112,31 @@ impl BigQueryClient {
         }
     }
 
+    /// datasets.insert, in `location` when given (else BigQuery's default, US). An existing
+    /// dataset (409) counts as success.
+    pub async fn create_dataset(
+        &self,
+        project: &str,
+        dataset: &str,
+        location: Option<&str>,
+    ) -> Result<(), Failure> {
+        let mut resource = gcp_bigquery_client::model::dataset::Dataset::new(project, dataset);
+        if let Some(location) = location {
+            resource = resource.location(location);
+        }
+        match self
+            .client
+            .dataset()
+            .create(resource)
+            .await
+            .map_err(failure)
+        {
+            Ok(_) => Ok(()),
+            Err(Failure::Http { status: 409, .. }) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
     /// The table's schema as BigQuery's JSON (`{"fields": [...]}`).
     pub async fn table_schema(&self, table: &TableRef<'_>) -> Result<serde_json::Value, Failure> {
         let resource = self

@@ -20,7 +20,6 @@ pub const MAX_BODY_BYTES: usize = 9 * 1024 * 1024;
 pub struct RequestOptions {
     pub skip_invalid_rows: bool,
     pub ignore_unknown_values: bool,
-    pub template_suffix: Option<String>,
     pub max_rows: usize,
     pub max_body_bytes: usize,
     /// fluentd record_accessor path of the field whose value is the insertId.
@@ -53,6 +52,8 @@ pub struct RequestBuilder<'a> {
     pub schema: Option<&'a Schema>,
     pub inject: &'a mut Inject,
     pub options: &'a RequestOptions,
+    /// insertAll's `templateSuffix` for these rows (rendered from `template_suffix`).
+    pub template_suffix: Option<&'a str>,
 }
 
 impl RequestBuilder<'_> {
@@ -144,7 +145,7 @@ impl RequestBuilder<'_> {
         if o.ignore_unknown_values {
             out.extend_from_slice(br#","ignoreUnknownValues":true"#);
         }
-        if let Some(suffix) = &o.template_suffix {
+        if let Some(suffix) = self.template_suffix {
             out.extend_from_slice(br#","templateSuffix":"#);
             write_str(suffix, &mut out);
         }
@@ -307,7 +308,6 @@ mod tests {
         let mut inject = Inject::default();
         let opts = RequestOptions {
             skip_invalid_rows: true,
-            template_suffix: Some("_20261125".into()),
             ..options()
         };
         let mut b = RequestBuilder {
@@ -316,6 +316,7 @@ mod tests {
             schema: None,
             inject: &mut inject,
             options: &opts,
+            template_suffix: Some("_20261125"),
         };
         let (requests, rejected) = b.build(&[0, 2]);
         assert!(rejected.is_empty());
@@ -343,6 +344,7 @@ mod tests {
             schema: None,
             inject: &mut inject,
             options: &opts,
+            template_suffix: None,
         };
         let (requests, _) = b.build(&[2]);
         assert_eq!(body(&requests[0])["rows"][0]["insertId"], "x-1");
@@ -368,6 +370,7 @@ mod tests {
             schema: None,
             inject: &mut inject,
             options: &opts,
+            template_suffix: None,
         };
         let all: Vec<u32> = (0..11).collect();
         let (requests, rejected) = b.build(&all);

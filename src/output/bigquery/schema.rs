@@ -137,6 +137,14 @@ impl Schema {
         })
     }
 
+    /// A schema file (`schema_path`), with the path in every error.
+    pub fn from_file(path: &str) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("schema_path {path}: {e}"))?;
+        let json: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("schema_path {path} is not JSON: {e}"))?;
+        Self::from_json(&json).map_err(|e| format!("schema_path {path}: {e}"))
+    }
+
     /// The `{"fields":[...]}` form for `tables.insert`, with canonical type and mode names.
     pub fn to_json(&self) -> Value {
         json!({ "fields": fields_to_json(&self.fields) })

@@ -24,6 +24,9 @@ const CREATED_GRACE: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Default)]
 pub struct SinkStats {
+    /// `project.dataset` of datasets insertAll answered "not found" for, until rows reach
+    /// them: rows wait, `/readyz` says so.
+    pub missing_datasets: Mutex<std::collections::BTreeSet<String>>,
     pub rows_inserted: AtomicU64,
     pub rows_resent: AtomicU64,
     pub rows_dead_lettered: AtomicU64,
@@ -38,17 +41,19 @@ pub struct SinkStats {
 pub enum SchemaSource {
     None,
     Static(Arc<Schema>),
-    /// tables.get, cached per table for `expire`.
+    /// `schema_path` with placeholders: each rendered path read once (as the plugin caches
+    /// it per path).
+    Files(Mutex<HashMap<String, Arc<Schema>>>),
+    /// tables.get of `fetch_schema_table` (rendered) or the destination, cached per table
+    /// for `expire`.
     Fetch {
-        table: Option<String>,
         expire: Duration,
         cache: tokio::sync::Mutex<HashMap<String, (Arc<Schema>, Instant)>>,
     },
 }
 
-/// What `auto_create_table` creates: the table resource without its reference.
+/// What `auto_create_table` creates besides the schema: partitioning and clustering.
 pub struct AutoCreate {
-    pub schema: Arc<Schema>,
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -67,13 +72,38 @@ pub struct BigQuerySink {
     pub inject: Inject,
     pub options: RequestOptions,
     pub auto_create: Option<AutoCreate>,
+    /// `auto_create_dataset`: create a missing dataset (in `location`, when set).
+    pub auto_create_dataset: bool,
+    pub location: Option<String>,
     pub created: Mutex<HashMap<String, Instant>>,
+    /// One table or dataset creation at a time, so concurrent chunks for a missing table
+    /// create it once and the others wait for it.
+    pub creating: tokio::sync::Mutex<()>,
     pub secondary: Option<Arc<dyn Output>>,
     pub stats: Arc<SinkStats>,
 }
 
 /// Rows for the dead letters: (entry index, reason, location, message).
 type Dead = Vec<Rejected>;
+
+/// Why a delivery left rows for later, and how soon to try again.
+struct Waiting {
+    error: String,
+    /// `None`: the buffer's backoff.
+    after: Option<Duration>,
+    /// An expected wait (a table being created), logged at debug, not as a failure.
+    quiet: bool,
+}
+
+impl Waiting {
+    fn backoff(error: String) -> Self {
+        Self {
+            error,
+            after: None,
+            quiet: false,
+        }
+    }
+}
 
 impl BigQuerySink {
     async fn client(&self) -> Result<&BigQueryClient, String> {
@@ -98,17 +128,31 @@ impl BigQuerySink {
         match &self.schema {
             SchemaSource::None => Ok(None),
             SchemaSource::Static(schema) => Ok(Some(Arc::clone(schema))),
-            SchemaSource::Fetch {
-                table,
-                expire,
-                cache,
-            } => {
-                let name = table.clone().unwrap_or_else(|| key.base_table().to_owned());
+            SchemaSource::Files(files) => {
+                let Some(path) = &key.schema_path else {
+                    return Ok(None);
+                };
+                if let Some(schema) = files.lock().ok().and_then(|f| f.get(path).cloned()) {
+                    return Ok(Some(schema));
+                }
+                let path = path.clone();
+                let schema = tokio::task::spawn_blocking(move || Schema::from_file(&path))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                let schema = Arc::new(schema);
+                if let (Ok(mut files), Some(path)) = (files.lock(), &key.schema_path) {
+                    files.insert(path.clone(), Arc::clone(&schema));
+                }
+                Ok(Some(schema))
+            }
+            SchemaSource::Fetch { expire, cache } => {
+                let name = key
+                    .schema_table
+                    .clone()
+                    .unwrap_or_else(|| key.base_table().to_owned());
                 let mut cache = cache.lock().await;
-                if let Some((schema, at)) =
-                    cache.get(&name).filter(|(_, at)| at.elapsed() < *expire)
+                if let Some((schema, _)) = cache.get(&name).filter(|(_, at)| at.elapsed() < *expire)
                 {
-                    let _ = at;
                     return Ok(Some(Arc::clone(schema)));
                 }
                 let table_ref = TableRef {
@@ -144,6 +188,12 @@ impl BigQuerySink {
         let retried = |reason: &str, n: usize| {
             (self.stats.detail).rows(RowFate::Retried, &table_name, reason, n as u64);
         };
+        if let Some(why) = key.invalid() {
+            // A name rendered from a tag or record that BigQuery cannot take: only these rows
+            // pay for it.
+            let dead = reject(&chunk.pending_indices(), "invalid_destination", &why);
+            return self.settle_dead(chunk, dead, Vec::new(), None, None).await;
+        }
         let client = match self.client().await {
             Ok(client) => client,
             Err(error) => {
@@ -155,6 +205,7 @@ impl BigQuerySink {
             Ok(schema) => schema,
             Err(error) => {
                 retried("no_schema", chunk.pending_indices().len());
+                tracing::error!(output = %self.id, table = %key, %error, "no schema for the rows; they wait");
                 return retry_all(error, None);
             }
         };
@@ -166,12 +217,12 @@ impl BigQuerySink {
             schema: schema.as_deref(),
             inject: &mut inject,
             options: &self.options,
+            template_suffix: key.template_suffix.as_deref(),
         };
         let (requests, mut dead) = builder.build(&chunk.pending_indices());
         let mut work: VecDeque<Request> = requests.into();
         let mut keep: Vec<u32> = Vec::new();
-        let mut error: Option<String> = None;
-        let mut after: Option<Duration> = None;
+        let mut error: Option<Waiting> = None;
         let table = TableRef {
             project: &key.project,
             dataset: &key.dataset,
@@ -194,6 +245,7 @@ impl BigQuerySink {
                 Ok(response) => {
                     self.stats.requests_ok.fetch_add(1, Ordering::Relaxed);
                     self.stats.detail.request(RequestOutcome::Ok, elapsed);
+                    self.dataset_found(key);
                     self.sort_rows(
                         &table_name,
                         &indices,
@@ -202,8 +254,11 @@ impl BigQuerySink {
                         &mut dead,
                     );
                     if keep.iter().any(|i| indices.contains(i)) {
-                        after.get_or_insert(Duration::ZERO);
-                        error.get_or_insert_with(|| "rows stopped by other rows' errors".into());
+                        error.get_or_insert(Waiting {
+                            error: "rows stopped by other rows' errors".into(),
+                            after: Some(Duration::ZERO),
+                            quiet: false,
+                        });
                     }
                 }
                 Err(failure) => {
@@ -216,7 +271,7 @@ impl BigQuerySink {
                         Verdict::Retry(e) | Verdict::Reauthenticate(e) => {
                             keep.extend(&indices);
                             retried("transient", indices.len());
-                            error = Some(e);
+                            error = Some(Waiting::backoff(e));
                         }
                         Verdict::Split(e) if indices.len() > 1 => {
                             let (first, second) = indices.split_at(indices.len() / 2);
@@ -230,25 +285,52 @@ impl BigQuerySink {
                             tracing::warn!(output = %self.id, table = %key, error = %e, "request too large; split in two");
                         }
                         Verdict::Split(e) => dead.extend(reject(&indices, "request_too_large", &e)),
-                        Verdict::NotFound(e) => match self.on_not_found(client, key, &e).await {
-                            Some(wait) => {
-                                keep.extend(&indices);
-                                retried("not_found", indices.len());
-                                error = Some(e);
-                                after = Some(wait);
+                        Verdict::NotFound(e) => {
+                            match self.on_not_found(client, key, schema.as_deref(), &e).await {
+                                Some(wait) => {
+                                    keep.extend(&indices);
+                                    retried("not_found", indices.len());
+                                    error = Some(wait);
+                                }
+                                None => dead.extend(reject(&indices, "not_found", &e)),
                             }
-                            None => dead.extend(reject(&indices, "not_found", &e)),
-                        },
+                        }
+                        Verdict::DatasetNotFound(e) => {
+                            keep.extend(&indices);
+                            retried("dataset_not_found", indices.len());
+                            error = Some(self.on_dataset_missing(client, key, e).await);
+                        }
                         Verdict::DeadLetter(e) => dead.extend(reject(&indices, "rejected", &e)),
                     }
                 }
             }
         }
-        if !dead.is_empty() && !self.dead_letter(chunk, &dead, &key.to_string()).await {
-            // The dead letters could not be written: keep those rows too, so nothing is lost.
+        self.settle_dead(chunk, dead, keep, error, Some(&table_name))
+            .await
+    }
+
+    /// Writes the dead letters, then says what is left to retry. Rows the secondary
+    /// refused are kept too, so nothing is lost.
+    async fn settle_dead(
+        &self,
+        chunk: &Chunk<TableKey>,
+        dead: Dead,
+        mut keep: Vec<u32>,
+        mut error: Option<Waiting>,
+        table: Option<&str>,
+    ) -> Outcome {
+        let table = table.map_or_else(|| chunk.key.to_string(), str::to_owned);
+        if !dead.is_empty() && !self.dead_letter(chunk, &dead, &table).await {
             keep.extend(dead.iter().map(|d| d.index));
-            retried("secondary_refused", dead.len());
-            error.get_or_insert_with(|| "secondary output did not accept dead letters".into());
+            (self.stats.detail).rows(
+                RowFate::Retried,
+                &table,
+                "secondary_refused",
+                dead.len() as u64,
+            );
+            error.get_or_insert_with(|| {
+                Waiting::backoff("secondary output did not accept dead letters".into())
+            });
         }
         if keep.is_empty() {
             return Outcome::Done;
@@ -258,10 +340,12 @@ impl BigQuerySink {
         self.stats
             .rows_resent
             .fetch_add(keep.len() as u64, Ordering::Relaxed);
+        let waiting = error.unwrap_or_else(|| Waiting::backoff(String::new()));
         Outcome::Retry {
             keep: Some(keep),
-            error: error.unwrap_or_default(),
-            after,
+            error: waiting.error,
+            after: waiting.after,
+            quiet: waiting.quiet,
         }
     }
 
@@ -317,34 +401,40 @@ impl BigQuerySink {
     }
 
     /// A missing table: create it if configured (then wait), or wait briefly if it was just
-    /// created. `None`: dead-letter the rows.
+    /// created. `None`: dead-letter the rows. Creating a table is an expected step, not a
+    /// failure: its waits are quiet, and "created table" is logged once.
     async fn on_not_found(
         &self,
         client: &BigQueryClient,
         key: &TableKey,
+        schema: Option<&Schema>,
         error: &str,
-    ) -> Option<Duration> {
+    ) -> Option<Waiting> {
         let name = key.to_string();
-        let recently = self
-            .created
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&name).copied())
-            .is_some_and(|at| at.elapsed() < CREATED_GRACE);
-        if recently {
-            return Some(Duration::from_secs(2));
+        let wait = |secs| Waiting {
+            error: format!("waiting for table {name} (created by auto_create_table)"),
+            after: Some(Duration::from_secs(secs)),
+            quiet: true,
+        };
+        if self.recently_created(&name) {
+            return Some(wait(2));
         }
         let auto = self.auto_create.as_ref()?;
-        if error.contains("Dataset") {
-            tracing::error!(output = %self.id, table = %name, %error, "dataset not found; auto_create_table creates tables, not datasets");
-            return None;
+        let Some(schema) = schema else {
+            return Some(Waiting::backoff(format!(
+                "{error}; auto_create_table has no schema for {name}"
+            )));
+        };
+        let _creating = self.creating.lock().await;
+        if self.recently_created(&name) {
+            return Some(wait(1));
         }
         let mut resource = auto.extra.clone();
         resource.insert(
             "tableReference".into(),
             serde_json::json!({"projectId": key.project, "datasetId": key.dataset, "tableId": key.base_table()}),
         );
-        resource.insert("schema".into(), auto.schema.to_json());
+        resource.insert("schema".into(), schema.to_json());
         match client
             .create_table(serde_json::Value::Object(resource))
             .await
@@ -353,14 +443,87 @@ impl BigQuerySink {
                 self.stats.tables_created.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(output = %self.id, table = %name, "created table (auto_create_table)");
                 if let Ok(mut created) = self.created.lock() {
-                    created.insert(name, Instant::now());
+                    created.insert(name.clone(), Instant::now());
                 }
-                Some(Duration::from_secs(1))
+                Some(wait(1))
             }
             Err(failure) => {
                 tracing::warn!(output = %self.id, table = %name, error = ?failure, "could not create table; will retry");
-                Some(Duration::from_secs(5))
+                Some(Waiting {
+                    error: format!("creating table {name}: {failure:?}"),
+                    after: Some(Duration::from_secs(5)),
+                    quiet: false,
+                })
             }
+        }
+    }
+
+    fn recently_created(&self, name: &str) -> bool {
+        self.created
+            .lock()
+            .ok()
+            .and_then(|c| c.get(name).copied())
+            .is_some_and(|at| at.elapsed() < CREATED_GRACE)
+    }
+
+    /// A missing dataset is a deployment problem, not the rows': they wait (with the
+    /// buffer's backoff) until it exists, and `/readyz` reports it. With
+    /// `auto_create_dataset`, it is created.
+    async fn on_dataset_missing(
+        &self,
+        client: &BigQueryClient,
+        key: &TableKey,
+        error: String,
+    ) -> Waiting {
+        let dataset = format!("{}.{}", key.project, key.dataset);
+        if self.auto_create_dataset {
+            let _creating = self.creating.lock().await;
+            let name = format!("dataset {dataset}");
+            if self.recently_created(&name) {
+                return Waiting {
+                    error: format!("waiting for {name} (created by auto_create_dataset)"),
+                    after: Some(Duration::from_secs(1)),
+                    quiet: true,
+                };
+            }
+            match client
+                .create_dataset(&key.project, &key.dataset, self.location.as_deref())
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(output = %self.id, %dataset, "created dataset (auto_create_dataset)");
+                    if let Ok(mut created) = self.created.lock() {
+                        created.insert(name, Instant::now());
+                    }
+                    return Waiting {
+                        error: format!("dataset {dataset} created"),
+                        after: Some(Duration::ZERO),
+                        quiet: true,
+                    };
+                }
+                Err(failure) => {
+                    tracing::error!(output = %self.id, %dataset, error = ?failure, "could not create dataset; rows wait");
+                }
+            }
+        }
+        let first = self
+            .stats
+            .missing_datasets
+            .lock()
+            .is_ok_and(|mut missing| missing.insert(dataset.clone()));
+        if first {
+            tracing::error!(output = %self.id, %dataset, %error,
+                "dataset not found: rows wait for it (create it, or set auto_create_dataset true); /readyz reports it");
+        }
+        Waiting::backoff(format!("dataset {dataset} not found: {error}"))
+    }
+
+    fn dataset_found(&self, key: &TableKey) {
+        let Ok(mut missing) = self.stats.missing_datasets.lock() else {
+            return;
+        };
+        if !missing.is_empty() && missing.remove(&format!("{}.{}", key.project, key.dataset)) {
+            tracing::info!(output = %self.id, dataset = %format!("{}.{}", key.project, key.dataset), "dataset found: rows flow again");
         }
     }
 
@@ -455,7 +618,7 @@ fn request_outcome(verdict: &Verdict) -> RequestOutcome {
     match verdict {
         Verdict::Retry(_) | Verdict::Reauthenticate(_) => RequestOutcome::Retryable,
         Verdict::Split(_) => RequestOutcome::TooLarge,
-        Verdict::NotFound(_) => RequestOutcome::NotFound,
+        Verdict::NotFound(_) | Verdict::DatasetNotFound(_) => RequestOutcome::NotFound,
         Verdict::DeadLetter(_) => RequestOutcome::Rejected,
     }
 }
@@ -465,6 +628,7 @@ fn retry_all(error: String, after: Option<Duration>) -> Outcome {
         keep: None,
         error,
         after,
+        quiet: false,
     }
 }
 
