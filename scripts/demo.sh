@@ -13,7 +13,11 @@ if ! .venv/bin/python -c 'import fluent, msgpack' 2>/dev/null; then
   .venv/bin/pip install --quiet -r tests/clients/requirements.txt
 fi
 scripts/build-deps.sh
-cargo build --release --locked --workspace
+# The dev profile: the demo sends a few thousand events, and this build is the one
+# scripts/test.sh reuses. For production, build with --release (fat LTO, several minutes more).
+echo "== building bqforward and bigquery-emulator (dev profile; the first build compiles ~300 crates)"
+cargo build --locked --workspace --bins
+bin=target/debug
 
 out=$PWD/demo-out
 rm -rf "$out"
@@ -24,7 +28,7 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 
 echo "== starting bigquery-emulator (a local BigQuery REST API, data in demo-out/bigquery)"
-coproc EMU { exec target/release/bigquery-emulator --port 0 --data-dir "$out/bigquery" 2> "$out/emulator.log"; }
+coproc EMU { exec "$bin"/bigquery-emulator --port 0 --data-dir "$out/bigquery" 2> "$out/emulator.log"; }
 pids+=("$EMU_PID")
 read -r line <&"${EMU[0]}"
 endpoint="http://${line##listening on }"
@@ -35,7 +39,7 @@ echo "== starting bqforward -c config/bigquery.conf on 127.0.0.1:$port"
 BIGQUERY_ENDPOINT=$endpoint BIGQUERY_AUTH_METHOD=none BIGQUERY_PROJECT=demo \
 BQFORWARD_BIND=127.0.0.1 BQFORWARD_PORT=$port BQFORWARD_CONFIG_DIR=$PWD/config \
 BQFORWARD_DEAD_LETTER_DIR=$out/dead-letters \
-  target/release/bqforward run -c config/bigquery.conf 2> "$out/bqforward.log" &
+  "$bin"/bqforward run -c config/bigquery.conf 2> "$out/bqforward.log" &
 pids+=($!)
 for _ in $(seq 100); do
   grep -q listening "$out/bqforward.log" && break

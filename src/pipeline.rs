@@ -492,7 +492,7 @@ impl Pipeline {
                 let output = self.build_output(&s, element, type_name, id, allowed)?;
                 // fluentd accepts these on every output; these outputs have no use for them.
                 self.warnings
-                    .extend(s.finish(&["secondary", "time_as_integer"])?);
+                    .extend(s.finish(crate::output::COMMON_OUTPUT_PARAMS)?);
                 Ok(Target::Output(output))
             }
         }

@@ -183,3 +183,130 @@ fn threads_sets_the_pipeline_threads() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--threads"), "{err}");
 }
+
+/// One `check` names every problem in the config, in line order, and a misspelt name gets
+/// the one it is closest to, even for a required parameter it leaves missing.
+#[test]
+fn check_reports_every_error_in_line_order_with_suggestions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "fluent.conf",
+        "<source>\n  @type forward\n  prot 24224\n</source>\n\
+         <match a.**>\n  @type bigquery_insert\n  project p\n  dataset d\n  tabel t\n</match>\n\
+         <match b.**>\n  @type file\n  path /tmp/x\n  apend true\n  <buffer>\n    flush_intervl 1s\n  </buffer>\n</match>\n\
+         <match c.**>\n  @type elasticsearch\n</match>\n",
+    );
+    let (code, _, err) = bqforward(&["check", "-c", &path], &[]);
+    assert_eq!(code, 1, "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    let want = [
+        ":3: unknown parameter 'prot' in <source> (@type forward) (did you mean 'port'?)",
+        ":9: unknown parameter 'tabel' in <match a.**> (@type bigquery_insert) (did you mean 'table'? bigquery_insert needs 'table')",
+        ":14: unknown parameter 'apend' in <match b.**> (@type file) (did you mean 'append'?)",
+        ":16: unknown parameter 'flush_intervl' in <buffer>",
+        ":19: unknown @type 'elasticsearch' in <match c.**>",
+    ];
+    assert_eq!(errors.len(), want.len(), "{err}");
+    for (line, want) in errors.iter().zip(want) {
+        assert!(line.contains(want), "want {want:?} in {line:?}\n{err}");
+    }
+    assert!(err.contains("5 errors in"), "{err}");
+}
+
+/// Every chunk-key form fluentd accepts in a `<buffer ...>` line passes `check`; what it
+/// refuses (time without timekey, bracket paths) is refused with fluentd's message.
+#[test]
+fn chunk_keys_fluentd_accepts_pass_check() {
+    let dir = tempfile::tempdir().unwrap();
+    for (buffer, table) in [
+        ("<buffer time>\n    timekey 1d\n", "t_%Y%m%d"),
+        ("<buffer tag>\n", "${tag}"),
+        (
+            "<buffer tag,time>\n    timekey 1h\n    timekey_wait 10m\n    timekey_use_utc true\n",
+            "${tag[0]}_%Y%m%d%H",
+        ),
+        (
+            "<buffer time, tag, status>\n    timekey 3600\n    timekey_zone +09:00\n",
+            "${tag}_${status}_%Y%m%d",
+        ),
+        (
+            "<buffer $.kubernetes.namespace>\n",
+            "ns_${$.kubernetes.namespace}",
+        ),
+        (
+            "<buffer [\"tag\", \"time\"]>\n    timekey 1d\n    timekey_zone Asia/Tokyo\n",
+            "t",
+        ),
+        ("<buffer>\n    chunk_keys tag\n", "${tag}"),
+    ] {
+        let path = write_config(
+            &dir,
+            "fluent.conf",
+            &format!(
+                "<match **>\n  @type bigquery_insert\n  auth_method none\n  endpoint http://127.0.0.1:9\n  project p\n  dataset d\n  table {table}\n  {buffer}  </buffer>\n</match>\n"
+            ),
+        );
+        let (code, _, err) = bqforward(&["check", "-c", &path], &[]);
+        assert_eq!(code, 0, "{buffer}{err}");
+        assert!(err.contains("chunks are keyed by destination"), "{err}");
+    }
+    for (buffer, want) in [
+        (
+            "<buffer time>\n",
+            "argument includes 'time', but timekey is not configured",
+        ),
+        ("<buffer $['a']>\n", "bracket notation is not allowed"),
+        (
+            "<buffer a/b>\n",
+            "chunk_keys specification includes invalid char",
+        ),
+        (
+            "<buffer time>\n    timekey 1d\n    timekey_zone Mars/Base\n",
+            "unknown timezone 'Mars/Base'",
+        ),
+    ] {
+        let path = write_config(
+            &dir,
+            "fluent.conf",
+            &format!(
+                "<match **>\n  @type bigquery_insert\n  auth_method none\n  project p\n  dataset d\n  table t\n  {buffer}  </buffer>\n</match>\n"
+            ),
+        );
+        let (code, _, err) = bqforward(&["check", "-c", &path], &[]);
+        assert_eq!(code, 1, "{buffer}{err}");
+        assert!(err.contains(want), "{buffer}: want {want:?}\n{err}");
+    }
+}
+
+/// `check --help` and `health --help` list their own flags only.
+#[test]
+fn subcommand_help_lists_its_own_flags() {
+    let (_, check, _) = bqforward(&["check", "--help"], &[]);
+    assert!(
+        check.contains("--config") && check.contains("--verbose"),
+        "{check}"
+    );
+    for other in ["--threads", "--shutdown-timeout", "--url", "--dry-run"] {
+        assert!(
+            !check.contains(other),
+            "check --help lists {other}:\n{check}"
+        );
+    }
+    let (_, health, _) = bqforward(&["health", "--help"], &[]);
+    assert!(
+        health.contains("--url") && health.contains("--timeout"),
+        "{health}"
+    );
+    for other in ["--config", "--threads", "--verbose", "--log-format"] {
+        assert!(
+            !health.contains(other),
+            "health --help lists {other}:\n{health}"
+        );
+    }
+    let (_, run, _) = bqforward(&["run", "--help"], &[]);
+    assert!(
+        run.contains("--threads") && run.contains("--shutdown-timeout"),
+        "{run}"
+    );
+}

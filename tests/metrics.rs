@@ -433,3 +433,207 @@ fn a_repeated_bad_event_is_logged_once_and_counted_every_time() {
         .count();
     assert_eq!(warnings, 1, "{}", server.log());
 }
+
+/// fluentd's output counters for every output (null, file, each copy store, the routing
+/// outputs, bigquery_insert and its `<secondary>`), and what filters drop or cannot process,
+/// with exact counts after a known load.
+#[test]
+fn every_output_and_filter_is_counted() {
+    let emulator = Emulator::start(&[]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(
+        PROJECT,
+        DATASET,
+        "t",
+        serde_json::json!([{"name": "n", "type": "INTEGER", "mode": "REQUIRED"}]),
+    );
+    let endpoint = emulator.endpoint();
+    let server = Server::start(&format!(
+        r#"
+<source>
+  @type forward
+  bind 127.0.0.1
+  port 0
+</source>
+<source>
+  @type prometheus
+  bind 127.0.0.1
+  port 0
+</source>
+<filter **>
+  @type grep
+  @id no_debug
+  <exclude>
+    key level
+    pattern /debug/
+  </exclude>
+</filter>
+<filter x.bad>
+  @type record_transformer
+  @id retime
+  renew_time_key t
+</filter>
+<match x.drop>
+  @type null
+  @id nothing
+</match>
+<match x.bad>
+  @type null
+  @id unreachable
+</match>
+<match x.both>
+  @type copy
+  @id both
+  <store>
+    @type file
+    @id archive
+    path {{dir}}/archive/out
+    <format>
+      @type json
+    </format>
+  </store>
+  <store>
+    @type relabel
+    @id to_bq
+    @label @BQ
+  </store>
+</match>
+<label @BQ>
+  <match **>
+    @type bigquery_insert
+    @id bq
+    auth_method none
+    endpoint {endpoint}
+    project {PROJECT}
+    dataset {DATASET}
+    table t
+    fetch_schema true
+    <buffer>
+      flush_interval 0.1s
+    </buffer>
+    <secondary>
+      @type secondary_file
+      @id dead
+      directory {{dir}}/dead
+    </secondary>
+  </match>
+</label>
+<label @ERROR>
+  <match **>
+    @type null
+    @id errors
+  </match>
+</label>
+"#
+    ));
+    let port = metrics_port(&server);
+    let mut events = Vec::new();
+    // drop: 5 kept, 2 debug dropped by grep.
+    for i in 0..7 {
+        let level = if i < 2 { "debug" } else { "info" };
+        events.push(serde_json::json!(["drop", {"n": i, "level": level}]));
+    }
+    // both: 4 land in BigQuery, 1 cannot convert and is dead-lettered, 1 debug dropped.
+    for i in 0..4 {
+        events.push(serde_json::json!(["both", {"n": i}]));
+    }
+    events.push(serde_json::json!(["both", {"n": "not a number"}]));
+    events.push(serde_json::json!(["both", {"n": 9, "level": "debug"}]));
+    // bad: renew_time_key that is not a number -> @ERROR (3 events).
+    for _ in 0..3 {
+        events.push(serde_json::json!(["bad", {"t": "soon"}]));
+    }
+    // unmatched: 2 events.
+    events.push(serde_json::json!(["nowhere", {"n": 1}]));
+    events.push(serde_json::json!(["nowhere", {"n": 2}]));
+    run_client(
+        "fluent_logger_records.py",
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--tag",
+            "x",
+            "--events",
+            &serde_json::Value::Array(events).to_string(),
+        ],
+    );
+    let text = scrape_until(
+        port,
+        "fluentd_output_status_emit_records",
+        &[("plugin_id", "dead")],
+        1.0,
+    );
+    let out = |id: &str, name: &str| {
+        value(
+            &text,
+            &format!("fluentd_output_status_{name}"),
+            &[("plugin_id", id)],
+        )
+    };
+    // null: one emit per message (fluent-logger sends each event as its own message).
+    assert_eq!(out("nothing", "emit_records"), Some(5.0), "{text}");
+    assert_eq!(out("nothing", "write_count"), Some(0.0), "{text}");
+    assert_eq!(out("archive", "emit_records"), Some(5.0), "{text}");
+    assert_eq!(out("archive", "write_count"), out("archive", "emit_count"));
+    assert_eq!(out("to_bq", "emit_records"), Some(5.0), "{text}");
+    assert_eq!(out("both", "emit_records"), Some(5.0), "{text}");
+    assert_eq!(out("bq", "emit_records"), Some(5.0), "{text}");
+    assert_eq!(out("dead", "emit_records"), Some(1.0), "{text}");
+    assert_eq!(out("errors", "emit_records"), Some(3.0), "{text}");
+    assert_eq!(out("unreachable", "emit_records"), Some(0.0), "{text}");
+    for id in ["nothing", "archive", "to_bq", "both", "dead", "errors"] {
+        assert_eq!(out(id, "num_errors"), Some(0.0), "{id}\n{text}");
+        assert_eq!(out(id, "retry_count"), Some(0.0), "{id}\n{text}");
+        assert_eq!(out(id, "rollback_count"), Some(0.0), "{id}\n{text}");
+    }
+    assert_eq!(
+        value(
+            &text,
+            "bqforward_filter_dropped_events_total",
+            &[("plugin_id", "no_debug"), ("type", "grep")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "bqforward_error_events_total",
+            &[("plugin_id", "retime"), ("routed_to", "@ERROR")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "bqforward_router_unmatched_events_total", &[]),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "bqforward_bigquery_rows_inserted_total",
+            &[("plugin_id", "bq")]
+        ),
+        Some(4.0),
+        "{text}"
+    );
+    // Only buffered outputs have buffer gauges.
+    assert!(
+        value(
+            &text,
+            "fluentd_output_status_buffer_total_bytes",
+            &[("plugin_id", "bq")]
+        )
+        .is_some()
+    );
+    assert!(
+        value(
+            &text,
+            "fluentd_output_status_buffer_total_bytes",
+            &[("plugin_id", "archive")]
+        )
+        .is_none()
+    );
+    assert_eq!(emulator.count(PROJECT, DATASET, "t"), 4);
+}

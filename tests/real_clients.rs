@@ -127,7 +127,7 @@ impl Drop for Proc {
 // ---------------------------------------------------------------------------------------------
 // Fluent Bit
 
-fn fluent_bit_bin() -> Option<PathBuf> {
+fn fluent_bit_bin(test: &str) -> Option<PathBuf> {
     match std::env::var_os("FLUENT_BIT_BIN") {
         Some(path) if !path.is_empty() => {
             let path = PathBuf::from(path);
@@ -135,7 +135,7 @@ fn fluent_bit_bin() -> Option<PathBuf> {
             Some(path)
         }
         _ => {
-            eprintln!("skipped: FLUENT_BIT_BIN not set");
+            skip(test, "FLUENT_BIT_BIN not set");
             None
         }
     }
@@ -277,7 +277,9 @@ fn assert_no_chunk_trouble(log: &str) {
 
 #[test]
 fn fluent_bit_forward_with_acks_delivers_every_record() {
-    let Some(bin) = fluent_bit_bin() else { return };
+    let Some(bin) = fluent_bit_bin("fluent_bit_forward_with_acks_delivers_every_record") else {
+        return;
+    };
     let server = start(TCP_SOURCE);
     let (_, log) = run_fluent_bit(
         &bin,
@@ -292,7 +294,10 @@ fn fluent_bit_forward_with_acks_delivers_every_record() {
 
 #[test]
 fn fluent_bit_forward_with_gzip_and_acks_delivers_every_record() {
-    let Some(bin) = fluent_bit_bin() else { return };
+    let Some(bin) = fluent_bit_bin("fluent_bit_forward_with_gzip_and_acks_delivers_every_record")
+    else {
+        return;
+    };
     let server = start(TCP_SOURCE);
     let (_, log) = run_fluent_bit(
         &bin,
@@ -308,7 +313,9 @@ fn fluent_bit_forward_with_gzip_and_acks_delivers_every_record() {
 #[test]
 fn fluent_bit_forward_over_a_unix_socket() {
     // The FireLens shape: Fluent Bit's `unix_path` into a local aggregator.
-    let Some(bin) = fluent_bit_bin() else { return };
+    let Some(bin) = fluent_bit_bin("fluent_bit_forward_over_a_unix_socket") else {
+        return;
+    };
     let server = start(UNIX_SOURCE);
     let sock = server.path("fluent.sock");
     let (_, log) = run_fluent_bit(

@@ -230,7 +230,10 @@ fn tls_and_shared_key_together() {
 #[test]
 fn fluent_bit_with_tls_and_shared_key_gets_acks() {
     let Ok(fluent_bit) = std::env::var("FLUENT_BIT_BIN") else {
-        eprintln!("skipped: FLUENT_BIT_BIN not set");
+        skip(
+            "fluent_bit_with_tls_and_shared_key_gets_acks",
+            "FLUENT_BIT_BIN not set",
+        );
         return;
     };
     let (server, certs) = start_tls(&format!(

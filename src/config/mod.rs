@@ -37,6 +37,19 @@ impl ConfigError {
         }
     }
 
+    /// `Err` with every error of `errors` (the first carrying the rest), `Ok` when none: for
+    /// a plugin that reads on past a bad sub-section so its own parameters are checked too.
+    pub fn gather(errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+        let mut errors = errors.into_iter();
+        match errors.next() {
+            Some(mut first) => {
+                first.more.extend(errors);
+                Err(first)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// This error and every one riding along, flattened.
     pub fn into_all(self) -> Vec<ConfigError> {
         let mut all = Vec::with_capacity(1 + self.more.len());

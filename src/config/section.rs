@@ -210,14 +210,7 @@ impl<'a> Section<'a> {
                 element.location, element.name
             ));
         }
-        let mut errors = errors.into_iter();
-        match errors.next() {
-            Some(mut first) => {
-                first.more.extend(errors);
-                Err(first)
-            }
-            None => Ok(warnings),
-        }
+        ConfigError::gather(errors).map(|()| warnings)
     }
 
     fn read(&self, key: &str) -> Option<&'a Param> {

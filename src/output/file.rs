@@ -63,13 +63,18 @@ impl FileOutput {
             s.one_of("compress", &["text", "gzip", "gz"])?,
             Some("gzip" | "gz")
         );
+        // A bad <buffer> is reported with the output's own unknown parameters.
+        let mut deferred = Vec::new();
         let (timekey, utc, timekey_zone) = match s.section("buffer")? {
             Some(buffer) => {
                 let b = Section::new(buffer);
                 let timekey = b.time("timekey")?.map(|d| d.as_secs()).unwrap_or(86400);
                 let utc = b.bool("timekey_use_utc")?.unwrap_or(false);
                 let zone = b.str("timekey_zone");
-                warnings.extend(b.finish(super::BUFFER_PARAMS)?);
+                match b.finish(super::BUFFER_PARAMS) {
+                    Ok(w) => warnings.extend(w),
+                    Err(e) => deferred.push(e),
+                }
                 (timekey, utc, zone)
             }
             None => (86400, false, None),
@@ -99,6 +104,13 @@ impl FileOutput {
         let (formatter, w) =
             Formatter::from_config(s.element(), s.section("format")?, inject, "out_file")?;
         warnings.extend(w);
+        if !deferred.is_empty() {
+            // Every parameter is read by now, so the section's own unknown ones are known.
+            if let Err(own) = s.finish(super::COMMON_OUTPUT_PARAMS) {
+                deferred.push(own);
+            }
+            ConfigError::gather(deferred)?;
+        }
 
         let state = FileState {
             prefix: CachedTemplate::new(prefix),

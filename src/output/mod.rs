@@ -132,6 +132,9 @@ impl Output for NullOutput {
     }
 }
 
+/// What fluentd accepts on every output and the local outputs have no use for.
+pub const COMMON_OUTPUT_PARAMS: &[&str] = &["secondary", "time_as_integer"];
+
 /// fluentd `<buffer>` parameters: accepted everywhere a `<buffer>` may stand; those an output
 /// does not read are reported as ignored.
 pub const BUFFER_PARAMS: &[&str] = &[

@@ -1,7 +1,8 @@
 """Sends given records with the PyPI fluent-logger client, as an application would.
 
 Usage: fluent_logger_records.py --port P --tag T --events JSON
-JSON is a list of [label, record] pairs; each is sent as tag T.label (or T when label is "").
+JSON is a list of [label, record] pairs, or [label, record, unix_time] triples; each is sent
+as tag T.label (or T when label is ""), at unix_time when given (emit_with_time), else now.
 Exits non-zero if any emit fails.
 """
 import argparse
@@ -19,8 +20,12 @@ def main():
     a = p.parse_args()
     s = sender.FluentSender(a.tag, host="127.0.0.1", port=a.port)
     events = json.loads(a.events)
-    for label, record in events:
-        if not s.emit(label or None, record):
+    for label, record, *when in events:
+        if when:
+            ok = s.emit_with_time(label or None, when[0], record)
+        else:
+            ok = s.emit(label or None, record)
+        if not ok:
             print(f"emit failed: {s.last_error}", file=sys.stderr)
             sys.exit(1)
     s.close()

@@ -282,10 +282,16 @@ impl BigQueryOutput {
         let at = |e: String| ConfigError::at(s.location(), e);
         let mut warnings = Vec::new();
         let mut notes = Vec::new();
+        // A bad <buffer> is reported together with this section's own unknown parameters.
+        let mut deferred = Vec::new();
         let (buffer_config, w) = BufferConfig::from_config(
             s.section("buffer")?,
             BufferConfig::bigquery_insert_defaults(),
-        )?;
+        )
+        .unwrap_or_else(|e| {
+            deferred.push(e);
+            (BufferConfig::bigquery_insert_defaults(), Vec::new())
+        });
         warnings.extend(w);
         let timekey = buffer_config.timekey.map(|t| t.period);
         let zone = buffer_config.time_zone;
@@ -410,7 +416,11 @@ impl BigQueryOutput {
                 s.location()
             ));
         }
-        warnings.extend(s.finish(IGNORED)?);
+        match s.finish(IGNORED) {
+            Ok(w) => warnings.extend(w),
+            Err(e) => deferred.push(e),
+        }
+        ConfigError::gather(deferred)?;
 
         let stats = Arc::new(SinkStats::default());
         let sink = BigQuerySink {
