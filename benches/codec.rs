@@ -3,7 +3,7 @@
 
 mod common;
 
-use bqforward::codec::encode::Packing;
+use bqforward::codec::Mode;
 use bqforward::codec::{DecodeOptions, Decoder, decode_message};
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -25,13 +25,10 @@ fn decode(c: &mut Criterion) {
     let opts = DecodeOptions::default();
     let mut group = c.benchmark_group("decode");
     for (name, packing) in [
-        ("message", Packing::Message),
-        ("forward", Packing::Forward),
-        ("packed_forward", Packing::PackedForward),
-        (
-            "compressed_packed_forward",
-            Packing::CompressedPackedForward,
-        ),
+        ("message", Mode::Message),
+        ("forward", Mode::Forward),
+        ("packed_forward", Mode::PackedForward),
+        ("compressed_packed_forward", Mode::CompressedPackedForward),
     ] {
         let (stream, events) = common::stream(packing, 8);
         assert_eq!(decode_all(&stream, &opts), events);

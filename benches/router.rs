@@ -1,7 +1,7 @@
 //! Tag routing (first matching `<match>` of several) and table-name template resolution per
 //! event, uncached and with the per-(tag, second) cache the BigQuery output uses.
 
-use bqforward::codec::EventTime;
+use bqforward::event::EventTime;
 use bqforward::format::time::Zone;
 use bqforward::output::NullOutput;
 use bqforward::router::pattern::MatchPatterns;

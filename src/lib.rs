@@ -4,6 +4,7 @@
 pub mod buffer;
 pub mod codec;
 pub mod config;
+pub mod event;
 pub mod filter;
 pub mod format;
 pub mod input;

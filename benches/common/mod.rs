@@ -8,8 +8,9 @@ mod records;
 
 pub use records::{SCHEMA_JSON, events};
 
-use bqforward::codec::encode::{Packing, write_message};
-use bqforward::codec::{Event, EventTime};
+use bqforward::codec::Mode;
+use bqforward::codec::encode::write_message;
+use bqforward::event::{Event, EventTime};
 
 /// Events per chunk, as fluentd's and Fluent Bit's forward outputs commonly send.
 pub const CHUNK: usize = 500;
@@ -19,14 +20,14 @@ pub fn time() -> EventTime {
 }
 
 /// `chunks` messages of `CHUNK` events in `packing`, each asking for an ack.
-pub fn stream(packing: Packing, chunks: usize) -> (Vec<u8>, usize) {
+pub fn stream(packing: Mode, chunks: usize) -> (Vec<u8>, usize) {
     let mut out = Vec::new();
     for c in 0..chunks {
         let list: Vec<Event> = events(0, (c * CHUNK) as u64, CHUNK, time());
         let id = format!("{c:024}");
         match packing {
             // One ack per event would be unusual; Message mode senders rarely ask for acks.
-            Packing::Message => write_message(&mut out, packing, "app.web", &list, None),
+            Mode::Message => write_message(&mut out, packing, "app.web", &list, None),
             _ => write_message(&mut out, packing, "app.web", &list, Some(&id)),
         }
     }

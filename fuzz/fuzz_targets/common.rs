@@ -6,3 +6,6 @@ pub mod codec;
 #[allow(dead_code, unused_imports)]
 #[path = "../../src/config/mod.rs"]
 pub mod config;
+#[allow(dead_code, unused_imports)]
+#[path = "../../src/event.rs"]
+pub mod event;

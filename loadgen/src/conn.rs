@@ -2,8 +2,9 @@
 //! sends), keeps at most `window` chunks unacknowledged, and times each chunk from the write
 //! to its ack. Frames are built once, so the generator costs little next to the server.
 
-use bqforward::codec::EventTime;
-use bqforward::codec::encode::{Packing, write_message};
+use bqforward::codec::Mode;
+use bqforward::codec::encode::write_message;
+use bqforward::event::EventTime;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -19,7 +20,7 @@ const DISTINCT_BATCHES: u64 = 8;
 pub struct Plan {
     pub port: u16,
     pub conn: u32,
-    pub packing: Packing,
+    pub packing: Mode,
     pub tag: String,
     pub events: u64,
     pub batch: usize,
@@ -329,7 +330,7 @@ mod tests {
         let plan = Plan {
             port: 0,
             conn: 0,
-            packing: Packing::Message,
+            packing: Mode::Message,
             tag: "t".into(),
             events: 10,
             batch: 5,
@@ -343,7 +344,7 @@ mod tests {
         assert_eq!(Frame::build(&plan, 0, 5, true).slots.len(), 5);
         assert_eq!(Frame::build(&plan, 0, 5, false).slots.len(), 1);
         let packed = Plan {
-            packing: Packing::CompressedPackedForward,
+            packing: Mode::CompressedPackedForward,
             ..plan
         };
         assert_eq!(Frame::build(&packed, 0, 5, true).slots.len(), 1);

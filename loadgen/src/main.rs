@@ -6,8 +6,8 @@ mod conn;
 mod probe;
 mod records;
 
-use bqforward::codec::EventTime;
-use bqforward::codec::encode::Packing;
+use bqforward::codec;
+use bqforward::event::EventTime;
 use clap::{Parser, ValueEnum};
 use probe::Emulator;
 use std::process::ExitCode;
@@ -75,6 +75,7 @@ struct Args {
     print_schema: bool,
 }
 
+/// The Forward mode to send in, as the command line names it.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Mode {
     Message,
@@ -91,12 +92,12 @@ enum Until {
 }
 
 impl Mode {
-    fn packing(self) -> Packing {
+    fn packing(self) -> codec::Mode {
         match self {
-            Mode::Message => Packing::Message,
-            Mode::Forward => Packing::Forward,
-            Mode::Packed => Packing::PackedForward,
-            Mode::Compressed => Packing::CompressedPackedForward,
+            Mode::Message => codec::Mode::Message,
+            Mode::Forward => codec::Mode::Forward,
+            Mode::Packed => codec::Mode::PackedForward,
+            Mode::Compressed => codec::Mode::CompressedPackedForward,
         }
     }
 }

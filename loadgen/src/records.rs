@@ -1,7 +1,7 @@
 //! Realistic records for the load: an HTTP access-log line of 11 fields, about 300 bytes as
 //! JSON, varied per event so compression and caches see realistic data. Pure; no I/O.
 
-use bqforward::codec::{Event, EventTime};
+use bqforward::event::{Event, EventTime};
 use bytes::Bytes;
 
 const METHODS: [&str; 4] = ["GET", "GET", "POST", "PUT"];

@@ -4,7 +4,7 @@
 //! corrupt frame aside before keeping its good prefix. The directory is locked per process.
 
 use super::{ChunkId, Entry};
-use crate::codec::{Event, EventTime};
+use crate::event::{Event, EventTime};
 use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};

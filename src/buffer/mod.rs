@@ -6,8 +6,8 @@
 pub mod config;
 pub mod file;
 
-use crate::codec::Event;
-use crate::output::BoxFuture;
+use crate::event::BoxFuture;
+use crate::event::Event;
 pub use config::{BufferConfig, BufferKind, FlushMode, OverflowAction, RetryPolicy};
 use file::FileStore;
 use serde::{Serialize, de::DeserializeOwned};

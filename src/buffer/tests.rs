@@ -2,7 +2,7 @@
 //! what cannot be.
 
 use super::*;
-use crate::codec::EventTime;
+use crate::event::EventTime;
 use bytes::Bytes;
 use std::sync::Mutex as StdMutex;
 

@@ -1,17 +1,10 @@
 //! Building Forward protocol messages in every mode, as senders do: used by the load
 //! generator, the benchmarks and the tests. Writing into a Vec cannot fail.
 
-use super::{Event, EventTime};
+use super::forward::Mode;
+use crate::event::{Event, EventTime};
 use flate2::{Compression, write::GzEncoder};
 use std::io::Write;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Packing {
-    Message,
-    Forward,
-    PackedForward,
-    CompressedPackedForward,
-}
 
 /// EventTime: msgpack fixext8 of type 0, seconds then nanoseconds, both u32 big-endian.
 pub fn write_event_time(out: &mut Vec<u8>, time: EventTime) {
@@ -47,13 +40,13 @@ fn write_option(out: &mut Vec<u8>, size: Option<usize>, chunk: Option<&str>, gzi
 /// per event, each with the same `chunk` option when one is given.
 pub fn write_message(
     out: &mut Vec<u8>,
-    packing: Packing,
+    packing: Mode,
     tag: &str,
     events: &[Event],
     chunk: Option<&str>,
 ) {
     match packing {
-        Packing::Message => {
+        Mode::Message => {
             for event in events {
                 out.push(if chunk.is_some() { 0x94 } else { 0x93 });
                 let _ = rmp::encode::write_str(out, tag);
@@ -64,7 +57,7 @@ pub fn write_message(
                 }
             }
         }
-        Packing::Forward => {
+        Mode::Forward => {
             out.push(if chunk.is_some() { 0x93 } else { 0x92 });
             let _ = rmp::encode::write_str(out, tag);
             let _ = rmp::encode::write_array_len(out, events.len() as u32);
@@ -73,12 +66,12 @@ pub fn write_message(
                 write_option(out, None, chunk, false);
             }
         }
-        Packing::PackedForward | Packing::CompressedPackedForward => {
+        Mode::PackedForward | Mode::CompressedPackedForward => {
             let mut entries = Vec::with_capacity(events.iter().map(|e| e.record.len() + 11).sum());
             events
                 .iter()
                 .for_each(|event| write_entry(&mut entries, event));
-            let gzip = packing == Packing::CompressedPackedForward;
+            let gzip = packing == Mode::CompressedPackedForward;
             if gzip {
                 let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
                 let _ = encoder.write_all(&entries);

@@ -3,7 +3,7 @@
 //! Spec: fluentd wiki "Forward Protocol Specification v1"; behaviour as fluentd's in_forward.
 
 use super::msgpack::{Cursor, DEFAULT_MAX_DEPTH, Head, MsgpackError, ScanStatus, Scanner};
-use super::{Event, EventTime};
+use crate::event::{Event, EventTime};
 use bytes::{Bytes, BytesMut};
 use flate2::read::MultiGzDecoder;
 use std::io::Read;

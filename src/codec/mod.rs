@@ -13,52 +13,6 @@ pub use forward::{
 };
 
 use bytes::Bytes;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Event time with nanoseconds, as Forward's EventTime extension carries it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EventTime {
-    pub secs: i64,
-    pub nanos: u32,
-}
-
-impl EventTime {
-    pub fn new(secs: i64, nanos: u32) -> Self {
-        Self { secs, nanos }
-    }
-
-    pub fn now() -> Self {
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        Self::new(since.as_secs() as i64, since.subsec_nanos())
-    }
-
-    /// A float time as some clients send it; `None` for NaN, infinities and out-of-range values.
-    pub fn from_f64(secs: f64) -> Option<Self> {
-        if !secs.is_finite() || secs.abs() > 1e15 {
-            return None;
-        }
-        let whole = secs.floor();
-        let nanos = ((secs - whole) * 1e9).round().min(999_999_999.0) as u32;
-        Some(Self::new(whole as i64, nanos))
-    }
-
-    pub fn as_f64(self) -> f64 {
-        self.secs as f64 + f64::from(self.nanos) / 1e9
-    }
-
-    pub fn is_zero(self) -> bool {
-        self.secs == 0 && self.nanos == 0
-    }
-}
-
-/// One event: its time and its record, a msgpack map kept as the bytes it arrived in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub time: EventTime,
-    pub record: Bytes,
-}
 
 /// `record` with `key` set to the string `value` (replacing an existing `key`), as fluentd's
 /// `record[key] = value`. Copies the record; used only where a setting asks for it.

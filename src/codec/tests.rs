@@ -1,6 +1,7 @@
-use super::encode::{Packing, write_event_time, write_message};
+use super::encode::{write_event_time, write_message};
 use super::forward::write_ack;
 use super::*;
+use crate::event::{Event, EventTime};
 use bytes::{Bytes, BytesMut};
 use flate2::{Compression, write::GzEncoder};
 use proptest::prelude::*;
@@ -131,10 +132,10 @@ fn sample_events(n: usize) -> Vec<Event> {
 fn every_packing_round_trips_with_ack_id() {
     let events = sample_events(50);
     for packing in [
-        Packing::Message,
-        Packing::Forward,
-        Packing::PackedForward,
-        Packing::CompressedPackedForward,
+        Mode::Message,
+        Mode::Forward,
+        Mode::PackedForward,
+        Mode::CompressedPackedForward,
     ] {
         let mut out = Vec::new();
         write_message(&mut out, packing, "a.b", &events, Some("chunk-1"));
@@ -146,13 +147,7 @@ fn every_packing_round_trips_with_ack_id() {
                 .all(|m| m.chunk.as_deref() == Some(&b"chunk-1"[..]))
         );
         assert!(msgs.iter().all(|m| m.size_mismatch.is_none()));
-        let want_mode = match packing {
-            Packing::Message => Mode::Message,
-            Packing::Forward => Mode::Forward,
-            Packing::PackedForward => Mode::PackedForward,
-            Packing::CompressedPackedForward => Mode::CompressedPackedForward,
-        };
-        assert_eq!(msgs[0].mode, want_mode);
+        assert_eq!(msgs[0].mode, packing);
     }
 }
 
@@ -252,7 +247,7 @@ fn zstd_bomb_stops_at_decompression_size_limit() {
 fn size_option_mismatch_is_reported() {
     let events = sample_events(3);
     let mut out = Vec::new();
-    write_message(&mut out, Packing::PackedForward, "t", &events, None);
+    write_message(&mut out, Mode::PackedForward, "t", &events, None);
     // Patch "size": 3 to 5: the value is the byte after the "size" key.
     let pos = out.windows(5).position(|w| w == b"size\x03").unwrap();
     out[pos + 4] = 5;
@@ -264,10 +259,10 @@ fn size_option_mismatch_is_reported() {
 #[test]
 fn messages_split_at_every_byte_boundary() {
     let mut stream = Vec::new();
-    write_message(&mut stream, Packing::Message, "x", &sample_events(3), None);
+    write_message(&mut stream, Mode::Message, "x", &sample_events(3), None);
     write_message(
         &mut stream,
-        Packing::PackedForward,
+        Mode::PackedForward,
         "y",
         &sample_events(3),
         Some("c"),
@@ -493,8 +488,8 @@ proptest! {
         mode in 0usize..4,
         split in any::<prop::sample::Index>(),
     ) {
-        let packing = [Packing::Message, Packing::Forward, Packing::PackedForward,
-            Packing::CompressedPackedForward][mode];
+        let packing = [Mode::Message, Mode::Forward, Mode::PackedForward,
+            Mode::CompressedPackedForward][mode];
         let built: Vec<Event> = events.iter()
             .map(|(time, rec)| Event { time: *time, record: record(rec.clone()) })
             .collect();

@@ -4,8 +4,8 @@
 
 use super::accessor::{KeyPath, compile_regexp, to_text};
 use super::{Filter, RecordError};
-use crate::codec::Event;
 use crate::config::{ConfigError, Element, Section};
+use crate::event::Event;
 use regex::Regex;
 
 struct Expression {

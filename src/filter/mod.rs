@@ -5,8 +5,8 @@ pub mod accessor;
 pub mod grep;
 pub mod record_transformer;
 
-use crate::codec::Event;
 use crate::config::{ConfigError, Element, Section};
+use crate::event::Event;
 use std::sync::Arc;
 
 pub const FILTER_TYPES: &[&str] = &["record_transformer", "grep"];

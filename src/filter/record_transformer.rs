@@ -6,8 +6,8 @@
 use super::accessor::{KeyPath, to_text};
 use super::{Filter, RecordError};
 use crate::codec::msgpack::{self, Cursor, DEFAULT_MAX_DEPTH, Head};
-use crate::codec::{Event, EventTime};
 use crate::config::{ConfigError, Section};
+use crate::event::{Event, EventTime};
 use bytes::Bytes;
 use std::borrow::Cow;
 

@@ -16,7 +16,7 @@ pub enum Extra<'a> {
     Int(i64),
     /// The event time as `time_type float` injects it: the float `as_f64` gives everywhere,
     /// except where exact seconds can be written instead (a BigQuery TIMESTAMP column).
-    Time(crate::codec::EventTime),
+    Time(crate::event::EventTime),
 }
 
 /// Writes `record` (a msgpack map) as a JSON object, followed by `extras` as more fields.

@@ -5,8 +5,8 @@ pub mod json;
 pub mod time;
 
 use crate::codec::msgpack::MsgpackError;
-use crate::codec::{Event, EventTime};
 use crate::config::{ConfigError, Element, Section};
+use crate::event::{Event, EventTime};
 use json::Extra;
 use time::{TimeFormatter, Zone};
 

@@ -2,7 +2,7 @@
 //! (%N, %3N, %L for sub-seconds), local time by default, `utc` or a fixed `timezone` offset,
 //! and ISO 8601 when no format is given. The last formatted second is cached.
 
-use crate::codec::EventTime;
+use crate::event::EventTime;
 use chrono::format::{Item, StrftimeItems};
 use chrono::{DateTime, FixedOffset, Local, Offset, TimeZone, Utc};
 

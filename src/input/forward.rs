@@ -5,8 +5,8 @@
 use super::security::{Handshake, Security};
 use crate::codec::{self, DecodeError, DecodeOptions, Decoder, Message};
 use crate::config::{ConfigError, Section};
+use crate::event::Batch;
 use crate::metrics::InputMetrics;
-use crate::output::Batch;
 use crate::ratelimit::RateLimit;
 use crate::router::{Plan, Router};
 use bytes::{Bytes, BytesMut};
@@ -651,7 +651,7 @@ impl Connection {
         routed
     }
 
-    fn with_source_fields(&self, mut events: Vec<codec::Event>) -> Vec<codec::Event> {
+    fn with_source_fields(&self, mut events: Vec<crate::event::Event>) -> Vec<crate::event::Event> {
         let fields = [
             (&self.config.source_address_key, &self.peer.address),
             (&self.config.source_hostname_key, &self.peer.hostname),

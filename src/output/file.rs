@@ -9,8 +9,9 @@
 //! arrive, so `_N` is chosen once per path and run (the first index not on disk) and appended
 //! to while the process runs.
 
-use super::{Batch, BoxFuture, Output, OutputError};
+use super::{Output, OutputError};
 use crate::config::{ConfigError, Section};
+use crate::event::{Batch, BoxFuture};
 use crate::format::time::Zone;
 use crate::format::{Formatter, Inject};
 use crate::router::template::{CachedTemplate, Template};

@@ -5,20 +5,9 @@ pub mod bigquery;
 pub mod file;
 pub mod stdout;
 
-use crate::codec::Event;
+pub use crate::event::{Batch, BoxFuture};
 use crate::metrics::PluginCounters;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Events of one tag, handed to an output together.
-#[derive(Debug, Clone)]
-pub struct Batch {
-    pub tag: Arc<str>,
-    pub events: Vec<Event>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {

@@ -1,8 +1,9 @@
 //! `@type stdout`: fluentd's out_stdout, one line per event on standard output, in the
 //! `stdout` format (`time tag: {json}`) unless `<format>` says otherwise.
 
-use super::{Batch, BoxFuture, Output, OutputError};
+use super::{Output, OutputError};
 use crate::config::{ConfigError, Section};
+use crate::event::{Batch, BoxFuture};
 use crate::format::{Formatter, Inject};
 use std::io::Write;
 use std::sync::{Arc, Mutex};

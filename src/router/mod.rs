@@ -6,10 +6,11 @@ pub mod pattern;
 pub mod rewrite_tag;
 pub mod template;
 
-use crate::codec::Event;
+use crate::event::Event;
+use crate::event::{Batch, BoxFuture};
 use crate::filter::{Filter, RecordError};
 use crate::metrics::PluginCounters;
-use crate::output::{Batch, BoxFuture, Output, OutputError};
+use crate::output::{Output, OutputError};
 use pattern::MatchPatterns;
 use rewrite_tag::RewriteTagFilter;
 use std::collections::HashMap;

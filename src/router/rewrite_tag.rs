@@ -2,8 +2,8 @@
 //! tag (with `$1`.., `${tag}`, `${tag_parts[N]}`, `${hostname}` and their `__TAG__` forms),
 //! invert. The first rule that applies re-tags the event; no rule, or the same tag, drops it.
 
-use crate::codec::Event;
 use crate::config::{ConfigError, Element, Section};
+use crate::event::Event;
 use crate::filter::accessor::{KeyPath, compile_regexp, to_text};
 use regex::Regex;
 
@@ -239,7 +239,7 @@ impl RewriteTagFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::EventTime;
+    use crate::event::EventTime;
     use bytes::Bytes;
     use serde_json::json;
 

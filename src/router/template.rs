@@ -5,7 +5,7 @@
 //! I/O.
 
 use super::super::format::time::{TimeFormatter, Zone};
-use crate::codec::EventTime;
+use crate::event::EventTime;
 use crate::filter::accessor::{self, KeyPath};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,10 +11,11 @@ pub mod sink;
 
 use crate::buffer::{Buffer, BufferConfig, BufferError, Entry};
 use crate::config::{ConfigError, Section};
+use crate::event::{Batch, BoxFuture};
 use crate::filter::accessor::KeyPath;
 use crate::format::Inject;
 use crate::format::time::Zone;
-use crate::output::{Batch, BoxFuture, Output, OutputError};
+use crate::output::{Output, OutputError};
 use crate::router::template::Template;
 use client::AuthMethod;
 use request::{MAX_BODY_BYTES, MAX_ROWS, RequestOptions, parse_record_accessor};
@@ -198,7 +199,7 @@ impl Destinations {
         self.cut.1
     }
 
-    fn key(&mut self, table: usize, tag: &Arc<str>, event: &crate::codec::Event) -> &Arc<TableKey> {
+    fn key(&mut self, table: usize, tag: &Arc<str>, event: &crate::event::Event) -> &Arc<TableKey> {
         let secs = self.second(event.time.secs);
         self.values.clear();
         for key in &self.keys {
@@ -238,7 +239,7 @@ impl Destinations {
         if let Some(key) = self.seen.get(&seen) {
             return Arc::clone(key);
         }
-        let time = crate::codec::EventTime::new(secs, 0);
+        let time = crate::event::EventTime::new(secs, 0);
         let render = |t: &Template| t.render(tag, time, record);
         let n = &self.names;
         let key = Arc::new(TableKey {

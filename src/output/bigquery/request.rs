@@ -262,7 +262,7 @@ pub fn parse_record_accessor(text: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Event, EventTime};
+    use crate::event::{Event, EventTime};
     use flate2::read::GzDecoder;
     use serde_json::{Value, json};
     use std::io::Read;

@@ -256,7 +256,7 @@ struct ExtraSlot {
 /// times at or after the epoch; returns whether it wrote.
 fn exact_timestamp(
     field: &Field,
-    time: crate::codec::EventTime,
+    time: crate::event::EventTime,
     out: &mut Room<'_>,
 ) -> Result<bool, Full> {
     if field.field_type != FieldType::Timestamp
@@ -2733,7 +2733,7 @@ mod tests {
     /// get the float text itself.
     #[test]
     fn injected_time_is_exact_in_timestamp_columns_and_the_float_elsewhere() {
-        use crate::codec::EventTime;
+        use crate::event::EventTime;
         let schema = schema(json!([
             {"name": "time", "type": "TIMESTAMP"},
             {"name": "t_float", "type": "FLOAT"},
