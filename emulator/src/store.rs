@@ -392,6 +392,14 @@ impl Store {
             Some(p) => info.partitions.get(p).copied().unwrap_or(0),
             None => info.rows,
         };
+        if max == 0 {
+            // maxResults=0 asks for the count only: no rows, no next page.
+            return Ok(Page {
+                total,
+                rows: Vec::new(),
+                next_index: None,
+            });
+        }
         let read = self.db.begin_read().map_err(backend)?;
         let table = read.open_table(ROWS).map_err(backend)?;
         let mut rows = Vec::new();
