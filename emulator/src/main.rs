@@ -83,7 +83,9 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Colours only for a terminal: a log file or a pipe (docker logs, CI) gets plain text.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
