@@ -271,11 +271,55 @@ fn check_additive_at(
     }
     for n in &new.fields {
         if old.lookup(&n.name).is_none() && n.mode == Mode::Required {
-            return Err(mismatch(format!(
+            // Observed without the "Provided Schema does not match" preamble
+            // (mozilla/mozilla-schema-generator#63).
+            return Err(SchemaError(format!(
                 "Cannot add required fields to an existing schema. (field: {prefix}{})",
                 n.name
             )));
         }
+    }
+    Ok(())
+}
+
+/// BigQuery's per-table schema limits (<https://cloud.google.com/bigquery/quotas#table_limits>:
+/// 10,000 columns; <https://cloud.google.com/bigquery/docs/nested-repeated#limitations>: 15
+/// levels of nested RECORDs).
+pub const MAX_LEAF_FIELDS: usize = 10_000;
+pub const MAX_RECORD_DEPTH: usize = 15;
+
+/// Checks a schema against BigQuery's column and nesting limits, as tables.insert and
+/// tables.patch do. The column count is of leaf fields (a RECORD counts as its subfields), the
+/// wording BigQuery uses ("Too many total leaf fields", snowplow-bigquery-loader#376).
+pub fn check_limits(schema: &Schema) -> Result<(), SchemaError> {
+    fn walk(
+        schema: &Schema,
+        prefix: &str,
+        depth: usize,
+        leaves: &mut usize,
+    ) -> Result<(), SchemaError> {
+        for f in &schema.fields {
+            let Some(sub) = &f.sub else {
+                *leaves += 1;
+                continue;
+            };
+            let path = format!("{prefix}{}", f.name);
+            if depth + 1 > MAX_RECORD_DEPTH {
+                return Err(SchemaError(format!(
+                    "Field {path}: the schema nests RECORD fields {} levels deep; at most {MAX_RECORD_DEPTH} levels are allowed.",
+                    depth + 1
+                )));
+            }
+            walk(sub, &format!("{path}."), depth + 1, leaves)?;
+        }
+        Ok(())
+    }
+    let mut leaves = 0;
+    walk(schema, "", 0, &mut leaves)?;
+    if leaves > MAX_LEAF_FIELDS {
+        return Err(SchemaError(format!(
+            "Too many total leaf fields: {leaves}, max allowed field count: {MAX_LEAF_FIELDS}"
+        )));
     }
     Ok(())
 }

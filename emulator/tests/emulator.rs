@@ -16,5 +16,7 @@ mod lifecycle;
 mod python_client;
 #[path = "emulator/query_params.rs"]
 mod query_params;
+#[path = "emulator/schema_update.rs"]
+mod schema_update;
 #[path = "emulator/tabledata_list.rs"]
 mod tabledata_list;

@@ -5,6 +5,7 @@ mod admin;
 mod datasets;
 mod params;
 mod shape;
+mod table_update;
 mod tabledata;
 mod tables;
 
@@ -25,6 +26,7 @@ use crate::dedup::Dedup;
 use crate::error::ApiError;
 use crate::faults::{Fault, Faults};
 use crate::insert::Limits;
+use crate::propagation::SchemaPropagation;
 use crate::stats::Stats;
 use crate::store::{Store, StoreError};
 
@@ -34,6 +36,7 @@ pub struct App {
     pub faults: Faults,
     pub stats: Stats,
     pub dedup: Dedup,
+    pub propagation: SchemaPropagation,
     pub limits: Limits,
 }
 
@@ -76,8 +79,8 @@ pub fn router(app: AppState) -> Router {
         .route(
             &format!("{V2}/datasets/{{dataset}}/tables/{{table}}"),
             get(tables::get)
-                .patch(tables::patch)
-                .put(tables::patch)
+                .patch(table_update::patch)
+                .put(table_update::update)
                 .delete(tables::delete),
         )
         .route(

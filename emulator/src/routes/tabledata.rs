@@ -74,7 +74,10 @@ fn insert_rows(
         ignore_unknown_values: req.ignore_unknown_values.unwrap_or(false),
     };
     let skip_invalid = req.skip_invalid_rows.unwrap_or(false);
-    let outcomes = insert::check_rows(&info.schema, &rows, opts, &a.limits);
+    let key = table_key(project, dataset, &target);
+    // Right after a schema change the streaming path still checks rows against the old schema.
+    let schema = a.propagation.visible(&key, &info.schema);
+    let outcomes = insert::check_rows(&schema, &rows, opts, &a.limits);
     let invalid = outcomes.iter().filter(|o| o.is_err()).count() as u64;
     Stats::add(&a.stats.rows_received, rows.len() as u64);
     Stats::add(&a.stats.rows_invalid, invalid);
@@ -82,14 +85,7 @@ fn insert_rows(
         Stats::add(&a.stats.rows_stopped, rows.len() as u64 - invalid);
         return Ok(insert::response(&outcomes, false));
     }
-    store_rows(
-        a,
-        &table_key(project, dataset, &target),
-        &info,
-        decorator,
-        &rows,
-        &outcomes,
-    )?;
+    store_rows(a, &key, &info, decorator, &rows, &outcomes)?;
     Ok(insert::response(&outcomes, skip_invalid))
 }
 

@@ -1,16 +1,18 @@
-// Owns tables.insert / get / list / patch (update) / delete and the table resource's shape.
+// Owns tables.insert / get / list / delete, the table resource's shape and its etag.
 // Must not validate rows; it only checks schemas, partitioning and clustering specs.
+// tables.patch / tables.update are in `table_update`.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
+use base64::Engine;
 use serde_json::{Value, json};
 
 use super::params::{self, Params};
 use super::{ApiBase, AppState, blocking, now_ms};
 use crate::error::ApiError;
-use crate::schema::{FieldJson, FieldType, Mode, Schema, Selection, check_additive};
+use crate::schema::{FieldJson, FieldType, Mode, Schema, Selection, check_limits};
 use crate::store::{TableInfo, dataset_key, schema_of, table_key};
 
 /// Splits a partition decorator off a table id: "t$20261124" → ("t", Some("20261124")).
@@ -21,13 +23,13 @@ pub fn split_decorator(table: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+pub(super) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("Invalid JSON payload received. {e}")))
 }
 
 /// Checks timePartitioning and clustering against the schema, as tables.insert does.
-fn check_layout(resource: &Value, schema: &Schema) -> Result<(), ApiError> {
+pub(super) fn check_layout(resource: &Value, schema: &Schema) -> Result<(), ApiError> {
     if let Some(tp) = resource.get("timePartitioning").filter(|v| !v.is_null()) {
         let kind = tp.get("type").and_then(Value::as_str).unwrap_or("DAY");
         if !["DAY", "HOUR", "MONTH", "YEAR"].contains(&kind) {
@@ -94,12 +96,15 @@ pub async fn insert(
         return Err(ApiError::dataset_not_found(&project, &dataset));
     };
     let schema = schema_of(&resource).map_err(ApiError::invalid)?;
+    check_limits(&schema).map_err(|e| ApiError::invalid(e.0))?;
     check_layout(&resource, &schema)?;
     let now = now_ms().to_string();
+    let key = table_key(&project, &dataset, &table);
     resource["tableReference"] =
         json!({"projectId": project, "datasetId": dataset, "tableId": table});
     resource["creationTime"] = json!(now);
     resource["lastModifiedTime"] = json!(now);
+    resource["etag"] = json!(next_etag(&key, "", &now));
     // A table lives where its dataset does.
     resource["location"] = dataset_resource
         .get("location")
@@ -108,10 +113,14 @@ pub async fn insert(
     if resource.get("schema").is_none() {
         resource["schema"] = json!({"fields": []});
     }
-    let key = table_key(&project, &dataset, &table);
     let stored = resource.clone();
     let created = blocking(&app, move |a| {
-        Ok(a.store.create_table(&key, stored, schema)?)
+        let created = a.store.create_table(&key, stored, schema)?;
+        if created {
+            // A table created anew under an old name has no schema change pending.
+            a.propagation.forget(&key);
+        }
+        Ok(created)
     })
     .await?;
     if !created {
@@ -122,6 +131,33 @@ pub async fn insert(
         .table(&table_key(&project, &dataset, &table))
         .ok_or_else(|| ApiError::table_not_found(&project, &dataset, &table))?;
     Ok(Json(render(&info, &base)))
+}
+
+/// A new etag for a table modified at `modified_ms`: 16 bytes in base64, as BigQuery's look
+/// ("Nxc2m3B3ZcF2LP1cUz6T8g=="). Chained on the previous etag, so two changes in the same
+/// millisecond still differ; stored in the resource, so it survives a restart.
+pub(super) fn next_etag(key: &str, previous: &str, modified_ms: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut bytes = Vec::with_capacity(16);
+    for salt in [0u8, 1] {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (salt, key, previous, modified_ms).hash(&mut h);
+        bytes.extend_from_slice(&h.finish().to_be_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The table's etag. It changes with every modification of the resource (tables.insert, patch,
+/// update), not with streamed rows. Tables stored before etags were kept get one derived from
+/// their last modification.
+pub(super) fn etag_of(key: &str, info: &TableInfo) -> String {
+    match info.resource.get("etag").and_then(Value::as_str) {
+        Some(etag) => etag.to_string(),
+        None => {
+            let modified = info.resource["lastModifiedTime"].as_str().unwrap_or("0");
+            next_etag(key, "", modified)
+        }
+    }
 }
 
 /// The table resource as tables.get answers it, with the counters filled in. The emulator never
@@ -142,11 +178,7 @@ pub fn render(info: &TableInfo, base: &ApiBase) -> Value {
     r["id"] = json!(format!("{p}:{d}.{t}"));
     r["selfLink"] = json!(format!("{}/projects/{p}/datasets/{d}/tables/{t}", base.0));
     r["type"] = json!("TABLE");
-    r["etag"] = json!(format!(
-        "{}-{}",
-        info.rows,
-        r["lastModifiedTime"].as_str().unwrap_or("0")
-    ));
+    r["etag"] = json!(etag_of(&table_key(&p, &d, &t), info));
     r["numRows"] = json!(info.rows.to_string());
     r["numBytes"] = json!(info.bytes.to_string());
     if info.rows > 0 {
@@ -289,54 +321,6 @@ fn list_item(info: &TableInfo) -> Value {
     item
 }
 
-/// tables.patch and tables.update: merges the given attributes; a new schema may only add
-/// columns (or relax REQUIRED to NULLABLE).
-pub async fn patch(
-    State(app): State<AppState>,
-    Path((project, dataset, table)): Path<(String, String, String)>,
-    RawQuery(query): RawQuery,
-    base: ApiBase,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let q = params::parse(query.as_deref(), &params::TABLES_UPDATE)?;
-    if q.bool("autodetect_schema") == Some(true) {
-        return Err(ApiError::invalid(
-            "autodetect_schema applies to external tables, which bigquery-emulator does not have",
-        ));
-    }
-    let patch = parse_json(&body)?;
-    let Value::Object(patch) = patch else {
-        return Err(ApiError::invalid(
-            "Invalid JSON payload received. Expected an object.",
-        ));
-    };
-    let info = lookup(&app, &project, &dataset, &table)?;
-    let mut resource = info.resource.clone();
-    for (k, v) in patch {
-        if !matches!(
-            k.as_str(),
-            "tableReference" | "kind" | "id" | "creationTime" | "numRows"
-        ) {
-            resource[k.as_str()] = v;
-        }
-    }
-    let schema = schema_of(&resource).map_err(ApiError::invalid)?;
-    check_additive(
-        &info.schema,
-        &schema,
-        &format!("{project}:{dataset}.{table}"),
-    )
-    .map_err(|e| ApiError::invalid(e.0))?;
-    check_layout(&resource, &schema)?;
-    resource["lastModifiedTime"] = json!(now_ms().to_string());
-    let key = table_key(&project, &dataset, &table);
-    let updated = blocking(&app, move |a| {
-        Ok(a.store.update_table(&key, resource, schema)?)
-    })
-    .await?;
-    Ok(Json(render(&updated, &base)))
-}
-
 pub async fn delete(
     State(app): State<AppState>,
     Path((project, dataset, table)): Path<(String, String, String)>,
@@ -345,6 +329,10 @@ pub async fn delete(
     params::parse(query.as_deref(), &params::TABLES_DELETE)?;
     lookup(&app, &project, &dataset, &table)?;
     let key = table_key(&project, &dataset, &table);
-    blocking(&app, move |a| Ok(a.store.delete_table(&key)?)).await?;
+    blocking(&app, move |a| {
+        a.propagation.forget(&key);
+        Ok(a.store.delete_table(&key)?)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

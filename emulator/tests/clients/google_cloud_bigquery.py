@@ -11,6 +11,7 @@ import decimal
 import json
 import sys
 
+from google.api_core import exceptions
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
@@ -180,7 +181,88 @@ def roundtrip(port):
     print(json.dumps({"num_rows": c.get_table("demo.events").num_rows}))
 
 
-SCENARIOS = {"roundtrip": roundtrip}
+def expect_error(kind, call, text):
+    try:
+        call()
+    except kind as e:
+        assert text in e.message, f"{kind.__name__}: {e.message!r} lacks {text!r}"
+        return
+    raise AssertionError(f"expected {kind.__name__} with {text!r}")
+
+
+def schema_update(port):
+    """Schema evolution as bqforward will do it: update_table with the table's etag."""
+    c = client(port)
+    c.create_dataset("evo")
+    status = bigquery.SchemaField("status", "INTEGER")
+    c.create_table(
+        bigquery.Table(
+            f"{PROJECT}.evo.logs",
+            schema=[
+                bigquery.SchemaField("msg", "STRING", mode="REQUIRED"),
+                bigquery.SchemaField("http", "RECORD", fields=[status]),
+            ],
+        )
+    )
+    stale = c.get_table("evo.logs")
+    table = c.get_table("evo.logs")
+    check("same etag", table.etag, stale.etag)
+
+    # Add a top-level and a nested column, a repeated one, and relax REQUIRED.
+    evolved = [
+        bigquery.SchemaField("msg", "STRING", mode="NULLABLE"),
+        bigquery.SchemaField(
+            "http", "RECORD", fields=[status, bigquery.SchemaField("path", "STRING")]
+        ),
+        bigquery.SchemaField("user", "STRING"),
+        bigquery.SchemaField("tags", "STRING", mode="REPEATED"),
+    ]
+    table.schema = evolved
+    updated = c.update_table(table, ["schema"])
+    check("evolved schema", updated.schema, evolved)
+    assert updated.etag != stale.etag, (updated.etag, stale.etag)
+    check("get after update", c.get_table("evo.logs").schema, evolved)
+
+    # update_table sends If-Match with the etag it read: a stale one is 412.
+    stale.description = "written late"
+    expect_error(
+        exceptions.PreconditionFailed,
+        lambda: c.update_table(stale, ["description"]),
+        "Precondition check failed.",
+    )
+    check("description unchanged", c.get_table("evo.logs").description, None)
+
+    # Retyping or removing a column is refused with BigQuery's message.
+    retyped = c.get_table("evo.logs")
+    retyped.schema = [bigquery.SchemaField("msg", "INTEGER")] + evolved[1:]
+    expect_error(
+        exceptions.BadRequest,
+        lambda: c.update_table(retyped, ["schema"]),
+        "Field msg has changed type from STRING to INTEGER",
+    )
+    removed = c.get_table("evo.logs")
+    removed.schema = evolved[:3]
+    expect_error(
+        exceptions.BadRequest,
+        lambda: c.update_table(removed, ["schema"]),
+        "Field tags is missing in new schema",
+    )
+
+    # Rows use the new columns (this scenario runs with no propagation delay).
+    rows = [{"http": {"status": 200, "path": "/"}, "user": "u", "tags": ["a", "b"]}]
+    check("insert with new columns", c.insert_rows_json("evo.logs", rows, row_ids=["n1"]), [])
+    check(
+        "rows with new columns",
+        as_dicts(c.list_rows("evo.logs")),
+        [{"msg": None, "http": {"status": 200, "path": "/"}, "user": "u", "tags": ["a", "b"]}],
+    )
+    final = c.get_table("evo.logs")
+    final.description = "evolved"
+    check("update with fresh etag", c.update_table(final, ["description"]).description, "evolved")
+    print(json.dumps({"columns": len(c.get_table("evo.logs").schema)}))
+
+
+SCENARIOS = {"roundtrip": roundtrip, "schema_update": schema_update}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[2]](int(sys.argv[1]))

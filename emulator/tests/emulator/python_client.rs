@@ -17,3 +17,14 @@ fn google_cloud_bigquery_creates_inserts_deduplicates_and_reads_back() {
     assert_eq!(stats["rows_deduplicated"], 3, "{stats}");
     assert_eq!(stats["rows_invalid"], 1, "{stats}");
 }
+
+#[test]
+fn google_cloud_bigquery_update_table_evolves_the_schema_with_etags() {
+    let emu = Emulator::start(&["--schema-update-delay-ms", "0"]);
+    let facts = run_client("google_cloud_bigquery.py", emu.port, &["schema_update"]);
+    assert_eq!(facts["columns"], 4, "{facts}");
+    assert_eq!(emu.count_in("evo", "logs"), 1);
+    let (_, table) = emu.get(&emu.api("/datasets/evo/tables/logs"));
+    assert_eq!(table["description"], "evolved");
+    assert_eq!(table["schema"]["fields"][1]["fields"][1]["name"], "path");
+}
