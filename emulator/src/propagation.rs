@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use crate::schema::Schema;
 
-/// Default delay: "within minutes" in Google's words; two minutes is also the wait Google's issue
-/// tracker (35905247) and pandas-gbq settled on before streaming after a schema change.
+/// Default delay: "within minutes" in Google's words; two minutes is also the wait pandas-gbq
+/// adopted (after Google's issue tracker 35905247) before streaming into a table recreated with a
+/// new schema (googleapis/python-bigquery-pandas#75).
 pub const DEFAULT_DELAY: Duration = Duration::from_secs(120);
 
 /// Per table: schemas with the instant each becomes visible to insertAll, oldest first. The
