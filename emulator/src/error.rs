@@ -65,6 +65,16 @@ impl ApiError {
         )
     }
 
+    /// An `If-Match` that does not match the resource's etag. Observed message (python-bigquery
+    /// #772: "Precondition check failed."); reason `conditionNotMet` as for every Google API.
+    pub fn precondition_failed() -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "conditionNotMet",
+            "Precondition check failed.",
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internalError", message)
     }
@@ -77,6 +87,7 @@ impl ApiError {
             403 => "PERMISSION_DENIED",
             404 => "NOT_FOUND",
             409 => "ALREADY_EXISTS",
+            412 => "FAILED_PRECONDITION",
             413 => "INVALID_ARGUMENT",
             429 => "RESOURCE_EXHAUSTED",
             500 => "INTERNAL",

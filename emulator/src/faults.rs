@@ -30,6 +30,10 @@ pub struct FaultConfig {
     pub drop_rate: f64,
     pub null_mode: bool,
     pub scope: FaultScope,
+    /// How long after a schema change insertAll still validates rows against the previous
+    /// schema (see `propagation`). Not a fault of a request, so `scope` does not apply; left out
+    /// of a `POST /_emulator/faults` body it is 0, so tests see schema changes at once.
+    pub schema_update_delay_ms: u64,
 }
 
 impl FaultConfig {
@@ -90,6 +94,10 @@ impl Faults {
 
     pub fn null_mode(&self) -> bool {
         self.lock().0.null_mode
+    }
+
+    pub fn schema_update_delay(&self) -> Duration {
+        Duration::from_millis(self.lock().0.schema_update_delay_ms)
     }
 
     /// Latency to add and the fault (if any) for a request; `is_insert_all` decides scope.

@@ -7,8 +7,9 @@
 //! redb's in-memory backend when no data dir is given, so both modes run the same code.
 //!
 //! Layout (data flows one way): `server` (sockets) → `routes` (HTTP, faults layer) →
-//! `insert` / `schema` (pure validation) → `dedup` → `store` (redb). `stats` and `faults` are
-//! read by the routes and depend on nothing.
+//! `insert` / `schema` (pure validation) → `dedup` → `store` (redb). `stats`, `faults` and
+//! `propagation` (when insertAll sees a schema change) are read by the routes and depend on
+//! nothing but `schema`.
 
 // Wires the stages together; the only module that knows them all. Must not hold request logic.
 
@@ -16,6 +17,7 @@ mod dedup;
 mod error;
 mod faults;
 mod insert;
+mod propagation;
 mod routes;
 mod schema;
 mod server;
@@ -30,6 +32,7 @@ use std::time::Duration;
 
 pub use faults::{FaultConfig, FaultScope};
 pub use insert::Limits;
+pub use propagation::DEFAULT_DELAY as DEFAULT_SCHEMA_UPDATE_DELAY;
 
 /// Everything the emulator needs to start, parsed from the CLI by `main.rs`.
 #[derive(Debug, Clone)]
@@ -68,6 +71,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         faults: faults::Faults::new(config.faults.clone()),
         stats: stats::Stats::default(),
         dedup: dedup::Dedup::new(config.dedup_window),
+        propagation: propagation::SchemaPropagation::default(),
         limits: config.limits,
     });
     let addr = format!("{}:{}", config.host, config.port);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bigquery_emulator::{Config, FaultConfig, FaultScope, Limits};
+use bigquery_emulator::{Config, DEFAULT_SCHEMA_UPDATE_DELAY, FaultConfig, FaultScope, Limits};
 use clap::Parser;
 
 /// A local stand-in for BigQuery's REST API (datasets, tables, insertAll, tabledata.list).
@@ -54,6 +54,10 @@ struct Cli {
     /// Which requests faults apply to.
     #[arg(long, value_enum, default_value_t = FaultScope::InsertAll)]
     fault_scope: FaultScope,
+    /// Milliseconds after a schema change during which insertAll still checks rows against the
+    /// previous schema (BigQuery: "metadata changes are propagated within minutes").
+    #[arg(long, default_value_t = DEFAULT_SCHEMA_UPDATE_DELAY.as_millis() as u64)]
+    schema_update_delay_ms: u64,
 }
 
 impl Cli {
@@ -76,6 +80,7 @@ impl Cli {
                 drop_rate: self.drop_rate,
                 null_mode: self.null_mode,
                 scope: self.fault_scope,
+                schema_update_delay_ms: self.schema_update_delay_ms,
             },
         }
     }
@@ -83,7 +88,9 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Colours only for a terminal: a log file or a pipe (docker logs, CI) gets plain text.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -271,13 +271,157 @@ fn check_additive_at(
     }
     for n in &new.fields {
         if old.lookup(&n.name).is_none() && n.mode == Mode::Required {
-            return Err(mismatch(format!(
+            // Observed without the "Provided Schema does not match" preamble
+            // (mozilla/mozilla-schema-generator#63).
+            return Err(SchemaError(format!(
                 "Cannot add required fields to an existing schema. (field: {prefix}{})",
                 n.name
             )));
         }
     }
     Ok(())
+}
+
+/// BigQuery's per-table schema limits (<https://cloud.google.com/bigquery/quotas#table_limits>:
+/// 10,000 columns; <https://cloud.google.com/bigquery/docs/nested-repeated#limitations>: 15
+/// levels of nested RECORDs).
+pub const MAX_LEAF_FIELDS: usize = 10_000;
+pub const MAX_RECORD_DEPTH: usize = 15;
+
+/// Checks a schema against BigQuery's column and nesting limits, as tables.insert and
+/// tables.patch do. The column count is of leaf fields (a RECORD counts as its subfields), the
+/// wording BigQuery uses ("Too many total leaf fields", snowplow-bigquery-loader#376).
+pub fn check_limits(schema: &Schema) -> Result<(), SchemaError> {
+    fn walk(
+        schema: &Schema,
+        prefix: &str,
+        depth: usize,
+        leaves: &mut usize,
+    ) -> Result<(), SchemaError> {
+        for f in &schema.fields {
+            let Some(sub) = &f.sub else {
+                *leaves += 1;
+                continue;
+            };
+            let path = format!("{prefix}{}", f.name);
+            if depth + 1 > MAX_RECORD_DEPTH {
+                return Err(SchemaError(format!(
+                    "Field {path}: the schema nests RECORD fields {} levels deep; at most {MAX_RECORD_DEPTH} levels are allowed.",
+                    depth + 1
+                )));
+            }
+            walk(sub, &format!("{path}."), depth + 1, leaves)?;
+        }
+        Ok(())
+    }
+    let mut leaves = 0;
+    walk(schema, "", 0, &mut leaves)?;
+    if leaves > MAX_LEAF_FIELDS {
+        return Err(SchemaError(format!(
+            "Too many total leaf fields: {leaves}, max allowed field count: {MAX_LEAF_FIELDS}"
+        )));
+    }
+    Ok(())
+}
+
+/// A `selectedFields` list ("a,e.d.f"): names map to what is kept below them (`None`: all).
+/// Names match case-insensitively, as column names do.
+#[derive(Debug, Default, PartialEq)]
+pub struct Selection(HashMap<String, Option<Selection>>);
+
+impl Selection {
+    /// Parses a comma-separated list of dotted paths; `None` for an empty list (everything).
+    pub fn parse(spec: &str) -> Result<Option<Self>, SchemaError> {
+        let mut sel = Selection::default();
+        for path in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let names: Vec<&str> = path.split('.').collect();
+            if names.iter().any(|n| n.is_empty()) {
+                return Err(SchemaError(format!("Invalid selected field: {path}")));
+            }
+            sel.add(&names);
+        }
+        Ok((!sel.0.is_empty()).then_some(sel))
+    }
+
+    fn add(&mut self, names: &[&str]) {
+        let Some((first, rest)) = names.split_first() else {
+            return;
+        };
+        let key = first.to_ascii_lowercase();
+        if rest.is_empty() {
+            self.0.insert(key, None);
+            return;
+        }
+        if let Some(sub) = self
+            .0
+            .entry(key)
+            .or_insert_with(|| Some(Selection::default()))
+        {
+            sub.add(rest);
+        }
+    }
+
+    /// The schema restricted to the selection, in table order (BigQuery returns selected columns
+    /// in schema order, not in the order they were asked for).
+    pub fn project(&self, schema: &Schema) -> Result<Schema, SchemaError> {
+        self.check_names(schema, "")?;
+        Ok(self.project_unchecked(schema))
+    }
+
+    fn check_names(&self, schema: &Schema, prefix: &str) -> Result<(), SchemaError> {
+        for (name, below) in &self.0 {
+            let path = format!("{prefix}{name}");
+            let field = schema.lookup(name).ok_or_else(|| {
+                SchemaError(format!(
+                    "Selected field not found in the table schema: {path}"
+                ))
+            })?;
+            match (below, &field.sub) {
+                (None, _) => {}
+                (Some(sub), Some(sub_schema)) => {
+                    sub.check_names(sub_schema, &format!("{path}."))?
+                }
+                (Some(_), None) => {
+                    return Err(SchemaError(format!(
+                        "Selected field {path} is not a RECORD and has no subfields"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn project_unchecked(&self, schema: &Schema) -> Schema {
+        let mut out = Schema::default();
+        for f in &schema.fields {
+            let Some(below) = self.0.get(&f.name.to_ascii_lowercase()) else {
+                continue;
+            };
+            let mut field = f.clone();
+            if let (Some(sel), Some(sub)) = (below, &f.sub) {
+                field.sub = Some(sel.project_unchecked(sub));
+            }
+            out.index
+                .insert(field.name.to_ascii_lowercase(), out.fields.len());
+            out.fields.push(field);
+        }
+        out
+    }
+
+    /// The same projection over `schema.fields` JSON, keeping every attribute of a kept field.
+    pub fn project_json(&self, fields: &[FieldJson]) -> Vec<FieldJson> {
+        fields
+            .iter()
+            .filter_map(|f| {
+                let below = self.0.get(&f.name.to_ascii_lowercase())?;
+                let mut field = f.clone();
+                if let (Some(sel), Some(sub)) = (below, &f.fields) {
+                    field.fields = Some(sel.project_json(sub));
+                }
+                Some(field)
+            })
+            .collect()
+    }
 }
 
 /// One entry of a row's `errors[]` in an insertAll answer.
@@ -738,6 +882,20 @@ pub fn format_timestamp_seconds(micros: i64) -> String {
         return "0.0".to_string();
     }
     format!("{sign}{head}.{tail}E{exponent}")
+}
+
+/// Renders microseconds as tabledata.list's `ISO8601_STRING` timestamp output format,
+/// documented as "YYYY-MM-DDTHH:MM:SS.FFFFFFFFFFFFZ" (twelve fraction digits: picoseconds, so a
+/// microsecond value ends in six zeros).
+pub fn format_timestamp_iso(micros: i64) -> String {
+    match DateTime::<Utc>::from_timestamp_micros(micros) {
+        Some(dt) => format!(
+            "{}.{:06}000000Z",
+            dt.format("%Y-%m-%dT%H:%M:%S"),
+            micros.rem_euclid(1_000_000)
+        ),
+        None => micros.to_string(),
+    }
 }
 
 #[cfg(test)]

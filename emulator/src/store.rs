@@ -283,24 +283,26 @@ impl Store {
         Ok(true)
     }
 
-    /// Replaces a table's resource and schema, keeping its rows and counters.
-    pub fn update_table(
+    /// Replaces a table's resource and schema with what `change` makes of the current table,
+    /// keeping its rows and counters. `change` runs under the writer lock, so two concurrent
+    /// updates see each other's result (what an etag precondition needs). `Ok(None)`: no table.
+    pub fn update_table_with<E: From<StoreError>>(
         &self,
         key: &str,
-        resource: Value,
-        schema: Schema,
-    ) -> Result<TableInfo, StoreError> {
+        change: impl FnOnce(&TableInfo) -> Result<(Value, Schema), E>,
+    ) -> Result<Option<TableInfo>, E> {
         let _w = self.writer();
-        let mut info = self
-            .table(key)
-            .ok_or_else(|| StoreError::NoTable(key.to_string()))?;
+        let Some(mut info) = self.table(key) else {
+            return Ok(None);
+        };
+        let (resource, schema) = change(&info)?;
         info.resource = resource;
         info.schema = Arc::new(schema);
         self.put_table(key, &info)?;
         self.catalog_mut()
             .tables
             .insert(key.to_string(), info.clone());
-        Ok(info)
+        Ok(Some(info))
     }
 
     fn put_table(&self, key: &str, info: &TableInfo) -> Result<(), StoreError> {
@@ -392,6 +394,14 @@ impl Store {
             Some(p) => info.partitions.get(p).copied().unwrap_or(0),
             None => info.rows,
         };
+        if max == 0 {
+            // maxResults=0 asks for the count only: no rows, no next page.
+            return Ok(Page {
+                total,
+                rows: Vec::new(),
+                next_index: None,
+            });
+        }
         let read = self.db.begin_read().map_err(backend)?;
         let table = read.open_table(ROWS).map_err(backend)?;
         let mut rows = Vec::new();

@@ -12,5 +12,11 @@ mod datasets_tables;
 mod insert_all;
 #[path = "emulator/lifecycle.rs"]
 mod lifecycle;
+#[path = "emulator/python_client.rs"]
+mod python_client;
+#[path = "emulator/query_params.rs"]
+mod query_params;
+#[path = "emulator/schema_update.rs"]
+mod schema_update;
 #[path = "emulator/tabledata_list.rs"]
 mod tabledata_list;

@@ -3,21 +3,42 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, blocking, now_ms};
+use super::params::{self, Params};
+use super::{ApiBase, AppState, blocking, now_ms};
 use crate::error::ApiError;
 use crate::store::dataset_key;
+
+/// "Valid values are 0, 1, and 3. Requests specifying an invalid value will be rejected."
+/// (datasets.get / datasets.insert `accessPolicyVersion`).
+fn check_access_policy_version(q: &Params) -> Result<(), ApiError> {
+    match q.int("accessPolicyVersion") {
+        None | Some(0 | 1 | 3) => Ok(()),
+        Some(v) => Err(ApiError::invalid(format!(
+            "Invalid value for accessPolicyVersion: {v}. Valid values are 0, 1, and 3."
+        ))),
+    }
+}
+
+/// The stored resource with its `selfLink` for this request's host.
+fn answer(mut resource: Value, base: &ApiBase, project: &str, dataset: &str) -> Value {
+    resource["selfLink"] = json!(format!("{}/projects/{project}/datasets/{dataset}", base.0));
+    resource
+}
 
 pub async fn insert(
     State(app): State<AppState>,
     Path(project): Path<String>,
+    RawQuery(query): RawQuery,
+    base: ApiBase,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let q = params::parse(query.as_deref(), &params::DATASETS_INSERT)?;
+    check_access_policy_version(&q)?;
     let mut resource: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("Invalid JSON payload received. {e}")))?;
     let dataset = resource
@@ -43,36 +64,38 @@ pub async fn insert(
     if !created {
         return Err(ApiError::dataset_exists(&project, &dataset));
     }
-    Ok((StatusCode::OK, Json(resource)).into_response())
+    let body = answer(resource, &base, &project, &dataset);
+    Ok((StatusCode::OK, Json(body)).into_response())
 }
 
+/// `datasetView` is accepted; the emulator keeps no ACL beyond what the dataset was created with,
+/// so every view answers the same resource.
 pub async fn get(
     State(app): State<AppState>,
     Path((project, dataset)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    base: ApiBase,
 ) -> Result<Json<Value>, ApiError> {
+    let q = params::parse(query.as_deref(), &params::DATASETS_GET)?;
+    check_access_policy_version(&q)?;
     app.store
         .dataset(&dataset_key(&project, &dataset))
-        .map(Json)
+        .map(|r| Json(answer(r, &base, &project, &dataset)))
         .ok_or_else(|| ApiError::dataset_not_found(&project, &dataset))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeleteParams {
-    #[serde(default)]
-    delete_contents: bool,
 }
 
 pub async fn delete(
     State(app): State<AppState>,
     Path((project, dataset)): Path<(String, String)>,
-    Query(params): Query<DeleteParams>,
+    RawQuery(query): RawQuery,
 ) -> Result<StatusCode, ApiError> {
+    let q = params::parse(query.as_deref(), &params::DATASETS_DELETE)?;
+    let delete_contents = q.bool("deleteContents").unwrap_or(false);
     let key = dataset_key(&project, &dataset);
     if app.store.dataset(&key).is_none() {
         return Err(ApiError::dataset_not_found(&project, &dataset));
     }
-    if !params.delete_contents && !app.store.tables_in(&key).is_empty() {
+    if !delete_contents && !app.store.tables_in(&key).is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "resourceInUse",

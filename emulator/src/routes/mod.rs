@@ -3,6 +3,9 @@
 
 mod admin;
 mod datasets;
+mod params;
+mod shape;
+mod table_update;
 mod tabledata;
 mod tables;
 
@@ -11,8 +14,10 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::StatusCode;
+use axum::http::header::HOST;
+use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,6 +26,7 @@ use crate::dedup::Dedup;
 use crate::error::ApiError;
 use crate::faults::{Fault, Faults};
 use crate::insert::Limits;
+use crate::propagation::SchemaPropagation;
 use crate::stats::Stats;
 use crate::store::{Store, StoreError};
 
@@ -30,10 +36,28 @@ pub struct App {
     pub faults: Faults,
     pub stats: Stats,
     pub dedup: Dedup,
+    pub propagation: SchemaPropagation,
     pub limits: Limits,
 }
 
 pub type AppState = Arc<App>;
+
+/// `http://HOST/bigquery/v2` from the request's Host header: the base of the `selfLink`s the
+/// emulator answers (BigQuery's point at https://bigquery.googleapis.com/bigquery/v2).
+pub struct ApiBase(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiBase {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let host = parts
+            .headers
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost");
+        Ok(ApiBase(format!("http://{host}/bigquery/v2")))
+    }
+}
 
 /// Marks a response the server must not send: the connection is closed instead.
 #[derive(Clone, Copy, Debug)]
@@ -55,8 +79,8 @@ pub fn router(app: AppState) -> Router {
         .route(
             &format!("{V2}/datasets/{{dataset}}/tables/{{table}}"),
             get(tables::get)
-                .patch(tables::patch)
-                .put(tables::patch)
+                .patch(table_update::patch)
+                .put(table_update::update)
                 .delete(tables::delete),
         )
         .route(
@@ -67,7 +91,8 @@ pub fn router(app: AppState) -> Router {
             &format!("{V2}/datasets/{{dataset}}/tables/{{table}}/data"),
             get(tabledata::list),
         )
-        .layer(middleware::from_fn_with_state(app.clone(), faults_layer));
+        .layer(middleware::from_fn_with_state(app.clone(), faults_layer))
+        .layer(middleware::from_fn(shape::shape_layer));
     Router::new()
         .merge(api)
         .merge(admin::router())

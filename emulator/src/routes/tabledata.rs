@@ -2,20 +2,23 @@
 // tabledata.list with BigQuery's `{"f":[{"v":…}]}` row shape. Must not parse schemas or bodies
 // itself: that is `schema` and `insert`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_ENCODING;
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::params::{self, Params};
 use super::tables::{lookup, split_decorator};
 use super::{App, AppState, blocking, now_ms};
 use crate::error::ApiError;
 use crate::insert::{self, InsertRow, payload_too_large};
 use crate::schema::{
-    FieldType, Mode, RowError, Schema, ValidateOptions, format_timestamp_seconds, partition_id,
+    FieldType, Mode, RowError, Schema, Selection, ValidateOptions, format_timestamp_iso,
+    format_timestamp_seconds, partition_id,
 };
 use crate::stats::Stats;
 use crate::store::{NewRow, TableInfo, table_key};
@@ -23,10 +26,12 @@ use crate::store::{NewRow, TableInfo, table_key};
 pub async fn insert_all(
     State(app): State<AppState>,
     Path((project, dataset, table)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     Stats::add(&app.stats.insert_all_requests, 1);
+    params::parse(query.as_deref(), &params::TABLEDATA_INSERT_ALL)?;
     let limit = app.limits.max_request_bytes;
     // A compressed body larger than the limit cannot be under it once inflated.
     let raw = axum::body::to_bytes(body, limit.saturating_add(1))
@@ -69,7 +74,10 @@ fn insert_rows(
         ignore_unknown_values: req.ignore_unknown_values.unwrap_or(false),
     };
     let skip_invalid = req.skip_invalid_rows.unwrap_or(false);
-    let outcomes = insert::check_rows(&info.schema, &rows, opts, &a.limits);
+    let key = table_key(project, dataset, &target);
+    // Right after a schema change the streaming path still checks rows against the old schema.
+    let schema = a.propagation.visible(&key, &info.schema);
+    let outcomes = insert::check_rows(&schema, &rows, opts, &a.limits);
     let invalid = outcomes.iter().filter(|o| o.is_err()).count() as u64;
     Stats::add(&a.stats.rows_received, rows.len() as u64);
     Stats::add(&a.stats.rows_invalid, invalid);
@@ -77,14 +85,7 @@ fn insert_rows(
         Stats::add(&a.stats.rows_stopped, rows.len() as u64 - invalid);
         return Ok(insert::response(&outcomes, false));
     }
-    store_rows(
-        a,
-        &table_key(project, dataset, &target),
-        &info,
-        decorator,
-        &rows,
-        &outcomes,
-    )?;
+    store_rows(a, &key, &info, decorator, &rows, &outcomes)?;
     Ok(insert::response(&outcomes, skip_invalid))
 }
 
@@ -209,47 +210,78 @@ fn store_rows(
     Ok(())
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ListParams {
-    max_results: Option<usize>,
-    page_token: Option<String>,
-    start_index: Option<u64>,
-    #[serde(rename = "formatOptions.useInt64Timestamp")]
-    use_int64_timestamp: Option<bool>,
+/// Rows per page when maxResults is not given (BigQuery pages by size; this is a round number).
+const DEFAULT_PAGE: u64 = 10_000;
+
+/// How TIMESTAMP cells are written (`formatOptions` of tabledata.list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimestampFormat {
+    /// Seconds since the epoch as a float ("1.7956008E9"): BigQuery's default.
+    Float64,
+    /// Microseconds since the epoch ("1795600800000000").
+    Int64,
+    /// "2026-11-25T10:00:00.000000000000Z".
+    Iso8601,
 }
 
-/// Rows per page when maxResults is not given (BigQuery pages by size; this is a round number).
-const DEFAULT_PAGE: usize = 10_000;
+/// `useInt64Timestamp=true` and a `timestampOutputFormat` together are refused: "Cannot specify
+/// both use_int64_timestamp and timestamp_output_format" (google-cloud-bigquery never sends both
+/// for that reason, client.py `list_rows`).
+fn timestamp_format(q: &Params) -> Result<TimestampFormat, ApiError> {
+    let int64 = q.bool("formatOptions.useInt64Timestamp").unwrap_or(false);
+    let format = q
+        .text("formatOptions.timestampOutputFormat")
+        .filter(|f| *f != "TIMESTAMP_OUTPUT_FORMAT_UNSPECIFIED");
+    Ok(match (int64, format) {
+        (true, Some(_)) => {
+            return Err(ApiError::invalid(
+                "Cannot specify both use_int64_timestamp and timestamp_output_format.",
+            ));
+        }
+        (true, None) | (false, Some("INT64")) => TimestampFormat::Int64,
+        (false, Some("ISO8601_STRING")) => TimestampFormat::Iso8601,
+        _ => TimestampFormat::Float64,
+    })
+}
 
 pub async fn list(
     State(app): State<AppState>,
     Path((project, dataset, table)): Path<(String, String, String)>,
-    Query(params): Query<ListParams>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
+    let q = params::parse(query.as_deref(), &params::TABLEDATA_LIST)?;
+    let ts_format = timestamp_format(&q)?;
     let (base, decorator) = split_decorator(&table);
     let info = lookup(&app, &project, &dataset, base)?;
-    let start = match &params.page_token {
+    let schema = match Selection::parse(q.text("selectedFields").unwrap_or_default())
+        .and_then(|sel| sel.map(|s| s.project(&info.schema)).transpose())
+        .map_err(|e| ApiError::invalid(e.0))?
+    {
+        Some(projected) => Arc::new(projected),
+        None => info.schema.clone(),
+    };
+    // The page token wins over startIndex (google-cloud-bigquery drops startIndex once it has a
+    // token; BigQuery's answer to both is not documented).
+    let start = match q.text("pageToken") {
         Some(token) => token
             .parse::<u64>()
             .map_err(|_| ApiError::invalid(format!("Invalid page token: {token}")))?,
-        None => params.start_index.unwrap_or(0),
+        None => q.int("startIndex").map_or(0, |n| n.unsigned_abs()),
     };
-    let max = params
-        .max_results
-        .unwrap_or(DEFAULT_PAGE)
-        .clamp(1, DEFAULT_PAGE * 10);
+    let max = q
+        .int("maxResults")
+        .map_or(DEFAULT_PAGE, |n| n.unsigned_abs())
+        .min(DEFAULT_PAGE * 10) as usize;
     let key = table_key(&project, &dataset, base);
     let partition = decorator.map(str::to_string);
     let page = blocking(&app, move |a| {
         Ok(a.store.list(&key, start, max, partition.as_deref())?)
     })
     .await?;
-    let int64_ts = params.use_int64_timestamp.unwrap_or(false);
     let rows: Vec<Value> = page
         .rows
         .iter()
-        .map(|r| render_record(&info.schema, r, int64_ts))
+        .map(|r| render_record(&schema, r, ts_format))
         .collect();
     let mut body = json!({
         "kind": "bigquery#tableDataList",
@@ -266,7 +298,7 @@ pub async fn list(
 }
 
 /// `{"f":[{"v":…}, …]}` in schema order; NULL as `{"v":null}`, repeated as `[{"v":…}]`.
-fn render_record(schema: &Schema, row: &Map<String, Value>, int64_ts: bool) -> Value {
+fn render_record(schema: &Schema, row: &Map<String, Value>, ts: TimestampFormat) -> Value {
     let cells: Vec<Value> = schema
         .fields
         .iter()
@@ -277,10 +309,10 @@ fn render_record(schema: &Schema, row: &Map<String, Value>, int64_ts: bool) -> V
                 (Some(Value::Array(items)), Mode::Repeated) => Value::Array(
                     items
                         .iter()
-                        .map(|item| json!({"v": render_value(f, item, int64_ts)}))
+                        .map(|item| json!({"v": render_value(f, item, ts)}))
                         .collect(),
                 ),
-                (Some(v), _) => render_value(f, v, int64_ts),
+                (Some(v), _) => render_value(f, v, ts),
             };
             json!({"v": v})
         })
@@ -288,12 +320,15 @@ fn render_record(schema: &Schema, row: &Map<String, Value>, int64_ts: bool) -> V
     json!({"f": cells})
 }
 
-fn render_value(f: &crate::schema::Field, v: &Value, int64_ts: bool) -> Value {
+fn render_value(f: &crate::schema::Field, v: &Value, ts: TimestampFormat) -> Value {
     match (&f.sub, v) {
-        (Some(sub), Value::Object(obj)) => render_record(sub, obj, int64_ts),
-        _ if f.ty == FieldType::Timestamp && !int64_ts => {
+        (Some(sub), Value::Object(obj)) => render_record(sub, obj, ts),
+        _ if f.ty == FieldType::Timestamp && ts != TimestampFormat::Int64 => {
             let micros = v.as_str().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-            json!(format_timestamp_seconds(micros))
+            match ts {
+                TimestampFormat::Iso8601 => json!(format_timestamp_iso(micros)),
+                _ => json!(format_timestamp_seconds(micros)),
+            }
         }
         _ => v.clone(),
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,35 @@ impl Emulator {
 
     pub fn get(&self, url: &str) -> (u16, Value) {
         Self::answer(self.http.get(url).send().expect("GET"))
+    }
+
+    /// Status, Content-Type and the body exactly as sent.
+    pub fn get_raw(&self, url: &str) -> (u16, String, String) {
+        let resp = self.http.get(url).send().expect("GET");
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (status, content_type, resp.text().expect("body"))
+    }
+
+    /// Sends `method` with a JSON body and extra headers.
+    pub fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, url).json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::answer(req.send().expect("request"))
     }
 
     pub fn delete(&self, url: &str) -> (u16, Value) {
@@ -190,6 +220,44 @@ impl Drop for Emulator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The Python with the pinned clients of `tests/clients/requirements.txt` (`scripts/test.sh`
+/// makes `.venv` at the workspace root); `BQFORWARD_TEST_PYTHON` overrides it.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("BQFORWARD_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{venv:?} missing: run `python3 -m venv .venv && .venv/bin/pip install -r tests/clients/requirements.txt` at the workspace root (or scripts/test.sh)"
+    );
+    venv
+}
+
+/// Runs `emulator/tests/clients/<script> PORT <args>` and returns its last stdout line as JSON;
+/// panics with the script's output unless it succeeds.
+pub fn run_client(script: &str, port: u16, args: &[&str]) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let out = Command::new(python())
+        .arg(path)
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|_| panic!("{script}: last line is not JSON: {stdout}"))
 }
 
 /// `{"rows":[{"json":row}, …]}`

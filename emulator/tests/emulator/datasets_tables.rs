@@ -157,7 +157,8 @@ fn malformed_schemas_are_400_invalid() {
 
 #[test]
 fn patch_adds_columns_that_rows_can_then_use() {
-    let emu = Emulator::start(&[]);
+    // No propagation delay: rows may use the new column at once.
+    let emu = Emulator::start(&["--schema-update-delay-ms", "0"]);
     emu.with_table(json!([{"name": "a", "type": "STRING"}]));
     let (status, body) = emu.insert_all("t", crate::common::rows(&[json!({"a": "x", "b": 1})]));
     assert_eq!(status, 200);
@@ -185,23 +186,37 @@ fn patch_adds_columns_that_rows_can_then_use() {
 fn patch_that_removes_or_retypes_a_column_is_400_invalid() {
     let emu = Emulator::start(&[]);
     emu.with_table(json!([{"name": "a", "type": "STRING"}, {"name": "b", "type": "STRING"}]));
+    // Messages of https://cloud.google.com/bigquery/docs/troubleshoot-schemas, and the one
+    // observed in mozilla/mozilla-schema-generator#63.
     let cases = [
-        json!([{"name": "a", "type": "STRING"}]),
-        json!([{"name": "a", "type": "STRING"}, {"name": "b", "type": "INTEGER"}]),
-        json!([{"name": "a", "type": "STRING"}, {"name": "b", "type": "STRING"},
-               {"name": "c", "type": "STRING", "mode": "REQUIRED"}]),
+        (
+            json!([{"name": "a", "type": "STRING"}]),
+            "Provided Schema does not match Table proj:d.t. Field b is missing in new schema",
+        ),
+        (
+            json!([{"name": "a", "type": "STRING"}, {"name": "b", "type": "INTEGER"}]),
+            "Provided Schema does not match Table proj:d.t. Field b has changed type from STRING to INTEGER",
+        ),
+        (
+            json!([{"name": "a", "type": "STRING"}, {"name": "b", "type": "STRING", "mode": "REQUIRED"}]),
+            "Provided Schema does not match Table proj:d.t. Field b has changed mode from NULLABLE to REQUIRED",
+        ),
+        (
+            json!([{"name": "a", "type": "STRING"}, {"name": "b", "type": "STRING"},
+                   {"name": "c", "type": "STRING", "mode": "REQUIRED"}]),
+            "Cannot add required fields to an existing schema. (field: c)",
+        ),
     ];
-    for fields in cases {
+    for (fields, message) in cases {
         let (status, body) = emu.patch(
             &emu.api("/datasets/d/tables/t"),
             &json!({"schema": {"fields": fields}}),
         );
         assert_eq!(status, 400, "{fields}: {body}");
-        assert_eq!(body["error"]["errors"][0]["reason"], "invalid");
-        let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            message.starts_with("Provided Schema does not match Table proj:d.t."),
-            "{message}"
+        assert_eq!(
+            body,
+            error_body(400, "invalid", message, "INVALID_ARGUMENT"),
+            "{fields}"
         );
     }
     let (_, body) = emu.get(&emu.api("/datasets/d/tables/t"));

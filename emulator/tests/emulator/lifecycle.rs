@@ -57,3 +57,18 @@ fn each_request_is_logged_at_debug_level() {
         "{stderr}"
     );
 }
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    // The test reads stderr through a pipe, as a log file or `docker logs` would.
+    let emu = Emulator::start_with_env(&[], &[("RUST_LOG", "bigquery_emulator=debug")]);
+    emu.get(&emu.api("/datasets/plain"));
+    std::thread::sleep(Duration::from_millis(100));
+    let stderr = emu.stop();
+    assert!(stderr.contains("bigquery-emulator started"), "{stderr}");
+    assert!(stderr.contains("status=404"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI escape codes in {stderr:?}"
+    );
+}
