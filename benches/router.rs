@@ -2,10 +2,10 @@
 //! event, uncached and with the per-(tag, second) cache the BigQuery output uses.
 
 use bqforward::event::EventTime;
+use bqforward::fluentd::template::{CachedTemplate, Template};
 use bqforward::format::time::Zone;
 use bqforward::output::NullOutput;
 use bqforward::router::pattern::MatchPatterns;
-use bqforward::router::template::{CachedTemplate, Template};
 use bqforward::router::{Label, Route, Router, Target};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod config;
 pub mod event;
 pub mod filter;
+pub mod fluentd;
 pub mod format;
 pub mod input;
 pub mod metrics;

@@ -156,7 +156,7 @@ fn kill_9_with_a_file_buffer_loses_no_acked_event() {
 
     emulator.set_faults(json!({}));
     let server = server.restart(&[]);
-    let count = wait_rows(&emulator, "crash", total, 120);
+    let count = wait_rows(&emulator, "crash", total, 300);
     assert!(
         count >= total,
         "{count} of {total} after restart:\n{}",

@@ -138,7 +138,7 @@ impl ChunkKeys {
                     ));
                 }
                 k => {
-                    crate::filter::accessor::KeyPath::parse(k)
+                    crate::fluentd::accessor::KeyPath::parse(k)
                         .map_err(|e| format!("in chunk_keys: {e}"))?;
                     if !keys.record.iter().any(|r| r == k) {
                         keys.record.push(k.to_owned());

@@ -2,10 +2,10 @@
 //! and inside `<and>` / `<or>`, and the legacy `regexpN` / `excludeN` lines. A missing key
 //! reads as "" (Ruby's `nil.to_s`), so it passes a `<regexp>` only if the pattern matches "".
 
-use super::accessor::{KeyPath, compile_regexp, to_text};
 use super::{Filter, RecordError};
 use crate::config::{ConfigError, Element, Section};
 use crate::event::Event;
+use crate::fluentd::accessor::{KeyPath, compile_regexp, to_text};
 use regex::Regex;
 
 struct Expression {

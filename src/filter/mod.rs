@@ -1,7 +1,6 @@
 //! Filters (`<filter PATTERN>`): record_transformer and grep, compiled at config time and run
 //! on msgpack records; a record is rebuilt only by a filter that changes it. No I/O.
 
-pub mod accessor;
 pub mod grep;
 pub mod record_transformer;
 

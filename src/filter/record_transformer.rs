@@ -3,11 +3,11 @@
 //! `${hostname}`, `${time}`, `${record["key"]}`; remove_keys, keep_keys, renew_record,
 //! renew_time_key, auto_typecast. Records are rebuilt as msgpack from the original bytes.
 
-use super::accessor::{KeyPath, to_text};
 use super::{Filter, RecordError};
 use crate::codec::msgpack::{self, Cursor, DEFAULT_MAX_DEPTH, Head};
 use crate::config::{ConfigError, Section};
 use crate::event::{Event, EventTime};
+use crate::fluentd::accessor::{KeyPath, to_text};
 use bytes::Bytes;
 use std::borrow::Cow;
 

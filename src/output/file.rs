@@ -12,9 +12,9 @@
 use super::{Output, OutputError};
 use crate::config::{ConfigError, Section};
 use crate::event::{Batch, BoxFuture};
+use crate::fluentd::template::{CachedTemplate, Template};
 use crate::format::time::Zone;
 use crate::format::{Formatter, Inject};
-use crate::router::template::{CachedTemplate, Template};
 use flate2::{Compression, write::GzEncoder};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

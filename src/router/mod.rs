@@ -4,7 +4,6 @@
 
 pub mod pattern;
 pub mod rewrite_tag;
-pub mod template;
 
 use crate::event::Event;
 use crate::event::{Batch, BoxFuture};

@@ -4,7 +4,7 @@
 
 use crate::config::{ConfigError, Element, Section};
 use crate::event::Event;
-use crate::filter::accessor::{KeyPath, compile_regexp, to_text};
+use crate::fluentd::accessor::{KeyPath, compile_regexp, to_text};
 use regex::Regex;
 
 #[derive(Debug, Clone, PartialEq)]

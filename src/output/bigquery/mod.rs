@@ -12,13 +12,13 @@ pub mod sink;
 use crate::buffer::{Buffer, BufferConfig, BufferError, Entry};
 use crate::config::{ConfigError, Section};
 use crate::event::{Batch, BoxFuture};
-use crate::filter::accessor::KeyPath;
+use crate::fluentd::accessor::KeyPath;
+use crate::fluentd::template::Template;
 use crate::format::Inject;
 use crate::format::time::Zone;
 use crate::output::{Output, OutputError};
-use crate::router::template::Template;
 use client::AuthMethod;
-use request::{MAX_BODY_BYTES, MAX_ROWS, RequestOptions, parse_record_accessor};
+use request::{MAX_BODY_BYTES, MAX_ROWS, RequestOptions};
 use rows::Conversion;
 use schema::Schema;
 use sink::{AutoCreate, BigQuerySink, Connection, SchemaSource, SinkStats};
@@ -385,7 +385,7 @@ impl BigQueryOutput {
         };
         let insert_id_field = s
             .str("insert_id_field")
-            .map(parse_record_accessor)
+            .map(KeyPath::parse)
             .transpose()
             .map_err(at)?;
         let options = RequestOptions {

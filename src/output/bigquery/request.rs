@@ -7,7 +7,8 @@ use super::gzip::gzip;
 use super::rows::{Conversion, RowWriter};
 use super::schema::Schema;
 use crate::buffer::Entry;
-use crate::codec::msgpack::{self, Cursor, Head};
+use crate::codec::msgpack::{Cursor, Head};
+use crate::fluentd::accessor::KeyPath;
 use crate::format::json::{append_bytes, write_integer, write_str};
 use crate::format::{Extras, Inject};
 
@@ -23,7 +24,7 @@ pub struct RequestOptions {
     pub max_rows: usize,
     pub max_body_bytes: usize,
     /// fluentd record_accessor path of the field whose value is the insertId.
-    pub insert_id_field: Option<Vec<String>>,
+    pub insert_id_field: Option<KeyPath>,
     pub conversion: Conversion,
     /// fluent-plugin-bigquery's `add_insert_timestamp`: this field gets the send time.
     pub add_insert_timestamp: Option<String>,
@@ -195,10 +196,8 @@ impl RequestBuilder<'_> {
 
     /// The insertId from `insert_id_field`: strings as they are, other scalars as text.
     fn field_insert_id(&self, record: &[u8]) -> Option<String> {
-        let path = self.options.insert_id_field.as_ref()?;
-        let keys: Vec<&str> = path.iter().map(String::as_str).collect();
-        let range = msgpack::lookup(record, &keys)?;
-        let mut cur = Cursor::new(&record[range]);
+        let value = self.options.insert_id_field.as_ref()?.get(record)?;
+        let mut cur = Cursor::new(value);
         match cur.head().ok()? {
             Head::Str(n) | Head::Bin(n) => {
                 let r = cur.take(n as usize).ok()?;
@@ -221,42 +220,6 @@ fn finish(body: &mut Vec<u8>, indices: Vec<u32>) -> Request {
         indices,
         raw_len,
     }
-}
-
-/// Parses fluentd's record_accessor syntax for a top-level or nested key: `key`, `$.a.b`,
-/// `$['a']['b']`. Array indices are not supported.
-pub fn parse_record_accessor(text: &str) -> Result<Vec<String>, String> {
-    let Some(rest) = text.strip_prefix('$') else {
-        return Ok(vec![text.to_owned()]);
-    };
-    let mut keys = Vec::new();
-    let mut rest = rest;
-    while !rest.is_empty() {
-        if let Some(after) = rest.strip_prefix("['").or_else(|| rest.strip_prefix("[\"")) {
-            let end = after
-                .find(['\'', '"'])
-                .ok_or_else(|| format!("unclosed bracket in record accessor '{text}'"))?;
-            keys.push(after[..end].to_owned());
-            rest = after[end + 1..]
-                .strip_prefix(']')
-                .ok_or_else(|| format!("expected ']' in record accessor '{text}'"))?;
-        } else if let Some(after) = rest.strip_prefix('.') {
-            let end = after.find(['.', '[']).unwrap_or(after.len());
-            if end == 0 {
-                return Err(format!("empty key in record accessor '{text}'"));
-            }
-            keys.push(after[..end].to_owned());
-            rest = &after[end..];
-        } else {
-            return Err(format!(
-                "unsupported record accessor '{text}' (use key, $.a.b or $['a']['b'])"
-            ));
-        }
-    }
-    if keys.is_empty() {
-        return Err(format!("record accessor '{text}' names no key"));
-    }
-    Ok(keys)
 }
 
 #[cfg(test)]
@@ -335,7 +298,7 @@ mod tests {
             })
         );
         let opts = RequestOptions {
-            insert_id_field: Some(vec!["id".into()]),
+            insert_id_field: Some(KeyPath::parse("id").unwrap()),
             ..options()
         };
         let mut b = RequestBuilder {
@@ -389,17 +352,5 @@ mod tests {
             let rows = body(r)["rows"].as_array().unwrap().len();
             assert_eq!(rows, r.indices.len());
         }
-    }
-
-    #[test]
-    fn record_accessor_forms() {
-        assert_eq!(parse_record_accessor("id").unwrap(), ["id"]);
-        assert_eq!(parse_record_accessor("$.a.b").unwrap(), ["a", "b"]);
-        assert_eq!(
-            parse_record_accessor("$['a']['b.c']").unwrap(),
-            ["a", "b.c"]
-        );
-        assert!(parse_record_accessor("$.a[0]").is_err());
-        assert!(parse_record_accessor("$").is_err());
     }
 }

@@ -4,9 +4,9 @@
 //! of the event time such as `%Y%m%d`. Used for file paths and BigQuery destinations. Pure; no
 //! I/O.
 
-use super::super::format::time::{TimeFormatter, Zone};
 use crate::event::EventTime;
-use crate::filter::accessor::{self, KeyPath};
+use crate::fluentd::accessor::{self, KeyPath};
+use crate::format::time::{TimeFormatter, Zone};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {

@@ -85,8 +85,8 @@ pub fn to_text(value: &[u8]) -> Cow<'_, str> {
         Head::Bool(b) => Cow::Borrowed(if b { "true" } else { "false" }),
         Head::Uint(n) => Cow::Owned(n.to_string()),
         Head::Int(n) => Cow::Owned(n.to_string()),
-        Head::F32(f) => Cow::Owned(ruby_float(f64::from(f))),
-        Head::F64(f) => Cow::Owned(ruby_float(f)),
+        Head::F32(f) => Cow::Owned(super::ruby::float_to_s(f64::from(f))),
+        Head::F64(f) => Cow::Owned(super::ruby::float_to_s(f)),
         Head::Str(n) | Head::Bin(n) => match cur.take(n as usize) {
             Ok(range) => String::from_utf8_lossy(cur.slice(range)),
             Err(_) => Cow::Borrowed(""),
@@ -100,33 +100,6 @@ pub fn to_text(value: &[u8]) -> Cow<'_, str> {
             Cow::Owned(String::from_utf8_lossy(&out).into_owned())
         }
     }
-}
-
-/// Ruby's Float#to_s for the common cases: `1.0`, `3.25`, `1.0e+20`.
-fn ruby_float(f: f64) -> String {
-    if f.is_nan() {
-        return "NaN".into();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
-    }
-    if f.abs() >= 1e16 {
-        let s = format!("{f:e}");
-        let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
-        let mantissa = if mantissa.contains('.') {
-            mantissa.to_owned()
-        } else {
-            format!("{mantissa}.0")
-        };
-        let exp: i32 = exp.parse().unwrap_or(0);
-        return format!(
-            "{mantissa}e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        );
-    }
-    let s = f.to_string();
-    if s.contains('.') { s } else { format!("{s}.0") }
 }
 
 /// A fluentd `:regexp` parameter: `/pattern/flags` (flags i, m, x as Ruby means them: `m`
@@ -170,6 +143,13 @@ mod tests {
         assert_eq!(text("missing"), None);
         assert!(KeyPath::parse("$a").is_err());
         assert!(KeyPath::parse("$['a'").is_err());
+        assert_eq!(
+            KeyPath::parse("$['a']['b.c']").unwrap().parts(),
+            ["a", "b.c"]
+        );
+        assert_eq!(KeyPath::parse("a.b").unwrap().parts(), ["a.b"]);
+        assert!(KeyPath::parse("$.a[0]").is_err());
+        assert!(KeyPath::parse("$").is_err());
     }
 
     #[test]
