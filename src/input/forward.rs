@@ -222,61 +222,102 @@ impl ForwardInput {
         let config = self.config;
         let limit = config.max_connections.map(|n| Arc::new(Semaphore::new(n)));
         let metrics = self.metrics;
-        match self.listener {
-            Listener::Tcp(tcp, udp) => {
-                let heartbeat = tokio::spawn(heartbeat(udp, shutdown.clone()));
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        accepted = tcp.accept() => match accepted {
-                            Ok((stream, addr)) => {
-                                let Some(permit) = admit(&config, limit.as_ref(), &addr.to_string()) else {
-                                    continue;
-                                };
-                                let _ = stream.set_nodelay(true);
-                                let (config, router, shutdown, metrics) = (Arc::clone(&config), Arc::clone(&router), shutdown.clone(), metrics.clone());
-                                connections.spawn(async move {
-                                    let _permit = permit;
-                                    let peer = Peer::tcp(addr, &config).await;
-                                    let connection = Connection::new(&config, &router, peer, &shutdown, &metrics);
-                                    match &config.tls {
-                                        Some(Tls(acceptor)) => connection.run_tls(acceptor, stream).await,
-                                        None => connection.run(stream).await,
-                                    }
-                                });
-                            }
-                            Err(err) => accept_error(&config, err).await,
-                        },
-                        Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        let (listener, heartbeat) = match self.listener {
+            Listener::Tcp(tcp, udp) => (
+                Accept::Tcp(tcp),
+                Some(tokio::spawn(heartbeat(udp, shutdown.clone()))),
+            ),
+            Listener::Unix(unix, path) => (Accept::Unix(unix, Arc::new(path)), None),
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(stream) => {
+                        let Some(permit) = admit(&config, limit.as_ref(), &stream.label()) else {
+                            continue;
+                        };
+                        let (config, router, shutdown, metrics) = (Arc::clone(&config), Arc::clone(&router), shutdown.clone(), metrics.clone());
+                        connections.spawn(async move {
+                            let _permit = permit;
+                            stream.serve(&config, &router, &shutdown, &metrics).await;
+                        });
                     }
-                }
-                heartbeat.abort();
-            }
-            Listener::Unix(unix, path) => {
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        accepted = unix.accept() => match accepted {
-                            Ok((stream, _)) => {
-                                let peer = Peer::unix(&path);
-                                let Some(permit) = admit(&config, limit.as_ref(), &peer.label) else {
-                                    continue;
-                                };
-                                let connection = Connection::new(&config, &router, peer, &shutdown, &metrics);
-                                connections.spawn(async move {
-                                    let _permit = permit;
-                                    connection.run(stream).await;
-                                });
-                            }
-                            Err(err) => accept_error(&config, err).await,
-                        },
-                        Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                    }
-                }
-                let _ = std::fs::remove_file(&path);
+                    Err(err) => accept_error(&config, err).await,
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
+        if let Some(heartbeat) = heartbeat {
+            heartbeat.abort();
+        }
+        if let Accept::Unix(_, path) = &listener {
+            let _ = std::fs::remove_file(path.as_path());
+        }
         while connections.join_next().await.is_some() {}
+    }
+}
+
+/// Where connections come from: one accept loop serves both.
+enum Accept {
+    Tcp(TcpListener),
+    Unix(UnixListener, Arc<PathBuf>),
+}
+
+/// A connection just accepted, before its peer is known.
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream, Arc<PathBuf>),
+}
+
+impl Accept {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Accept::Tcp(tcp) => {
+                let (stream, addr) = tcp.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok(Accepted::Tcp(stream, addr))
+            }
+            Accept::Unix(unix, path) => {
+                let (stream, _) = unix.accept().await?;
+                Ok(Accepted::Unix(stream, Arc::clone(path)))
+            }
+        }
+    }
+}
+
+impl Accepted {
+    /// The peer as `max_connections` refusals name it.
+    fn label(&self) -> String {
+        match self {
+            Accepted::Tcp(_, addr) => addr.to_string(),
+            Accepted::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+
+    async fn serve(
+        self,
+        config: &Arc<ForwardConfig>,
+        router: &Arc<Router>,
+        shutdown: &CancellationToken,
+        metrics: &InputMetrics,
+    ) {
+        match self {
+            Accepted::Tcp(stream, addr) => {
+                let peer = Peer::tcp(addr, config).await;
+                let connection = Connection::new(config, router, peer, shutdown, metrics);
+                match &config.tls {
+                    Some(Tls(acceptor)) => connection.run_tls(acceptor, stream).await,
+                    None => connection.run(stream).await,
+                }
+            }
+            Accepted::Unix(stream, path) => {
+                let peer = Peer::unix(&path);
+                Connection::new(config, router, peer, shutdown, metrics)
+                    .run(stream)
+                    .await;
+            }
+        }
     }
 }
 
