@@ -167,14 +167,24 @@ pub trait Sink<K>: Send + Sync + 'static {
     fn give_up<'a>(&'a self, chunk: &'a Chunk<K>, reason: &'a str) -> BoxFuture<'a, ()>;
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum BufferError {
     #[error("buffer full (total_limit_size {0} bytes) and overflow_action is throw_exception")]
     Overflow(usize),
     #[error("cannot write the file buffer: {0}")]
-    Store(String),
+    Store(#[source] std::io::Error),
     #[error("buffer is shut down")]
     Closed,
+}
+
+/// Why a buffer could not start: its directory cannot be opened, locked or read.
+#[derive(Debug, thiserror::Error)]
+#[error("{output}: buffer path {}: {source}", path.display())]
+pub struct StartError {
+    output: String,
+    path: std::path::PathBuf,
+    #[source]
+    source: std::io::Error,
 }
 
 /// Counters an output exposes (metrics read them).
@@ -238,16 +248,25 @@ where
         name: String,
         config: BufferConfig,
         sink: Arc<dyn Sink<K>>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, StartError> {
         let (store, persist) = match &config.kind {
             BufferKind::File { path } => (Some(path), true),
             BufferKind::Memory { spill: Some(path) } => (Some(path), false),
             BufferKind::Memory { spill: None } => (None, false),
         };
+        let output = name.clone();
+        let failed = move |path: &std::path::Path, source| StartError {
+            output: output.clone(),
+            path: path.to_owned(),
+            source,
+        };
         let store = store
-            .map(|path| FileStore::open(path, config.fsync).map(Arc::new))
-            .transpose()
-            .map_err(|e| format!("{name}: buffer path: {e}"))?;
+            .map(|path| {
+                FileStore::open(path, config.fsync)
+                    .map(Arc::new)
+                    .map_err(|e| failed(path, e))
+            })
+            .transpose()?;
         let buffer = Arc::new(Self {
             name,
             state: Mutex::new(State {
@@ -267,7 +286,9 @@ where
             store,
             persist,
         });
-        buffer.recover()?;
+        if let Some(store) = &buffer.store {
+            buffer.recover(store).map_err(|e| failed(store.dir(), e))?;
+        }
         let mut tasks = JoinSet::new();
         for _ in 0..buffer.config.flush_thread_count {
             tasks.spawn(Arc::clone(&buffer).worker());
@@ -280,13 +301,8 @@ where
     }
 
     /// Queues the chunks a previous run left in the directory.
-    fn recover(&self) -> Result<(), String> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        let found = store
-            .recover()
-            .map_err(|e| format!("{}: reading {}: {e}", self.name, store.dir().display()))?;
+    fn recover(&self, store: &FileStore) -> std::io::Result<()> {
+        let found = store.recover()?;
         let mut state = self.lock();
         let (mut chunks, mut records) = (0u64, 0u64);
         for recovered in found {
@@ -553,10 +569,9 @@ where
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let key =
-            serde_json::to_value(&*chunk.key).map_err(|e| BufferError::Store(e.to_string()))?;
-        blocking(|| store.append(&chunk.id, &key, entries))
-            .map_err(|e| BufferError::Store(e.to_string()))?;
+        let key = serde_json::to_value(&*chunk.key)
+            .map_err(|e| BufferError::Store(std::io::Error::other(e)))?;
+        blocking(|| store.append(&chunk.id, &key, entries)).map_err(BufferError::Store)?;
         chunk.on_disk = true;
         Ok(())
     }
@@ -741,7 +756,7 @@ where
     }
 
     /// Loads a chunk's entries from its file if they are not in memory.
-    async fn load(&self, chunk: &mut Chunk<K>) -> Result<(), String> {
+    async fn load(&self, chunk: &mut Chunk<K>) -> std::io::Result<()> {
         if !chunk.entries.is_empty() || !chunk.on_disk {
             return Ok(());
         }
@@ -751,13 +766,11 @@ where
         let id = chunk.id;
         let entries = tokio::task::spawn_blocking(move || store.load(&id))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(std::io::Error::other)??;
         if entries.len() < chunk.len {
-            return Err(format!(
-                "chunk file has {} of {} entries",
-                entries.len(),
-                chunk.len
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("chunk file has {} of {} entries", entries.len(), chunk.len),
             ));
         }
         chunk.entries = entries;

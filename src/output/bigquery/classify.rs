@@ -3,36 +3,40 @@
 //! Sources: "Troubleshoot errors" (cloud.google.com/bigquery/docs/error-messages) and
 //! "Streaming data into BigQuery" (retry guidance, insertErrors).
 
-/// What to do with a whole request after a request-level answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What to do with a whole request after a request-level answer; the `Failure` says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Transient: retry the rows later with backoff.
-    Retry(String),
+    Retry,
     /// The request is too large: split it and send the halves.
-    Split(String),
+    Split,
     /// The table is missing.
-    NotFound(String),
+    NotFound,
     /// The dataset is missing: a deployment problem no row can fix. Rows wait for it.
-    DatasetNotFound(String),
+    DatasetNotFound,
     /// The credentials were refused: get a new token, then retry.
-    Reauthenticate(String),
-    /// Retrying as is cannot succeed: dead-letter the rows with this reason.
-    DeadLetter(String),
+    Reauthenticate,
+    /// Retrying as is cannot succeed: dead-letter the rows with the failure as the reason.
+    DeadLetter,
 }
 
 /// A request-level failure as the client reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
     /// Connection refused, reset, TLS, or no complete answer.
+    #[error("transport error: {0}")]
     Transport(String),
+    #[error("request timed out")]
     Timeout,
     /// An HTTP error with Google's error body: status, `errors[].reason`, message.
+    #[error("HTTP {status} {}: {message}", reasons.join(","))]
     Http {
         status: u16,
         reasons: Vec<String>,
         message: String,
     },
     /// An error answer whose body could not be read (not Google's JSON error).
+    #[error("unreadable error answer: {0}")]
     Unreadable(String),
 }
 
@@ -47,35 +51,32 @@ const RETRYABLE_REASONS: &[&str] = &[
 ];
 
 pub fn classify(failure: &Failure) -> Verdict {
-    match failure {
-        Failure::Transport(detail) => Verdict::Retry(format!("transport error: {detail}")),
-        Failure::Timeout => Verdict::Retry("request timed out".into()),
-        Failure::Unreadable(detail) => Verdict::Retry(format!("unreadable error answer: {detail}")),
-        Failure::Http {
-            status,
-            reasons,
-            message,
-        } => {
-            let has = |r: &str| reasons.iter().any(|x| x == r);
-            let text = format!("HTTP {status} {}: {message}", reasons.join(","));
-            let too_large = message.contains("payload size exceeds")
-                || message.contains("Request Entity Too Large")
-                || message.contains("request too large");
-            match status {
-                413 => Verdict::Split(text),
-                400 if too_large => Verdict::Split(text),
-                401 => Verdict::Reauthenticate(text),
-                404 if message.contains("Not found: Dataset") => Verdict::DatasetNotFound(text),
-                404 => Verdict::NotFound(text),
-                408 | 429 | 500 | 502 | 503 | 504 => Verdict::Retry(text),
-                // Quota and rate limits come as 403 with these reasons: back off.
-                403 if RETRYABLE_REASONS.iter().any(|r| has(r)) => Verdict::Retry(text),
-                // fluent-plugin-bigquery retries this one: a region move in progress.
-                400 if message.contains("is not writable in the region") => Verdict::Retry(text),
-                _ if RETRYABLE_REASONS.iter().any(|r| has(r)) => Verdict::Retry(text),
-                _ => Verdict::DeadLetter(text),
-            }
-        }
+    let Failure::Http {
+        status,
+        reasons,
+        message,
+    } = failure
+    else {
+        // Transport errors, timeouts and unreadable answers are transient.
+        return Verdict::Retry;
+    };
+    let has = |r: &str| reasons.iter().any(|x| x == r);
+    let too_large = message.contains("payload size exceeds")
+        || message.contains("Request Entity Too Large")
+        || message.contains("request too large");
+    match status {
+        413 => Verdict::Split,
+        400 if too_large => Verdict::Split,
+        401 => Verdict::Reauthenticate,
+        404 if message.contains("Not found: Dataset") => Verdict::DatasetNotFound,
+        404 => Verdict::NotFound,
+        408 | 429 | 500 | 502 | 503 | 504 => Verdict::Retry,
+        // Quota and rate limits come as 403 with these reasons: back off.
+        403 if RETRYABLE_REASONS.iter().any(|r| has(r)) => Verdict::Retry,
+        // fluent-plugin-bigquery retries this one: a region move in progress.
+        400 if message.contains("is not writable in the region") => Verdict::Retry,
+        _ if RETRYABLE_REASONS.iter().any(|r| has(r)) => Verdict::Retry,
+        _ => Verdict::DeadLetter,
     }
 }
 
@@ -124,14 +125,12 @@ mod tests {
         type Check = fn(&Verdict) -> bool;
         let table: Vec<(Failure, Check)> = vec![
             (Failure::Transport("connection refused".into()), |v| {
-                matches!(v, Verdict::Retry(_))
+                *v == Verdict::Retry
             }),
-            (Failure::Timeout, |v| matches!(v, Verdict::Retry(_))),
-            (Failure::Unreadable("html".into()), |v| {
-                matches!(v, Verdict::Retry(_))
-            }),
+            (Failure::Timeout, |v| *v == Verdict::Retry),
+            (Failure::Unreadable("html".into()), |v| *v == Verdict::Retry),
             (http(413, "", "Request Entity Too Large"), |v| {
-                matches!(v, Verdict::Split(_))
+                *v == Verdict::Split
             }),
             (
                 http(
@@ -139,52 +138,46 @@ mod tests {
                     "invalid",
                     "Request payload size exceeds the limit: 10485760 bytes.",
                 ),
-                |v| matches!(v, Verdict::Split(_)),
+                |v| *v == Verdict::Split,
             ),
             (http(401, "authError", "Invalid Credentials"), |v| {
-                matches!(v, Verdict::Reauthenticate(_))
+                *v == Verdict::Reauthenticate
             }),
             (http(403, "quotaExceeded", "Quota exceeded"), |v| {
-                matches!(v, Verdict::Retry(_))
+                *v == Verdict::Retry
             }),
             (
                 http(403, "rateLimitExceeded", "Exceeded rate limits"),
-                |v| matches!(v, Verdict::Retry(_)),
+                |v| *v == Verdict::Retry,
             ),
             (http(403, "accessDenied", "Access Denied"), |v| {
-                matches!(v, Verdict::DeadLetter(_))
+                *v == Verdict::DeadLetter
             }),
             (http(404, "notFound", "Not found: Table p:d.t"), |v| {
-                matches!(v, Verdict::NotFound(_))
+                *v == Verdict::NotFound
             }),
             (http(404, "notFound", "Not found: Dataset p:d"), |v| {
-                matches!(v, Verdict::DatasetNotFound(_))
+                *v == Verdict::DatasetNotFound
             }),
-            (http(408, "", "timeout"), |v| matches!(v, Verdict::Retry(_))),
+            (http(408, "", "timeout"), |v| *v == Verdict::Retry),
             (http(429, "rateLimitExceeded", "Too many requests"), |v| {
-                matches!(v, Verdict::Retry(_))
+                *v == Verdict::Retry
             }),
-            (http(500, "internalError", "boom"), |v| {
-                matches!(v, Verdict::Retry(_))
-            }),
-            (http(502, "", "bad gateway"), |v| {
-                matches!(v, Verdict::Retry(_))
-            }),
+            (http(500, "internalError", "boom"), |v| *v == Verdict::Retry),
+            (http(502, "", "bad gateway"), |v| *v == Verdict::Retry),
             (http(503, "backendError", "unavailable"), |v| {
-                matches!(v, Verdict::Retry(_))
+                *v == Verdict::Retry
             }),
-            (http(504, "", "gateway timeout"), |v| {
-                matches!(v, Verdict::Retry(_))
-            }),
+            (http(504, "", "gateway timeout"), |v| *v == Verdict::Retry),
             (http(400, "invalid", "Invalid table ID"), |v| {
-                matches!(v, Verdict::DeadLetter(_))
+                *v == Verdict::DeadLetter
             }),
             (
                 http(400, "invalid", "Dataset is not writable in the region"),
-                |v| matches!(v, Verdict::Retry(_)),
+                |v| *v == Verdict::Retry,
             ),
             (http(409, "duplicate", "Already Exists"), |v| {
-                matches!(v, Verdict::DeadLetter(_))
+                *v == Verdict::DeadLetter
             }),
         ];
         for (failure, check) in table {

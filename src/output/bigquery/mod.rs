@@ -441,7 +441,7 @@ impl BigQueryOutput {
         };
         let location = s.location().clone();
         let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink))
-            .map_err(|e| ConfigError::at(&location, e))?;
+            .map_err(|e| ConfigError::at(&location, e.to_string()))?;
         let output = Self {
             id,
             destinations: Mutex::new(Destinations::new(names, timekey, zone)),

@@ -165,7 +165,7 @@ impl BigQuerySink {
                 let fetched = client
                     .table_schema(&table_ref)
                     .await
-                    .map_err(|f| format!("{f:?}"))
+                    .map_err(|f| f.to_string())
                     .and_then(|json| Schema::from_json(&json));
                 match (fetched, cache.get(&name)) {
                     (Ok(schema), _) => {
@@ -266,16 +266,15 @@ impl BigQuerySink {
                 Err(failure) => {
                     self.stats.requests_failed.fetch_add(1, Ordering::Relaxed);
                     let verdict = classify(&failure);
-                    self.stats
-                        .detail
-                        .request(request_outcome(&verdict), elapsed);
+                    self.stats.detail.request(request_outcome(verdict), elapsed);
+                    let e = failure.to_string();
                     match verdict {
-                        Verdict::Retry(e) | Verdict::Reauthenticate(e) => {
+                        Verdict::Retry | Verdict::Reauthenticate => {
                             keep.extend(&indices);
                             retried("transient", indices.len());
                             error = Some(Waiting::backoff(e));
                         }
-                        Verdict::Split(e) if indices.len() > 1 => {
+                        Verdict::Split if indices.len() > 1 => {
                             let (first, second) = indices.split_at(indices.len() / 2);
                             let (mut halves, rejected) = builder.build(first);
                             let (more, rejected2) = builder.build(second);
@@ -286,8 +285,8 @@ impl BigQuerySink {
                             }
                             tracing::warn!(output = %self.id, table = %key, error = %e, "request too large; split in two");
                         }
-                        Verdict::Split(e) => dead.extend(reject(&indices, "request_too_large", &e)),
-                        Verdict::NotFound(e) => {
+                        Verdict::Split => dead.extend(reject(&indices, "request_too_large", &e)),
+                        Verdict::NotFound => {
                             match self.on_not_found(client, key, schema.as_deref(), &e).await {
                                 Some(wait) => {
                                     keep.extend(&indices);
@@ -297,12 +296,12 @@ impl BigQuerySink {
                                 None => dead.extend(reject(&indices, "not_found", &e)),
                             }
                         }
-                        Verdict::DatasetNotFound(e) => {
+                        Verdict::DatasetNotFound => {
                             keep.extend(&indices);
                             retried("dataset_not_found", indices.len());
                             error = Some(self.on_dataset_missing(client, key, e).await);
                         }
-                        Verdict::DeadLetter(e) => dead.extend(reject(&indices, "rejected", &e)),
+                        Verdict::DeadLetter => dead.extend(reject(&indices, "rejected", &e)),
                     }
                 }
             }
@@ -450,9 +449,9 @@ impl BigQuerySink {
                 Some(wait(1))
             }
             Err(failure) => {
-                tracing::warn!(output = %self.id, table = %name, error = ?failure, "could not create table; will retry");
+                tracing::warn!(output = %self.id, table = %name, error = %failure, "could not create table; will retry");
                 Some(Waiting {
-                    error: format!("creating table {name}: {failure:?}"),
+                    error: format!("creating table {name}: {failure}"),
                     after: Some(Duration::from_secs(5)),
                     quiet: false,
                 })
@@ -504,7 +503,7 @@ impl BigQuerySink {
                     };
                 }
                 Err(failure) => {
-                    tracing::error!(output = %self.id, %dataset, error = ?failure, "could not create dataset; rows wait");
+                    tracing::error!(output = %self.id, %dataset, error = %failure, "could not create dataset; rows wait");
                 }
             }
         }
@@ -616,12 +615,12 @@ fn reject(indices: &[u32], reason: &str, message: &str) -> Vec<Rejected> {
         .collect()
 }
 
-fn request_outcome(verdict: &Verdict) -> RequestOutcome {
+fn request_outcome(verdict: Verdict) -> RequestOutcome {
     match verdict {
-        Verdict::Retry(_) | Verdict::Reauthenticate(_) => RequestOutcome::Retryable,
-        Verdict::Split(_) => RequestOutcome::TooLarge,
-        Verdict::NotFound(_) | Verdict::DatasetNotFound(_) => RequestOutcome::NotFound,
-        Verdict::DeadLetter(_) => RequestOutcome::Rejected,
+        Verdict::Retry | Verdict::Reauthenticate => RequestOutcome::Retryable,
+        Verdict::Split => RequestOutcome::TooLarge,
+        Verdict::NotFound | Verdict::DatasetNotFound => RequestOutcome::NotFound,
+        Verdict::DeadLetter => RequestOutcome::Rejected,
     }
 }
 
