@@ -9,6 +9,7 @@ pub mod filter;
 pub mod fluentd;
 pub mod format;
 pub mod input;
+pub mod internal_events;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
@@ -165,12 +166,6 @@ impl Observe for Observed {
                 dropped_chunks: n(&stats.dropped_chunks),
                 dropped_records: n(&stats.dropped_records),
             };
-            let missing_datasets = output
-                .stats
-                .missing_datasets
-                .lock()
-                .map(|m| m.iter().cloned().collect())
-                .unwrap_or_default();
             visit(&OutputStatus {
                 plugin_id: output::Output::id(&**output),
                 type_name: output::Output::type_name(&**output),
@@ -184,9 +179,9 @@ impl Observe for Observed {
                 },
                 buffer: Some(status),
                 sink: Some(SinkStatus {
-                    tables_created: n(&output.stats.tables_created),
-                    missing_datasets,
-                    detail: &output.stats.detail,
+                    tables_created: output.detail.tables_created(),
+                    missing_datasets: output.detail.missing_datasets(),
+                    detail: &output.detail,
                 }),
             });
         }

@@ -8,12 +8,13 @@ pub mod file;
 
 use crate::event::BoxFuture;
 use crate::event::Event;
+use crate::internal_events::buffer as events;
+use crate::metrics::BufferCounters;
 pub use config::{BufferConfig, BufferKind, FlushMode, OverflowAction, RetryPolicy};
 use file::FileStore;
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -187,28 +188,6 @@ pub struct StartError {
     source: std::io::Error,
 }
 
-/// Counters an output exposes (metrics read them).
-#[derive(Debug, Default)]
-pub struct BufferStats {
-    pub emit_records: AtomicU64,
-    pub emit_count: AtomicU64,
-    pub write_count: AtomicU64,
-    pub retry_count: AtomicU64,
-    pub rollback_count: AtomicU64,
-    pub num_errors: AtomicU64,
-    pub dropped_chunks: AtomicU64,
-    pub dropped_records: AtomicU64,
-    pub overflow_refusals: AtomicU64,
-    pub blocked_nanos: AtomicU64,
-    pub recovered_chunks: AtomicU64,
-    pub recovered_records: AtomicU64,
-    pub spilled_records: AtomicU64,
-    /// Time spent in `Sink::write` (fluentd's `flush_time_count`).
-    pub flush_nanos: AtomicU64,
-    /// Writes slower than `SLOW_FLUSH` (fluentd's `slow_flush_count`).
-    pub slow_flushes: AtomicU64,
-}
-
 struct State<K> {
     staged: HashMap<Arc<K>, Chunk<K>>,
     queue: VecDeque<Chunk<K>>,
@@ -230,7 +209,7 @@ pub struct Buffer<K> {
     /// queued chunk wakes one worker, which wakes the next if more are due (`take_due`):
     /// waking them all per chunk cost thousands of idle wake-ups a second under load.
     work: Notify,
-    pub stats: BufferStats,
+    pub stats: BufferCounters,
     tasks: Mutex<JoinSet<()>>,
     /// `@type file`: every chunk lives on disk. `@type memory` with a `path`: only chunks
     /// spilled at shutdown do.
@@ -280,7 +259,7 @@ where
             sink,
             space: Notify::new(),
             work: Notify::new(),
-            stats: BufferStats::default(),
+            stats: BufferCounters::default(),
             tasks: Mutex::new(JoinSet::new()),
             config,
             store,
@@ -329,16 +308,13 @@ where
             state.bytes += chunk.bytes;
             state.queue.push_back(chunk);
         }
-        if chunks > 0 {
-            self.stats
-                .recovered_chunks
-                .fetch_add(chunks, Ordering::Relaxed);
-            self.stats
-                .recovered_records
-                .fetch_add(records, Ordering::Relaxed);
-            tracing::info!(output = %self.name, chunks, records, dir = %store.dir().display(),
-                "recovered buffered chunks from a previous run");
+        events::ChunksRecovered {
+            output: &self.name,
+            dir: &store.dir().display(),
+            chunks,
+            records,
         }
+        .emit(&self.stats);
         Ok(())
     }
 
@@ -433,10 +409,10 @@ where
             self.work.notify_one();
         }
         let _ = staged?;
-        self.stats.emit_count.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .emit_records
-            .fetch_add(records as u64, Ordering::Relaxed);
+        events::Emitted {
+            records: records as u64,
+        }
+        .emit(&self.stats);
         Ok(())
     }
 
@@ -458,7 +434,7 @@ where
                 }
                 match self.config.overflow_action {
                     OverflowAction::ThrowException => {
-                        self.stats.overflow_refusals.fetch_add(1, Ordering::Relaxed);
+                        events::OverflowRefused.emit(&self.stats);
                         return Err(BufferError::Overflow(limit));
                     }
                     OverflowAction::DropOldestChunk => {
@@ -477,8 +453,10 @@ where
             notified.await;
         }
         if let Some(since) = blocked_since {
-            let nanos = since.elapsed().as_nanos() as u64;
-            self.stats.blocked_nanos.fetch_add(nanos, Ordering::Relaxed);
+            events::Blocked {
+                waited: since.elapsed(),
+            }
+            .emit(&self.stats);
         }
         Ok(())
     }
@@ -488,12 +466,13 @@ where
         if let (true, Some(store)) = (chunk.on_disk, &self.store) {
             store.remove(&chunk.id);
         }
-        self.stats.dropped_chunks.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .dropped_records
-            .fetch_add(records as u64, Ordering::Relaxed);
-        tracing::error!(output = %self.name, key = %chunk.key, chunk = %chunk.id.hex(), records,
-            "buffer full: dropped the oldest chunk (overflow_action drop_oldest_chunk)");
+        events::ChunkDropped {
+            output: &self.name,
+            key: &chunk.key,
+            chunk: &chunk.id.hex(),
+            records: records as u64,
+        }
+        .emit(&self.stats);
     }
 
     /// Adds entries to the key's staged chunk, queueing it each time it fills; with a file
@@ -684,13 +663,11 @@ where
             let started = Instant::now();
             let outcome = self.sink.write(&chunk).await;
             let took = started.elapsed();
-            self.stats.write_count.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .flush_nanos
-                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-            if took > SLOW_FLUSH {
-                self.stats.slow_flushes.fetch_add(1, Ordering::Relaxed);
+            events::Flushed {
+                took,
+                slow: took > SLOW_FLUSH,
             }
+            .emit(&self.stats);
             self.settle(chunk, outcome).await;
         }
     }
@@ -709,7 +686,7 @@ where
                 quiet,
             } => (keep, error, after, quiet),
         };
-        self.stats.num_errors.fetch_add(1, Ordering::Relaxed);
+        events::DeliveryFailed.emit(&self.stats);
         if let Some(keep) = keep {
             if let (true, Some(store)) = (chunk.on_disk, &self.store) {
                 let written = blocking(|| store.write_pending(&chunk.id, &keep));
@@ -728,22 +705,29 @@ where
                 "retries exhausted after {} attempts: {error}",
                 chunk.attempts
             );
-            tracing::error!(output = %self.name, key = %chunk.key, chunk = %chunk.id.hex(), %reason, "giving up on chunk");
+            events::ChunkGivenUp {
+                output: &self.name,
+                key: &chunk.key,
+                chunk: &chunk.id.hex(),
+                reason: &reason,
+            }
+            .emit();
             self.sink.give_up(&chunk, &reason).await;
             self.forget(&chunk);
             self.release(&chunk);
             return;
         }
         let delay = after.unwrap_or_else(|| self.config.retry.delay(chunk.attempts));
-        self.stats.retry_count.fetch_add(1, Ordering::Relaxed);
-        self.stats.rollback_count.fetch_add(1, Ordering::Relaxed);
-        if quiet {
-            tracing::debug!(output = %self.name, key = %chunk.key, chunk = %chunk.id.hex(),
-                attempt = chunk.attempts, retry_in_ms = delay.as_millis() as u64, %error, "chunk will be retried");
-        } else {
-            tracing::warn!(output = %self.name, key = %chunk.key, chunk = %chunk.id.hex(),
-                attempt = chunk.attempts, retry_in_ms = delay.as_millis() as u64, %error, "chunk will be retried");
+        events::ChunkRetrying {
+            output: &self.name,
+            key: &chunk.key,
+            chunk: &chunk.id.hex(),
+            attempt: chunk.attempts,
+            delay,
+            error: &error,
+            quiet,
         }
+        .emit(&self.stats);
         chunk.next_try = Instant::now()
             + if closing {
                 delay.min(Duration::from_secs(1))
@@ -868,9 +852,10 @@ where
             });
         match written {
             Ok(()) => {
-                self.stats
-                    .spilled_records
-                    .fetch_add(chunk.pending_len() as u64, Ordering::Relaxed);
+                events::ChunkSpilled {
+                    records: chunk.pending_len() as u64,
+                }
+                .emit(&self.stats);
                 true
             }
             Err(err) => {

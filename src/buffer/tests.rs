@@ -5,6 +5,7 @@ use super::*;
 use crate::event::EventTime;
 use bytes::Bytes;
 use std::sync::Mutex as StdMutex;
+use std::sync::atomic::Ordering;
 
 type Script = Box<dyn Fn(&Chunk<String>, usize) -> Outcome + Send + Sync>;
 

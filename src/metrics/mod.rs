@@ -263,6 +263,29 @@ impl PluginCounters {
     }
 }
 
+/// A buffer's counters (fluentd's monitor_agent fields and bqforward's own), kept by the
+/// buffer through `internal_events::buffer`, read at scrape time.
+#[derive(Debug, Default)]
+pub struct BufferCounters {
+    pub emit_records: AtomicU64,
+    pub emit_count: AtomicU64,
+    pub write_count: AtomicU64,
+    pub retry_count: AtomicU64,
+    pub rollback_count: AtomicU64,
+    pub num_errors: AtomicU64,
+    pub dropped_chunks: AtomicU64,
+    pub dropped_records: AtomicU64,
+    pub overflow_refusals: AtomicU64,
+    pub blocked_nanos: AtomicU64,
+    pub recovered_chunks: AtomicU64,
+    pub recovered_records: AtomicU64,
+    pub spilled_records: AtomicU64,
+    /// Time spent delivering chunks (fluentd's `flush_time_count`).
+    pub flush_nanos: AtomicU64,
+    /// Deliveries slower than 20 s (fluentd's `slow_flush_count`).
+    pub slow_flushes: AtomicU64,
+}
+
 /// A plugin's drop and error counts, for filters and routing outputs.
 pub struct PluginStatus<'a> {
     pub plugin_id: &'a str,
@@ -658,12 +681,15 @@ impl RequestOutcome {
     }
 }
 
-/// Per-table row counts and request latencies of one BigQuery output: one short lock per
-/// request or chunk, never per row.
+/// Per-table row counts and request latencies of one BigQuery output, the tables it
+/// created and the datasets it found missing: one short lock per request or chunk, never
+/// per row. Written through `internal_events::bigquery`.
 #[derive(Debug)]
 pub struct SinkDetail {
     rows: Mutex<HashMap<(RowFate, String, String), u64>>,
     requests: Vec<Histogram>,
+    tables_created: AtomicU64,
+    missing_datasets: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Default for SinkDetail {
@@ -684,6 +710,8 @@ impl Default for SinkDetail {
         Self {
             rows: Mutex::new(HashMap::new()),
             requests,
+            tables_created: AtomicU64::new(0),
+            missing_datasets: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 }
@@ -707,6 +735,36 @@ impl SinkDetail {
             return;
         }
         *rows.entry(key).or_default() += n;
+    }
+
+    pub fn table_created(&self) {
+        self.tables_created.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tables_created(&self) -> u64 {
+        self.tables_created.load(Ordering::Relaxed)
+    }
+
+    /// Marks `dataset` (`project.dataset`) missing; true when it was not already.
+    pub fn dataset_missing(&self, dataset: &str) -> bool {
+        self.missing_datasets
+            .lock()
+            .is_ok_and(|mut missing| missing.insert(dataset.to_owned()))
+    }
+
+    /// Marks `dataset` found; true when it was missing.
+    pub fn dataset_found(&self, dataset: &str) -> bool {
+        self.missing_datasets
+            .lock()
+            .is_ok_and(|mut missing| !missing.is_empty() && missing.remove(dataset))
+    }
+
+    /// `project.dataset` of the datasets missing now.
+    pub fn missing_datasets(&self) -> Vec<String> {
+        self.missing_datasets
+            .lock()
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn request(&self, outcome: RequestOutcome, elapsed: Duration) {

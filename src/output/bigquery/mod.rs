@@ -16,12 +16,13 @@ use crate::fluentd::accessor::KeyPath;
 use crate::fluentd::template::Template;
 use crate::format::Inject;
 use crate::format::time::Zone;
+use crate::metrics::SinkDetail;
 use crate::output::{Output, OutputError};
 use client::AuthMethod;
 use request::{MAX_BODY_BYTES, MAX_ROWS, RequestOptions};
 use rows::Conversion;
 use schema::Schema;
-use sink::{AutoCreate, BigQuerySink, Connection, SchemaSource, SinkStats};
+use sink::{AutoCreate, BigQuerySink, Connection, SchemaSource};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -262,7 +263,7 @@ pub struct BigQueryOutput {
     id: String,
     destinations: Mutex<Destinations>,
     buffer: Arc<Buffer<TableKey>>,
-    pub stats: Arc<SinkStats>,
+    pub detail: Arc<SinkDetail>,
 }
 
 /// fluent-plugin-bigquery parameters accepted and ignored (with a warning).
@@ -423,7 +424,7 @@ impl BigQueryOutput {
         }
         ConfigError::gather(deferred)?;
 
-        let stats = Arc::new(SinkStats::default());
+        let detail = Arc::new(SinkDetail::default());
         let sink = BigQuerySink {
             id: id.clone(),
             connection,
@@ -437,7 +438,7 @@ impl BigQueryOutput {
             created: Mutex::new(HashMap::new()),
             creating: tokio::sync::Mutex::new(()),
             secondary,
-            stats: Arc::clone(&stats),
+            detail: Arc::clone(&detail),
         };
         let location = s.location().clone();
         let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink))
@@ -446,7 +447,7 @@ impl BigQueryOutput {
             id,
             destinations: Mutex::new(Destinations::new(names, timekey, zone)),
             buffer,
-            stats,
+            detail,
         };
         Ok((output, warnings, notes))
     }

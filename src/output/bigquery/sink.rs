@@ -13,32 +13,16 @@ use crate::codec::msgpack;
 use crate::event::Event;
 use crate::event::{Batch, BoxFuture};
 use crate::format::Inject;
-use crate::metrics::{RequestOutcome, RowFate, SinkDetail};
+use crate::internal_events::bigquery as events;
+use crate::metrics::{RequestOutcome, SinkDetail};
 use crate::output::Output;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 /// How long after creating a table a 404 is taken for BigQuery catching up, not for absence.
 const CREATED_GRACE: Duration = Duration::from_secs(300);
-
-#[derive(Debug, Default)]
-pub struct SinkStats {
-    /// `project.dataset` of datasets insertAll answered "not found" for, until rows reach
-    /// them: rows wait, `/readyz` says so.
-    pub missing_datasets: Mutex<std::collections::BTreeSet<String>>,
-    pub rows_inserted: AtomicU64,
-    pub rows_resent: AtomicU64,
-    pub rows_dead_lettered: AtomicU64,
-    pub rows_dropped: AtomicU64,
-    pub requests_ok: AtomicU64,
-    pub requests_failed: AtomicU64,
-    pub tables_created: AtomicU64,
-    /// The same per table and reason, and request latencies (metrics).
-    pub detail: SinkDetail,
-}
 
 pub enum SchemaSource {
     None,
@@ -82,7 +66,8 @@ pub struct BigQuerySink {
     /// create it once and the others wait for it.
     pub creating: tokio::sync::Mutex<()>,
     pub secondary: Option<Arc<dyn Output>>,
-    pub stats: Arc<SinkStats>,
+    /// What metrics read: rows per table and reason, requests, tables, missing datasets.
+    pub detail: Arc<SinkDetail>,
 }
 
 /// Rows for the dead letters: (entry index, reason, location, message).
@@ -188,7 +173,12 @@ impl BigQuerySink {
         let key = &*chunk.key;
         let table_name = key.to_string();
         let retried = |reason: &str, n: usize| {
-            (self.stats.detail).rows(RowFate::Retried, &table_name, reason, n as u64);
+            events::RowsRetried {
+                table: &table_name,
+                reason,
+                rows: n as u64,
+            }
+            .emit(&self.detail);
         };
         if let Some(why) = key.invalid() {
             // A name rendered from a tag or record that BigQuery cannot take: only these rows
@@ -245,8 +235,11 @@ impl BigQuerySink {
                 bytes = request.raw_len, elapsed_ms = started.elapsed().as_millis() as u64, ok = answer.is_ok(), "insertAll");
             match answer {
                 Ok(response) => {
-                    self.stats.requests_ok.fetch_add(1, Ordering::Relaxed);
-                    self.stats.detail.request(RequestOutcome::Ok, elapsed);
+                    events::RequestFinished {
+                        outcome: RequestOutcome::Ok,
+                        elapsed,
+                    }
+                    .emit(&self.detail);
                     self.dataset_found(key);
                     self.sort_rows(
                         &table_name,
@@ -264,9 +257,12 @@ impl BigQuerySink {
                     }
                 }
                 Err(failure) => {
-                    self.stats.requests_failed.fetch_add(1, Ordering::Relaxed);
                     let verdict = classify(&failure);
-                    self.stats.detail.request(request_outcome(verdict), elapsed);
+                    events::RequestFinished {
+                        outcome: request_outcome(verdict),
+                        elapsed,
+                    }
+                    .emit(&self.detail);
                     let e = failure.to_string();
                     match verdict {
                         Verdict::Retry | Verdict::Reauthenticate => {
@@ -323,12 +319,12 @@ impl BigQuerySink {
         let table = table.map_or_else(|| chunk.key.to_string(), str::to_owned);
         if !dead.is_empty() && !self.dead_letter(chunk, &dead, &table).await {
             keep.extend(dead.iter().map(|d| d.index));
-            (self.stats.detail).rows(
-                RowFate::Retried,
-                &table,
-                "secondary_refused",
-                dead.len() as u64,
-            );
+            events::RowsRetried {
+                table: &table,
+                reason: "secondary_refused",
+                rows: dead.len() as u64,
+            }
+            .emit(&self.detail);
             error.get_or_insert_with(|| {
                 Waiting::backoff("secondary output did not accept dead letters".into())
             });
@@ -338,9 +334,6 @@ impl BigQuerySink {
         }
         keep.sort_unstable();
         keep.dedup();
-        self.stats
-            .rows_resent
-            .fetch_add(keep.len() as u64, Ordering::Relaxed);
         let waiting = error.unwrap_or_else(|| Waiting::backoff(String::new()));
         Outcome::Retry {
             keep: Some(keep),
@@ -378,7 +371,12 @@ impl BigQuerySink {
                         .iter()
                         .find_map(|p| p.reason.as_deref().filter(|r| *r != "stopped"))
                         .unwrap_or("stopped");
-                    (self.stats.detail).rows(RowFate::Retried, table, reason, 1);
+                    events::RowsRetried {
+                        table,
+                        reason,
+                        rows: 1,
+                    }
+                    .emit(&self.detail);
                 }
                 RowVerdict::DeadLetter => {
                     let first = protos
@@ -394,11 +392,11 @@ impl BigQuerySink {
                 }
             }
         }
-        let inserted = (indices.len() as u64).saturating_sub(failed);
-        self.stats
-            .rows_inserted
-            .fetch_add(inserted, Ordering::Relaxed);
-        (self.stats.detail).rows(RowFate::Inserted, table, "", inserted);
+        events::RowsInserted {
+            table,
+            rows: (indices.len() as u64).saturating_sub(failed),
+        }
+        .emit(&self.detail);
     }
 
     /// A missing table: create it if configured (then wait), or wait briefly if it was just
@@ -441,8 +439,11 @@ impl BigQuerySink {
             .await
         {
             Ok(()) => {
-                self.stats.tables_created.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(output = %self.id, table = %name, "created table (auto_create_table)");
+                events::TableCreated {
+                    output: &self.id,
+                    table: &name,
+                }
+                .emit(&self.detail);
                 if let Ok(mut created) = self.created.lock() {
                     created.insert(name.clone(), Instant::now());
                 }
@@ -507,44 +508,39 @@ impl BigQuerySink {
                 }
             }
         }
-        let first = self
-            .stats
-            .missing_datasets
-            .lock()
-            .is_ok_and(|mut missing| missing.insert(dataset.clone()));
-        if first {
-            tracing::error!(output = %self.id, %dataset, %error,
-                "dataset not found: rows wait for it (create it, or set auto_create_dataset true); /readyz reports it");
+        events::DatasetMissing {
+            output: &self.id,
+            dataset: &dataset,
+            error: &error,
         }
+        .emit(&self.detail);
         Waiting::backoff(format!("dataset {dataset} not found: {error}"))
     }
 
     fn dataset_found(&self, key: &TableKey) {
-        let Ok(mut missing) = self.stats.missing_datasets.lock() else {
+        if self.detail.missing_datasets().is_empty() {
             return;
-        };
-        if !missing.is_empty() && missing.remove(&format!("{}.{}", key.project, key.dataset)) {
-            tracing::info!(output = %self.id, dataset = %format!("{}.{}", key.project, key.dataset), "dataset found: rows flow again");
         }
+        events::DatasetFound {
+            output: &self.id,
+            dataset: &format!("{}.{}", key.project, key.dataset),
+        }
+        .emit(&self.detail);
     }
 
     /// Writes dead letters to `<secondary>`; without one, logs and counts them. `false` if
     /// the secondary refused them.
     async fn dead_letter(&self, chunk: &Chunk<TableKey>, dead: &[Rejected], table: &str) -> bool {
-        let mut reasons: HashMap<&str, u64> = HashMap::new();
-        for d in dead {
-            *reasons.entry(d.reason.as_str()).or_default() += 1;
-        }
+        let reasons = reason_counts(dead);
         let Some(secondary) = &self.secondary else {
-            self.stats
-                .rows_dropped
-                .fetch_add(dead.len() as u64, Ordering::Relaxed);
-            for (reason, n) in &reasons {
-                (self.stats.detail).rows(RowFate::Dropped, table, reason, *n);
+            events::RowsDropped {
+                output: &self.id,
+                table,
+                reasons: &reasons,
+                first: dead.first().map_or("", |d| d.message.as_str()),
+                cause: "rejected and no <secondary> configured",
             }
-            tracing::error!(output = %self.id, table, rows = dead.len(), ?reasons,
-                first = %dead.first().map(|d| d.message.as_str()).unwrap_or(""),
-                "rows rejected and no <secondary> configured: dropped");
+            .emit(&self.detail);
             return true;
         };
         let mut batches: Vec<Batch> = Vec::new();
@@ -571,15 +567,27 @@ impl BigQuerySink {
                 return false;
             }
         }
-        self.stats
-            .rows_dead_lettered
-            .fetch_add(dead.len() as u64, Ordering::Relaxed);
-        for (reason, n) in &reasons {
-            (self.stats.detail).rows(RowFate::DeadLettered, table, reason, *n);
+        events::RowsDeadLettered {
+            output: &self.id,
+            table,
+            secondary: secondary.id(),
+            reasons: &reasons,
         }
-        tracing::warn!(output = %self.id, table, rows = dead.len(), ?reasons, secondary = secondary.id(), "rows dead-lettered");
+        .emit(&self.detail);
         true
     }
+}
+
+/// How many of `dead` have each reason, in the order the reasons first appear.
+fn reason_counts(dead: &[Rejected]) -> Vec<(&str, u64)> {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for d in dead {
+        match counts.iter_mut().find(|(r, _)| *r == d.reason) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&d.reason, 1)),
+        }
+    }
+    counts
 }
 
 /// `{"table","reason","location","message","tag","time","record"}` as a msgpack map.
@@ -641,19 +649,16 @@ impl Sink<TableKey> for BigQuerySink {
     fn give_up<'a>(&'a self, chunk: &'a Chunk<TableKey>, reason: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let dead = reject(&chunk.pending_indices(), "retries_exhausted", reason);
-            if !self.dead_letter(chunk, &dead, &chunk.key.to_string()).await {
-                self.stats
-                    .rows_dropped
-                    .fetch_add(dead.len() as u64, Ordering::Relaxed);
-                let table = chunk.key.to_string();
-                (self.stats.detail).rows(
-                    RowFate::Dropped,
-                    &table,
-                    "retries_exhausted",
-                    dead.len() as u64,
-                );
-                tracing::error!(output = %self.id, table = %chunk.key, rows = dead.len(), %reason,
-                    "rows lost: retries exhausted and the secondary output refused them");
+            let table = chunk.key.to_string();
+            if !self.dead_letter(chunk, &dead, &table).await {
+                events::RowsDropped {
+                    output: &self.id,
+                    table: &table,
+                    reasons: &[("retries_exhausted", dead.len() as u64)],
+                    first: reason,
+                    cause: "retries exhausted and the secondary output refused them",
+                }
+                .emit(&self.detail);
             }
         })
     }

@@ -1,0 +1,126 @@
+//! A BigQuery output's rows, requests, tables and datasets. Counted per table and reason in
+//! `SinkDetail` (one short lock per request or chunk, never per row).
+
+use crate::metrics::{RequestOutcome, RowFate, SinkDetail};
+use std::time::Duration;
+
+/// Rows BigQuery accepted.
+pub struct RowsInserted<'a> {
+    pub table: &'a str,
+    pub rows: u64,
+}
+
+impl RowsInserted<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        detail.rows(RowFate::Inserted, self.table, "", self.rows);
+    }
+}
+
+/// Rows kept for another try, and why (`transient`, `not_found`, BigQuery's row reason...).
+pub struct RowsRetried<'a> {
+    pub table: &'a str,
+    pub reason: &'a str,
+    pub rows: u64,
+}
+
+impl RowsRetried<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        detail.rows(RowFate::Retried, self.table, self.reason, self.rows);
+    }
+}
+
+/// Rows written to `<secondary>` with their reasons.
+pub struct RowsDeadLettered<'a> {
+    pub output: &'a str,
+    pub table: &'a str,
+    pub secondary: &'a str,
+    pub reasons: &'a [(&'a str, u64)],
+}
+
+impl RowsDeadLettered<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        let rows: u64 = self.reasons.iter().map(|(_, n)| n).sum();
+        for (reason, n) in self.reasons {
+            detail.rows(RowFate::DeadLettered, self.table, reason, *n);
+        }
+        tracing::warn!(output = %self.output, table = %self.table, rows, reasons = ?self.reasons,
+            secondary = %self.secondary, "rows dead-lettered");
+    }
+}
+
+/// Rows given up on with nowhere to put them: logged (with the first message) and counted.
+pub struct RowsDropped<'a> {
+    pub output: &'a str,
+    pub table: &'a str,
+    pub reasons: &'a [(&'a str, u64)],
+    pub first: &'a str,
+    /// Why they could not be kept: no `<secondary>`, or it refused them.
+    pub cause: &'static str,
+}
+
+impl RowsDropped<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        let rows: u64 = self.reasons.iter().map(|(_, n)| n).sum();
+        for (reason, n) in self.reasons {
+            detail.rows(RowFate::Dropped, self.table, reason, *n);
+        }
+        tracing::error!(output = %self.output, table = %self.table, rows, reasons = ?self.reasons,
+            first = %self.first, "rows lost: {}", self.cause);
+    }
+}
+
+/// One insertAll request, by how it ended.
+pub struct RequestFinished {
+    pub outcome: RequestOutcome,
+    pub elapsed: Duration,
+}
+
+impl RequestFinished {
+    pub fn emit(self, detail: &SinkDetail) {
+        detail.request(self.outcome, self.elapsed);
+    }
+}
+
+/// `auto_create_table` created a table.
+pub struct TableCreated<'a> {
+    pub output: &'a str,
+    pub table: &'a str,
+}
+
+impl TableCreated<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        detail.table_created();
+        tracing::info!(output = %self.output, table = %self.table, "created table (auto_create_table)");
+    }
+}
+
+/// BigQuery says the dataset does not exist: its rows wait, `/readyz` fails. Logged when it
+/// is first seen missing.
+pub struct DatasetMissing<'a> {
+    pub output: &'a str,
+    pub dataset: &'a str,
+    pub error: &'a str,
+}
+
+impl DatasetMissing<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        if detail.dataset_missing(self.dataset) {
+            tracing::error!(output = %self.output, dataset = %self.dataset, error = %self.error,
+                "dataset not found: rows wait for it (create it, or set auto_create_dataset true); /readyz reports it");
+        }
+    }
+}
+
+/// Rows reached a dataset that was missing.
+pub struct DatasetFound<'a> {
+    pub output: &'a str,
+    pub dataset: &'a str,
+}
+
+impl DatasetFound<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        if detail.dataset_found(self.dataset) {
+            tracing::info!(output = %self.output, dataset = %self.dataset, "dataset found: rows flow again");
+        }
+    }
+}
