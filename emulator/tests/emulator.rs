@@ -18,5 +18,7 @@ mod python_client;
 mod query_params;
 #[path = "emulator/schema_update.rs"]
 mod schema_update;
+#[path = "emulator/storage_write.rs"]
+mod storage_write;
 #[path = "emulator/tabledata_list.rs"]
 mod tabledata_list;
