@@ -20,5 +20,7 @@ mod query_params;
 mod schema_update;
 #[path = "emulator/storage_write.rs"]
 mod storage_write;
+#[path = "emulator/storage_write_python.rs"]
+mod storage_write_python;
 #[path = "emulator/tabledata_list.rs"]
 mod tabledata_list;
