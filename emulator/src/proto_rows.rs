@@ -99,7 +99,8 @@ pub struct WriterSchema {
 #[derive(Debug, Clone)]
 struct BoundMessage {
     fields: Vec<BoundField>,
-    /// REQUIRED columns the descriptor has no field for: every row misses them.
+    /// REQUIRED columns (names within this record) the descriptor has no field for: every row
+    /// that has this record misses them.
     required_absent: Vec<String>,
 }
 
@@ -266,7 +267,7 @@ fn bind_message(
         .fields
         .iter()
         .filter(|f| f.mode == Mode::Required && !bound_columns.contains(&f.name))
-        .map(|f| format!("{path}{}", f.name))
+        .map(|f| f.name.clone())
         .collect();
     Ok(BoundMessage {
         fields,
@@ -836,6 +837,38 @@ mod tests {
         assert_eq!(
             schema.decode(&missing).unwrap_err(),
             "Missing required field: name."
+        );
+    }
+
+    #[test]
+    fn required_columns_are_reported_with_their_path() {
+        let descriptor = DescriptorProto {
+            name: Some("Row".into()),
+            field: vec![message_field("r", 1, "Row.Inner", Label::Optional)],
+            nested_type: vec![DescriptorProto {
+                name: Some("Inner".into()),
+                field: vec![field("a", 1, Type::String, Label::Optional)],
+                ..DescriptorProto::default()
+            }],
+            ..DescriptorProto::default()
+        };
+        let t = table(json!([{"name": "r", "type": "RECORD", "fields": [
+            {"name": "a", "type": "STRING"},
+            {"name": "b", "type": "STRING", "mode": "REQUIRED"}
+        ]}]));
+        let schema = WriterSchema::bind(&descriptor, &t).unwrap();
+        // A NULL record needs none of its REQUIRED fields.
+        assert_eq!(schema.decode(&encode(&schema, |_| {})).unwrap(), Map::new());
+        let r = schema.message.get_field_by_name("r").unwrap();
+        let Kind::Message(inner) = r.kind() else {
+            panic!()
+        };
+        let row = encode(&schema, |m| {
+            m.set_field_by_name("r", Proto::Message(DynamicMessage::new(inner.clone())));
+        });
+        assert_eq!(
+            schema.decode(&row).unwrap_err(),
+            "Missing required field: r.b."
         );
     }
 

@@ -2,7 +2,6 @@
 // behind CreateWriteStream, GetWriteStream, FinalizeWriteStream, BatchCommitWriteStreams and
 // FlushRows; AppendRows is driven here and decided in `append`. Must not touch sockets.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use bq_storage_proto::server::big_query_write_server::BigQueryWrite;
@@ -47,12 +46,6 @@ impl WriteService {
         Self { app }
     }
 
-    /// Counts a call and applies the faults drawn for it; `Ok(true)` means the answer is to be
-    /// lost (carry the call out, then drop the connection).
-    async fn fault(&self, is_append: bool) -> Result<bool, Status> {
-        apply_fault(&self.app, is_append).await
-    }
-
     /// Runs a unary RPC's store work off the async workers, honouring a drop fault: the work is
     /// done, then the connection closes and the caller never hears back.
     async fn unary<T: Send + 'static>(
@@ -61,18 +54,21 @@ impl WriteService {
         work: impl FnOnce(&App) -> Result<T, WriteError> + Send + 'static,
     ) -> Result<Response<T>, Status> {
         Stats::add(&self.app.stats.grpc_requests, 1);
-        let drop = self.fault(false).await?;
+        let drop = apply_fault(&self.app, false).await?;
         let app = self.app.clone();
         let answer = tokio::task::spawn_blocking(move || work(&app))
             .await
             .map_err(|e| Status::internal(format!("worker failed: {e}")))?;
         if drop {
-            lose_answer(extensions.get::<ConnectionKill>()).await;
+            return lose_answer(extensions.get::<ConnectionKill>()).await;
         }
         answer.map(Response::new).map_err(Status::from)
     }
 }
 
+/// Applies the faults drawn for one gRPC request (a unary call, or one AppendRows request when
+/// `is_append`): latency, then an error status, or `Ok(true)` when the answer is to be lost
+/// (carry the request out, then drop the connection).
 async fn apply_fault(app: &App, is_append: bool) -> Result<bool, Status> {
     let (latency, fault) = app.faults.draw_grpc(is_append);
     if let Some(delay) = latency {
@@ -96,12 +92,17 @@ async fn apply_fault(app: &App, is_append: bool) -> Result<bool, Status> {
     }
 }
 
-/// Closes the caller's connection and never returns, so no answer can be sent before it closes.
-fn lose_answer(kill: Option<&ConnectionKill>) -> impl Future<Output = ()> + use<> {
-    if let Some(kill) = kill {
-        kill.0.cancel();
+/// Closes the caller's connection and then never completes, so no answer can be sent before the
+/// connection (and with it this future) is gone.
+async fn lose_answer<T>(kill: Option<&ConnectionKill>) -> Result<T, Status> {
+    match kill {
+        Some(kill) => {
+            kill.0.cancel();
+            std::future::pending().await
+        }
+        // Every request served by `grpc::serve` carries one; answer like a lost backend.
+        None => Err(Status::unavailable(UNAVAILABLE_MESSAGE)),
     }
-    std::future::pending()
 }
 
 fn table_name(parent: &str) -> Result<TableName, WriteError> {
