@@ -660,11 +660,18 @@ fn decimal(value: &Proto, kind: Decimal, path: &str) -> Result<String, String> {
         Proto::F64(f) => return Err(out_of_range(&f.to_string())),
         Proto::F32(f) => return Err(out_of_range(&f.to_string())),
         // Google's BigDecimalByteStringEncoder: the value times 10^scale as a little-endian
-        // two's complement integer.
-        Proto::Bytes(b) => scaled(
-            &num_bigint::BigInt::from_signed_bytes_le(b).to_string(),
-            kind.scale,
-        ),
+        // two's complement integer. Anything wider than 256 bits is out of range for both types
+        // (and is refused before a quadratic conversion to decimal text).
+        Proto::Bytes(b) => {
+            let b = without_sign_extension(b);
+            if b.len() > 32 {
+                return Err(out_of_range(&format!("a {}-byte value", b.len())));
+            }
+            scaled(
+                &num_bigint::BigInt::from_signed_bytes_le(b).to_string(),
+                kind.scale,
+            )
+        }
         other => as_i128(other).unwrap_or_default().to_string(),
     };
     let (negative, int, frac) = split_decimal(&text)
@@ -682,6 +689,21 @@ fn decimal(value: &Proto, kind: Decimal, path: &str) -> Result<String, String> {
     } else {
         format!("{sign}{int}.{frac}")
     })
+}
+
+/// A little-endian two's complement integer without its redundant high bytes (0x00 above a
+/// byte whose top bit is clear, 0xFF above one whose top bit is set).
+fn without_sign_extension(bytes: &[u8]) -> &[u8] {
+    let mut len = bytes.len();
+    while len >= 2 {
+        let (top, next) = (bytes[len - 1], bytes[len - 2]);
+        let redundant = (top == 0x00 && next & 0x80 == 0) || (top == 0xFF && next & 0x80 != 0);
+        if !redundant {
+            break;
+        }
+        len -= 1;
+    }
+    &bytes[..len]
 }
 
 /// Inserts the decimal point `scale` digits from the right of an integer's text.
@@ -931,6 +953,16 @@ mod tests {
         assert_eq!(decimal(&Proto::F64(1.5e-3), n, "f").unwrap(), "0.0015");
         assert_eq!(decimal(&Proto::I64(-42), n, "f").unwrap(), "-42");
         assert!(decimal(&Proto::String("1e29".into()), n, "f").is_err());
+        // Sign-extension bytes do not count; a genuinely wider value is refused at once.
+        let mut padded = bytes.to_vec();
+        padded.resize(64, 0xFF);
+        assert_eq!(
+            decimal(&Proto::Bytes(padded.into()), n, "f").unwrap(),
+            "-9000000"
+        );
+        let mut huge = vec![0x7F; 1 << 20];
+        huge.push(0);
+        assert!(decimal(&Proto::Bytes(huge.into()), n, "f").is_err());
         assert!(decimal(&Proto::String("0.0000000001".into()), n, "f").is_err());
         let big = Decimal::BIGNUMERIC;
         let max = "578960446186580977117854925043439539266.34992332820282019728792003956564819967";
