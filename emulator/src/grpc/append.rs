@@ -15,16 +15,17 @@ use bq_storage_proto::v1::append_rows_request::{ProtoData, Rows};
 use bq_storage_proto::v1::append_rows_response::{AppendResult, Response};
 use bq_storage_proto::v1::row_error::RowErrorCode;
 use bq_storage_proto::v1::storage_error::StorageErrorCode;
-use bq_storage_proto::v1::{AppendRowsRequest, AppendRowsResponse, RowError};
-use serde_json::Value;
+use bq_storage_proto::v1::{AppendRowsRequest, AppendRowsResponse, RowError, TableSchema};
+use serde_json::json;
 
 use super::errors::WriteError;
-use super::names::{StreamName, schema_fields, table_schema};
+use super::names::{StreamName, checked_table_schema, schema_fields, table_schema};
 use crate::App;
 use crate::proto_rows::WriterSchema;
 use crate::routes::now_ms;
+use crate::schema::Schema;
 use crate::stats::Stats;
-use crate::store::{NewRow, StreamTarget, TableInfo, dataset_key};
+use crate::store::{NewRow, StreamTarget, dataset_key, schema_of};
 
 /// Where the connection writes and with which schema.
 struct Destination {
@@ -34,8 +35,9 @@ struct Destination {
     /// The writer schema bound to the table, or why it could not be.
     writer: Option<Result<Arc<WriterSchema>, WriteError>>,
     /// The table schema the writer schema was checked against (for a created stream, first its
-    /// creation-time schema): when the table's differs, responses carry `updated_schema`.
-    baseline: Value,
+    /// creation-time schema): when the one the write path sees differs, responses carry
+    /// `updated_schema`.
+    baseline: Arc<Schema>,
 }
 
 /// One AppendRows call.
@@ -132,7 +134,7 @@ impl AppendConnection {
             )))
         })?;
         let baseline = if self.app.faults.null_mode() {
-            Value::Null
+            Arc::new(Schema::default())
         } else {
             self.lookup(&name)?
         };
@@ -145,7 +147,7 @@ impl AppendConnection {
     }
 
     /// Checks the stream (and its table) exist; returns the schema baseline.
-    fn lookup(&self, name: &StreamName) -> Result<Value, Status> {
+    fn lookup(&self, name: &StreamName) -> Result<Arc<Schema>, Status> {
         let store = &self.app.store;
         let entity = name.canonical();
         let table = &name.table;
@@ -154,12 +156,17 @@ impl AppendConnection {
             .and_then(|_| store.table(&table.key()))
             .ok_or_else(|| WriteError::not_found(&entity, StorageErrorCode::TableNotFound))?;
         if name.is_default() {
-            return Ok(schema_fields(&info.resource));
+            return Ok(self.app.propagation.visible(&table.key(), &info.schema));
         }
-        store
+        let record = store
             .stream(&entity)
-            .map(|record| record.schema)
-            .ok_or_else(|| WriteError::not_found(&entity, StorageErrorCode::StreamNotFound).into())
+            .ok_or_else(|| WriteError::not_found(&entity, StorageErrorCode::StreamNotFound))?;
+        // The stored creation-time schema was a valid table schema; should it not parse, the
+        // current one stands in (the worst case is one missing `updated_schema`).
+        let created = schema_of(&json!({"schema": {"fields": record.schema}}))
+            .map(Arc::new)
+            .unwrap_or_else(|_| info.schema.clone());
+        Ok(created)
     }
 
     fn append(
@@ -173,7 +180,9 @@ impl AppendConnection {
         let Some(info) = self.app.store.table(&table_key) else {
             return Err(WriteError::not_found(&entity, StorageErrorCode::TableNotFound).into());
         };
-        let writer = match writer(destination, &data, &info, &entity) {
+        // The write path sees a schema change only once it has propagated (see `propagation`).
+        let visible = self.app.propagation.visible(&table_key, &info.schema);
+        let writer = match writer(destination, &data, &visible, &entity) {
             Ok(writer) => writer,
             Err(e) => return Ok(failed(destination, e, Vec::new())),
         };
@@ -227,8 +236,13 @@ impl AppendConnection {
         };
         Stats::add(&stats.rows_accepted, count);
         Stats::add(&stats.rows_inserted, appended.visible);
-        let current = schema_fields(&info.resource);
-        let updated = (current != destination.baseline).then_some(current);
+        let updated = (*visible != *destination.baseline).then(|| {
+            if *visible == *info.schema {
+                table_schema(&schema_fields(&info.resource))
+            } else {
+                checked_table_schema(&visible)
+            }
+        });
         Ok(succeeded(destination, appended.offset, updated))
     }
 }
@@ -238,7 +252,7 @@ impl AppendConnection {
 fn writer(
     destination: &mut Destination,
     data: &ProtoData,
-    info: &TableInfo,
+    visible: &Arc<Schema>,
     entity: &str,
 ) -> Result<Arc<WriterSchema>, WriteError> {
     if let Some(descriptor) = data
@@ -246,12 +260,12 @@ fn writer(
         .as_ref()
         .and_then(|s| s.proto_descriptor.as_ref())
     {
-        let bound = WriterSchema::bind(descriptor, &info.schema)
+        let bound = WriterSchema::bind(descriptor, visible)
             .map(Arc::new)
             .map_err(|e| WriteError::schema(&e, entity));
         if destination.writer.is_some() {
             // A client that sends a new writer schema has seen the table as it is now.
-            destination.baseline = schema_fields(&info.resource);
+            destination.baseline = visible.clone();
         }
         destination.writer = Some(bound);
     }
@@ -280,13 +294,13 @@ fn failed(
 fn succeeded(
     destination: &Destination,
     offset: Option<u64>,
-    updated: Option<Value>,
+    updated: Option<TableSchema>,
 ) -> AppendRowsResponse {
     AppendRowsResponse {
         response: Some(Response::AppendResult(AppendResult {
             offset: offset.map(|o| o as i64),
         })),
-        updated_schema: updated.as_ref().map(table_schema),
+        updated_schema: updated,
         write_stream: destination.given.clone(),
         ..AppendRowsResponse::default()
     }

@@ -5,7 +5,7 @@ use bq_storage_proto::prost_types::Timestamp;
 use bq_storage_proto::v1::{TableFieldSchema, TableSchema, table_field_schema};
 use serde_json::Value;
 
-use crate::schema::FieldJson;
+use crate::schema::{Field, FieldJson, FieldType, Mode, Schema};
 use crate::store::table_key;
 
 /// The id of every table's built-in stream.
@@ -113,6 +113,54 @@ pub fn table_schema(fields: &Value) -> TableSchema {
     let fields: Vec<FieldJson> = serde_json::from_value(fields.clone()).unwrap_or_default();
     TableSchema {
         fields: fields.iter().map(field_schema).collect(),
+    }
+}
+
+/// A checked schema in the Write API's form (for a schema known only in checked form, such as
+/// one still propagating): names, types, modes, nesting and `maxLength`.
+pub fn checked_table_schema(schema: &Schema) -> TableSchema {
+    TableSchema {
+        fields: schema.fields.iter().map(checked_field).collect(),
+    }
+}
+
+fn checked_field(f: &Field) -> TableFieldSchema {
+    use table_field_schema::{Mode as M, Type as T};
+    let ty = match f.ty {
+        FieldType::String => T::String,
+        FieldType::Integer => T::Int64,
+        FieldType::Float => T::Double,
+        FieldType::Record => T::Struct,
+        FieldType::Bytes => T::Bytes,
+        FieldType::Boolean => T::Bool,
+        FieldType::Timestamp => T::Timestamp,
+        FieldType::Date => T::Date,
+        FieldType::Time => T::Time,
+        FieldType::Datetime => T::Datetime,
+        FieldType::Geography => T::Geography,
+        FieldType::Numeric => T::Numeric,
+        FieldType::BigNumeric => T::Bignumeric,
+        FieldType::Json => T::Json,
+    };
+    let mode = match f.mode {
+        Mode::Nullable => M::Nullable,
+        Mode::Required => M::Required,
+        Mode::Repeated => M::Repeated,
+    };
+    TableFieldSchema {
+        name: f.name.clone(),
+        r#type: ty as i32,
+        mode: mode as i32,
+        fields: f
+            .sub
+            .iter()
+            .flat_map(|s| s.fields.iter().map(checked_field))
+            .collect(),
+        max_length: f
+            .max_length
+            .and_then(|l| i64::try_from(l).ok())
+            .unwrap_or(0),
+        ..TableFieldSchema::default()
     }
 }
 

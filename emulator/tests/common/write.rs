@@ -126,6 +126,22 @@ impl WriteClient {
             .map(|r| r.into_inner().offset)
     }
 
+    /// An AppendRows call to send requests into one by one.
+    pub fn session(&self) -> Session<'_> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut client = self.client.clone();
+        let inbound = self
+            .rt
+            .block_on(client.append_rows(tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .expect("AppendRows call")
+            .into_inner();
+        Session {
+            rt: &self.rt,
+            tx,
+            inbound,
+        }
+    }
+
     /// One AppendRows call: sends every request, half-closes, and reads until the call ends.
     pub fn append(&self, requests: Vec<AppendRowsRequest>) -> Call {
         let mut client = self.client.clone();
@@ -157,6 +173,30 @@ impl WriteClient {
                         };
                     }
                 }
+            }
+        })
+    }
+}
+
+/// One AppendRows call kept open, to send a request and read its response at a time.
+pub struct Session<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    tx: tokio::sync::mpsc::Sender<AppendRowsRequest>,
+    inbound: bq_storage_proto::tonic::Streaming<AppendRowsResponse>,
+}
+
+impl Session<'_> {
+    /// Sends one request and waits for its response (or the status that ended the call).
+    pub fn send(&mut self, request: AppendRowsRequest) -> Result<AppendRowsResponse, Status> {
+        self.rt.block_on(async {
+            self.tx
+                .send(request)
+                .await
+                .map_err(|_| Status::unknown("the call has ended"))?;
+            match self.inbound.message().await {
+                Ok(Some(response)) => Ok(response),
+                Ok(None) => Err(Status::unknown("the call ended without a response")),
+                Err(status) => Err(status),
             }
         })
     }

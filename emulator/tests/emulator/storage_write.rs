@@ -12,6 +12,7 @@ use bq_storage_proto::v1::write_stream::Type;
 use prost_types::DescriptorProto;
 use prost_types::field_descriptor_proto::{Label, Type as T};
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 use crate::common::Emulator;
 use crate::common::write::{
@@ -736,7 +737,7 @@ fn requests_over_the_size_limit_are_refused_and_the_connection_goes_on() {
 
 #[test]
 fn updated_schema_is_sent_once_the_table_changes() {
-    let emu = Emulator::start_grpc(&[]);
+    let emu = Emulator::start_grpc(&["--schema-update-delay-ms", "0"]);
     simple_table(&emu);
     let client = WriteClient::connect(&emu);
     let schema = simple_row();
@@ -797,6 +798,87 @@ fn updated_schema_is_sent_once_the_table_changes() {
         page["rows"][0],
         json!({"f": [{"v": "c"}, {"v": null}, {"v": "e"}]})
     );
+}
+
+/// As for insertAll, a schema change reaches the write path only after
+/// `--schema-update-delay-ms`: until then a writer schema with the new column has extra fields
+/// and no response carries `updated_schema`.
+#[test]
+fn a_new_column_reaches_the_write_path_after_the_schema_update_delay() {
+    let delay = Duration::from_millis(1_500);
+    let emu = Emulator::start_grpc(&["--schema-update-delay-ms", "1500"]);
+    simple_table(&emu);
+    let client = WriteClient::connect(&emu);
+    let schema = simple_row();
+    let desc = describe(&schema);
+    let stream = default_stream("t");
+    let mut session = client.session();
+    let before = session
+        .send(request(
+            &stream,
+            Some(&schema),
+            &desc,
+            &rows_named(&["before"]),
+            None,
+        ))
+        .unwrap();
+    assert_eq!(offset_of(&before), Some(None));
+    let (status, body) = emu.patch(
+        &emu.api("/datasets/d/tables/t"),
+        &json!({"schema": {"fields": [
+            {"name": "name", "type": "STRING", "mode": "REQUIRED"},
+            {"name": "n", "type": "INTEGER"},
+            {"name": "extra", "type": "STRING"}
+        ]}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let patched = Instant::now();
+    let wider = message(
+        "Row",
+        vec![
+            optional("name", 1, T::String),
+            optional("extra", 2, T::String),
+        ],
+    );
+    let wide = describe(&wider);
+    let wide_row = [json!({"name": "w", "extra": "e"})];
+    let early = client.append(vec![request(&stream, Some(&wider), &wide, &wide_row, None)]);
+    let extra = error_of(&early.responses[0]);
+    assert!(
+        extra.message.starts_with(
+            "Input schema has more fields than BigQuery schema, extra fields: 'extra'"
+        ),
+        "{extra:?}"
+    );
+    assert_eq!(
+        storage_codes(&extra.details),
+        [StorageErrorCode::SchemaMismatchExtraFields]
+    );
+    // The open connection, writing with the old schema, learns of the new column once it has
+    // propagated, and not before.
+    let updated = loop {
+        let response = session
+            .send(request("", None, &desc, &rows_named(&["old"]), None))
+            .unwrap();
+        assert_eq!(offset_of(&response), Some(None));
+        if let Some(updated) = response.updated_schema {
+            break updated;
+        }
+        assert!(
+            patched.elapsed() < delay * 4,
+            "no updated_schema after {:?}",
+            patched.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        patched.elapsed() >= delay,
+        "updated_schema after {:?}",
+        patched.elapsed()
+    );
+    assert_eq!(updated.fields.len(), 3);
+    let late = client.append(vec![request(&stream, Some(&wider), &wide, &wide_row, None)]);
+    assert_eq!(offset_of(&late.responses[0]), Some(None), "{late:?}");
 }
 
 #[test]
