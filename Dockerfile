@@ -13,6 +13,7 @@ FROM rust:1.95-slim-trixie AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY bq-storage-proto ./bq-storage-proto
 COPY emulator ./emulator
 COPY loadgen ./loadgen
 COPY benches ./benches

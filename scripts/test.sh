@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 # Build tools for ISA-L (nasm, autotools), from Debian's packages when missing.
 scripts/build-deps.sh
-# Real clients for the integration tests (fluent-logger, google-cloud-bigquery), pinned.
-if ! .venv/bin/python -c 'import fluent, msgpack, google.cloud.bigquery' 2>/dev/null; then
+# Real clients for the integration tests (fluent-logger, google-cloud-bigquery and
+# google-cloud-bigquery-storage), pinned.
+if ! .venv/bin/python -c 'import fluent, msgpack, google.cloud.bigquery, google.cloud.bigquery_storage_v1' 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet -r tests/clients/requirements.txt
 fi

@@ -1,5 +1,6 @@
-// Owns fault injection: the settings (CLI or `POST /_emulator/faults`) and the per-request draw.
-// Must not build HTTP answers itself; it returns a `Fault` and the server layer acts on it.
+// Owns fault injection: the settings (CLI or `POST /_emulator/faults`) and the per-request draw,
+// for REST requests and gRPC calls alike. Must not build answers itself; it returns a `Fault` or a
+// `GrpcFault` and the server layers act on it.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,16 +11,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultScope {
-    /// Only `tabledata.insertAll` requests (the default: table setup stays reliable).
+    /// Only the data path (the default: table setup stays reliable): `tabledata.insertAll`
+    /// requests and each request message of a Storage Write `AppendRows` call.
     #[default]
     InsertAll,
-    /// Every request under `/bigquery/v2`.
+    /// Every request under `/bigquery/v2` and every Storage Write RPC.
     All,
 }
 
 /// Fault settings. Rates are shares in [0, 1]. They are applied deterministically (an
 /// accumulator per kind fires every 1/rate-th request), so a test with rate 0.5 sees exactly every
-/// second request fail, never a random streak.
+/// second request fail, never a random streak. The `error_*` and `drop_rate` rates apply to REST
+/// requests, the `grpc_*` rates to Storage Write (gRPC) requests; each side has its own
+/// accumulators, so one never shifts the other's pattern.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultConfig {
@@ -28,6 +32,12 @@ pub struct FaultConfig {
     pub error_500_rate: f64,
     pub error_503_rate: f64,
     pub drop_rate: f64,
+    /// gRPC requests answered UNAVAILABLE (an `AppendRows` call ends with it, nothing appended).
+    pub grpc_unavailable_rate: f64,
+    /// gRPC requests answered RESOURCE_EXHAUSTED (BigQuery's throughput-quota answer).
+    pub grpc_resource_exhausted_rate: f64,
+    /// gRPC requests carried out whose answer is lost: the connection is closed instead.
+    pub grpc_drop_rate: f64,
     pub null_mode: bool,
     pub scope: FaultScope,
     /// How long after a schema change insertAll still validates rows against the previous
@@ -43,6 +53,12 @@ impl FaultConfig {
             ("error_500_rate", self.error_500_rate),
             ("error_503_rate", self.error_503_rate),
             ("drop_rate", self.drop_rate),
+            ("grpc_unavailable_rate", self.grpc_unavailable_rate),
+            (
+                "grpc_resource_exhausted_rate",
+                self.grpc_resource_exhausted_rate,
+            ),
+            ("grpc_drop_rate", self.grpc_drop_rate),
         ];
         for (name, r) in rates {
             if !(0.0..=1.0).contains(&r) {
@@ -60,12 +76,41 @@ pub enum Fault {
     Status(u16),
 }
 
+/// What to do to one gRPC request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcFault {
+    /// Carry the request out, then close the connection without answering.
+    Drop,
+    Unavailable,
+    ResourceExhausted,
+}
+
 #[derive(Default)]
 struct Accumulators {
     drop: f64,
     e429: f64,
     e500: f64,
     e503: f64,
+    grpc_drop: f64,
+    grpc_unavailable: f64,
+    grpc_exhausted: f64,
+}
+
+// Small epsilon so that e.g. 0.1 summed ten times fires on the tenth request.
+const FIRE: f64 = 1.0 - 1e-9;
+
+/// Adds each rate to its accumulator (every kind keeps its own rhythm) and returns the first
+/// kind, in order, whose accumulator reached one.
+fn fire<T: Copy, const N: usize>(slots: [(&mut f64, f64, T); N]) -> Option<T> {
+    let mut fired = None;
+    for (acc, rate, kind) in slots {
+        *acc += rate;
+        if fired.is_none() && *acc >= FIRE {
+            *acc -= 1.0;
+            fired = Some(kind);
+        }
+    }
+    fired
 }
 
 pub struct Faults {
@@ -108,25 +153,38 @@ impl Faults {
             return (None, None);
         }
         let latency = (config.latency_ms > 0).then(|| Duration::from_millis(config.latency_ms));
-        acc.drop += config.drop_rate;
-        acc.e429 += config.error_429_rate;
-        acc.e500 += config.error_500_rate;
-        acc.e503 += config.error_503_rate;
-        // Small epsilon so that e.g. 0.1 summed ten times fires on the tenth request.
-        const FIRE: f64 = 1.0 - 1e-9;
-        let slots: [(&mut f64, Fault); 4] = [
-            (&mut acc.drop, Fault::Drop),
-            (&mut acc.e429, Fault::Status(429)),
-            (&mut acc.e500, Fault::Status(500)),
-            (&mut acc.e503, Fault::Status(503)),
-        ];
-        for (slot, fault) in slots {
-            if *slot >= FIRE {
-                *slot -= 1.0;
-                return (latency, Some(fault));
-            }
+        let fault = fire([
+            (&mut acc.drop, config.drop_rate, Fault::Drop),
+            (&mut acc.e429, config.error_429_rate, Fault::Status(429)),
+            (&mut acc.e500, config.error_500_rate, Fault::Status(500)),
+            (&mut acc.e503, config.error_503_rate, Fault::Status(503)),
+        ]);
+        (latency, fault)
+    }
+
+    /// Latency to add and the fault (if any) for one gRPC request: a unary RPC, or one request
+    /// message of an `AppendRows` call (`is_append`, the data path).
+    pub fn draw_grpc(&self, is_append: bool) -> (Option<Duration>, Option<GrpcFault>) {
+        let mut guard = self.lock();
+        let (config, acc) = &mut *guard;
+        if config.scope == FaultScope::InsertAll && !is_append {
+            return (None, None);
         }
-        (latency, None)
+        let latency = (config.latency_ms > 0).then(|| Duration::from_millis(config.latency_ms));
+        let fault = fire([
+            (&mut acc.grpc_drop, config.grpc_drop_rate, GrpcFault::Drop),
+            (
+                &mut acc.grpc_exhausted,
+                config.grpc_resource_exhausted_rate,
+                GrpcFault::ResourceExhausted,
+            ),
+            (
+                &mut acc.grpc_unavailable,
+                config.grpc_unavailable_rate,
+                GrpcFault::Unavailable,
+            ),
+        ]);
+        (latency, fault)
     }
 }
 
@@ -144,6 +202,24 @@ mod tests {
         assert_eq!(
             fired,
             [false, false, false, true, false, false, false, true]
+        );
+    }
+
+    #[test]
+    fn grpc_rates_keep_their_own_rhythm() {
+        let faults = Faults::new(FaultConfig {
+            error_503_rate: 0.5,
+            grpc_unavailable_rate: 0.5,
+            ..FaultConfig::default()
+        });
+        assert_eq!(faults.draw(true).1, None);
+        assert_eq!(faults.draw_grpc(true).1, None);
+        assert_eq!(faults.draw(true).1, Some(Fault::Status(503)));
+        assert_eq!(faults.draw_grpc(true).1, Some(GrpcFault::Unavailable));
+        assert_eq!(
+            faults.draw_grpc(false).1,
+            None,
+            "unary RPCs are out of scope"
         );
     }
 

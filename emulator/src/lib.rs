@@ -1,14 +1,16 @@
 //! `bigquery-emulator`: a local stand-in for the part of BigQuery's REST API that bqforward uses
-//! (datasets, tables, `tabledata.insertAll`, `tabledata.list`), with fault injection and counters
-//! for tests. See `emulator/README.md` for flags and admin paths.
+//! (datasets, tables, `tabledata.insertAll`, `tabledata.list`) and for the Storage Write API
+//! (`BigQueryWrite` over gRPC, with `--grpc-port`), with fault injection and counters for tests.
+//! See `emulator/README.md` for flags and admin paths.
 //!
 //! Storage: rows and metadata live in one [redb](https://docs.rs/redb) file under `--data-dir`
-//! (pure Rust, ACID, crash-safe copy-on-write B-trees, one fsync per insertAll request), or in
-//! redb's in-memory backend when no data dir is given, so both modes run the same code.
+//! (pure Rust, ACID, crash-safe copy-on-write B-trees, one fsync per insertAll request or append),
+//! or in redb's in-memory backend when no data dir is given, so both modes run the same code.
 //!
 //! Layout (data flows one way): `server` (sockets) → `routes` (HTTP, faults layer) →
-//! `insert` / `schema` (pure validation) → `dedup` → `store` (redb). `stats`, `faults` and
-//! `propagation` (when insertAll sees a schema change) are read by the routes and depend on
+//! `insert` / `schema` (pure validation) → `dedup` → `store` (redb); and `grpc` (sockets, RPCs,
+//! AppendRows) → `proto_rows` (pure row decoding) → `store`. `stats`, `faults` and
+//! `propagation` (when insertAll sees a schema change) are read by both sides and depend on
 //! nothing but `schema`.
 
 // Wires the stages together; the only module that knows them all. Must not hold request logic.
@@ -16,8 +18,10 @@
 mod dedup;
 mod error;
 mod faults;
+mod grpc;
 mod insert;
 mod propagation;
+mod proto_rows;
 mod routes;
 mod schema;
 mod server;
@@ -30,15 +34,31 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 pub use faults::{FaultConfig, FaultScope};
 pub use insert::Limits;
 pub use propagation::DEFAULT_DELAY as DEFAULT_SCHEMA_UPDATE_DELAY;
+
+/// Everything a REST handler or a gRPC service may use.
+pub struct App {
+    pub store: store::Store,
+    pub faults: faults::Faults,
+    pub stats: stats::Stats,
+    pub dedup: dedup::Dedup,
+    pub propagation: propagation::SchemaPropagation,
+    pub limits: Limits,
+}
+
+pub type AppState = Arc<App>;
 
 /// Everything the emulator needs to start, parsed from the CLI by `main.rs`.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: String,
     pub port: u16,
+    /// Port for the Storage Write API (gRPC); `None` = not served.
+    pub grpc_port: Option<u16>,
     pub data_dir: Option<PathBuf>,
     pub limits: Limits,
     pub dedup_window: Duration,
@@ -58,15 +78,15 @@ pub enum StartError {
     Faults(String),
 }
 
-/// Opens the store, binds, prints `listening on HOST:PORT` on stdout, and serves until Ctrl-C
-/// or SIGTERM.
+/// Opens the store, binds, prints `listening on HOST:PORT` (and `grpc listening on HOST:PORT`
+/// with a gRPC port) on stdout, and serves until Ctrl-C or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartError> {
     config.faults.validate().map_err(StartError::Faults)?;
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || store::Store::open(data_dir.as_deref()))
         .await
         .map_err(|e| store::StoreError::Backend(e.to_string()))??;
-    let app = Arc::new(routes::App {
+    let app = Arc::new(App {
         store,
         faults: faults::Faults::new(config.faults.clone()),
         stats: stats::Stats::default(),
@@ -74,25 +94,48 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         propagation: propagation::SchemaPropagation::default(),
         limits: config.limits,
     });
-    let addr = format!("{}:{}", config.host, config.port);
+    let (listener, local) = bind(&config.host, config.port).await?;
+    let grpc = match config.grpc_port {
+        Some(port) => Some(bind(&config.host, port).await?),
+        None => None,
+    };
+    {
+        // Tests read these lines to learn the ports: the REST one first, always.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {local}");
+        if let Some((_, grpc_local)) = &grpc {
+            let _ = writeln!(out, "grpc listening on {grpc_local}");
+        }
+        let _ = out.flush();
+    }
+    tracing::info!(%local, grpc = ?grpc.as_ref().map(|g| g.1), data_dir = ?config.data_dir, "bigquery-emulator started");
+    let shutdown = CancellationToken::new();
+    let grpc_task = grpc
+        .map(|(listener, _)| tokio::spawn(grpc::serve(listener, app.clone(), shutdown.clone())));
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal.cancel();
+    });
+    server::serve(listener, routes::router(app), shutdown.cancelled_owned()).await;
+    if let Some(task) = grpc_task {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+async fn bind(host: &str, port: u16) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let addr = format!("{host}:{port}");
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .map_err(|source| StartError::Bind {
             addr: addr.clone(),
             source,
         })?;
-    let local: SocketAddr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: addr.clone(),
-        source,
-    })?;
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "listening on {local}");
-        let _ = out.flush();
-    }
-    tracing::info!(%local, data_dir = ?config.data_dir, "bigquery-emulator started");
-    server::serve(listener, routes::router(app), shutdown_signal()).await;
-    Ok(())
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, local))
 }
 
 async fn shutdown_signal() {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use bigquery_emulator::{Config, DEFAULT_SCHEMA_UPDATE_DELAY, FaultConfig, FaultScope, Limits};
 use clap::Parser;
 
-/// A local stand-in for BigQuery's REST API (datasets, tables, insertAll, tabledata.list).
+/// A local stand-in for BigQuery's REST API (datasets, tables, insertAll, tabledata.list) and its
+/// Storage Write API (gRPC).
 #[derive(Debug, Parser)]
 #[command(name = "bigquery-emulator", version)]
 struct Cli {
@@ -18,13 +19,18 @@ struct Cli {
     /// Port to listen on; 0 picks a free port (printed as `listening on HOST:PORT`).
     #[arg(long, default_value_t = 9050)]
     port: u16,
+    /// Port for the Storage Write API (gRPC `BigQueryWrite`, plaintext HTTP/2); 0 picks a free
+    /// port (printed as `grpc listening on HOST:PORT`). Omitted = not served.
+    #[arg(long)]
+    grpc_port: Option<u16>,
     /// Directory for the durable store; omitted = in memory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Most rows accepted in one insertAll request (BigQuery: 50,000).
     #[arg(long, default_value_t = 50_000)]
     max_rows_per_request: usize,
-    /// Largest insertAll request in bytes, measured uncompressed (BigQuery: 10 MB).
+    /// Largest insertAll request (measured uncompressed) or AppendRows request, in bytes
+    /// (BigQuery: 10 MB).
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     max_request_bytes: usize,
     /// Largest single row in bytes (BigQuery: 10 MB).
@@ -48,7 +54,17 @@ struct Cli {
     /// Share of requests in scope whose connection is closed without an answer.
     #[arg(long, default_value_t = 0.0)]
     drop_rate: f64,
-    /// Accept and discard insertAll bodies (count rows, answer success) for benchmarks.
+    /// Share of gRPC requests in scope answered UNAVAILABLE (an AppendRows call ends).
+    #[arg(long, default_value_t = 0.0)]
+    grpc_unavailable_rate: f64,
+    /// Share of gRPC requests in scope answered RESOURCE_EXHAUSTED (an AppendRows call ends).
+    #[arg(long, default_value_t = 0.0)]
+    grpc_resource_exhausted_rate: f64,
+    /// Share of gRPC requests in scope carried out whose connection then closes unanswered.
+    #[arg(long, default_value_t = 0.0)]
+    grpc_drop_rate: f64,
+    /// Accept and discard insertAll bodies and AppendRows rows (count rows, answer success) for
+    /// benchmarks.
     #[arg(long)]
     null_mode: bool,
     /// Which requests faults apply to.
@@ -65,6 +81,7 @@ impl Cli {
         Config {
             host: self.host,
             port: self.port,
+            grpc_port: self.grpc_port,
             data_dir: self.data_dir,
             limits: Limits {
                 max_rows: self.max_rows_per_request,
@@ -78,6 +95,9 @@ impl Cli {
                 error_500_rate: self.error_500_rate,
                 error_503_rate: self.error_503_rate,
                 drop_rate: self.drop_rate,
+                grpc_unavailable_rate: self.grpc_unavailable_rate,
+                grpc_resource_exhausted_rate: self.grpc_resource_exhausted_rate,
+                grpc_drop_rate: self.grpc_drop_rate,
                 null_mode: self.null_mode,
                 scope: self.fault_scope,
                 schema_update_delay_ms: self.schema_update_delay_ms,

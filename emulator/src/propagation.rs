@@ -1,6 +1,7 @@
-// Owns the delay between a schema change and insertAll seeing it: which schema each table's
-// streaming path validates rows against right now. Must not touch the store or HTTP: tables.get
-// and tabledata.list always see the current schema; only insertAll asks here.
+// Owns the delay between a schema change and the streaming paths seeing it: which schema each
+// table's insertAll and Storage Write appends check rows against right now. Must not touch the
+// store, HTTP or gRPC: tables.get and tabledata.list always see the current schema; only the two
+// streaming paths ask here.
 //
 // BigQuery documents the delay ("Metadata errors for streaming inserts",
 // <https://cloud.google.com/bigquery/docs/troubleshoot-storage-api>): "modifications to the

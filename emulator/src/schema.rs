@@ -126,6 +126,8 @@ pub struct Field {
     pub ty: FieldType,
     pub mode: Mode,
     pub sub: Option<Schema>,
+    /// `maxLength` of a STRING or BYTES column (checked by Storage Write appends).
+    pub max_length: Option<u64>,
 }
 
 /// A checked schema. Column names are case-insensitive in BigQuery, so lookups go through `index`.
@@ -218,11 +220,17 @@ impl Field {
             }
             _ => None,
         };
+        // maxLength is an int64 in the REST API, so clients send it as a string or a number.
+        let max_length = f.extra.get("maxLength").and_then(|v| match v {
+            Value::String(s) => s.parse().ok(),
+            other => other.as_u64(),
+        });
         Ok(Field {
             name: f.name.clone(),
             ty,
             mode,
             sub,
+            max_length,
         })
     }
 }
@@ -675,7 +683,7 @@ fn convert_float(v: &Value) -> Option<String> {
     }
 }
 
-fn format_float(f: f64) -> String {
+pub(crate) fn format_float(f: f64) -> String {
     if f.fract() == 0.0 && f.abs() < 1e15 {
         format!("{f:.1}")
     } else {
@@ -808,13 +816,13 @@ fn parse_naive_datetime(s: &str) -> Option<NaiveDateTime> {
         .and_then(|d| d.and_hms_opt(0, 0, 0))
 }
 
-fn parse_date(s: &str) -> Option<String> {
+pub(crate) fn parse_date(s: &str) -> Option<String> {
     NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
         .ok()
         .map(|d| d.format("%Y-%m-%d").to_string())
 }
 
-fn parse_datetime(s: &str) -> Option<String> {
+pub(crate) fn parse_datetime(s: &str) -> Option<String> {
     let dt = parse_naive_datetime(&date_time_separator_to_space(s.trim()))?;
     Some(format_civil(
         dt.format("%Y-%m-%dT%H:%M:%S").to_string(),
@@ -822,7 +830,7 @@ fn parse_datetime(s: &str) -> Option<String> {
     ))
 }
 
-fn parse_time(s: &str) -> Option<String> {
+pub(crate) fn parse_time(s: &str) -> Option<String> {
     let s = s.trim();
     let t = ["%H:%M:%S%.f", "%H:%M"]
         .iter()
@@ -831,7 +839,7 @@ fn parse_time(s: &str) -> Option<String> {
 }
 
 /// Appends microseconds only when present, as tabledata.list shows civil times.
-fn format_civil(base: String, t: NaiveTime) -> String {
+pub(crate) fn format_civil(base: String, t: NaiveTime) -> String {
     use chrono::Timelike;
     let micros = t.nanosecond() / 1_000;
     if micros == 0 {

@@ -36,6 +36,11 @@ counters!(
     faults_500,
     faults_503,
     faults_dropped,
+    grpc_requests,
+    append_rows_requests,
+    faults_unavailable,
+    faults_resource_exhausted,
+    faults_grpc_dropped,
 );
 
 impl Stats {
@@ -51,7 +56,10 @@ impl Stats {
         let injected = self.faults_429.load(Ordering::Relaxed)
             + self.faults_500.load(Ordering::Relaxed)
             + self.faults_503.load(Ordering::Relaxed)
-            + self.faults_dropped.load(Ordering::Relaxed);
+            + self.faults_dropped.load(Ordering::Relaxed)
+            + self.faults_unavailable.load(Ordering::Relaxed)
+            + self.faults_resource_exhausted.load(Ordering::Relaxed)
+            + self.faults_grpc_dropped.load(Ordering::Relaxed);
         map.insert("faults_injected".to_string(), json!(injected));
         Value::Object(map)
     }

@@ -18,5 +18,9 @@ mod python_client;
 mod query_params;
 #[path = "emulator/schema_update.rs"]
 mod schema_update;
+#[path = "emulator/storage_write.rs"]
+mod storage_write;
+#[path = "emulator/storage_write_python.rs"]
+mod storage_write_python;
 #[path = "emulator/tabledata_list.rs"]
 mod tabledata_list;

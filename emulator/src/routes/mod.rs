@@ -9,7 +9,6 @@ mod table_update;
 mod tabledata;
 mod tables;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -22,25 +21,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::dedup::Dedup;
 use crate::error::ApiError;
-use crate::faults::{Fault, Faults};
-use crate::insert::Limits;
-use crate::propagation::SchemaPropagation;
+use crate::faults::Fault;
 use crate::stats::Stats;
-use crate::store::{Store, StoreError};
-
-/// Everything a handler may use.
-pub struct App {
-    pub store: Store,
-    pub faults: Faults,
-    pub stats: Stats,
-    pub dedup: Dedup,
-    pub propagation: SchemaPropagation,
-    pub limits: Limits,
-}
-
-pub type AppState = Arc<App>;
+use crate::store::StoreError;
+pub use crate::{App, AppState};
 
 /// `http://HOST/bigquery/v2` from the request's Host header: the base of the `selfLink`s the
 /// emulator answers (BigQuery's point at https://bigquery.googleapis.com/bigquery/v2).

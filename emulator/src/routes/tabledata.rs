@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::insert::{self, InsertRow, payload_too_large};
 use crate::schema::{
     FieldType, Mode, RowError, Schema, Selection, ValidateOptions, format_timestamp_iso,
-    format_timestamp_seconds, partition_id,
+    format_timestamp_seconds,
 };
 use crate::stats::Stats;
 use crate::store::{NewRow, TableInfo, table_key};
@@ -138,36 +138,6 @@ fn instance_table(
     Ok((name, info))
 }
 
-/// The partition a row lands in: the decorator, else the partitioning column's value, else the
-/// ingestion day for ingestion-time partitioned tables; `None` for unpartitioned tables.
-fn partition_for(
-    info: &TableInfo,
-    decorator: Option<&str>,
-    row: &Map<String, Value>,
-) -> Option<String> {
-    if let Some(d) = decorator {
-        return Some(d.to_string());
-    }
-    let tp = info
-        .resource
-        .get("timePartitioning")
-        .filter(|v| !v.is_null())?;
-    let unit = tp.get("type").and_then(Value::as_str).unwrap_or("DAY");
-    match tp.get("field").and_then(Value::as_str) {
-        Some(field) => {
-            let f = info.schema.lookup(field)?;
-            match row.get(&f.name).and_then(Value::as_str) {
-                Some(v) => partition_id(f.ty, v, unit),
-                None => Some("__NULL__".to_string()),
-            }
-        }
-        None => {
-            let micros = chrono::Utc::now().timestamp_micros().to_string();
-            partition_id(FieldType::Timestamp, &micros, unit)
-        }
-    }
-}
-
 fn store_rows(
     a: &App,
     key: &str,
@@ -192,7 +162,7 @@ fn store_rows(
             claimed.push(id);
         }
         new_rows.push(NewRow {
-            partition: partition_for(info, decorator, row),
+            partition: info.partition_for(decorator, row),
             row: row.clone(),
         });
     }

@@ -8,11 +8,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod write;
+
 pub const PROJECT: &str = "proj";
 
 pub struct Emulator {
     child: Child,
     pub port: u16,
+    /// The Storage Write (gRPC) port, when started with `--grpc-port`.
+    pub grpc_port: Option<u16>,
     pub startup: Duration,
     http: reqwest::blocking::Client,
 }
@@ -34,17 +38,12 @@ impl Emulator {
         }
         let mut child = cmd.spawn().expect("start bigquery-emulator");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
+        let mut stdout = BufReader::new(stdout);
+        let port = read_port(&mut stdout, "listening on ");
+        let grpc_port = args
+            .contains(&"--grpc-port")
+            .then(|| read_port(&mut stdout, "grpc listening on "));
         let startup = started.elapsed();
-        let port = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|addr| addr.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -52,9 +51,25 @@ impl Emulator {
         Self {
             child,
             port,
+            grpc_port,
             startup,
             http,
         }
+    }
+
+    /// Started with the Storage Write API on a free port as well.
+    pub fn start_grpc(args: &[&str]) -> Self {
+        let mut all = vec!["--grpc-port", "0"];
+        all.extend_from_slice(args);
+        Self::start(&all)
+    }
+
+    /// `http://127.0.0.1:{grpc_port}`
+    pub fn grpc_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.grpc_port.expect("started with --grpc-port")
+        )
     }
 
     /// Stops the process and returns what it wrote on stderr.
@@ -213,6 +228,17 @@ impl Emulator {
     pub fn stats(&self) -> Value {
         self.get(&self.url("/_emulator/stats")).1
     }
+}
+
+/// Reads one `{prefix}HOST:PORT` line.
+fn read_port(stdout: &mut impl BufRead, prefix: &str) -> u16 {
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read listening line");
+    line.trim()
+        .strip_prefix(prefix)
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
 }
 
 impl Drop for Emulator {

@@ -1,5 +1,6 @@
-// Owns durable state: datasets, tables (resource, schema, counters) and rows, in one redb file
-// (or redb's in-memory backend). Must not know HTTP or BigQuery's wire shapes beyond stored JSON.
+// Owns durable state: datasets, tables (resource, schema, counters), rows, and Storage Write
+// streams with their not-yet-visible rows (`streams`), in one redb file (or redb's in-memory
+// backend). Must not know HTTP, gRPC or BigQuery's wire shapes beyond stored JSON.
 //
 // Why redb: it is pure Rust (no C toolchain, no system library), ACID with copy-on-write B-trees
 // so a killed emulator reopens in a consistent state, keeps one file per data dir, and offers an
@@ -15,11 +16,20 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::schema::{FieldJson, Schema};
+use crate::schema::{FieldJson, FieldType, Schema, partition_id};
+
+mod streams;
+
+pub use streams::{StreamError, StreamKind, StreamRecord, StreamTarget};
 
 const DATASETS: TableDefinition<&str, &[u8]> = TableDefinition::new("datasets");
 const TABLES: TableDefinition<&str, &[u8]> = TableDefinition::new("tables");
 const ROWS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("rows");
+/// Storage Write streams created by CreateWriteStream, by stream name.
+const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
+/// Rows appended to PENDING and BUFFERED streams, by (stream name, offset), until they are
+/// committed or flushed into `ROWS`.
+const STREAM_ROWS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("stream_rows");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -83,6 +93,36 @@ impl TableInfo {
         })
     }
 
+    /// The partition a row lands in: the decorator, else the partitioning column's value, else
+    /// the ingestion day for ingestion-time partitioned tables; `None` for unpartitioned tables.
+    pub fn partition_for(
+        &self,
+        decorator: Option<&str>,
+        row: &Map<String, Value>,
+    ) -> Option<String> {
+        if let Some(d) = decorator {
+            return Some(d.to_string());
+        }
+        let tp = self
+            .resource
+            .get("timePartitioning")
+            .filter(|v| !v.is_null())?;
+        let unit = tp.get("type").and_then(Value::as_str).unwrap_or("DAY");
+        match tp.get("field").and_then(Value::as_str) {
+            Some(field) => {
+                let f = self.schema.lookup(field)?;
+                match row.get(&f.name).and_then(Value::as_str) {
+                    Some(v) => partition_id(f.ty, v, unit),
+                    None => Some("__NULL__".to_string()),
+                }
+            }
+            None => {
+                let micros = chrono::Utc::now().timestamp_micros().to_string();
+                partition_id(FieldType::Timestamp, &micros, unit)
+            }
+        }
+    }
+
     fn record(&self) -> TableRecord {
         TableRecord {
             resource: self.resource.clone(),
@@ -129,6 +169,7 @@ pub struct Page {
 struct Catalog {
     datasets: BTreeMap<String, Value>,
     tables: BTreeMap<String, TableInfo>,
+    streams: BTreeMap<String, StreamRecord>,
 }
 
 pub struct Store {
@@ -164,6 +205,8 @@ impl Store {
         txn.open_table(DATASETS).map_err(backend)?;
         txn.open_table(TABLES).map_err(backend)?;
         txn.open_table(ROWS).map_err(backend)?;
+        txn.open_table(STREAMS).map_err(backend)?;
+        txn.open_table(STREAM_ROWS).map_err(backend)?;
         txn.commit().map_err(backend)?;
 
         let read = self.db.begin_read().map_err(backend)?;
@@ -188,6 +231,16 @@ impl Store {
             let rec = decode::<TableRecord>(k.value(), v.value())?;
             let info = TableInfo::from_record(k.value(), rec)?;
             catalog.tables.insert(k.value().to_string(), info);
+        }
+        for item in read
+            .open_table(STREAMS)
+            .map_err(backend)?
+            .iter()
+            .map_err(backend)?
+        {
+            let (k, v) = item.map_err(backend)?;
+            let record = decode::<StreamRecord>(k.value(), v.value())?;
+            catalog.streams.insert(k.value().to_string(), record);
         }
         *self.catalog_mut() = catalog;
         Ok(())
@@ -316,11 +369,13 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes a table with its rows and its write streams (BigQuery's streams die with it).
     pub fn delete_table(&self, key: &str) -> Result<bool, StoreError> {
         let _w = self.writer();
         if !self.catalog().tables.contains_key(key) {
             return Ok(false);
         }
+        let streams = self.streams_of(key);
         let txn = self.db.begin_write().map_err(backend)?;
         txn.open_table(TABLES)
             .map_err(backend)?
@@ -330,8 +385,22 @@ impl Store {
             .map_err(backend)?
             .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
             .map_err(backend)?;
+        {
+            let mut records = txn.open_table(STREAMS).map_err(backend)?;
+            let mut pending = txn.open_table(STREAM_ROWS).map_err(backend)?;
+            for name in &streams {
+                records.remove(name.as_str()).map_err(backend)?;
+                pending
+                    .retain_in((name.as_str(), 0)..=(name.as_str(), u64::MAX), |_, _| false)
+                    .map_err(backend)?;
+            }
+        }
         txn.commit().map_err(backend)?;
-        self.catalog_mut().tables.remove(key);
+        let mut catalog = self.catalog_mut();
+        catalog.tables.remove(key);
+        for name in &streams {
+            catalog.streams.remove(name);
+        }
         Ok(true)
     }
 
@@ -345,37 +414,10 @@ impl Store {
             .table(key)
             .ok_or_else(|| StoreError::NoTable(key.to_string()))?;
         let txn = self.db.begin_write().map_err(backend)?;
-        {
-            let mut table = txn.open_table(ROWS).map_err(backend)?;
-            for (seq, new) in (info.rows..).zip(rows) {
-                let stored = StoredRow {
-                    partition: new.partition,
-                    row: new.row,
-                };
-                let bytes = encode(&stored)?;
-                table
-                    .insert((key, seq), bytes.as_slice())
-                    .map_err(backend)?;
-                info.rows += 1;
-                info.bytes += bytes.len() as u64;
-                if let Some(p) = stored.partition {
-                    *info.partitions.entry(p).or_default() += 1;
-                }
-            }
-        }
-        info.oldest_entry_ms.get_or_insert(now_ms);
-        let meta = encode(&info.record())?;
-        txn.open_table(TABLES)
-            .map_err(backend)?
-            .insert(key, meta.as_slice())
-            .map_err(backend)?;
+        let written = write_rows(&txn, key, &mut info, rows.into_iter().map(stored), now_ms)?;
         txn.commit().map_err(backend)?;
-        let before = self
-            .catalog_mut()
-            .tables
-            .insert(key.to_string(), info.clone())
-            .map_or(0, |old| old.rows);
-        Ok(info.rows - before)
+        self.catalog_mut().tables.insert(key.to_string(), info);
+        Ok(written)
     }
 
     /// Reads up to `max` rows from index `start`, optionally only those of one partition
@@ -442,6 +484,48 @@ impl Store {
             next_index: None,
         })
     }
+}
+
+fn stored(new: NewRow) -> StoredRow {
+    StoredRow {
+        partition: new.partition,
+        row: new.row,
+    }
+}
+
+/// Writes rows at the end of a table inside `txn` and updates its counters and stored record;
+/// the caller commits and then puts `info` in the catalog (under the writer lock).
+fn write_rows(
+    txn: &redb::WriteTransaction,
+    key: &str,
+    info: &mut TableInfo,
+    rows: impl IntoIterator<Item = StoredRow>,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let before = info.rows;
+    {
+        let mut table = txn.open_table(ROWS).map_err(backend)?;
+        for row in rows {
+            let bytes = encode(&row)?;
+            table
+                .insert((key, info.rows), bytes.as_slice())
+                .map_err(backend)?;
+            info.rows += 1;
+            info.bytes += bytes.len() as u64;
+            if let Some(p) = row.partition {
+                *info.partitions.entry(p).or_default() += 1;
+            }
+        }
+    }
+    if info.rows > before {
+        info.oldest_entry_ms.get_or_insert(now_ms);
+    }
+    let meta = encode(&info.record())?;
+    txn.open_table(TABLES)
+        .map_err(backend)?
+        .insert(key, meta.as_slice())
+        .map_err(backend)?;
+    Ok(info.rows - before)
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
