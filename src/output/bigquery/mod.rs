@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod client;
+pub mod convert;
 pub mod gzip;
 pub mod request;
 pub mod rows;
