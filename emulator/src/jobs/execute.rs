@@ -66,12 +66,7 @@ pub fn complete(env: &Env<'_>, key: &str, now_ms: i64) -> Result<Option<Outcome>
                     Ok(Some((value_of(&record)?, None)))
                 }
                 Ok((write, stats, errors)) => {
-                    record.state = JobState::Done;
-                    record.start_ms.get_or_insert(now_ms);
-                    record.end_ms = Some(now_ms);
-                    record.load = Some(stats);
-                    record.errors = errors;
-                    record.touch(now_ms);
+                    record.succeed(stats, errors, now_ms);
                     outcome = Some(Outcome::Loaded {
                         rows: stats.output_rows,
                         bad_records: stats.bad_records,

@@ -90,10 +90,20 @@ impl JobRecord {
 
     /// Marks the job done with an error (nothing loaded).
     pub fn fail(&mut self, error_result: ErrorProto, errors: Vec<ErrorProto>, now_ms: i64) {
+        self.error_result = Some(error_result);
+        self.finish(errors, now_ms);
+    }
+
+    /// Marks the job done after it loaded, with the errors of the rows it skipped.
+    pub fn succeed(&mut self, stats: LoadStats, errors: Vec<ErrorProto>, now_ms: i64) {
+        self.load = Some(stats);
+        self.finish(errors, now_ms);
+    }
+
+    fn finish(&mut self, errors: Vec<ErrorProto>, now_ms: i64) {
         self.state = JobState::Done;
         self.start_ms.get_or_insert(now_ms);
         self.end_ms = Some(now_ms);
-        self.error_result = Some(error_result);
         self.errors = errors;
         self.touch(now_ms);
     }
