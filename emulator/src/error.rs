@@ -1,9 +1,41 @@
-// Owns Google's request-level error body (`{"error":{code,message,errors,status}}`) and its HTTP mapping.
-// Must not decide *when* an error happens; callers pick the constructor, this only shapes the answer.
+// Owns Google's error shapes: the request-level body (`{"error":{code,message,errors,status}}`)
+// with its HTTP mapping, and a job's `ErrorProto`. Must not decide *when* an error happens;
+// callers pick the constructor, this only shapes the answer.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+/// One entry of a job's `status.errorResult` / `status.errors`
+/// (<https://cloud.google.com/bigquery/docs/reference/rest/v2/ErrorProto>): `reason`, an optional
+/// `location` (the file or config path the error is about), `message`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorProto {
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    pub message: String,
+}
+
+impl ErrorProto {
+    pub fn new(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            reason: reason.to_string(),
+            location: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new("invalid", message)
+    }
+
+    pub fn at(mut self, location: impl Into<String>) -> Self {
+        self.location = Some(location.into());
+        self
+    }
+}
 
 /// A request-level failure, answered with the JSON body Google APIs use:
 /// <https://cloud.google.com/bigquery/docs/error-messages> (reason column = `errors[].reason`).

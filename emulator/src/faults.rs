@@ -1,6 +1,6 @@
-// Owns fault injection: the settings (CLI or `POST /_emulator/faults`) and the per-request draw,
-// for REST requests and gRPC calls alike. Must not build answers itself; it returns a `Fault` or a
-// `GrpcFault` and the server layers act on it.
+// Owns fault injection: the settings (CLI or `POST /_emulator/faults`), the per-request draw for
+// REST requests and gRPC calls alike, and the per-job draw. Must not build answers itself; it
+// returns a `Fault` or a `GrpcFault` and the server layers act on it.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,8 +15,32 @@ pub enum FaultScope {
     /// requests and each request message of a Storage Write `AppendRows` call.
     #[default]
     InsertAll,
-    /// Every request under `/bigquery/v2` and every Storage Write RPC.
+    /// Only uploads (`/upload/bigquery/v2/.../jobs`: multipart, resumable sessions and chunks).
+    Upload,
+    /// Uploads and every jobs request (jobs.insert, get, list, cancel).
+    Jobs,
+    /// Every request under `/bigquery/v2` and `/upload/bigquery/v2`, and every Storage Write RPC.
     All,
+}
+
+/// What a request is, for `FaultScope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    InsertAll,
+    Upload,
+    Jobs,
+    Other,
+}
+
+impl FaultScope {
+    fn covers(self, kind: RequestKind) -> bool {
+        match self {
+            Self::All => true,
+            Self::InsertAll => kind == RequestKind::InsertAll,
+            Self::Upload => kind == RequestKind::Upload,
+            Self::Jobs => matches!(kind, RequestKind::Upload | RequestKind::Jobs),
+        }
+    }
 }
 
 /// Fault settings. Rates are shares in [0, 1]. They are applied deterministically (an
@@ -38,12 +62,21 @@ pub struct FaultConfig {
     pub grpc_resource_exhausted_rate: f64,
     /// gRPC requests carried out whose answer is lost: the connection is closed instead.
     pub grpc_drop_rate: f64,
+    /// Requests carried out whose answer is lost: the connection is closed instead (a job is
+    /// created, rows are inserted, and the client cannot know).
+    pub drop_response_rate: f64,
+    /// Load jobs that finish with a backendError (retryable) instead of loading. Not subject to
+    /// `scope`: it applies to jobs, not requests.
+    pub job_failure_rate: f64,
     pub null_mode: bool,
     pub scope: FaultScope,
     /// How long after a schema change insertAll still validates rows against the previous
     /// schema (see `propagation`). Not a fault of a request, so `scope` does not apply; left out
     /// of a `POST /_emulator/faults` body it is 0, so tests see schema changes at once.
     pub schema_update_delay_ms: u64,
+    /// How long a new job takes: PENDING for the first half, RUNNING for the second, then DONE.
+    /// Like `schema_update_delay_ms`, left out of a `POST /_emulator/faults` body it is 0.
+    pub job_delay_ms: u64,
 }
 
 impl FaultConfig {
@@ -59,6 +92,8 @@ impl FaultConfig {
                 self.grpc_resource_exhausted_rate,
             ),
             ("grpc_drop_rate", self.grpc_drop_rate),
+            ("drop_response_rate", self.drop_response_rate),
+            ("job_failure_rate", self.job_failure_rate),
         ];
         for (name, r) in rates {
             if !(0.0..=1.0).contains(&r) {
@@ -72,7 +107,10 @@ impl FaultConfig {
 /// What to do to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// Close the connection without carrying the request out.
     Drop,
+    /// Carry the request out, then close the connection without answering.
+    DropResponse,
     Status(u16),
 }
 
@@ -88,12 +126,14 @@ pub enum GrpcFault {
 #[derive(Default)]
 struct Accumulators {
     drop: f64,
+    drop_response: f64,
     e429: f64,
     e500: f64,
     e503: f64,
     grpc_drop: f64,
     grpc_unavailable: f64,
     grpc_exhausted: f64,
+    job_failure: f64,
 }
 
 // Small epsilon so that e.g. 0.1 summed ten times fires on the tenth request.
@@ -145,16 +185,26 @@ impl Faults {
         Duration::from_millis(self.lock().0.schema_update_delay_ms)
     }
 
-    /// Latency to add and the fault (if any) for a request; `is_insert_all` decides scope.
-    pub fn draw(&self, is_insert_all: bool) -> (Option<Duration>, Option<Fault>) {
+    pub fn job_delay(&self) -> Duration {
+        Duration::from_millis(self.lock().0.job_delay_ms)
+    }
+
+    /// Latency to add and the fault (if any) for a request of `kind`; `scope` decides whether it
+    /// is subject to faults at all.
+    pub fn draw(&self, kind: RequestKind) -> (Option<Duration>, Option<Fault>) {
         let mut guard = self.lock();
         let (config, acc) = &mut *guard;
-        if config.scope == FaultScope::InsertAll && !is_insert_all {
+        if !config.scope.covers(kind) {
             return (None, None);
         }
         let latency = (config.latency_ms > 0).then(|| Duration::from_millis(config.latency_ms));
         let fault = fire([
             (&mut acc.drop, config.drop_rate, Fault::Drop),
+            (
+                &mut acc.drop_response,
+                config.drop_response_rate,
+                Fault::DropResponse,
+            ),
             (&mut acc.e429, config.error_429_rate, Fault::Status(429)),
             (&mut acc.e500, config.error_500_rate, Fault::Status(500)),
             (&mut acc.e503, config.error_503_rate, Fault::Status(503)),
@@ -167,7 +217,12 @@ impl Faults {
     pub fn draw_grpc(&self, is_append: bool) -> (Option<Duration>, Option<GrpcFault>) {
         let mut guard = self.lock();
         let (config, acc) = &mut *guard;
-        if config.scope == FaultScope::InsertAll && !is_append {
+        let covered = match config.scope {
+            FaultScope::All => true,
+            FaultScope::InsertAll => is_append,
+            FaultScope::Upload | FaultScope::Jobs => false,
+        };
+        if !covered {
             return (None, None);
         }
         let latency = (config.latency_ms > 0).then(|| Duration::from_millis(config.latency_ms));
@@ -186,6 +241,13 @@ impl Faults {
         ]);
         (latency, fault)
     }
+
+    /// Whether the next load job fails with a backendError (`job_failure_rate`).
+    pub fn draw_job_failure(&self) -> bool {
+        let mut guard = self.lock();
+        let (config, acc) = &mut *guard;
+        fire([(&mut acc.job_failure, config.job_failure_rate, ())]).is_some()
+    }
 }
 
 #[cfg(test)]
@@ -198,7 +260,9 @@ mod tests {
             error_503_rate: 0.25,
             ..FaultConfig::default()
         });
-        let fired: Vec<bool> = (0..8).map(|_| faults.draw(true).1.is_some()).collect();
+        let fired: Vec<bool> = (0..8)
+            .map(|_| faults.draw(RequestKind::InsertAll).1.is_some())
+            .collect();
         assert_eq!(
             fired,
             [false, false, false, true, false, false, false, true]
@@ -212,9 +276,12 @@ mod tests {
             grpc_unavailable_rate: 0.5,
             ..FaultConfig::default()
         });
-        assert_eq!(faults.draw(true).1, None);
+        assert_eq!(faults.draw(RequestKind::InsertAll).1, None);
         assert_eq!(faults.draw_grpc(true).1, None);
-        assert_eq!(faults.draw(true).1, Some(Fault::Status(503)));
+        assert_eq!(
+            faults.draw(RequestKind::InsertAll).1,
+            Some(Fault::Status(503))
+        );
         assert_eq!(faults.draw_grpc(true).1, Some(GrpcFault::Unavailable));
         assert_eq!(
             faults.draw_grpc(false).1,
@@ -229,7 +296,42 @@ mod tests {
             error_500_rate: 1.0,
             ..FaultConfig::default()
         });
-        assert_eq!(faults.draw(false).1, None);
-        assert_eq!(faults.draw(true).1, Some(Fault::Status(500)));
+        assert_eq!(faults.draw(RequestKind::Other).1, None);
+        assert_eq!(faults.draw(RequestKind::Upload).1, None);
+        assert_eq!(
+            faults.draw(RequestKind::InsertAll).1,
+            Some(Fault::Status(500))
+        );
+    }
+
+    #[test]
+    fn job_scopes_cover_uploads_and_jobs_requests() {
+        let faults = Faults::new(FaultConfig {
+            drop_response_rate: 1.0,
+            scope: FaultScope::Upload,
+            ..FaultConfig::default()
+        });
+        assert_eq!(faults.draw(RequestKind::Jobs).1, None);
+        assert_eq!(
+            faults.draw(RequestKind::Upload).1,
+            Some(Fault::DropResponse)
+        );
+        faults.set(FaultConfig {
+            error_503_rate: 1.0,
+            scope: FaultScope::Jobs,
+            ..FaultConfig::default()
+        });
+        assert_eq!(faults.draw(RequestKind::InsertAll).1, None);
+        assert_eq!(faults.draw(RequestKind::Jobs).1, Some(Fault::Status(503)));
+    }
+
+    #[test]
+    fn job_failures_keep_their_own_rhythm() {
+        let faults = Faults::new(FaultConfig {
+            job_failure_rate: 0.5,
+            ..FaultConfig::default()
+        });
+        let failed: Vec<bool> = (0..4).map(|_| faults.draw_job_failure()).collect();
+        assert_eq!(failed, [false, true, false, true]);
     }
 }

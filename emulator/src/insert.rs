@@ -8,7 +8,7 @@ use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
-use crate::schema::{RowError, Schema, ValidateOptions, validate_row};
+use crate::schema::{Problem, RowError, Schema, ValidateOptions, validate_row};
 
 /// insertAll limits (<https://cloud.google.com/bigquery/quotas#streaming_inserts>): defaults are
 /// BigQuery's, overridable by flags so tests can use small numbers.
@@ -155,6 +155,7 @@ pub fn check_rows(
                         "Maximum allowed row size exceeded. Allowed: {} Row size: {size}",
                         limits.max_row_bytes
                     ),
+                    problem: Problem::Shape,
                 }]);
             }
             validate_row(schema, &row.json, opts)
@@ -183,6 +184,7 @@ pub fn response(
                 &RowError {
                     location: String::new(),
                     message: String::new(),
+                    problem: Problem::Shape,
                 },
             )],
             Ok(_) => continue,

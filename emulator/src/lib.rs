@@ -1,17 +1,19 @@
 //! `bigquery-emulator`: a local stand-in for the part of BigQuery's REST API that bqforward uses
-//! (datasets, tables, `tabledata.insertAll`, `tabledata.list`) and for the Storage Write API
-//! (`BigQueryWrite` over gRPC, with `--grpc-port`), with fault injection and counters for tests.
-//! See `emulator/README.md` for flags and admin paths.
+//! (datasets, tables, `tabledata.insertAll`, `tabledata.list`, load jobs with their uploads and
+//! jobs.get/list/cancel) and for the Storage Write API (`BigQueryWrite` over gRPC, with
+//! `--grpc-port`), with fault injection and counters for tests. See `emulator/README.md` for
+//! flags and admin paths.
 //!
 //! Storage: rows and metadata live in one [redb](https://docs.rs/redb) file under `--data-dir`
 //! (pure Rust, ACID, crash-safe copy-on-write B-trees, one fsync per insertAll request or append),
 //! or in redb's in-memory backend when no data dir is given, so both modes run the same code.
 //!
 //! Layout (data flows one way): `server` (sockets) → `routes` (HTTP, faults layer) →
-//! `insert` / `schema` (pure validation) → `dedup` → `store` (redb); and `grpc` (sockets, RPCs,
-//! AppendRows) → `proto_rows` (pure row decoding) → `store`. `stats`, `faults` and
-//! `propagation` (when insertAll sees a schema change) are read by both sides and depend on
-//! nothing but `schema`.
+//! `insert` / `schema` (pure validation) → `dedup` → `store` (redb); for load jobs, `routes` →
+//! `uploads` (resumable sessions) → `jobs` (states, dispositions) → `load` (pure: data, schema,
+//! bad records) → `store`; and `grpc` (sockets, RPCs, AppendRows) → `proto_rows` (pure row
+//! decoding) → `store`. `stats`, `faults` and `propagation` (when insertAll sees a schema
+//! change) are read by both sides and depend on nothing but `schema`.
 
 // Wires the stages together; the only module that knows them all. Must not hold request logic.
 
@@ -20,6 +22,8 @@ mod error;
 mod faults;
 mod grpc;
 mod insert;
+mod jobs;
+mod load;
 mod propagation;
 mod proto_rows;
 mod routes;
@@ -27,6 +31,8 @@ mod schema;
 mod server;
 mod stats;
 mod store;
+mod table;
+mod uploads;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -38,6 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use faults::{FaultConfig, FaultScope};
 pub use insert::Limits;
+pub use jobs::DEFAULT_LOAD_JOBS_PER_TABLE_PER_DAY;
+pub use load::LoadLimits;
 pub use propagation::DEFAULT_DELAY as DEFAULT_SCHEMA_UPDATE_DELAY;
 
 /// Everything a REST handler or a gRPC service may use.
@@ -48,6 +56,10 @@ pub struct App {
     pub dedup: dedup::Dedup,
     pub propagation: propagation::SchemaPropagation,
     pub limits: Limits,
+    pub load_limits: LoadLimits,
+    /// Load jobs per table per day before `quotaExceeded`.
+    pub load_jobs_per_table_per_day: u64,
+    pub uploads: uploads::Sessions,
 }
 
 pub type AppState = Arc<App>;
@@ -61,6 +73,8 @@ pub struct Config {
     pub grpc_port: Option<u16>,
     pub data_dir: Option<PathBuf>,
     pub limits: Limits,
+    pub load_limits: LoadLimits,
+    pub load_jobs_per_table_per_day: u64,
     pub dedup_window: Duration,
     pub faults: FaultConfig,
 }
@@ -93,7 +107,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         dedup: dedup::Dedup::new(config.dedup_window),
         propagation: propagation::SchemaPropagation::default(),
         limits: config.limits,
+        load_limits: config.load_limits,
+        load_jobs_per_table_per_day: config.load_jobs_per_table_per_day,
+        uploads: uploads::Sessions::default(),
     });
+    // Jobs a previous run left PENDING or RUNNING carry on from where they were.
+    routes::resume_jobs(&app);
     let (listener, local) = bind(&config.host, config.port).await?;
     let grpc = match config.grpc_port {
         Some(port) => Some(bind(&config.host, port).await?),

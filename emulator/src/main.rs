@@ -5,11 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bigquery_emulator::{Config, DEFAULT_SCHEMA_UPDATE_DELAY, FaultConfig, FaultScope, Limits};
+use bigquery_emulator::{
+    Config, DEFAULT_LOAD_JOBS_PER_TABLE_PER_DAY, DEFAULT_SCHEMA_UPDATE_DELAY, FaultConfig,
+    FaultScope, Limits, LoadLimits,
+};
 use clap::Parser;
 
-/// A local stand-in for BigQuery's REST API (datasets, tables, insertAll, tabledata.list) and its
-/// Storage Write API (gRPC).
+/// A local stand-in for BigQuery's REST API (datasets, tables, insertAll, tabledata.list, load
+/// jobs) and its Storage Write API (gRPC).
 #[derive(Debug, Parser)]
 #[command(name = "bigquery-emulator", version)]
 struct Cli {
@@ -54,6 +57,12 @@ struct Cli {
     /// Share of requests in scope whose connection is closed without an answer.
     #[arg(long, default_value_t = 0.0)]
     drop_rate: f64,
+    /// Share of requests in scope carried out whose answer is lost (the connection closes).
+    #[arg(long, default_value_t = 0.0)]
+    drop_response_rate: f64,
+    /// Share of load jobs that finish with a backendError instead of loading.
+    #[arg(long, default_value_t = 0.0)]
+    job_failure_rate: f64,
     /// Share of gRPC requests in scope answered UNAVAILABLE (an AppendRows call ends).
     #[arg(long, default_value_t = 0.0)]
     grpc_unavailable_rate: f64,
@@ -74,6 +83,19 @@ struct Cli {
     /// previous schema (BigQuery: "metadata changes are propagated within minutes").
     #[arg(long, default_value_t = DEFAULT_SCHEMA_UPDATE_DELAY.as_millis() as u64)]
     schema_update_delay_ms: u64,
+    /// Milliseconds a job takes: PENDING for the first half, RUNNING for the second, then DONE
+    /// (0: done before jobs.insert answers).
+    #[arg(long, default_value_t = 500)]
+    job_delay_ms: u64,
+    /// Largest load job upload, and largest uncompressed load data, in bytes.
+    #[arg(long, default_value_t = LoadLimits::default().max_bytes)]
+    max_load_bytes: usize,
+    /// Largest row of load data in bytes (BigQuery: 100 MB).
+    #[arg(long, default_value_t = LoadLimits::default().max_row_bytes)]
+    max_load_row_bytes: usize,
+    /// Load jobs per table per day before they fail with quotaExceeded (BigQuery: 1,500).
+    #[arg(long, default_value_t = DEFAULT_LOAD_JOBS_PER_TABLE_PER_DAY)]
+    max_load_jobs_per_table_per_day: u64,
 }
 
 impl Cli {
@@ -88,6 +110,11 @@ impl Cli {
                 max_request_bytes: self.max_request_bytes,
                 max_row_bytes: self.max_row_bytes,
             },
+            load_limits: LoadLimits {
+                max_bytes: self.max_load_bytes,
+                max_row_bytes: self.max_load_row_bytes,
+            },
+            load_jobs_per_table_per_day: self.max_load_jobs_per_table_per_day,
             dedup_window: Duration::from_secs(self.dedup_window_secs),
             faults: FaultConfig {
                 latency_ms: self.latency_ms,
@@ -98,9 +125,12 @@ impl Cli {
                 grpc_unavailable_rate: self.grpc_unavailable_rate,
                 grpc_resource_exhausted_rate: self.grpc_resource_exhausted_rate,
                 grpc_drop_rate: self.grpc_drop_rate,
+                drop_response_rate: self.drop_response_rate,
+                job_failure_rate: self.job_failure_rate,
                 null_mode: self.null_mode,
                 scope: self.fault_scope,
                 schema_update_delay_ms: self.schema_update_delay_ms,
+                job_delay_ms: self.job_delay_ms,
             },
         }
     }

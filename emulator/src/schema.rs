@@ -62,7 +62,7 @@ impl FieldType {
     }
 
     /// The name BigQuery uses in conversion error messages.
-    fn error_name(self) -> &'static str {
+    pub fn error_name(self) -> &'static str {
         match self {
             Self::Integer => "integer",
             Self::Float => "floating point",
@@ -78,6 +78,26 @@ impl FieldType {
             Self::Json => "json",
             Self::Geography => "geography",
             Self::Record => "record",
+        }
+    }
+
+    /// The GoogleSQL name (`column_type` in load errors).
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            Self::Integer => "INT64",
+            Self::Float => "FLOAT64",
+            Self::Numeric => "NUMERIC",
+            Self::BigNumeric => "BIGNUMERIC",
+            Self::Boolean => "BOOL",
+            Self::String => "STRING",
+            Self::Bytes => "BYTES",
+            Self::Timestamp => "TIMESTAMP",
+            Self::Date => "DATE",
+            Self::Datetime => "DATETIME",
+            Self::Time => "TIME",
+            Self::Json => "JSON",
+            Self::Geography => "GEOGRAPHY",
+            Self::Record => "STRUCT",
         }
     }
 
@@ -290,6 +310,49 @@ fn check_additive_at(
     Ok(())
 }
 
+/// Checks a load job's schema against the table's for WRITE_APPEND, as BigQuery does: the rules
+/// of `check_additive`, and additions or relaxations only when the job allows them
+/// (`schemaUpdateOptions` ALLOW_FIELD_ADDITION / ALLOW_FIELD_RELAXATION). Messages as BigQuery's
+/// ("Provided Schema does not match Table p:d.t. Cannot add fields (field: x)").
+pub fn check_load_schema(
+    old: &Schema,
+    new: &Schema,
+    table: &str,
+    allow_addition: bool,
+    allow_relaxation: bool,
+) -> Result<(), SchemaError> {
+    fn walk(
+        old: &Schema,
+        new: &Schema,
+        table: &str,
+        prefix: &str,
+        allow: (bool, bool),
+    ) -> Result<(), SchemaError> {
+        for n in &new.fields {
+            let path = format!("{prefix}{}", n.name);
+            let Some(o) = old.lookup(&n.name) else {
+                if allow.0 {
+                    continue;
+                }
+                return Err(SchemaError(format!(
+                    "Provided Schema does not match Table {table}. Cannot add fields (field: {path})"
+                )));
+            };
+            if o.mode == Mode::Required && n.mode == Mode::Nullable && !allow.1 {
+                return Err(SchemaError(format!(
+                    "Provided Schema does not match Table {table}. Field {path} has changed mode from REQUIRED to NULLABLE"
+                )));
+            }
+            if let (Some(os), Some(ns)) = (&o.sub, &n.sub) {
+                walk(os, ns, table, &format!("{path}."), allow)?;
+            }
+        }
+        Ok(())
+    }
+    check_additive(old, new, table)?;
+    walk(old, new, table, "", (allow_addition, allow_relaxation))
+}
+
 /// BigQuery's per-table schema limits (<https://cloud.google.com/bigquery/quotas#table_limits>:
 /// 10,000 columns; <https://cloud.google.com/bigquery/docs/nested-repeated#limitations>: 15
 /// levels of nested RECORDs).
@@ -437,6 +500,22 @@ impl Selection {
 pub struct RowError {
     pub location: String,
     pub message: String,
+    /// What is wrong, for callers that word errors their own way (load jobs).
+    pub problem: Problem,
+}
+
+/// The kind of a row error, with what a caller needs to word it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// A member that names no column.
+    UnknownField,
+    /// A REQUIRED column without a value.
+    MissingRequired,
+    /// A scalar that does not convert to the column's type.
+    BadValue { ty: FieldType, value: Value },
+    /// Anything else: an array or a record where it does not belong, a null in a repeated
+    /// field, a row that is not an object or is too large.
+    Shape,
 }
 
 /// How a row is checked; mirrors the insertAll request flags.
@@ -460,6 +539,7 @@ pub fn validate_row(
             errors.push(RowError {
                 location: String::new(),
                 message: "Row must be a JSON object.".to_string(),
+                problem: Problem::Shape,
             });
             Map::new()
         }
@@ -486,6 +566,7 @@ fn validate_record(
             None => errors.push(RowError {
                 location: format!("{prefix}{key}"),
                 message: format!("no such field: {key}."),
+                problem: Problem::UnknownField,
             }),
         }
     }
@@ -512,6 +593,7 @@ fn validate_field(
             errors.push(RowError {
                 location: path.to_string(),
                 message: format!("Missing required field: {}.", field.name),
+                problem: Problem::MissingRequired,
             });
             None
         }
@@ -524,6 +606,7 @@ fn validate_field(
                     errors.push(RowError {
                         location: item_path,
                         message: format!("Null value in repeated field: {}.", field.name),
+                        problem: Problem::Shape,
                     });
                 } else if let Some(v) = validate_value(field, item, &item_path, opts, errors) {
                     out.push(v);
@@ -538,6 +621,7 @@ fn validate_field(
                     "Non-array value specified for repeated field: {}.",
                     field.name
                 ),
+                problem: Problem::Shape,
             });
             None
         }
@@ -545,6 +629,7 @@ fn validate_field(
             errors.push(RowError {
                 location: path.to_string(),
                 message: format!("Array specified for non-repeated field: {}.", field.name),
+                problem: Problem::Shape,
             });
             None
         }
@@ -572,6 +657,7 @@ fn validate_value(
                 errors.push(RowError {
                     location: path.to_string(),
                     message: format!("This field: {} is not a record.", field.name),
+                    problem: Problem::Shape,
                 });
                 None
             }
@@ -583,6 +669,10 @@ fn validate_value(
             errors.push(RowError {
                 location: path.to_string(),
                 message,
+                problem: Problem::BadValue {
+                    ty: field.ty,
+                    value: v.clone(),
+                },
             });
             None
         }

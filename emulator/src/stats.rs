@@ -41,6 +41,16 @@ counters!(
     faults_unavailable,
     faults_resource_exhausted,
     faults_grpc_dropped,
+    faults_response_dropped,
+    faults_job_failures,
+    upload_requests,
+    jobs_inserted,
+    jobs_duplicate,
+    jobs_succeeded,
+    jobs_failed,
+    jobs_cancelled,
+    rows_loaded,
+    load_bad_records,
 );
 
 impl Stats {
@@ -59,7 +69,9 @@ impl Stats {
             + self.faults_dropped.load(Ordering::Relaxed)
             + self.faults_unavailable.load(Ordering::Relaxed)
             + self.faults_resource_exhausted.load(Ordering::Relaxed)
-            + self.faults_grpc_dropped.load(Ordering::Relaxed);
+            + self.faults_grpc_dropped.load(Ordering::Relaxed)
+            + self.faults_response_dropped.load(Ordering::Relaxed)
+            + self.faults_job_failures.load(Ordering::Relaxed);
         map.insert("faults_injected".to_string(), json!(injected));
         Value::Object(map)
     }

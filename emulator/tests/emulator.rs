@@ -12,6 +12,10 @@ mod datasets_tables;
 mod insert_all;
 #[path = "emulator/lifecycle.rs"]
 mod lifecycle;
+#[path = "emulator/load_jobs.rs"]
+mod load_jobs;
+#[path = "emulator/load_jobs_faults.rs"]
+mod load_jobs_faults;
 #[path = "emulator/python_client.rs"]
 mod python_client;
 #[path = "emulator/query_params.rs"]

@@ -3,11 +3,13 @@
 
 mod admin;
 mod datasets;
+mod jobs;
 mod params;
 mod shape;
 mod table_update;
 mod tabledata;
 mod tables;
+mod upload;
 
 use std::time::Instant;
 
@@ -22,10 +24,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::error::ApiError;
-use crate::faults::Fault;
+use crate::faults::{Fault, RequestKind};
 use crate::stats::Stats;
 use crate::store::StoreError;
 pub use crate::{App, AppState};
+pub use jobs::resume as resume_jobs;
 
 /// `http://HOST/bigquery/v2` from the request's Host header: the base of the `selfLink`s the
 /// emulator answers (BigQuery's point at https://bigquery.googleapis.com/bigquery/v2).
@@ -44,11 +47,19 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiBase {
     }
 }
 
+impl ApiBase {
+    /// `http://HOST`, the root the upload URLs hang from.
+    pub fn origin(&self) -> &str {
+        self.0.strip_suffix("/bigquery/v2").unwrap_or(&self.0)
+    }
+}
+
 /// Marks a response the server must not send: the connection is closed instead.
 #[derive(Clone, Copy, Debug)]
 pub struct DropConnection;
 
 const V2: &str = "/bigquery/v2/projects/{project}";
+const UPLOAD: &str = "/upload/bigquery/v2/projects/{project}/jobs";
 
 pub fn router(app: AppState) -> Router {
     let api = Router::new()
@@ -76,6 +87,10 @@ pub fn router(app: AppState) -> Router {
             &format!("{V2}/datasets/{{dataset}}/tables/{{table}}/data"),
             get(tabledata::list),
         )
+        .route(&format!("{V2}/jobs"), post(jobs::insert).get(jobs::list))
+        .route(&format!("{V2}/jobs/{{job}}"), get(jobs::get))
+        .route(&format!("{V2}/jobs/{{job}}/cancel"), post(jobs::cancel))
+        .route(UPLOAD, post(upload::start).put(upload::chunk))
         .layer(middleware::from_fn_with_state(app.clone(), faults_layer))
         .layer(middleware::from_fn(shape::shape_layer));
     Router::new()
@@ -93,11 +108,24 @@ async fn not_found(req: Request) -> ApiError {
     )
 }
 
+/// What a request is, for the fault scope: `/upload/…`, `…/projects/P/jobs…`, `…/insertAll`.
+fn request_kind(path: &str) -> RequestKind {
+    if path.starts_with("/upload/") {
+        return RequestKind::Upload;
+    }
+    if path.ends_with("/insertAll") {
+        return RequestKind::InsertAll;
+    }
+    match path.split('/').nth(5) {
+        Some("jobs") => RequestKind::Jobs,
+        _ => RequestKind::Other,
+    }
+}
+
 /// Counts BigQuery API requests and applies the configured faults before routing.
 async fn faults_layer(State(app): State<AppState>, req: Request, next: Next) -> Response {
     Stats::add(&app.stats.requests, 1);
-    let is_insert_all = req.uri().path().ends_with("/insertAll");
-    let (latency, fault) = app.faults.draw(is_insert_all);
+    let (latency, fault) = app.faults.draw(request_kind(req.uri().path()));
     if let Some(delay) = latency {
         Stats::add(&app.stats.faults_delayed, 1);
         tokio::time::sleep(delay).await;
@@ -110,6 +138,13 @@ async fn faults_layer(State(app): State<AppState>, req: Request, next: Next) -> 
             // like a server that died mid-request (not a refused connection).
             let _ = axum::body::to_bytes(req.into_body(), usize::MAX).await;
             let mut resp = Response::new(Body::empty());
+            resp.extensions_mut().insert(DropConnection);
+            resp
+        }
+        Some(Fault::DropResponse) => {
+            Stats::add(&app.stats.faults_response_dropped, 1);
+            // Carried out in full (a job is created, rows stored); only the answer is lost.
+            let mut resp = next.run(req).await;
             resp.extensions_mut().insert(DropConnection);
             resp
         }
@@ -180,4 +215,35 @@ pub fn log_request(method: &str, path: &str, status: u16, started: Instant) {
         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_sorted_into_fault_scopes_by_path() {
+        let kind = |p: &str| request_kind(p);
+        assert_eq!(
+            kind("/bigquery/v2/projects/p/datasets/d/tables/t/insertAll"),
+            RequestKind::InsertAll
+        );
+        assert_eq!(
+            kind("/upload/bigquery/v2/projects/p/jobs"),
+            RequestKind::Upload
+        );
+        assert_eq!(kind("/bigquery/v2/projects/p/jobs"), RequestKind::Jobs);
+        assert_eq!(
+            kind("/bigquery/v2/projects/p/jobs/j/cancel"),
+            RequestKind::Jobs
+        );
+        assert_eq!(
+            kind("/bigquery/v2/projects/p/datasets/jobs"),
+            RequestKind::Other
+        );
+        assert_eq!(
+            kind("/bigquery/v2/projects/jobs/datasets"),
+            RequestKind::Other
+        );
+    }
 }

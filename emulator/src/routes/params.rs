@@ -142,6 +142,43 @@ pub const TABLEDATA_LIST: Method = Method(&[
     spec("startIndex", "start_index", Kind::UInt64),
 ]);
 
+const PROJECTION: Spec = spec(
+    "projection",
+    "projection",
+    Kind::Enum(
+        "google.cloud.bigquery.v2.ListJobsRequest.Projection",
+        &["full", "minimal", "FULL", "MINIMAL"],
+    ),
+);
+
+pub const JOBS_INSERT: Method = Method(&[]);
+/// google-cloud-bigquery sends `projection=full` with jobs.get and jobs.cancel
+/// (`Client.get_job`, `Client.cancel_job`), which the discovery document lists for jobs.list
+/// only; BigQuery accepts it, so the emulator does.
+pub const JOBS_GET: Method = Method(&[spec("location", "location", Kind::Text), PROJECTION]);
+pub const JOBS_CANCEL: Method = Method(&[spec("location", "location", Kind::Text), PROJECTION]);
+/// The discovery document spells the enums in lower case; the proto names are accepted too.
+pub const JOBS_LIST: Method = Method(&[
+    spec("allUsers", "all_users", Kind::Bool),
+    spec("maxCreationTime", "max_creation_time", Kind::UInt64),
+    spec("maxResults", "max_results", Kind::UInt32),
+    spec("minCreationTime", "min_creation_time", Kind::UInt64),
+    spec("pageToken", "page_token", Kind::Text),
+    spec("parentJobId", "parent_job_id", Kind::Text),
+    PROJECTION,
+    spec(
+        "stateFilter",
+        "state_filter",
+        Kind::Enum(
+            "google.cloud.bigquery.v2.ListJobsRequest.StateFilter",
+            &["done", "pending", "running", "DONE", "PENDING", "RUNNING"],
+        ),
+    ),
+]);
+/// The upload endpoint: `uploadType` is a system parameter; `upload_id` names a resumable
+/// session in the session URI the emulator hands out.
+pub const UPLOAD: Method = Method(&[spec("upload_id", "upload_id", Kind::Text)]);
+
 /// A parsed value.
 #[derive(Debug, Clone, PartialEq)]
 enum Val {
@@ -186,6 +223,18 @@ impl Params {
             Some(Val::Text(s)) => Some(s),
             _ => None,
         }
+    }
+
+    /// Every value of a repeated parameter (`stateFilter=done&stateFilter=running`), in order.
+    pub fn texts(&self, name: &str) -> Vec<&str> {
+        self.values
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .filter_map(|(_, v)| match v {
+                Val::Text(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 }
 

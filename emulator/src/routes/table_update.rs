@@ -18,11 +18,12 @@ use axum::http::header::IF_MATCH;
 use serde_json::{Map, Value, json};
 
 use super::params;
-use super::tables::{check_layout, etag_of, lookup, next_etag, parse_json, render};
+use super::tables::{etag_of, lookup, parse_json, render};
 use super::{ApiBase, App, AppState, blocking, now_ms};
 use crate::error::ApiError;
 use crate::schema::{Schema, check_additive, check_limits};
 use crate::store::{TableInfo, schema_of, table_key};
+use crate::table::{check_layout, next_etag};
 
 /// Attributes the server sets; a request that carries them is not refused, they are ignored.
 const OUTPUT_ONLY: &[&str] = &[
@@ -208,7 +209,7 @@ fn changed(
     let schema = schema_of(&resource).map_err(ApiError::invalid)?;
     check_limits(&schema).map_err(|e| ApiError::invalid(e.0))?;
     check_additive(&current.schema, &schema, name).map_err(|e| ApiError::invalid(e.0))?;
-    check_layout(&resource, &schema)?;
+    check_layout(&resource, &schema).map_err(|e| ApiError::invalid(e.0))?;
     let now = now_ms().to_string();
     resource["etag"] = json!(next_etag(key, &etag_of(key, current), &now));
     resource["lastModifiedTime"] = json!(now);

@@ -6,14 +6,14 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use base64::Engine;
 use serde_json::{Value, json};
 
 use super::params::{self, Params};
 use super::{ApiBase, AppState, blocking, now_ms};
 use crate::error::ApiError;
-use crate::schema::{FieldJson, FieldType, Mode, Schema, Selection, check_limits};
+use crate::schema::{FieldJson, Selection, check_limits};
 use crate::store::{TableInfo, dataset_key, schema_of, table_key};
+use crate::table::{check_layout, next_etag};
 
 /// Splits a partition decorator off a table id: "t$20261124" → ("t", Some("20261124")).
 pub fn split_decorator(table: &str) -> (&str, Option<&str>) {
@@ -26,54 +26,6 @@ pub fn split_decorator(table: &str) -> (&str, Option<&str>) {
 pub(super) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("Invalid JSON payload received. {e}")))
-}
-
-/// Checks timePartitioning and clustering against the schema, as tables.insert does.
-pub(super) fn check_layout(resource: &Value, schema: &Schema) -> Result<(), ApiError> {
-    if let Some(tp) = resource.get("timePartitioning").filter(|v| !v.is_null()) {
-        let kind = tp.get("type").and_then(Value::as_str).unwrap_or("DAY");
-        if !["DAY", "HOUR", "MONTH", "YEAR"].contains(&kind) {
-            return Err(ApiError::invalid(format!(
-                "Invalid value for timePartitioning.type: {kind}"
-            )));
-        }
-        if let Some(field) = tp.get("field").and_then(Value::as_str) {
-            let f = schema.lookup(field).ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "The field specified for partitioning cannot be found in the schema: {field}"
-                ))
-            })?;
-            let ok = matches!(
-                f.ty,
-                FieldType::Timestamp | FieldType::Date | FieldType::Datetime
-            );
-            if !ok || f.mode == Mode::Repeated {
-                return Err(ApiError::invalid(format!(
-                    "The field specified for time partitioning can only be of type TIMESTAMP, DATE or DATETIME. The type found is: {}.",
-                    f.ty.canonical()
-                )));
-            }
-        }
-    }
-    if let Some(fields) = resource
-        .pointer("/clustering/fields")
-        .and_then(Value::as_array)
-    {
-        if fields.len() > 4 {
-            return Err(ApiError::invalid(
-                "Too many clustering fields: at most 4 are allowed.",
-            ));
-        }
-        for f in fields {
-            let name = f.as_str().unwrap_or_default();
-            if schema.lookup(name).is_none() {
-                return Err(ApiError::invalid(format!(
-                    "The field specified for clustering cannot be found in the schema.  Invalid field: {name}."
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 pub async fn insert(
@@ -97,7 +49,7 @@ pub async fn insert(
     };
     let schema = schema_of(&resource).map_err(ApiError::invalid)?;
     check_limits(&schema).map_err(|e| ApiError::invalid(e.0))?;
-    check_layout(&resource, &schema)?;
+    check_layout(&resource, &schema).map_err(|e| ApiError::invalid(e.0))?;
     let now = now_ms().to_string();
     let key = table_key(&project, &dataset, &table);
     resource["tableReference"] =
@@ -133,20 +85,6 @@ pub async fn insert(
     Ok(Json(render(&info, &base)))
 }
 
-/// A new etag for a table modified at `modified_ms`: 16 bytes in base64, as BigQuery's look
-/// ("Nxc2m3B3ZcF2LP1cUz6T8g=="). Chained on the previous etag, so two changes in the same
-/// millisecond still differ; stored in the resource, so it survives a restart.
-pub(super) fn next_etag(key: &str, previous: &str, modified_ms: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut bytes = Vec::with_capacity(16);
-    for salt in [0u8, 1] {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (salt, key, previous, modified_ms).hash(&mut h);
-        bytes.extend_from_slice(&h.finish().to_be_bytes());
-    }
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 /// The table's etag. It changes with every modification of the resource (tables.insert, patch,
 /// update), not with streamed rows. Tables stored before etags were kept get one derived from
 /// their last modification.
@@ -161,8 +99,9 @@ pub(super) fn etag_of(key: &str, info: &TableInfo) -> String {
 }
 
 /// The table resource as tables.get answers it, with the counters filled in. The emulator never
-/// flushes its streaming buffer, so `numRows` and `streamingBuffer.estimatedRows` both count all
-/// rows (BigQuery's `numRows` excludes rows still in the buffer).
+/// flushes its streaming buffer, so `numRows` counts all rows and `streamingBuffer.estimatedRows`
+/// all streamed rows (BigQuery's `numRows` excludes rows still in the buffer); loaded rows are
+/// never in it.
 pub fn render(info: &TableInfo, base: &ApiBase) -> Value {
     let mut r = info.resource.clone();
     let reference = r.get("tableReference").cloned().unwrap_or(Value::Null);
@@ -181,10 +120,13 @@ pub fn render(info: &TableInfo, base: &ApiBase) -> Value {
     r["etag"] = json!(etag_of(&table_key(&p, &d, &t), info));
     r["numRows"] = json!(info.rows.to_string());
     r["numBytes"] = json!(info.bytes.to_string());
-    if info.rows > 0 {
+    // Rows written by load jobs go to managed storage, not the streaming buffer.
+    let streamed = info.rows.saturating_sub(info.loaded_rows);
+    if streamed > 0 {
+        let bytes = info.bytes.saturating_mul(streamed) / info.rows;
         r["streamingBuffer"] = json!({
-            "estimatedRows": info.rows.to_string(),
-            "estimatedBytes": info.bytes.to_string(),
+            "estimatedRows": streamed.to_string(),
+            "estimatedBytes": bytes.to_string(),
             "oldestEntryTime": info.oldest_entry_ms.unwrap_or(0).to_string(),
         });
     }

@@ -1,6 +1,7 @@
-// Owns durable state: datasets, tables (resource, schema, counters), rows, and Storage Write
-// streams with their not-yet-visible rows (`streams`), in one redb file (or redb's in-memory
-// backend). Must not know HTTP, gRPC or BigQuery's wire shapes beyond stored JSON.
+// Owns durable state: datasets, tables (resource, schema, counters), rows, Storage Write streams
+// with their not-yet-visible rows (`streams`), and jobs with the data uploaded for them (`jobs`),
+// in one redb file (or redb's in-memory backend). Must not know HTTP, gRPC or BigQuery's wire
+// shapes beyond stored JSON.
 //
 // Why redb: it is pure Rust (no C toolchain, no system library), ACID with copy-on-write B-trees
 // so a killed emulator reopens in a consistent state, keeps one file per data dir, and offers an
@@ -18,8 +19,10 @@ use serde_json::{Map, Value};
 
 use crate::schema::{FieldJson, FieldType, Schema, partition_id};
 
+mod jobs;
 mod streams;
 
+pub use jobs::{JobUpdate, RowsChange, TableWrite};
 pub use streams::{StreamError, StreamKind, StreamRecord, StreamTarget};
 
 const DATASETS: TableDefinition<&str, &[u8]> = TableDefinition::new("datasets");
@@ -30,6 +33,10 @@ const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 /// Rows appended to PENDING and BUFFERED streams, by (stream name, offset), until they are
 /// committed or flushed into `ROWS`.
 const STREAM_ROWS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("stream_rows");
+/// Job records (JSON) by "project/location/jobId".
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+/// The data uploaded with a load job, by job key, until the job is done.
+const JOB_DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("job_data");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,6 +71,9 @@ struct TableRecord {
     oldest_entry_ms: Option<i64>,
     #[serde(default)]
     partitions: BTreeMap<String, u64>,
+    /// Rows written by load jobs: not in the streaming buffer.
+    #[serde(default)]
+    loaded_rows: u64,
 }
 
 /// A table as the routes see it: the stored resource, its checked schema and its counters.
@@ -75,6 +85,8 @@ pub struct TableInfo {
     pub bytes: u64,
     pub oldest_entry_ms: Option<i64>,
     pub partitions: BTreeMap<String, u64>,
+    /// Rows written by load jobs (the rest were streamed and sit in the streaming buffer).
+    pub loaded_rows: u64,
 }
 
 impl TableInfo {
@@ -90,6 +102,7 @@ impl TableInfo {
             bytes: rec.bytes,
             oldest_entry_ms: rec.oldest_entry_ms,
             partitions: rec.partitions,
+            loaded_rows: rec.loaded_rows,
         })
     }
 
@@ -130,6 +143,7 @@ impl TableInfo {
             bytes: self.bytes,
             oldest_entry_ms: self.oldest_entry_ms,
             partitions: self.partitions.clone(),
+            loaded_rows: self.loaded_rows,
         }
     }
 }
@@ -170,6 +184,7 @@ struct Catalog {
     datasets: BTreeMap<String, Value>,
     tables: BTreeMap<String, TableInfo>,
     streams: BTreeMap<String, StreamRecord>,
+    jobs: BTreeMap<String, Value>,
 }
 
 pub struct Store {
@@ -207,6 +222,8 @@ impl Store {
         txn.open_table(ROWS).map_err(backend)?;
         txn.open_table(STREAMS).map_err(backend)?;
         txn.open_table(STREAM_ROWS).map_err(backend)?;
+        txn.open_table(JOBS).map_err(backend)?;
+        txn.open_table(JOB_DATA).map_err(backend)?;
         txn.commit().map_err(backend)?;
 
         let read = self.db.begin_read().map_err(backend)?;
@@ -241,6 +258,16 @@ impl Store {
             let (k, v) = item.map_err(backend)?;
             let record = decode::<StreamRecord>(k.value(), v.value())?;
             catalog.streams.insert(k.value().to_string(), record);
+        }
+        for item in read
+            .open_table(JOBS)
+            .map_err(backend)?
+            .iter()
+            .map_err(backend)?
+        {
+            let (k, v) = item.map_err(backend)?;
+            let job = decode::<Value>(k.value(), v.value())?;
+            catalog.jobs.insert(k.value().to_string(), job);
         }
         *self.catalog_mut() = catalog;
         Ok(())
@@ -330,6 +357,7 @@ impl Store {
             bytes: 0,
             oldest_entry_ms: None,
             partitions: BTreeMap::new(),
+            loaded_rows: 0,
         };
         self.put_table(key, &info)?;
         self.catalog_mut().tables.insert(key.to_string(), info);

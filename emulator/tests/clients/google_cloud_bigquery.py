@@ -8,6 +8,8 @@ checks against the emulator's own counters. Any failed assertion or client error
 import base64
 import datetime
 import decimal
+import gzip
+import io
 import json
 import sys
 
@@ -262,7 +264,136 @@ def schema_update(port):
     print(json.dumps({"columns": len(c.get_table("evo.logs").schema)}))
 
 
-SCENARIOS = {"roundtrip": roundtrip, "schema_update": schema_update}
+LOAD_SCHEMA = [
+    bigquery.SchemaField("msg", "STRING", mode="REQUIRED"),
+    bigquery.SchemaField("n", "INTEGER"),
+    bigquery.SchemaField("ts", "TIMESTAMP"),
+]
+
+
+def load_jobs(port):
+    """Load jobs as bqforward's bigquery_load output will run them, through Google's client:
+    load_table_from_file (resumable without a size, multipart with one), load_table_from_json,
+    polling with result(), get_job, list_jobs, cancel_job, errors read back, a repeated job id."""
+    c = client(port)
+    c.create_dataset("loads")
+    c.create_table(bigquery.Table(f"{PROJECT}.loads.events", schema=LOAD_SCHEMA))
+    ndjson = b'{"msg": "a", "n": 1, "ts": "2026-11-25T10:00:00Z"}\n{"msg": "b"}\n'
+    compressed = gzip.compress(ndjson)
+    ndjson_config = bigquery.LoadJobConfig(
+        source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON,
+        schema=LOAD_SCHEMA,
+        write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+    )
+    # No size: the client uses a resumable upload. The data is gzip; BigQuery detects it.
+    job = c.load_table_from_file(
+        io.BytesIO(compressed), "loads.events", job_id="py-ndjson", job_config=ndjson_config
+    )
+    check("new job state", job.state, "PENDING")
+    check("result", job.result(timeout=30), job)
+    check("state", job.state, "DONE")
+    check("output_rows", job.output_rows, 2)
+    check("input_file_bytes", job.input_file_bytes, len(compressed))
+    check("input_files", job.input_files, 1)
+    check("job location", job.location, "US")
+    assert job.created and job.started and job.ended, job._properties
+
+    # With a size below 5 MB: a multipart upload. CSV with a header row.
+    csv = b"msg,n,ts\nc,3,2026-11-25 11:00:00\n"
+    csv_config = bigquery.LoadJobConfig(
+        source_format=bigquery.SourceFormat.CSV, skip_leading_rows=1, schema=LOAD_SCHEMA
+    )
+    job = c.load_table_from_file(
+        io.BytesIO(csv), "loads.events", size=len(csv), job_id="py-csv", job_config=csv_config
+    )
+    job.result(timeout=30)
+    check("csv output_rows", job.output_rows, 1)
+    check(
+        "loaded rows",
+        sorted(as_dicts(c.list_rows("loads.events")), key=lambda r: r["msg"]),
+        [
+            {"msg": "a", "n": 1, "ts": datetime.datetime(2026, 11, 25, 10, tzinfo=UTC)},
+            {"msg": "b", "n": None, "ts": None},
+            {"msg": "c", "n": 3, "ts": datetime.datetime(2026, 11, 25, 11, tzinfo=UTC)},
+        ],
+    )
+    table = c.get_table("loads.events")
+    check("num_rows", table.num_rows, 3)
+    check("no streaming buffer", table.streaming_buffer, None)
+
+    # load_table_from_json into a new table: the client asks for autodetect.
+    job = c.load_table_from_json([{"k": "x", "v": 1}], "loads.auto", job_id="py-json")
+    job.result(timeout=30)
+    check("autodetected", [(f.name, f.field_type) for f in c.get_table("loads.auto").schema],
+          [("k", "STRING"), ("v", "INTEGER")])
+
+    got = c.get_job("py-ndjson")
+    check("get_job type", type(got).__name__, "LoadJob")
+    check("get_job state", got.state, "DONE")
+    check("get_job output_rows", got.output_rows, 2)
+    check("get_job destination", got.destination.table_id, "events")
+    check("get_job format", got.source_format, "NEWLINE_DELIMITED_JSON")
+
+    # Bad rows within maxBadRecords are skipped and listed; beyond it the job fails whole.
+    bad = b'{"msg": "ok"}\n{"n": "not a number"}\n'
+    tolerant = bigquery.LoadJobConfig(
+        source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON, max_bad_records=1
+    )
+    job = c.load_table_from_file(
+        io.BytesIO(bad), "loads.events", job_id="py-tolerant", job_config=tolerant
+    )
+    job.result(timeout=30)
+    check("tolerant rows", job.output_rows, 1)
+    check("tolerant error", job.errors[0]["message"],
+          "Error while reading data, error message: JSON parsing error in row starting at "
+          "position 14: Missing required field: msg.")
+    strict = bigquery.LoadJobConfig(source_format=bigquery.SourceFormat.NEWLINE_DELIMITED_JSON)
+    job = c.load_table_from_file(
+        io.BytesIO(bad), "loads.events", job_id="py-strict", job_config=strict
+    )
+    try:
+        job.result(timeout=30)
+        raise AssertionError("a job with a bad row and maxBadRecords 0 succeeded")
+    except exceptions.BadRequest as e:
+        assert "JSON table encountered too many errors, giving up. Rows: 2; errors: 1." in e.message, e.message
+    check("error_result", job.error_result["reason"], "invalid")
+    check("errors", len(job.errors), 3)
+    assert "Missing required field: msg." in job.errors[2]["message"], job.errors
+    check("rows after failure", c.get_table("loads.events").num_rows, 4)
+
+    # The same job id again: 409, whichever upload the client uses; the job is unchanged.
+    expect_error(
+        exceptions.Conflict,
+        lambda: c.load_table_from_file(
+            io.BytesIO(ndjson), "loads.events", job_id="py-ndjson", job_config=ndjson_config
+        ),
+        f"Already Exists: Job {PROJECT}:US.py-ndjson",
+    )
+    expect_error(
+        exceptions.Conflict,
+        lambda: c.load_table_from_file(
+            io.BytesIO(csv), "loads.events", size=len(csv), job_id="py-csv", job_config=csv_config
+        ),
+        f"Already Exists: Job {PROJECT}:US.py-csv",
+    )
+    check("rows after conflicts", c.get_table("loads.events").num_rows, 4)
+
+    # Cancelling a done job changes nothing.
+    cancelled = c.cancel_job("py-csv")
+    check("cancelled state", cancelled.state, "DONE")
+    check("cancelled error", cancelled.error_result, None)
+
+    ids = [j.job_id for j in c.list_jobs()]
+    check("list_jobs", sorted(ids), sorted(["py-ndjson", "py-csv", "py-json", "py-tolerant", "py-strict"]))
+    check("list_jobs newest first", ids[0], "py-strict")
+    check("list_jobs types", {type(j).__name__ for j in c.list_jobs()}, {"LoadJob"})
+    paged = c.list_jobs(page_size=2)
+    check("paged", len(list(paged)), 5)
+    check("state_filter", len(list(c.list_jobs(state_filter="running"))), 0)
+    print(json.dumps({"rows": c.get_table("loads.events").num_rows, "jobs": len(ids)}))
+
+
+SCENARIOS = {"roundtrip": roundtrip, "schema_update": schema_update, "load_jobs": load_jobs}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[2]](int(sys.argv[1]))

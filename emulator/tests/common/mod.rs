@@ -1,6 +1,8 @@
 //! Starts the emulator binary and offers small HTTP helpers for the black-box tests.
 #![allow(dead_code)]
 
+pub mod jobs;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

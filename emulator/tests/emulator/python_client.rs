@@ -28,3 +28,20 @@ fn google_cloud_bigquery_update_table_evolves_the_schema_with_etags() {
     assert_eq!(table["description"], "evolved");
     assert_eq!(table["schema"]["fields"][1]["fields"][1]["name"], "path");
 }
+
+#[test]
+fn google_cloud_bigquery_loads_files_polls_jobs_and_reads_their_errors() {
+    // Jobs take 200 ms, so the client must poll them (job.result()).
+    let emu = Emulator::start(&["--job-delay-ms", "200"]);
+    let facts = run_client("google_cloud_bigquery.py", emu.port, &["load_jobs"]);
+    assert_eq!(facts["rows"], 4, "{facts}");
+    assert_eq!(facts["jobs"], 5, "{facts}");
+    assert_eq!(emu.count_in("loads", "events"), 4);
+    assert_eq!(emu.count_in("loads", "auto"), 1);
+    let stats = emu.stats();
+    assert_eq!(stats["jobs_inserted"], 5, "{stats}");
+    assert_eq!(stats["jobs_failed"], 1, "{stats}");
+    assert_eq!(stats["jobs_duplicate"], 2, "{stats}");
+    assert_eq!(stats["rows_loaded"], 5, "{stats}");
+    assert_eq!(stats["load_bad_records"], 1, "{stats}");
+}
