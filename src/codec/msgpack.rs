@@ -318,7 +318,24 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips one whole value, returning its range.
+    #[inline(always)]
     pub fn skip_value(&mut self, max_depth: usize) -> Result<Range<usize>, MsgpackError> {
+        // A scalar (a record's keys and most of its values, skipped one at a time by the
+        // filters' lookups) by its marker alone, inline and before the container stack of
+        // `skip_container` is set up (a 512-byte memset per call).
+        let start = self.pos;
+        if let Some(len) = scalar_len(&self.buf[start..])
+            && len <= self.buf.len() - start
+        {
+            self.pos += len;
+            return Ok(start..self.pos);
+        }
+        self.skip_container(max_depth)
+    }
+
+    /// `skip_value` for what is not a complete scalar: containers, and errors.
+    #[inline(never)]
+    fn skip_container(&mut self, max_depth: usize) -> Result<Range<usize>, MsgpackError> {
         /// Depth kept on the stack; deeper limits fall back to the scanner's heap stack.
         const INLINE_DEPTH: usize = 64;
         let start = self.pos;
@@ -431,21 +448,32 @@ pub fn lookup<K: AsRef<str>>(record: &[u8], path: &[K]) -> Option<Range<usize>> 
         let Ok(Head::Map(pairs)) = cur.head() else {
             return None;
         };
+        let key = key.as_ref().as_bytes();
         let mut found = None;
         for _ in 0..pairs {
             let key_range = cur.skip_value(DEFAULT_MAX_DEPTH).ok()?;
             let value_range = cur.skip_value(DEFAULT_MAX_DEPTH).ok()?;
-            let mut key_cur = Cursor::new(&record[key_range]);
-            if let Ok(Head::Str(n) | Head::Bin(n)) = key_cur.head() {
-                let text = key_cur.take(n as usize).ok().map(|r| key_cur.slice(r));
-                if text == Some(key.as_ref().as_bytes()) {
-                    found = Some(value_range);
-                }
+            // The last of repeated keys wins, as in the Hash a Ruby msgpack decoder builds.
+            if str_bytes(&record[key_range]) == Some(key) {
+                found = Some(value_range);
             }
         }
         range = found?;
     }
     Some(range)
+}
+
+/// The bytes of an encoded string or binary (exactly one value), `None` for other values.
+#[inline(always)]
+pub fn str_bytes(encoded: &[u8]) -> Option<&[u8]> {
+    if let [0xa0..=0xbf, text @ ..] = encoded {
+        return Some(text);
+    }
+    let mut cur = Cursor::new(encoded);
+    match cur.head() {
+        Ok(Head::Str(n) | Head::Bin(n)) => cur.take(n as usize).ok().map(|r| cur.slice(r)),
+        _ => None,
+    }
 }
 
 /// Writes a map header for `len` entries (used when records are extended with extra keys).
