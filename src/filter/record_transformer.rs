@@ -564,7 +564,7 @@ impl<'f> Appender<'f> {
         let mut kept = 0u32;
         for _ in 0..pairs {
             let (Ok(key), Ok(value)) = (
-                cur.skip_value(DEFAULT_MAX_DEPTH),
+                cur.skip_key(DEFAULT_MAX_DEPTH),
                 cur.skip_value(DEFAULT_MAX_DEPTH),
             ) else {
                 return false;
