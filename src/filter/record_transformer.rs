@@ -395,6 +395,22 @@ impl RecordTransformer {
         })
     }
 
+    /// Why every record is taken apart and rebuilt, when the batch way (append to the
+    /// record's bytes) cannot be taken; `check` says it.
+    fn rebuilds_because(&self) -> Option<&'static str> {
+        if self.renew_record {
+            Some("renew_record")
+        } else if self.renew_time_key.is_some() {
+            Some("renew_time_key")
+        } else if self.remove_keys.iter().any(|p| p.parts().len() > 1) {
+            Some("a nested remove_keys path")
+        } else if self.record.iter().any(|(key, _)| key.per_event()) {
+            Some("a key that reads the event")
+        } else {
+            None
+        }
+    }
+
     fn describe(&self) -> String {
         let mut parts = Vec::new();
         if !self.record.is_empty() {
@@ -409,6 +425,11 @@ impl RecordTransformer {
         }
         if let Some(key) = &self.renew_time_key {
             parts.push(format!("time from {key}"));
+        }
+        if let Some(why) = self.rebuilds_because() {
+            parts.push(format!(
+                "every record rebuilt ({why}; docs/performance.md#filters)"
+            ));
         }
         parts.join(", ")
     }
@@ -478,24 +499,18 @@ impl<'f> Appender<'f> {
     /// `None` when the batch needs the plain way (renew_record, renew_time_key, a nested
     /// remove_keys path, or a key that reads the event).
     fn new(rt: &'f RecordTransformer, ctx: &TagContext<'_>, first: &Event) -> Option<Self> {
-        if rt.renew_record || rt.renew_time_key.is_some() {
+        if rt.rebuilds_because().is_some() {
             return None;
         }
-        let remove = rt
+        let remove: Vec<&str> = rt
             .remove_keys
             .iter()
-            .map(|path| match path.parts() {
-                [one] => Some(one.as_str()),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()?;
+            .filter_map(|path| path.parts().first().map(String::as_str))
+            .collect();
         // The keys in order, a repeated key keeping its first place with its last value (as
         // the plain way's replace-or-push).
         let mut merged: Vec<(String, &'f Value)> = Vec::with_capacity(rt.record.len());
         for (key, value) in &rt.record {
-            if key.per_event() {
-                return None;
-            }
             let name = rt.render_text(key, ctx, first);
             match merged.iter_mut().find(|(n, _)| *n == name) {
                 Some(existing) => existing.1 = value,
@@ -922,6 +937,41 @@ mod tests {
             proptest::prop_assert_eq!(got, want);
             proptest::prop_assert_eq!(got_errors, want_errors);
         }
+    }
+
+    #[test]
+    fn check_says_when_every_record_is_rebuilt() {
+        let fast =
+            transformer("remove_keys a\n<record>\n t ${tag}\n n ${record[\"a\"]}\n</record>\n");
+        assert_eq!(fast.unwrap().describe(), "set 2 field(s), remove a");
+        let nested = transformer("remove_keys $.a.b\n").unwrap().describe();
+        assert!(
+            nested.ends_with(
+                "every record rebuilt (a nested remove_keys path; docs/performance.md#filters)"
+            ),
+            "{nested}"
+        );
+        let key = transformer("<record>\n ${record[\"k\"]} v\n</record>\n").unwrap();
+        assert!(
+            key.describe().contains("(a key that reads the event;"),
+            "{}",
+            key.describe()
+        );
+    }
+
+    #[test]
+    fn integer_keys_are_not_the_strings_of_their_encoding() {
+        // 97 is encoded as the byte of "a": Ruby's Hash keeps both keys.
+        let t = transformer("remove_keys a\n<record>\n b x\n</record>\n").unwrap();
+        let record = raw_record(&[("97".into(), json!(1)), ("b".into(), json!(2))]);
+        let event = Event {
+            time: EventTime::new(1, 0),
+            record: Bytes::from(record),
+        };
+        let out = t.filter("x", vec![event], &mut Vec::new());
+        let mut cur = Cursor::new(&out[0].record);
+        assert_eq!(cur.head(), Ok(Head::Map(2)));
+        assert_eq!(cur.head(), Ok(Head::Uint(97)));
     }
 
     #[test]
