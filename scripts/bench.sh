@@ -9,8 +9,15 @@
 # Usage: scripts/bench.sh            BENCH_EVENTS=5000000 BENCH_CONNECTIONS=4 to change the load
 #        (Fluent Bit takes BENCH_FLUENT_BIT_EVENTS, default 1000000: it holds everything it has
 #        acked in memory until its slower http output catches up)
-#        BENCH_REPEAT=5 to run the PackedForward -> bigquery_insert scenario 5 times (default 3)
-#        BENCH_PROFILE=1 scripts/bench.sh   also records `perf` samples of the PackedForward run
+#        BENCH_REPEAT=5 to run the PackedForward scenarios 5 times (default 3): -> null with and
+#        without filters, -> bigquery_insert tuned, with filters and as users write it (these
+#        three take turns), and tuned with --threads 1; the last lines give the medians and the
+#        ratios the targets are set in
+#        BENCH_ONLY=filters scripts/bench.sh   only those scenarios, without --threads 1
+#        (the as-users-write-it runs take BENCH_USERS_EVENTS, default 2000000: see below)
+#        BENCH_PROFILE=1 scripts/bench.sh   also records `perf` samples of the first tuned
+#        PackedForward -> bigquery_insert run (BENCH_PROFILE=filters, users, null-filters: of
+#        that scenario's first run)
 #        BENCH_SOAK_SECONDS=600 scripts/bench.sh   only the 10-minute overload soak (RSS over time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -78,6 +85,58 @@ EOF
 # The same with a file buffer (chunks appended to files under the buffer path before the ack).
 sed "s|^  <buffer>|  <buffer>\n    @type file\n    path $out/file-buffer|" "$out/bigquery.conf" \
   > "$out/bigquery-file.conf"
+# A typical aggregator's filters (issue 17): a field added from the host and the tag, debug
+# lines dropped (the load has none, so every row still reaches the emulator), before null and
+# before bigquery_insert (its schema with the new `hostname` column).
+cat > "$out/filters.conf" <<'EOF'
+<filter app.**>
+  @type record_transformer
+  <record>
+    hostname "#{Socket.gethostname}"
+    tag ${tag}
+  </record>
+</filter>
+<filter app.**>
+  @type grep
+  <exclude>
+    key level
+    pattern /^debug$/
+  </exclude>
+</filter>
+EOF
+jq '. + [{"name": "hostname", "type": "STRING"}]' "$out/schema.json" > "$out/schema-filters.json"
+sed "/^<match/e cat $out/filters.conf" "$out/null.conf" > "$out/null-filters.conf"
+sed -e "/^<match/e cat $out/filters.conf" -e "s|$out/schema.json|$out/schema-filters.json|" \
+  "$out/bigquery.conf" > "$out/bigquery-filters.conf"
+# bigquery_insert as fluent-plugin-bigquery's README writes it: the schema fetched from the
+# table, the time injected as a formatted string, the plugin's default <buffer> (one flush
+# thread, total_limit_size 1g, throw_exception).
+cat > "$out/bigquery-users.conf" <<EOF
+<source>
+  @type forward
+  bind 127.0.0.1
+  port 0
+</source>
+<match app.**>
+  @type bigquery_insert
+  auth_method none
+  endpoint $emulator
+  project bench
+  dataset logs
+  table access_log
+  fetch_schema true
+  <inject>
+    time_key time
+    time_type string
+    time_format %Y-%m-%dT%H:%M:%S.%NZ
+    tag_key tag
+  </inject>
+</match>
+EOF
+api=$emulator/bigquery/v2/projects/bench
+curl -fsS -X POST "$api/datasets" -d '{"datasetReference": {"datasetId": "logs"}}' > /dev/null
+jq '{tableReference: {tableId: "access_log"}, schema: {fields: .}}' "$out/schema.json" \
+  | curl -fsS -X POST "$api/datasets/logs/tables" -d @- > /dev/null
 
 # Starts bqforward on CONFIG (with any further ARGS); sets $server_pid and $server_port.
 start_bqforward() {
@@ -175,83 +234,137 @@ fi
   echo "|---|---|---|---|---|---|---|---|---|"
 } | tee "$out/table.md"
 
-start_bqforward message-null null.conf
-load "bqforward: Message -> null" --mode message
-stop_server
+# BENCH_ONLY=filters: only the scenarios of issue 17 (PackedForward -> null with and without
+# the filters; -> bigquery_insert tuned, with the filters, and as users write it).
+full=1
+[ "${BENCH_ONLY:-}" = filters ] && full=
 
-# The headline scenario runs BENCH_REPEAT times (default 3), each on a fresh bqforward: this
+if [ -n "$full" ]; then
+  start_bqforward message-null null.conf
+  load "bqforward: Message -> null" --mode message
+  stop_server
+fi
+
+# The headline scenarios run BENCH_REPEAT times (default 3), each on a fresh bqforward: this
 # kind of VM drifts by 10-20 % over minutes, so one run says little. The median is reported.
-# It runs with the default threads (one per CPU) and with `--threads 1`: the generator and
-# the emulator share the CPUs, as an application shares them with a sidecar.
+# Scenarios compared with each other take turns within each repeat (A B C A B C ...).
+# The main one runs with the default threads (one per CPU) and with `--threads 1`: the
+# generator and the emulator share the CPUs, as an application shares them with a sidecar.
 repeats=${BENCH_REPEAT:-3}
-# packed_runs LABEL ARGS...: the runs; sets $median to the median row (by CPU per event).
-packed_runs() {
-  local label=$1 rows= row run
-  shift
-  for run in $(seq "$repeats"); do
-    start_bqforward "packed-bq$label-$run" bigquery.conf "$@"
-    perf_pid=
-    if [ -n "${BENCH_PROFILE:-}" ] && [ "$run" = 1 ] && [ -z "$label" ]; then
+# median_row ROWS: the median row by CPU per event.
+median_row() {
+  awk -F'|' 'NF > 5 {print $6 "|" $0}' <<< "$1" | sort -n \
+    | sed -n "$(( (repeats + 1) / 2 ))p" | cut -d'|' -f2-
+}
+# run_once NAME CONFIG LABEL LOADGEN-ARGS... [-- BQFORWARD-ARGS...]: one scenario on a fresh
+# bqforward; sets $row. BENCH_PROFILE=1 records `perf` samples of the first tuned
+# bigquery_insert run (BENCH_PROFILE=filters / users / null-filters: of that scenario's).
+run_once() {
+  local name=$1 conf=$2 label=$3 loadargs=() perf_pid=
+  shift 3
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do loadargs+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  start_bqforward "$name" "$conf" "$@"
+  case "${BENCH_PROFILE:-}:$name" in
+    1:packed-bq-1 | filters:packed-bq-filters-1 | users:packed-bq-users-1 | null-filters:packed-null-filters-1)
       perf record -F 499 --call-graph dwarf,16384 -o "$out/perf.data" -p "$server_pid" \
         2> "$out/perf.log" &
-      perf_pid=$!
-    fi
-    row=$(load "bqforward$label: PackedForward + ack -> bigquery_insert (gzip), run $run/$repeats" \
-      --mode packed --ack --until rows)
-    echo "$row"
-    rows+="$row"$'\n'
-    [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
-    stop_server
-  done
-  median=$(awk -F'|' 'NF > 5 {print $6 "|" $0}' <<< "$rows" | sort -n \
-    | sed -n "$(( (repeats + 1) / 2 ))p" | cut -d'|' -f2-)
+      perf_pid=$! ;;
+  esac
+  row=$(load "$label" "${loadargs[@]}")
+  echo "$row"
+  [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+  stop_server
 }
-packed_runs ""
-median_default=$median
-packed_runs " --threads 1" --threads 1
-median_one=$median
-# The default's median rate sets the half-rate scenario.
-max=$(awk -F'|' '{gsub(/[ k]/, "", $4); print $4 * 1000}' <<< "$median_default")
 
-start_bqforward packed-bq-half bigquery.conf
-load "bqforward: PackedForward + ack at half rate ($((max / 2000)) k/s) -> bigquery_insert" \
-  --mode packed --ack --until rows --rate $((max / 2))
-stop_server
+rows_null= rows_null_filters=
+for run in $(seq "$repeats"); do
+  run_once "packed-null-$run" null.conf \
+    "bqforward: PackedForward + ack -> null, run $run/$repeats" --mode packed --ack
+  rows_null+="$row"$'\n'
+  run_once "packed-null-filters-$run" null-filters.conf \
+    "bqforward: PackedForward + ack -> record_transformer + grep -> null, run $run/$repeats" \
+    --mode packed --ack
+  rows_null_filters+="$row"$'\n'
+done
+
+bq="--mode packed --ack --until rows"
+# As users write it, the buffer keeps the plugin's total_limit_size 1g and throw_exception:
+# one flush thread falls behind the load, and past ~2.5 million buffered events of this size
+# the buffer refuses chunks (no ack; a real sender resends, the load generator stops). So
+# those runs take BENCH_USERS_EVENTS (default 2000000); events per CPU-second compare.
+users_events=${BENCH_USERS_EVENTS:-$((events < 2000000 ? events : 2000000))}
+rows_tuned= rows_filters= rows_users=
+for run in $(seq "$repeats"); do
+  # shellcheck disable=SC2086 # $bq is a list of arguments
+  run_once "packed-bq-$run" bigquery.conf \
+    "bqforward: PackedForward + ack -> bigquery_insert (gzip), run $run/$repeats" $bq
+  rows_tuned+="$row"$'\n'
+  # shellcheck disable=SC2086
+  run_once "packed-bq-filters-$run" bigquery-filters.conf \
+    "bqforward: PackedForward + ack -> record_transformer + grep -> bigquery_insert, run $run/$repeats" $bq
+  rows_filters+="$row"$'\n'
+  # shellcheck disable=SC2086
+  run_once "packed-bq-users-$run" bigquery-users.conf \
+    "bqforward: PackedForward + ack -> bigquery_insert as users write it (fetch_schema, time_format %N, default <buffer>), run $run/$repeats" \
+    $bq --events "$users_events"
+  rows_users+="$row"$'\n'
+done
+median_default=$(median_row "$rows_tuned")
+
+if [ -n "$full" ]; then
+  rows_one=
+  for run in $(seq "$repeats"); do
+    # shellcheck disable=SC2086
+    run_once "packed-bq-threads1-$run" bigquery.conf \
+      "bqforward --threads 1: PackedForward + ack -> bigquery_insert (gzip), run $run/$repeats" \
+      $bq -- --threads 1
+    rows_one+="$row"$'\n'
+  done
+  median_one=$(median_row "$rows_one")
+  # The default's median rate sets the half-rate scenario.
+  max=$(awk -F'|' '{gsub(/[ k]/, "", $4); print $4 * 1000}' <<< "$median_default")
+
+  start_bqforward packed-bq-half bigquery.conf
+  load "bqforward: PackedForward + ack at half rate ($((max / 2000)) k/s) -> bigquery_insert" \
+    --mode packed --ack --until rows --rate $((max / 2))
+  stop_server
 
 # With a file buffer: the maximum rate, then half of it (the ack-latency target's setting).
-start_bqforward packed-bq-file bigquery-file.conf
-row=$(load "bqforward: PackedForward + ack -> bigquery_insert, file buffer" \
-  --mode packed --ack --until rows)
-echo "$row"
-stop_server
-max_file=$(awk -F'|' '{gsub(/[ k]/, "", $4); print $4 * 1000}' <<< "$row")
-start_bqforward packed-bq-file-half bigquery-file.conf
-load "bqforward: PackedForward + ack at half rate ($((max_file / 2000)) k/s) -> bigquery_insert, file buffer" \
-  --mode packed --ack --until rows --rate $((max_file / 2))
-stop_server
+  start_bqforward packed-bq-file bigquery-file.conf
+  row=$(load "bqforward: PackedForward + ack -> bigquery_insert, file buffer" \
+    --mode packed --ack --until rows)
+  echo "$row"
+  stop_server
+  max_file=$(awk -F'|' '{gsub(/[ k]/, "", $4); print $4 * 1000}' <<< "$row")
+  start_bqforward packed-bq-file-half bigquery-file.conf
+  load "bqforward: PackedForward + ack at half rate ($((max_file / 2000)) k/s) -> bigquery_insert, file buffer" \
+    --mode packed --ack --until rows --rate $((max_file / 2))
+  stop_server
 
-for mode in forward compressed; do
-  start_bqforward "$mode-bq" bigquery.conf
-  load "bqforward: $mode + ack -> bigquery_insert" --mode "$mode" --ack --until rows
+  for mode in forward compressed; do
+    start_bqforward "$mode-bq" bigquery.conf
+    load "bqforward: $mode + ack -> bigquery_insert" --mode "$mode" --ack --until rows
+    stop_server
+  done
+  start_bqforward message-bq bigquery.conf
+  load "bqforward: Message -> bigquery_insert" --mode message --until rows
   stop_server
-done
-start_bqforward message-bq bigquery.conf
-load "bqforward: Message -> bigquery_insert" --mode message --until rows
-stop_server
 
-if [ -n "$fluent_bit" ]; then
-  start_fluent_bit message-null null
-  load "fluent-bit: Message -> null" --mode message --until idle --events "$fluent_bit_events"
-  stop_server
-  start_fluent_bit packed-http http
-  load "fluent-bit: PackedForward + ack -> http json+gzip" --mode packed --ack --until idle \
-    --events "$fluent_bit_events"
-  stop_server
+  if [ -n "$fluent_bit" ]; then
+    start_fluent_bit message-null null
+    load "fluent-bit: Message -> null" --mode message --until idle --events "$fluent_bit_events"
+    stop_server
+    start_fluent_bit packed-http http
+    load "fluent-bit: PackedForward + ack -> http json+gzip" --mode packed --ack --until idle \
+      --events "$fluent_bit_events"
+    stop_server
+  fi
 fi
 
 if [ -n "${BENCH_PROFILE:-}" ]; then
   echo
-  echo "Profile of the PackedForward -> bigquery_insert run ($out/perf.data), self time:"
+  echo "Profile of the first run of the profiled scenario ($out/perf.data), self time:"
   { perf report -i "$out/perf.data" --no-children --sort symbol --stdio -g none 2> /dev/null \
     | grep '%' | head -n 15 | sed 's/[[:space:]-]*$//'; } || true
   echo "inclusive:"
@@ -263,8 +376,30 @@ echo
 per_event() {
   awk -F'|' '{gsub(/ /, "", $6); gsub(/ /, "", $7); print $6 " CPU s per M events, " $7 " M events per CPU-s"}' <<< "$1"
 }
+# M events per CPU-second of a row, and the ratios of two sets of interleaved runs: of their
+# medians, and run by run.
+rate() { awk -F'|' '{gsub(/ /, "", $7); print $7}' <<< "$1"; }
+ratio() { awk -v a="$(rate "$1")" -v b="$(rate "$2")" 'BEGIN { printf "%.2f", a / b }'; }
+paired() {
+  paste -d'|' <(awk -F'|' 'NF > 5 {gsub(/ /, "", $7); print $7}' <<< "$1") \
+    <(awk -F'|' 'NF > 5 {gsub(/ /, "", $7); print $7}' <<< "$2") \
+    | awk -F'|' '{printf "%s%.2f", (NR > 1 ? " " : ""), $1 / $2}'
+}
+rss() { awk -F'|' '{gsub(/ /, "", $8); print $8}' <<< "$1"; }
+# The same ratio of the medians' events/s (wall time, until the emulator had every row).
+wall_ratio() {
+  awk -v a="$(awk -F'|' '{gsub(/[ k]/, "", $4); print $4}' <<< "$1")" \
+    -v b="$(awk -F'|' '{gsub(/[ k]/, "", $4); print $4}' <<< "$2")" 'BEGIN { printf "%.2f", a / b }'
+}
+median_null=$(median_row "$rows_null")
+median_null_filters=$(median_row "$rows_null_filters")
+median_filters=$(median_row "$rows_filters")
+median_users=$(median_row "$rows_users")
 {
   echo "PackedForward + ack -> bigquery_insert, median of $repeats runs: $(per_event "$median_default")"
-  echo "The same with --threads 1, median of $repeats runs: $(per_event "$median_one")"
+  [ -n "$full" ] && echo "The same with --threads 1, median of $repeats runs: $(per_event "$median_one")"
+  echo "PackedForward + ack -> record_transformer + grep -> null, median of $repeats runs: $(per_event "$median_null_filters") (target >= 3 M); without the filters $(rate "$median_null") M"
+  echo "PackedForward + ack -> record_transformer + grep -> bigquery_insert, median of $repeats runs: $(per_event "$median_filters"); $(ratio "$median_filters" "$median_default") x the unfiltered median's events per CPU-s (target >= 0.9; run by run: $(paired "$rows_filters" "$rows_tuned")), $(wall_ratio "$median_filters" "$median_default") x its events/s"
+  echo "bigquery_insert as users write it, median of $repeats runs: $(per_event "$median_users"), peak RSS $(rss "$median_users") MiB; $(ratio "$median_users" "$median_default") x the tuned median's events per CPU-s (target >= 0.8; run by run: $(paired "$rows_users" "$rows_tuned")), $(wall_ratio "$median_users" "$median_default") x its events/s"
 } | tee -a "$out/table.md"
 echo "Table in $out/table.md; details in $out/loadgen.log, server logs in $out/."

@@ -35,7 +35,7 @@ BQFORWARD_SKIP_LOG=$(mktemp)
 trap 'rm -f "$log" "$BQFORWARD_SKIP_LOG"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 # The criterion benches, once each in test mode, so they cannot rot.
-cargo test --locked --bench codec --bench rows --bench request --bench router
+cargo test --locked --bench codec --bench rows --bench request --bench router --bench filter
 # Dockerfile, ECS task definitions and Terraform: static checks, checkov, hadolint.
 scripts/check-deploy.sh
 # A bounded fuzzing run of the frame decoder and the handshake.

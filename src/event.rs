@@ -46,7 +46,8 @@ impl EventTime {
     }
 }
 
-/// One event: its time and its record, a msgpack map kept as the bytes it arrived in.
+/// One event: its time and its record, a msgpack map kept as the bytes it arrived in. The
+/// record is exactly one complete map (the decoder cuts it so; filters rely on it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub time: EventTime,

@@ -310,3 +310,42 @@ fn subcommand_help_lists_its_own_flags() {
         "{run}"
     );
 }
+
+/// `check` says when bigquery_insert keeps the plugin's throughput-bounding buffer defaults
+/// (one flush thread, total_limit_size 1g), and is quiet once both are set.
+#[test]
+fn check_notes_the_plugins_buffer_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = |buffer: &str| {
+        format!(
+            "<match app.**>\n  @type bigquery_insert\n  auth_method none\n  endpoint http://127.0.0.1:9\n  project p\n  dataset d\n  table t\n  fetch_schema true\n{buffer}</match>\n"
+        )
+    };
+    let path = write_config(&dir, "defaults.conf", &output(""));
+    let (code, _, err) = bqforward(&["check", "-c", &path], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "flush_thread_count 1 (one insertAll request at a time) and total_limit_size 1g"
+        ),
+        "{err}"
+    );
+    let path = write_config(
+        &dir,
+        "threads.conf",
+        &output("  <buffer>\n    flush_thread_count 4\n  </buffer>\n"),
+    );
+    let (_, _, err) = bqforward(&["check", "-c", &path], &[]);
+    assert!(
+        err.contains("keeps the plugin's default total_limit_size 1g"),
+        "{err}"
+    );
+    let path = write_config(
+        &dir,
+        "tuned.conf",
+        &output("  <buffer>\n    flush_thread_count 4\n    total_limit_size 64m\n  </buffer>\n"),
+    );
+    let (code, _, err) = bqforward(&["check", "-c", &path], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("keeps the plugin's default"), "{err}");
+}

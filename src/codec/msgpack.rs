@@ -318,7 +318,41 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips one whole value, returning its range.
+    #[inline(always)]
     pub fn skip_value(&mut self, max_depth: usize) -> Result<Range<usize>, MsgpackError> {
+        // A scalar (a record's keys and most of its values, skipped one at a time by the
+        // filters' lookups) by its marker alone, inline and before the container stack of
+        // `skip_container` is set up (a 512-byte memset per call).
+        let start = self.pos;
+        if let Some(len) = scalar_len(&self.buf[start..])
+            && len <= self.buf.len() - start
+        {
+            self.pos += len;
+            return Ok(start..self.pos);
+        }
+        self.skip_container(max_depth)
+    }
+
+    /// Skips a map key: a fixstr (most keys) by arithmetic on its marker, without the table
+    /// load `skip_value` puts on the chain from one value to the next; else as `skip_value`.
+    #[inline(always)]
+    pub fn skip_key(&mut self, max_depth: usize) -> Result<Range<usize>, MsgpackError> {
+        let start = self.pos;
+        if let Some(&first) = self.buf.get(start)
+            && first & 0xe0 == 0xa0
+        {
+            let len = 1 + usize::from(first & 0x1f);
+            if len <= self.buf.len() - start {
+                self.pos += len;
+                return Ok(start..self.pos);
+            }
+        }
+        self.skip_value(max_depth)
+    }
+
+    /// `skip_value` for what is not a complete scalar: containers, and errors.
+    #[inline(never)]
+    fn skip_container(&mut self, max_depth: usize) -> Result<Range<usize>, MsgpackError> {
         /// Depth kept on the stack; deeper limits fall back to the scanner's heap stack.
         const INLINE_DEPTH: usize = 64;
         let start = self.pos;
@@ -422,30 +456,49 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// The range of the value at `path` (map keys, outermost first) in the msgpack map `record`.
+/// The range of the value at `path` (map keys, outermost first) in the msgpack map `record`
+/// (a complete value, as the decoder cuts records).
 pub fn lookup<K: AsRef<str>>(record: &[u8], path: &[K]) -> Option<Range<usize>> {
-    let mut cur = Cursor::new(record);
     let mut range = 0..record.len();
     for key in path {
-        cur.set_position(range.start);
-        let Ok(Head::Map(pairs)) = cur.head() else {
-            return None;
-        };
-        let mut found = None;
-        for _ in 0..pairs {
-            let key_range = cur.skip_value(DEFAULT_MAX_DEPTH).ok()?;
-            let value_range = cur.skip_value(DEFAULT_MAX_DEPTH).ok()?;
-            let mut key_cur = Cursor::new(&record[key_range]);
-            if let Ok(Head::Str(n) | Head::Bin(n)) = key_cur.head() {
-                let text = key_cur.take(n as usize).ok().map(|r| key_cur.slice(r));
-                if text == Some(key.as_ref().as_bytes()) {
-                    found = Some(value_range);
-                }
-            }
-        }
-        range = found?;
+        let map = &record[range.clone()];
+        let found = find_key(map, key.as_ref().as_bytes())?;
+        range = range.start + found.start..range.start + found.end;
     }
     Some(range)
+}
+
+/// The range in `map` of the value of `key`. The last of repeated keys wins, as in the Hash
+/// a Ruby msgpack decoder builds. (Stopping at a match when the key's text does not occur
+/// further on cost more than it saved: a one-shot memmem per match.)
+#[inline]
+fn find_key(map: &[u8], key: &[u8]) -> Option<Range<usize>> {
+    let mut cur = Cursor::new(map);
+    let Ok(Head::Map(pairs)) = cur.head() else {
+        return None;
+    };
+    let mut found = None;
+    for _ in 0..pairs {
+        let key_range = cur.skip_key(DEFAULT_MAX_DEPTH).ok()?;
+        let value_range = cur.skip_value(DEFAULT_MAX_DEPTH).ok()?;
+        if str_bytes(&map[key_range]) == Some(key) {
+            found = Some(value_range);
+        }
+    }
+    found
+}
+
+/// The bytes of an encoded string or binary (exactly one value), `None` for other values.
+#[inline(always)]
+pub fn str_bytes(encoded: &[u8]) -> Option<&[u8]> {
+    if let [0xa0..=0xbf, text @ ..] = encoded {
+        return Some(text);
+    }
+    let mut cur = Cursor::new(encoded);
+    match cur.head() {
+        Ok(Head::Str(n) | Head::Bin(n)) => cur.take(n as usize).ok().map(|r| cur.slice(r)),
+        _ => None,
+    }
 }
 
 /// Writes a map header for `len` entries (used when records are extended with extra keys).
@@ -631,6 +684,40 @@ mod tests {
             Scanner::new().scan(&[0x92, 0x01, 0xc1], 64),
             Err(MsgpackError::ReservedMarker(2))
         );
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// lookup against the map decoded whole, repeated keys included (the last wins).
+        #[test]
+        fn lookup_finds_the_last_of_repeated_keys(
+            pairs in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["a", "b", "ab", "level", "x"]),
+                    proptest::prop_oneof![
+                        proptest::prelude::any::<i32>().prop_map(serde_json::Value::from),
+                        "[a-z]{0,40}".prop_map(serde_json::Value::from),
+                        proptest::sample::select(vec!["a", "level", "b a"])
+                            .prop_map(serde_json::Value::from),
+                        proptest::prelude::Just(serde_json::json!({"a": 1, "level": [2]})),
+                    ],
+                ),
+                0..10,
+            ),
+            key in proptest::sample::select(vec!["a", "b", "ab", "level", "x", "y"]),
+        ) {
+            let mut record = Vec::new();
+            write_map_len(&mut record, pairs.len() as u32);
+            for (k, v) in &pairs {
+                write_str(&mut record, k);
+                record.extend(encode(v));
+            }
+            let want = pairs.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+            let got = lookup(&record, &[key])
+                .map(|r| rmp_serde::from_slice::<serde_json::Value>(&record[r]).unwrap());
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `@type record_transformer`: fluentd's filter_record_transformer without Ruby. `<record>`
 //! values with `${tag}`, `${tag_parts[N]}`, `${tag_prefix[N]}`, `${tag_suffix[N]}`,
 //! `${hostname}`, `${time}`, `${record["key"]}`; remove_keys, keep_keys, renew_record,
-//! renew_time_key, auto_typecast. Records are rebuilt as msgpack from the original bytes.
+//! renew_time_key, auto_typecast. Records are rebuilt as msgpack from the original bytes; the
+//! usual case (keys fixed for the batch, top-level removals) appends to a copy of the record's
+//! entries in one buffer per batch, without taking the record apart.
 
 use super::{Filter, RecordError};
 use crate::codec::msgpack::{self, Cursor, DEFAULT_MAX_DEPTH, Head};
@@ -9,7 +11,9 @@ use crate::config::{ConfigError, Section};
 use crate::event::{Event, EventTime};
 use crate::fluentd::accessor::{KeyPath, to_text};
 use bytes::Bytes;
+use memchr::memmem;
 use std::borrow::Cow;
+use std::ops::Range;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Piece {
@@ -64,6 +68,24 @@ impl Text {
             pieces.push(Piece::Literal(rest.into()));
         }
         Ok(Self(pieces))
+    }
+
+    /// Whether it reads the event (its record or time); otherwise it is the same for a batch.
+    fn per_event(&self) -> bool {
+        self.0
+            .iter()
+            .any(|p| matches!(p, Piece::Time | Piece::Field(_)))
+    }
+}
+
+impl Value {
+    fn per_event(&self) -> bool {
+        match self {
+            Value::Text(text) => text.per_event(),
+            Value::Encoded(_) => false,
+            Value::Array(items) => items.iter().any(Value::per_event),
+            Value::Map(pairs) => pairs.iter().any(|(k, v)| k.per_event() || v.per_event()),
+        }
     }
 }
 
@@ -295,6 +317,20 @@ impl RecordTransformer {
         })
     }
 
+    /// The plain way for one event: its new record, or its error.
+    fn transform_into(
+        &self,
+        ctx: &TagContext<'_>,
+        event: Event,
+        kept: &mut Vec<Event>,
+        errors: &mut Vec<RecordError>,
+    ) {
+        match self.transform(ctx, &event) {
+            Ok(new) => kept.push(new),
+            Err(reason) => errors.push(RecordError { event, reason }),
+        }
+    }
+
     fn render_text(&self, text: &Text, ctx: &TagContext<'_>, event: &Event) -> String {
         let mut out = String::new();
         for piece in &text.0 {
@@ -359,6 +395,22 @@ impl RecordTransformer {
         })
     }
 
+    /// Why every record is taken apart and rebuilt, when the batch way (append to the
+    /// record's bytes) cannot be taken; `check` says it.
+    fn rebuilds_because(&self) -> Option<&'static str> {
+        if self.renew_record {
+            Some("renew_record")
+        } else if self.renew_time_key.is_some() {
+            Some("renew_time_key")
+        } else if self.remove_keys.iter().any(|p| p.parts().len() > 1) {
+            Some("a nested remove_keys path")
+        } else if self.record.iter().any(|(key, _)| key.per_event()) {
+            Some("a key that reads the event")
+        } else {
+            None
+        }
+    }
+
     fn describe(&self) -> String {
         let mut parts = Vec::new();
         if !self.record.is_empty() {
@@ -373,6 +425,11 @@ impl RecordTransformer {
         }
         if let Some(key) = &self.renew_time_key {
             parts.push(format!("time from {key}"));
+        }
+        if let Some(why) = self.rebuilds_because() {
+            parts.push(format!(
+                "every record rebuilt ({why}; docs/performance.md#filters)"
+            ));
         }
         parts.join(", ")
     }
@@ -398,17 +455,173 @@ fn entries(record: &[u8]) -> Result<Entries<'_>, msgpack::MsgpackError> {
     for _ in 0..pairs {
         let key = cur.skip_value(DEFAULT_MAX_DEPTH)?;
         let value = cur.skip_value(DEFAULT_MAX_DEPTH)?;
-        let mut key_cur = Cursor::new(&record[key.clone()]);
-        let text = match key_cur.head() {
-            Ok(Head::Str(n) | Head::Bin(n)) => {
-                let range = key_cur.take(n as usize)?;
-                key_cur.slice(range)
-            }
-            _ => &record[key.clone()],
-        };
-        out.push((text, &record[key], &record[value]));
+        let key = &record[key];
+        out.push((key_text(key), key, &record[value]));
     }
     Ok(out)
+}
+
+/// What a key is compared by: a string's (or binary's) bytes. Other keys (integers, ...) are
+/// never equal to a key the config names, as in Ruby's Hash: they read as bytes no UTF-8
+/// string has.
+#[inline(always)]
+fn key_text(key: &[u8]) -> &[u8] {
+    const NOT_TEXT: &[u8] = b"\xff";
+    msgpack::str_bytes(key).unwrap_or(NOT_TEXT)
+}
+
+/// A batch's `<record>` work when no key reads the event and `remove_keys` are top-level:
+/// the entries to add after the record's own, with the values that are the same for every
+/// event already encoded. An event whose record has one of the keys set goes the plain way
+/// (its entry is replaced where it is), so the fast way only appends.
+struct Appender<'f> {
+    /// Every key `<record>` sets (also those removed again).
+    set: Vec<String>,
+    remove: Vec<&'f str>,
+    /// The text of each key set or removed: a record in which none occurs anywhere has none
+    /// of them as a key, so it is not taken apart (its entries are copied whole).
+    needles: Vec<memmem::Finder<'static>>,
+    tail: Vec<Tail<'f>>,
+    /// Entries in `tail`.
+    added: u32,
+    /// Bytes of the fixed parts of `tail`.
+    fixed_len: usize,
+}
+
+enum Tail<'f> {
+    /// Encoded keys and values, the same for every event of the batch.
+    Fixed(Vec<u8>),
+    /// A value that reads the event, rendered for each.
+    Value(&'f Value),
+}
+
+impl<'f> Appender<'f> {
+    /// `None` when the batch needs the plain way (renew_record, renew_time_key, a nested
+    /// remove_keys path, or a key that reads the event).
+    fn new(rt: &'f RecordTransformer, ctx: &TagContext<'_>, first: &Event) -> Option<Self> {
+        if rt.rebuilds_because().is_some() {
+            return None;
+        }
+        let remove: Vec<&str> = rt
+            .remove_keys
+            .iter()
+            .filter_map(|path| path.parts().first().map(String::as_str))
+            .collect();
+        // The keys in order, a repeated key keeping its first place with its last value (as
+        // the plain way's replace-or-push).
+        let mut merged: Vec<(String, &'f Value)> = Vec::with_capacity(rt.record.len());
+        for (key, value) in &rt.record {
+            let name = rt.render_text(key, ctx, first);
+            match merged.iter_mut().find(|(n, _)| *n == name) {
+                Some(existing) => existing.1 = value,
+                None => merged.push((name, value)),
+            }
+        }
+        let set: Vec<String> = merged.iter().map(|(name, _)| name.clone()).collect();
+        let needles = set
+            .iter()
+            .map(String::as_str)
+            .chain(remove.iter().copied())
+            .map(|key| memmem::Finder::new(key).into_owned())
+            .collect();
+        let mut appender = Self {
+            set,
+            remove,
+            needles,
+            tail: Vec::new(),
+            added: 0,
+            fixed_len: 0,
+        };
+        let mut fixed = Vec::new();
+        for (name, value) in &merged {
+            if appender.remove.contains(&name.as_str()) {
+                continue;
+            }
+            appender.added += 1;
+            msgpack::write_str(&mut fixed, name);
+            if value.per_event() {
+                appender.fixed_len += fixed.len();
+                appender.tail.push(Tail::Fixed(std::mem::take(&mut fixed)));
+                appender.tail.push(Tail::Value(value));
+            } else {
+                rt.render_value(value, ctx, first, &mut fixed);
+            }
+        }
+        appender.fixed_len += fixed.len();
+        appender.tail.push(Tail::Fixed(fixed));
+        Some(appender)
+    }
+
+    /// Appends `event`'s new record to `out`; `false` (nothing written) when the event needs
+    /// the plain way: its record has a key that is set, or is not a readable map.
+    #[inline]
+    fn append(
+        &self,
+        rt: &RecordTransformer,
+        ctx: &TagContext<'_>,
+        event: &Event,
+        spans: &mut Vec<Range<usize>>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let record = &event.record[..];
+        let mut cur = Cursor::new(record);
+        let Ok(Head::Map(pairs)) = cur.head() else {
+            return false;
+        };
+        spans.clear();
+        // A record is exactly one map (as the decoder cuts it), so its entries run to its end.
+        if !self.needles.iter().any(|n| n.find(record).is_some()) {
+            spans.push(cur.position()..record.len());
+            self.write(rt, ctx, event, pairs, spans, out);
+            return true;
+        }
+        let mut from = cur.position();
+        let mut kept = 0u32;
+        for _ in 0..pairs {
+            let (Ok(key), Ok(value)) = (
+                cur.skip_key(DEFAULT_MAX_DEPTH),
+                cur.skip_value(DEFAULT_MAX_DEPTH),
+            ) else {
+                return false;
+            };
+            let text = key_text(&record[key.clone()]);
+            if self.set.iter().any(|k| k.as_bytes() == text) {
+                return false;
+            }
+            if self.remove.iter().any(|k| k.as_bytes() == text) {
+                spans.push(from..key.start);
+                from = value.end;
+            } else {
+                kept += 1;
+            }
+        }
+        spans.push(from..cur.position());
+        self.write(rt, ctx, event, kept, spans, out);
+        true
+    }
+
+    /// The new record: `kept` of the record's entries (the bytes in `spans`), then the tail.
+    #[inline]
+    fn write(
+        &self,
+        rt: &RecordTransformer,
+        ctx: &TagContext<'_>,
+        event: &Event,
+        kept: u32,
+        spans: &[Range<usize>],
+        out: &mut Vec<u8>,
+    ) {
+        msgpack::write_map_len(out, kept + self.added);
+        for span in spans {
+            out.extend_from_slice(&event.record[span.clone()]);
+        }
+        for tail in &self.tail {
+            match tail {
+                Tail::Fixed(bytes) => out.extend_from_slice(bytes),
+                Tail::Value(value) => rt.render_value(value, ctx, event, out),
+            }
+        }
+    }
 }
 
 /// `record` without the value at `path` (nested maps), or `None` if it is not there.
@@ -483,12 +696,38 @@ impl Filter for RecordTransformer {
 
     fn filter(&self, tag: &str, events: Vec<Event>, errors: &mut Vec<RecordError>) -> Vec<Event> {
         let ctx = TagContext::new(tag);
+        let appender = events.first().and_then(|e| Appender::new(self, &ctx, e));
         let mut kept = Vec::with_capacity(events.len());
-        for event in events {
-            match self.transform(&ctx, &event) {
-                Ok(new) => kept.push(new),
-                Err(reason) => errors.push(RecordError { event, reason }),
+        let Some(appender) = appender else {
+            for event in events {
+                self.transform_into(&ctx, event, &mut kept, errors);
             }
+            return kept;
+        };
+        // The batch's new records in one buffer, each event a slice of it (as the input's
+        // events are slices of what it read).
+        let room = events
+            .iter()
+            .map(|e| e.record.len() + appender.fixed_len + 5)
+            .sum();
+        let mut arena = Vec::with_capacity(room);
+        let mut ranges = Vec::with_capacity(events.len());
+        let mut spans = Vec::new();
+        for event in events {
+            let start = arena.len();
+            if appender.append(self, &ctx, &event, &mut spans, &mut arena) {
+                ranges.push((kept.len(), start..arena.len()));
+                kept.push(Event {
+                    time: event.time,
+                    record: Bytes::new(),
+                });
+            } else {
+                self.transform_into(&ctx, event, &mut kept, errors);
+            }
+        }
+        let arena = Bytes::from(arena);
+        for (i, range) in ranges {
+            kept[i].record = arena.slice(range);
         }
         kept
     }
@@ -599,6 +838,140 @@ mod tests {
         .unwrap();
         let (r, _) = run(&t, "svc.a", json!({})).unwrap();
         assert_eq!(r, json!({"svc_meta": {"t": "svc.a", "n": [1, true]}}));
+    }
+
+    /// A map record (complete, as the decoder cuts them) with these keys (a string, or an integer when it parses as one) and
+    /// values, duplicates kept as they come.
+    fn raw_record(pairs: &[(String, J)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        msgpack::write_map_len(&mut out, pairs.len() as u32);
+        for (key, value) in pairs {
+            match key.parse::<i64>() {
+                Ok(n) => {
+                    let _ = rmp::encode::write_sint(&mut out, n);
+                }
+                Err(_) => msgpack::write_str(&mut out, key),
+            }
+            out.extend(rmp_serde::to_vec(value).unwrap());
+        }
+        out
+    }
+
+    fn arb_value() -> impl Strategy<Value = J> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<i64>().prop_map(J::from),
+            "[a-z ]{0,12}".prop_map(J::from),
+            // Values holding a key's text: such a record is taken apart to find its keys.
+            proptest::sample::select(vec!["tag", "hostname", "a tag", "x"]).prop_map(J::from),
+            Just(J::Null),
+            Just(json!({"a": 1, "b": "x"})),
+            Just(json!([1, "two"])),
+        ]
+    }
+
+    use proptest::prelude::{Strategy, prop_oneof};
+
+    proptest::proptest! {
+        /// The batch way (appending to the record's own bytes) gives each event what the
+        /// plain way (taking the record apart) gives it, errors included.
+        #[test]
+        fn batches_give_what_the_plain_way_gives(
+            records in proptest::collection::vec(
+                prop_oneof![
+                    9 => proptest::collection::vec(
+                        (proptest::sample::select(vec![
+                            "a", "b", "tag", "host", "hostname", "nested", "x", "97", "",
+                        ]).prop_map(str::to_owned), arb_value()),
+                        0..8,
+                    ).prop_map(|pairs: Vec<(String, J)>| raw_record(&pairs)),
+                    1 => proptest::prelude::Just(rmp_serde::to_vec(&"not a map").unwrap()),
+                ],
+                1..12,
+            ),
+            items in proptest::collection::vec(proptest::sample::select(vec![
+                "tag ${tag}", "hostname ${hostname}", "a fixed", "host h-${tag_parts[-1]}",
+                "n ${record[\"a\"]}", "t ${time}", "m {\"k\":\"${tag_parts[0]}\"}",
+                "tag again", "${tag_parts[0]}_k v", "${record[\"b\"]} v", "l [1,\"${tag}\"]",
+            ]), 0..5),
+            removes in proptest::collection::vec(proptest::sample::select(vec![
+                "b", "x", "a", "tag", "$.nested.a", "97",
+            ]), 0..3),
+            typecast in proptest::prelude::any::<bool>(),
+            renew in proptest::prelude::any::<bool>(),
+        ) {
+            let mut body = format!("auto_typecast {typecast}\n");
+            if !removes.is_empty() {
+                body.push_str(&format!("remove_keys {}\n", removes.join(",")));
+            }
+            if renew {
+                body.push_str("renew_record true\nkeep_keys a,b\n");
+            }
+            body.push_str("<record>\n");
+            for item in &items {
+                body.push_str(&format!(" {item}\n"));
+            }
+            body.push_str("</record>\n");
+            let t = transformer(&body).unwrap();
+            let events: Vec<Event> = records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Event {
+                    time: EventTime::new(1_700_000_000 + i as i64, i as u32),
+                    record: Bytes::from(r.clone()),
+                })
+                .collect();
+            let ctx = TagContext::new("web.app");
+            let mut want = Vec::new();
+            let mut want_errors = Vec::new();
+            for event in &events {
+                match t.transform(&ctx, event) {
+                    Ok(new) => want.push(new),
+                    Err(reason) => want_errors.push((event.clone(), reason)),
+                }
+            }
+            let mut errors = Vec::new();
+            let got = t.filter("web.app", events, &mut errors);
+            let got_errors: Vec<(Event, String)> =
+                errors.into_iter().map(|e| (e.event, e.reason)).collect();
+            proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert_eq!(got_errors, want_errors);
+        }
+    }
+
+    #[test]
+    fn check_says_when_every_record_is_rebuilt() {
+        let fast =
+            transformer("remove_keys a\n<record>\n t ${tag}\n n ${record[\"a\"]}\n</record>\n");
+        assert_eq!(fast.unwrap().describe(), "set 2 field(s), remove a");
+        let nested = transformer("remove_keys $.a.b\n").unwrap().describe();
+        assert!(
+            nested.ends_with(
+                "every record rebuilt (a nested remove_keys path; docs/performance.md#filters)"
+            ),
+            "{nested}"
+        );
+        let key = transformer("<record>\n ${record[\"k\"]} v\n</record>\n").unwrap();
+        assert!(
+            key.describe().contains("(a key that reads the event;"),
+            "{}",
+            key.describe()
+        );
+    }
+
+    #[test]
+    fn integer_keys_are_not_the_strings_of_their_encoding() {
+        // 97 is encoded as the byte of "a": Ruby's Hash keeps both keys.
+        let t = transformer("remove_keys a\n<record>\n b x\n</record>\n").unwrap();
+        let record = raw_record(&[("97".into(), json!(1)), ("b".into(), json!(2))]);
+        let event = Event {
+            time: EventTime::new(1, 0),
+            record: Bytes::from(record),
+        };
+        let out = t.filter("x", vec![event], &mut Vec::new());
+        let mut cur = Cursor::new(&out[0].record);
+        assert_eq!(cur.head(), Ok(Head::Map(2)));
+        assert_eq!(cur.head(), Ok(Head::Uint(97)));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Event times as text, the way fluentd's TimeFormatter writes them: Ruby strftime formats
 //! (%N, %3N, %L for sub-seconds), local time by default, `utc` or a fixed `timezone` offset,
-//! and ISO 8601 when no format is given. The last formatted second is cached.
+//! and ISO 8601 when no format is given. The text of the last second is kept, with the
+//! sub-second digits put in per time.
 
 use crate::event::EventTime;
-use chrono::format::{Item, StrftimeItems};
+use chrono::format::{Fixed, Item, Numeric, StrftimeItems};
 use chrono::{DateTime, FixedOffset, Local, Offset, TimeZone, Utc};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,13 +84,24 @@ fn parse_offset(tz: &str) -> Result<FixedOffset, String> {
     FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60)).ok_or_else(err)
 }
 
-/// Ruby strftime → chrono strftime: only the sub-second forms differ.
-fn translate(ruby: &str) -> String {
-    let mut out = String::with_capacity(ruby.len());
+/// A piece of a Ruby strftime format: text for chrono (everything but the sub-second forms,
+/// which are the only ones Ruby and chrono write differently), or a sub-second part with its
+/// digits (`%N` 9, `%3N` 3, `%L` 3, `%6L` 6; Ruby pads past 9 digits with zeros).
+#[derive(Debug, PartialEq)]
+enum Token {
+    Text(String),
+    Fraction(usize),
+}
+
+/// Cuts a Ruby format at its sub-second parts. `%%` is a literal percent sign (so `%%N` is the
+/// text `%N`, as fluentd's own sub-second check reads it).
+fn tokens(ruby: &str) -> Vec<Token> {
+    let mut out = Vec::new();
+    let mut text = String::with_capacity(ruby.len());
     let mut chars = ruby.chars().peekable();
     while let Some(c) = chars.next() {
         if c != '%' {
-            out.push(c);
+            text.push(c);
             continue;
         }
         let mut digits = String::new();
@@ -97,60 +109,140 @@ fn translate(ruby: &str) -> String {
             digits.push(*d);
             chars.next();
         }
-        match chars.next() {
-            Some('N') => out.push_str(&format!("%{}f", digits.parse().unwrap_or(9).min(9))),
-            Some('L') => out.push_str("%3f"),
+        let width = |default: usize| digits.parse().ok().filter(|w| *w > 0).unwrap_or(default);
+        let fraction = match chars.next() {
+            Some('N') => width(9),
+            Some('L') => width(3),
             Some(other) => {
-                out.push('%');
-                out.push_str(&digits);
-                out.push(other);
+                text.push('%');
+                text.push_str(&digits);
+                text.push(other);
+                continue;
             }
-            None => out.push('%'),
-        }
+            None => {
+                text.push('%');
+                continue;
+            }
+        };
+        out.push(Token::Text(std::mem::take(&mut text)));
+        out.push(Token::Fraction(fraction));
     }
+    out.push(Token::Text(text));
     out
 }
 
+/// Whether chrono reads the sub-seconds for this item itself (`%f`, `%.3f`, `%+`), so the
+/// text cannot be formatted once per second.
+fn reads_subseconds(item: &Item<'_>) -> bool {
+    matches!(
+        item,
+        Item::Numeric(Numeric::Nanosecond, _)
+            | Item::Fixed(
+                Fixed::Nanosecond
+                    | Fixed::Nanosecond3
+                    | Fixed::Nanosecond6
+                    | Fixed::Nanosecond9
+                    | Fixed::RFC3339
+                    | Fixed::Internal(_)
+            )
+    )
+}
+
+const NANOS_PER_SEC: u32 = 1_000_000_000;
+
+/// The first `digits` digits of the nine of `nanos` (truncated, as Ruby), zeros past nine.
+fn push_fraction(out: &mut String, nanos: u32, digits: usize) {
+    let mut buf = [b'0'; 9];
+    let mut n = nanos % NANOS_PER_SEC;
+    for b in buf.iter_mut().rev() {
+        *b += (n % 10) as u8;
+        n /= 10;
+    }
+    out.push_str(std::str::from_utf8(&buf[..digits.min(9)]).unwrap_or_default());
+    out.extend(std::iter::repeat_n('0', digits.saturating_sub(9)));
+}
+
+/// A compiled format. The text around the sub-second parts depends only on the second: it is
+/// formatted once per second and the digits are put between its pieces for each time.
 #[derive(Debug, Clone)]
 pub struct TimeFormatter {
-    items: Option<Vec<Item<'static>>>,
+    /// The text between the sub-second parts, as chrono items: one more than `fractions`.
+    parts: Vec<Vec<Item<'static>>>,
+    /// Digits of each sub-second part.
+    fractions: Vec<usize>,
     zone: Zone,
-    subsec: bool,
-    cache: Option<(i64, String)>,
+    /// Some item reads the sub-seconds itself: every time is formatted whole.
+    per_event: bool,
+    /// The second `text` holds the parts of (None: not reusable).
+    second: Option<i64>,
+    /// The parts, one after another; `ends` are where each but the last ends. Only the
+    /// seconds when the time is out of chrono's range (`valid` false).
+    text: String,
+    ends: Vec<usize>,
+    valid: bool,
+    /// The last result with sub-second digits.
+    out: String,
 }
 
 impl TimeFormatter {
     /// `format` None means ISO 8601 (fluentd's default when no time_format is set).
     pub fn new(format: Option<&str>, zone: Zone) -> Result<Self, String> {
-        let items = match format {
-            Some(ruby) => {
-                let chrono_fmt = translate(ruby);
-                let items: Vec<Item<'static>> = StrftimeItems::new(&chrono_fmt)
-                    .map(|item| item.to_owned())
-                    .collect();
-                if items.iter().any(|item| matches!(item, Item::Error)) {
-                    return Err(format!("invalid time format '{ruby}'"));
-                }
-                Some(items)
-            }
-            None => None,
+        let tokens = match format {
+            Some(ruby) => tokens(ruby),
+            // Ruby's Time#iso8601: "Z" for UTC times, "+hh:mm" otherwise.
+            None if zone == Zone::Utc => vec![Token::Text("%Y-%m-%dT%H:%M:%SZ".into())],
+            None => vec![Token::Text("%Y-%m-%dT%H:%M:%S%:z".into())],
         };
-        let subsec = format.is_some_and(|f| f.contains("%L") || f.contains('N'));
+        let mut parts = Vec::new();
+        let mut fractions = Vec::new();
+        for token in tokens {
+            match token {
+                Token::Text(text) => {
+                    let items: Vec<Item<'static>> = StrftimeItems::new(&text)
+                        .map(|item| item.to_owned())
+                        .collect();
+                    if items.iter().any(|item| matches!(item, Item::Error)) {
+                        return Err(format!("invalid time format '{}'", format.unwrap_or("")));
+                    }
+                    parts.push(items);
+                }
+                Token::Fraction(digits) => fractions.push(digits),
+            }
+        }
+        let per_event = parts.iter().flatten().any(reads_subseconds);
         Ok(Self {
-            items,
+            parts,
+            fractions,
             zone,
-            subsec,
-            cache: None,
+            per_event,
+            second: None,
+            text: String::new(),
+            ends: Vec::new(),
+            valid: false,
+            out: String::new(),
         })
     }
 
     /// ISO 8601, fluentd's format when none is given.
     pub fn iso8601(zone: Zone) -> Self {
+        let format = if zone == Zone::Utc {
+            "%Y-%m-%dT%H:%M:%SZ"
+        } else {
+            "%Y-%m-%dT%H:%M:%S%:z"
+        };
+        let items = StrftimeItems::new(format)
+            .map(|item| item.to_owned())
+            .collect();
         Self {
-            items: None,
+            parts: vec![items],
+            fractions: Vec::new(),
             zone,
-            subsec: false,
-            cache: None,
+            per_event: false,
+            second: None,
+            text: String::new(),
+            ends: Vec::new(),
+            valid: false,
+            out: String::new(),
         }
     }
 
@@ -159,38 +251,53 @@ impl TimeFormatter {
     }
 
     pub fn format(&mut self, time: EventTime) -> &str {
-        let cached = !self.subsec && matches!(&self.cache, Some((secs, _)) if *secs == time.secs);
-        if !cached {
-            let text = self.format_uncached(time);
-            self.cache = Some((time.secs, text));
+        let reusable = !self.per_event && time.nanos < NANOS_PER_SEC;
+        if !reusable || self.second != Some(time.secs) {
+            self.format_parts(time);
+            self.second = reusable.then_some(time.secs);
         }
-        self.cache
-            .as_ref()
-            .map(|(_, s)| s.as_str())
-            .unwrap_or_default()
+        if self.fractions.is_empty() || !self.valid {
+            return &self.text;
+        }
+        self.out.clear();
+        let mut start = 0;
+        for (&end, &digits) in self.ends.iter().zip(&self.fractions) {
+            self.out.push_str(&self.text[start..end]);
+            push_fraction(&mut self.out, time.nanos, digits);
+            start = end;
+        }
+        self.out.push_str(&self.text[start..]);
+        &self.out
     }
 
-    fn format_uncached(&self, time: EventTime) -> String {
+    fn format_parts(&mut self, time: EventTime) {
+        self.text.clear();
+        self.ends.clear();
         let Some(utc) = DateTime::<Utc>::from_timestamp(time.secs, time.nanos) else {
-            return time.secs.to_string();
+            self.valid = false;
+            self.text.push_str(itoa::Buffer::new().format(time.secs));
+            return;
         };
+        self.valid = true;
         match self.zone {
-            Zone::Utc => self.render(utc, true),
-            Zone::Local => self.render(utc.with_timezone(&Local), false),
-            Zone::Fixed(offset) => self.render(utc.with_timezone(&offset), false),
-            Zone::Named(tz) => self.render(utc.with_timezone(&tz), false),
+            Zone::Utc => self.write_parts(&utc),
+            Zone::Local => self.write_parts(&utc.with_timezone(&Local)),
+            Zone::Fixed(offset) => self.write_parts(&utc.with_timezone(&offset)),
+            Zone::Named(tz) => self.write_parts(&utc.with_timezone(&tz)),
         }
     }
 
-    fn render<Tz: TimeZone>(&self, t: DateTime<Tz>, utc: bool) -> String
+    fn write_parts<Tz: TimeZone>(&mut self, t: &DateTime<Tz>)
     where
         Tz::Offset: std::fmt::Display,
     {
-        match &self.items {
-            Some(items) => t.format_with_items(items.iter()).to_string(),
-            // Ruby's Time#iso8601: "Z" for UTC times, "+hh:mm" otherwise.
-            None if utc => t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            None => t.format("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+        use std::fmt::Write;
+        let last = self.parts.len().saturating_sub(1);
+        for (i, items) in self.parts.iter().enumerate() {
+            let _ = write!(self.text, "{}", t.format_with_items(items.iter()));
+            if i < last {
+                self.ends.push(self.text.len());
+            }
         }
     }
 }
@@ -222,13 +329,95 @@ mod tests {
     }
 
     #[test]
-    fn cache_is_keyed_by_second_and_skipped_for_subsecond_formats() {
+    fn the_second_is_kept_and_subsecond_digits_change_per_time() {
         let mut f = TimeFormatter::new(Some("%H:%M:%S.%N"), Zone::Utc).unwrap();
         assert_eq!(f.format(EventTime::new(0, 1)), "00:00:00.000000001");
         assert_eq!(f.format(EventTime::new(0, 2)), "00:00:00.000000002");
+        assert_eq!(f.format(EventTime::new(1, 2)), "00:00:01.000000002");
         let mut f = TimeFormatter::new(Some("%H:%M:%S"), Zone::Utc).unwrap();
         assert_eq!(f.format(EventTime::new(0, 1)), "00:00:00");
         assert_eq!(f.format(EventTime::new(1, 1)), "00:00:01");
+        // Several sub-second parts, and text after the last one.
+        let mut f = TimeFormatter::new(Some("%L|%S.%6N|%3N %%N"), Zone::Utc).unwrap();
+        assert_eq!(
+            f.format(EventTime::new(61, 987_654_321)),
+            "987|01.987654|987 %N"
+        );
+    }
+
+    #[test]
+    fn subsecond_widths_as_ruby() {
+        let t = EventTime::new(0, 120_456_789);
+        let f = |format| fmt(Some(format), Zone::Utc, t);
+        assert_eq!(f("%1N"), "1");
+        assert_eq!(f("%2N"), "12");
+        assert_eq!(f("%0N"), "120456789");
+        assert_eq!(f("%12N"), "120456789000");
+        assert_eq!(f("%6L"), "120456");
+        // chrono's own sub-second forms are formatted per time, not from the kept second.
+        let mut g = TimeFormatter::new(Some("%+"), Zone::Utc).unwrap();
+        assert_eq!(g.format(EventTime::new(0, 0)), "1970-01-01T00:00:00+00:00");
+        assert_eq!(
+            g.format(EventTime::new(0, 500_000_000)),
+            "1970-01-01T00:00:00.500+00:00"
+        );
+        // Out of chrono's range: the seconds, as before.
+        assert_eq!(
+            fmt(Some("%Y.%N"), Zone::Utc, EventTime::new(i64::MAX, 5)),
+            i64::MAX.to_string()
+        );
+    }
+
+    /// The plain path the kept second replaces: the format translated for chrono as a whole
+    /// (%N -> %9f, %3N -> %3f, %L -> %3f) and every time formatted from scratch.
+    fn plain(ruby: &str, zone: Zone, time: EventTime) -> String {
+        let mut chrono_format = String::new();
+        for token in tokens(ruby) {
+            match token {
+                Token::Text(text) => chrono_format.push_str(&text),
+                Token::Fraction(digits) => chrono_format.push_str(&format!("%{digits}f")),
+            }
+        }
+        let utc = DateTime::<Utc>::from_timestamp(time.secs, time.nanos).unwrap();
+        match zone {
+            Zone::Utc => utc.format(&chrono_format).to_string(),
+            Zone::Local => utc.with_timezone(&Local).format(&chrono_format).to_string(),
+            Zone::Fixed(offset) => utc
+                .with_timezone(&offset)
+                .format(&chrono_format)
+                .to_string(),
+            Zone::Named(tz) => utc.with_timezone(&tz).format(&chrono_format).to_string(),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn kept_seconds_format_as_the_plain_path(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "%Y", "-", "%m", "%d", "T", "%H:%M:%S", ".", "%N", "%3N", "%6N", "%9N", "%L",
+                "%z", "%:z", "%%", "%%N", "Z", " ", "%s", "%j", "%a %b", "%e",
+            ]), 0..10),
+            offset in -50_400i32..50_400,
+            zone_kind in 0usize..4,
+            // Times close together, so the second repeats and moves on.
+            start in 0i64..4_000_000_000,
+            steps in proptest::collection::vec((0i64..3, 0u32..1_000_000_000), 1..12),
+        ) {
+            let ruby: String = pieces.concat();
+            let zone = match zone_kind {
+                0 => Zone::Utc,
+                1 => Zone::Local,
+                2 => Zone::Named(chrono_tz::Tz::Europe__Paris),
+                _ => Zone::Fixed(FixedOffset::east_opt(offset).unwrap()),
+            };
+            let mut formatter = TimeFormatter::new(Some(&ruby), zone).unwrap();
+            let mut secs = start;
+            for (step, nanos) in steps {
+                secs += step;
+                let time = EventTime::new(secs, nanos);
+                proptest::prop_assert_eq!(formatter.format(time), plain(&ruby, zone, time));
+            }
+        }
     }
 
     #[test]

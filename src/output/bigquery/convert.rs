@@ -1412,15 +1412,16 @@ fn epoch_seconds(s: &[u8], compat: bool) -> Option<Number> {
     if int == 0 {
         return None;
     }
-    let text = std::str::from_utf8(s).ok()?;
+    // Only digits, a sign and a dot get here (a formatted date does not): ASCII.
+    let text = || std::str::from_utf8(s).ok();
     match &unsigned[int..] {
-        [] => text
+        [] => text()?
             .parse()
             .ok()
             .map(Number::Int)
-            .or_else(|| text.parse().ok().map(Number::Float)),
+            .or_else(|| text()?.parse().ok().map(Number::Float)),
         [b'.', frac @ ..] if !frac.is_empty() && frac.iter().all(u8::is_ascii_digit) => {
-            text.parse().ok().map(Number::Float)
+            text()?.parse().ok().map(Number::Float)
         }
         _ => None,
     }

@@ -274,6 +274,36 @@ const IGNORED: &[&str] = &[
     "private_key_passphrase",
 ];
 
+/// A note for `check` and the start-up log when `<buffer>` keeps fluent-plugin-bigquery's
+/// defaults that bound throughput and let memory grow: one flush thread (one insertAll
+/// request in flight) and `total_limit_size 1g` (docs/performance.md measures both).
+pub fn buffer_defaults_note(id: &str, s: &Section<'_>) -> Option<String> {
+    let buffer = s.section("buffer").ok().flatten();
+    let given = |key: &str| buffer.is_some_and(|b| b.params.iter().any(|p| p.key == key));
+    let defaults: Vec<&str> = [
+        (
+            "flush_thread_count",
+            "flush_thread_count 1 (one insertAll request at a time)",
+        ),
+        (
+            "total_limit_size",
+            "total_limit_size 1g (a backlog may hold 1 GiB of memory)",
+        ),
+    ]
+    .into_iter()
+    .filter(|(key, _)| !given(key))
+    .map(|(_, text)| text)
+    .collect();
+    if defaults.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{}: {id}: <buffer> keeps the plugin's default {}; for throughput and bounded memory set flush_thread_count 4 (or more), total_limit_size 64m (what the memory allows) and overflow_action block (docs/performance.md)",
+        s.location(),
+        defaults.join(" and ")
+    ))
+}
+
 impl BigQueryOutput {
     /// Reads the `<match>` section. `secondary` is the already-built `<secondary>` output.
     /// Must be called inside a tokio runtime (it starts the buffer's flush workers).
@@ -337,6 +367,7 @@ impl BigQueryOutput {
             schema_table,
         };
         notes.extend(placeholder_notes(&names, &buffer_config, s));
+        notes.extend(buffer_defaults_note(&id, s));
 
         let connection = Connection {
             auth: auth_method(s)?,
