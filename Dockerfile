@@ -4,12 +4,17 @@
 #   docker run -p 24224:24224 -p 24231:24231 -e BIGQUERY_PROJECT=... -e BIGQUERY_JSON_KEY="$(cat key.json)" bqforward
 #   docker run -v $PWD/fluent.conf:/fluentd/etc/fluent.conf bqforward     # as with fluentd's image
 #
-# No Docker engine runs in this repository's CI: scripts/check-deploy.sh checks this file
-# statically (every COPY source, the build command against CI's, the CLI subcommands used,
-# hadolint, checkov).
+# The binary comes from one of two stages with the same output, /out (docs/deploy.md):
+#   BQFORWARD_BUILD=source    (the default) compiles it in the official Rust image;
+#   BQFORWARD_BUILD=prebuilt  takes target/image/ from the build context, laid out as /out by
+#                             scripts/check-image.sh from `cargo build --release --locked -p
+#                             bqforward` run outside with the same toolchain. CI builds this way
+#                             (no registry serves a Rust image there), then runs the image.
+# scripts/check-deploy.sh checks this file statically; scripts/check-image.sh builds and runs it.
+ARG BQFORWARD_BUILD=source
 
-# --- build: the release binary, with the command CI runs --------------------------------------
-FROM rust:1.95-slim-trixie AS build
+# --- source: the release binary, with the command CI runs --------------------------------------
+FROM rust:1.95-slim-trixie AS source
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
@@ -21,12 +26,20 @@ COPY scripts/build-deps.sh ./scripts/
 # ISA-L's build tools, as CI installs them; the runtime image has no shell, so its writable
 # directories are made here.
 RUN scripts/build-deps.sh \
- && cargo build --release --locked \
- && mkdir -p /out/var/lib/bqforward/buffer /out/var/lib/bqforward/dead-letters
+ && cargo build --release --locked -p bqforward \
+ && mkdir -p /out/usr/local/bin /out/var/lib/bqforward/buffer /out/var/lib/bqforward/dead-letters \
+ && cp target/release/bqforward /out/usr/local/bin/
+
+# --- prebuilt: the same /out, from a binary built outside the image ----------------------------
+FROM scratch AS prebuilt
+COPY target/image/ /out/
+
+# checkov:skip=CKV_DOCKER_7: not an image but one of the two stages above, by a build argument
+FROM ${BQFORWARD_BUILD} AS build
 
 # --- runtime: glibc and CA certificates, no shell, uid 65532 ----------------------------------
 FROM gcr.io/distroless/cc-debian13:nonroot
-COPY --from=build /src/target/release/bqforward /usr/local/bin/bqforward
+COPY --from=build /out/usr/local/bin/bqforward /usr/local/bin/bqforward
 COPY deploy/config/bqforward.conf /etc/bqforward/fluent.conf
 COPY deploy/config/firelens.conf /etc/bqforward/firelens.conf
 COPY deploy/docker/fluent.conf /fluentd/etc/fluent.conf

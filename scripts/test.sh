@@ -38,6 +38,11 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 cargo test --locked --bench codec --bench rows --bench request --bench router --bench filter
 # Dockerfile, ECS task definitions and Terraform: static checks, checkov, hadolint.
 scripts/check-deploy.sh
+# The container image built from the Dockerfile and run with podman: health, traffic into the
+# emulator, the buffer across kill and SIGTERM, read-only and non-root (docs/deploy.md).
+# The container image, built from the Dockerfile and run with podman; it packs the dev build the
+# tests above used (BQFORWARD_IMAGE_PROFILE=release checks the release binary instead).
+BQFORWARD_IMAGE_PROFILE=${BQFORWARD_IMAGE_PROFILE:-dev} scripts/check-image.sh
 # A bounded fuzzing run of the frame decoder and the handshake.
 fuzz/run.sh
 

@@ -349,3 +349,35 @@ fn check_notes_the_plugins_buffer_defaults() {
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("keeps the plugin's default"), "{err}");
 }
+
+/// The image's config (deploy/config/bqforward.conf) always sets `json_key` from
+/// BIGQUERY_JSON_KEY and takes the method from BIGQUERY_AUTH_METHOD: every method the image
+/// documents passes `check` with the variable unset, as fluent-plugin-bigquery accepts
+/// `json_key` under any method and reads it only for json_key.
+#[test]
+fn image_config_passes_check_with_each_documented_auth_method() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = root.join("deploy/config/bqforward.conf");
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = dir.path().join("buffer");
+    let dead = dir.path().join("dead-letters");
+    let key = r#"{"type":"service_account","project_id":"p","private_key_id":"0","private_key":"-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n","client_email":"b@p.iam.gserviceaccount.com","client_id":"0","token_uri":"https://oauth2.googleapis.com/token"}"#;
+    for method in ["json_key", "application_default", "compute_engine", "none"] {
+        let mut env = vec![
+            ("BIGQUERY_PROJECT", "p"),
+            ("BIGQUERY_AUTH_METHOD", method),
+            ("BQFORWARD_BUFFER_DIR", buffer.to_str().unwrap()),
+            ("BQFORWARD_DEAD_LETTER_DIR", dead.to_str().unwrap()),
+        ];
+        if method == "json_key" {
+            env.push(("BIGQUERY_JSON_KEY", key));
+        }
+        let (code, out, err) = bqforward(&["check", "-c", config.to_str().unwrap()], &env);
+        assert_eq!(code, 0, "BIGQUERY_AUTH_METHOD={method}: {err}");
+        assert!(out.contains("config OK"), "{out}");
+        assert!(
+            !err.contains("json_key"),
+            "BIGQUERY_AUTH_METHOD={method}: {err}"
+        );
+    }
+}

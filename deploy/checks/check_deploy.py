@@ -207,19 +207,33 @@ def check_dockerfile(cli):
     instructions = dockerfile_instructions(path)
     ignore = DockerIgnore(ROOT / ".dockerignore")
     files = tracked_files()
-    stages, stage, workdir = {}, None, {}
+    stages, stage, workdir, build_args = {}, None, {}, {}
     image = {"copied": set(), "env": {}, "volumes": [], "expose": set(), "user": None,
              "entrypoint": None, "cmd": None, "healthcheck": None}
-    build_cmds, context = [], []
+    build_cmds, context, out_dirs = [], [], set()
+    check_image = (ROOT / "scripts" / "check-image.sh").read_text()
 
     for line, word, args in instructions:
         where = f"Dockerfile:{line}"
-        if word == "FROM":
+        if word == "ARG" and stage is None:
+            name, _, default = args.partition("=")
+            build_args[name.strip()] = default.strip()
+        elif word == "FROM":
             match = re.match(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", args, re.I)
             stage = match.group(2) or f"#{len(stages)}"
-            stages[stage] = match.group(1)
-            check(":" in match.group(1) and not match.group(1).endswith(":latest"),
-                  f"{where}: base image `{match.group(1)}` has a pinned tag")
+            base = match.group(1)
+            variable = re.fullmatch(r"\$\{?(\w+)\}?", base)
+            if variable:
+                # A stage chosen by a build argument: its default and every value
+                # scripts/check-image.sh passes must name an earlier stage.
+                name = variable.group(1)
+                values = {build_args.get(name)} | set(re.findall(rf"--build-arg {name}=(\S+)", check_image))
+                for value in sorted(v or "" for v in values):
+                    check(value in stages, f"{where}: {name}={value} names an earlier stage",
+                          f"stages: {sorted(stages)}")
+            elif base != "scratch" and base not in stages:
+                check(":" in base and not base.endswith(":latest"), f"{where}: base image `{base}` has a pinned tag")
+            stages[stage] = base
             image.update(copied=set(), env={}, volumes=[], expose=set(), user=None,
                          entrypoint=None, cmd=None, healthcheck=None)
         elif word == "WORKDIR":
@@ -234,13 +248,15 @@ def check_dockerfile(cli):
                 if source_stage:
                     check(source_stage in stages, f"{where}: --from={source_stage} names an earlier stage")
                     image["copied"].add(dest if len(srcs) == 1 else dest.rstrip("/") + "/" + Path(src).name)
-                    release = re.search(r"/target/release/([^/]+)$", src)
-                    if release:
-                        bins = re.findall(r'\[\[bin\]\]\s*name\s*=\s*"([^"]+)"', (ROOT / "Cargo.toml").read_text())
-                        check(release.group(1) in bins,
-                              f"{where}: {src} is a [[bin]] of Cargo.toml", f"bins: {bins}")
                     continue
                 rel = src.rstrip("/").removeprefix("./")
+                if rel.startswith("target/"):
+                    # Made before the build, not in git: the prebuilt stage's binary tree.
+                    check(not ignore.excluded(rel + "/usr/local/bin/bqforward"),
+                          f"{where}: COPY source `{src}` is in the build context (.dockerignore)")
+                    check(rel in check_image, f"{where}: scripts/check-image.sh lays out `{src}`")
+                    out_dirs.add(("prebuilt", dest))
+                    continue
                 matched = [f for f in files if f == rel or f.startswith(rel + "/")] if rel != "." else files
                 check(bool(matched), f"{where}: COPY source `{src}` exists in the repository")
                 sent = [f for f in matched if not ignore.excluded(f)]
@@ -254,6 +270,14 @@ def check_dockerfile(cli):
             for part in re.split(r"&&|;", args):
                 if re.match(r"\s*(cargo\s+build\b|scripts/build-deps\.sh)", part):
                     build_cmds.append(" ".join(part.split()))
+                release = re.search(r"\bcp\s+\S*target/release/(\S+)\s", part)
+                if release:
+                    bins = re.findall(r'\[\[bin\]\]\s*name\s*=\s*"([^"]+)"', (ROOT / "Cargo.toml").read_text())
+                    check(release.group(1) in bins, f"{where}: target/release/{release.group(1)} is a [[bin]] of Cargo.toml",
+                          f"bins: {bins}")
+                mkdir = re.match(r"\s*mkdir\s+-p\s+(.*)", part)
+                if mkdir:
+                    out_dirs.update((stage, d) for d in mkdir.group(1).split())
         elif word == "ENV":
             for key, value in re.findall(r"(\w+)=(\S+)", args):
                 image["env"][key] = value
@@ -273,10 +297,21 @@ def check_dockerfile(cli):
             check(form is not None, f"{where}: HEALTHCHECK CMD uses the exec form")
             image["healthcheck"] = form
 
-    # The build stage compiles with CI's command.
-    check(build_cmds == ["scripts/build-deps.sh", "cargo build --release --locked"],
-          "the build stage runs scripts/build-deps.sh, then `cargo build --release --locked`",
+    # The source stage compiles with CI's command; the prebuilt stage's tree is the source
+    # stage's /out, laid out by scripts/check-image.sh.
+    check(len(build_cmds) == 2 and build_cmds[0] == "scripts/build-deps.sh"
+          and build_cmds[1].startswith("cargo build --release --locked"),
+          "the source stage runs scripts/build-deps.sh, then `cargo build --release --locked`",
           f"found {build_cmds}")
+    check("grep -o 'cargo build --release --locked" in check_image,
+          "scripts/check-image.sh builds the prebuilt binary with the source stage's own command")
+    source_dirs = {d.removeprefix("/out/") for s_, d in out_dirs if s_ != "prebuilt" and d.startswith("/out/")}
+    prebuilt = next((d for s_, d in out_dirs if s_ == "prebuilt"), None)
+    laid_out = {d.removeprefix("target/image/") for d in re.findall(r"target/image/\S+", check_image)
+                if "/" in d.removeprefix("target/image/")}
+    check(prebuilt == "/out/" and bool(source_dirs) and source_dirs <= laid_out,
+          "scripts/check-image.sh lays out target/image/ as the source stage's /out",
+          f"source stage makes {sorted(source_dirs)}, check-image.sh {sorted(laid_out)}")
     ci = (ROOT / "scripts" / "test.sh").read_text()
     check(re.search(r"^scripts/build-deps\.sh$", ci, re.M) is not None,
           "CI (scripts/test.sh) installs the build tools with the same scripts/build-deps.sh")

@@ -529,20 +529,22 @@ fn auth_method(s: &Section<'_>) -> Result<AuthMethod, ConfigError> {
             "none",
         ],
     )?;
+    // The plugin declares the key parameters for every auth_method and reads only the chosen
+    // method's, so a config may set json_key "#{ENV['BIGQUERY_JSON_KEY']}" and choose the
+    // method by environment (the image's deploy/config/bqforward.conf does).
+    let json_key = s.str("json_key");
+    let _ = s.str("private_key_path");
     Ok(match method.unwrap_or("private_key") {
         "none" => AuthMethod::None,
-        "json_key" => {
-            AuthMethod::JsonKey(s.str("json_key").map(str::to_owned).ok_or_else(|| {
-                ConfigError::at(
-                    s.location(),
-                    "auth_method json_key needs 'json_key' (a key file path or the key JSON)",
-                )
-            })?)
-        }
+        "json_key" => AuthMethod::JsonKey(json_key.map(str::to_owned).ok_or_else(|| {
+            ConfigError::at(
+                s.location(),
+                "auth_method json_key needs 'json_key' (a key file path or the key JSON)",
+            )
+        })?),
         "application_default" => AuthMethod::ApplicationDefault,
         "compute_engine" => AuthMethod::ComputeEngine,
         _ => {
-            let _ = s.str("private_key_path");
             return Err(ConfigError::at(
                 s.location(),
                 "auth_method private_key (P12 keys, the plugin's default) is not supported: use json_key, application_default or compute_engine",
