@@ -232,6 +232,28 @@ pub trait Encoder {
     fn raw_key(&mut self, key: &[u8]) -> Result<(), Stop>;
     /// The value of the last key, converted for `field`.
     fn value(&mut self, field: &Field, cell: Cell<'_>) -> Result<(), Stop>;
+    /// The usual values, which the converter hands over without making a `Cell` (an
+    /// encoder may write them without matching on the cell again): a string into a STRING
+    /// column,
+    #[inline(always)]
+    fn str_value(&mut self, field: &Field, s: &[u8]) -> Result<(), Stop> {
+        self.value(field, Cell::Str(s))
+    }
+    /// an integer within ±(2^53-1) into an INTEGER column,
+    #[inline(always)]
+    fn int_value(&mut self, field: &Field, n: i64) -> Result<(), Stop> {
+        self.value(field, Cell::Int(n))
+    }
+    /// a finite float into a FLOAT column,
+    #[inline(always)]
+    fn float_value(&mut self, field: &Field, f: f64) -> Result<(), Stop> {
+        self.value(field, Cell::Float(f))
+    }
+    /// and an injected event time into a TIMESTAMP column.
+    #[inline(always)]
+    fn seconds_value(&mut self, field: &Field, secs: i64, nanos: u32) -> Result<(), Stop> {
+        self.value(field, Cell::Seconds { secs, nanos })
+    }
     /// The value of the last key, which no schema field takes: its msgpack bytes.
     fn unknown(&mut self, value: &[u8]) -> Result<(), Stop>;
     fn begin_record(&mut self, field: &Field) -> Result<(), Stop>;
@@ -391,7 +413,9 @@ impl<'s, K> RowConverter<'s, K> {
     /// One row for `record`, followed by `extras` (injected fields: an extra replaces a
     /// same-named record key, and is converted by the schema as the plugin injects before
     /// converting). Unknown keys go to the encoder (BigQuery rejects them unless
-    /// ignoreUnknownValues, as the plugin does).
+    /// ignoreUnknownValues, as the plugin does). Inlined into its one caller per encoder, so
+    /// an encoder's write position can stay in registers across the keys.
+    #[inline(always)]
     pub fn convert<E: Encoder<Key = K>>(
         &mut self,
         record: &[u8],
@@ -689,6 +713,7 @@ impl Rules {
     }
 
     /// The injected fields, after the record's own; `slots` remembers them by position.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn extras<E: Encoder>(
         self,
@@ -726,12 +751,15 @@ impl Rules {
             seen.set(i);
             let field = &fields[i];
             if let Extra::Time(time) = extra
-                && let Some(cell) = exact_seconds(field, *time)
+                && let Some(Cell::Seconds { secs, nanos }) = exact_seconds(field, *time)
             {
-                enc.value(field, cell)?;
+                enc.seconds_value(field, secs, nanos)?;
                 continue;
             }
             let val = Val::from_extra(extra);
+            if self.usual(field, val, enc)? {
+                continue;
+            }
             self.field_value(field, val, 0, &mut Cursor::new(&[]), enc, scratch)
                 .map_err(|e| e.under(&field.name))?;
         }
@@ -824,23 +852,32 @@ impl Rules {
     ) -> Result<(), Stop> {
         let start = cur.position();
         let val = Val::read(cur)?;
-        // The usual pairs of a column type and a value of that type, first.
-        if field.mode != FieldMode::Repeated {
-            const SAFE: i64 = (1 << 53) - 1;
-            let cell = match (field.field_type, val) {
-                (FieldType::String, Val::Str(s)) if !self.compat => Some(Cell::Str(s)),
-                (FieldType::Integer, Val::Int(n)) if (-SAFE..=SAFE).contains(&n) => {
-                    Some(Cell::Int(n))
-                }
-                (FieldType::Integer, Val::Uint(n)) if n <= SAFE as u64 => Some(Cell::Int(n as i64)),
-                (FieldType::Float, Val::Float(f)) if f.is_finite() => Some(Cell::Float(f)),
-                _ => None,
-            };
-            if let Some(cell) = cell {
-                return enc.value(field, cell);
-            }
+        if self.usual(field, val, enc)? {
+            return Ok(());
         }
         self.field_value(field, val, start, cur, enc, scratch)
+    }
+
+    /// The usual pairs of a column type and a value of that type, handed over without a
+    /// `Cell`; false (nothing written) for everything else.
+    #[inline(always)]
+    fn usual<E: Encoder>(self, field: &Field, val: Val<'_>, enc: &mut E) -> Result<bool, Stop> {
+        const SAFE: i64 = (1 << 53) - 1;
+        if field.mode == FieldMode::Repeated {
+            return Ok(false);
+        }
+        match (field.field_type, val) {
+            (FieldType::String, Val::Str(s)) if !self.compat => enc.str_value(field, s)?,
+            (FieldType::Integer, Val::Int(n)) if (-SAFE..=SAFE).contains(&n) => {
+                enc.int_value(field, n)?
+            }
+            (FieldType::Integer, Val::Uint(n)) if n <= SAFE as u64 => {
+                enc.int_value(field, n as i64)?
+            }
+            (FieldType::Float, Val::Float(f)) if f.is_finite() => enc.float_value(field, f)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// One field's value, per its mode.

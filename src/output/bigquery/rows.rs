@@ -271,6 +271,29 @@ impl Encoder for JsonEncoder<'_, '_> {
         }
     }
 
+    #[inline(always)]
+    fn str_value(&mut self, _field: &Field, s: &[u8]) -> Result<(), Stop> {
+        self.str(s)
+    }
+
+    #[inline(always)]
+    fn int_value(&mut self, _field: &Field, n: i64) -> Result<(), Stop> {
+        Ok(self.out.integer(n)?)
+    }
+
+    #[inline(always)]
+    fn float_value(&mut self, _field: &Field, f: f64) -> Result<(), Stop> {
+        Ok(self.out.finite_f64(f)?)
+    }
+
+    /// Exact decimal seconds, which BigQuery reads as it reads the float.
+    #[inline(always)]
+    fn seconds_value(&mut self, _field: &Field, secs: i64, nanos: u32) -> Result<(), Stop> {
+        self.out.integer(secs)?;
+        self.out.byte(b'.')?;
+        Ok(self.out.padded_digits(u64::from(nanos), 9)?)
+    }
+
     fn unknown(&mut self, value: &[u8]) -> Result<(), Stop> {
         self.scratch.clear();
         json::write_value(&mut Cursor::new(value), self.scratch, DEFAULT_MAX_DEPTH)?;
