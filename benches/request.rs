@@ -7,7 +7,9 @@ use bqforward::buffer::Entry;
 use bqforward::config::parse_str;
 use bqforward::format::Inject;
 use bqforward::output::bigquery::gzip::gzip;
-use bqforward::output::bigquery::request::{MAX_BODY_BYTES, RequestBuilder, RequestOptions};
+use bqforward::output::bigquery::request_builder::{
+    MAX_BODY_BYTES, RequestBuilder, RequestOptions,
+};
 use bqforward::output::bigquery::schema::Schema;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flate2::{Compression, write::GzEncoder};

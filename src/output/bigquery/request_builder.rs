@@ -3,6 +3,7 @@
 //! insertId derived from its chunk and position, so a resend is de-duplicated by BigQuery.
 //! Limits: "Quotas and limits / Streaming inserts" (10 MB per HTTP request, 50,000 rows).
 
+use super::dead_letter::Rejected;
 use super::gzip::gzip;
 use super::rows::{Conversion, RowWriter};
 use super::schema::Schema;
@@ -36,15 +37,6 @@ pub struct Request {
     pub body: Vec<u8>,
     pub indices: Vec<u32>,
     pub raw_len: usize,
-}
-
-/// An entry that cannot be sent: it goes to the dead letters with this reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
-    pub index: u32,
-    pub reason: String,
-    pub location: String,
-    pub message: String,
 }
 
 pub struct RequestBuilder<'a> {

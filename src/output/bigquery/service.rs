@@ -36,6 +36,14 @@ impl Authenticator for NoAuth {
     }
 }
 
+/// How to reach BigQuery: credentials, endpoint, timeouts.
+pub struct Connection {
+    pub auth: AuthMethod,
+    pub endpoint: Option<String>,
+    pub request_timeout: Option<Duration>,
+    pub open_timeout: Duration,
+}
+
 pub struct BigQueryClient {
     client: Client,
 }
@@ -47,12 +55,15 @@ pub struct TableRef<'a> {
 }
 
 impl BigQueryClient {
-    pub async fn connect(
-        auth: &AuthMethod,
-        endpoint: Option<&str>,
-        request_timeout: Option<Duration>,
-        open_timeout: Duration,
-    ) -> Result<Self, String> {
+    pub async fn connect(connection: &Connection) -> Result<Self, String> {
+        let Connection {
+            auth,
+            endpoint,
+            request_timeout,
+            open_timeout,
+        } = connection;
+        let (endpoint, request_timeout, open_timeout) =
+            (endpoint.as_deref(), *request_timeout, *open_timeout);
         let mut http = reqwest::Client::builder()
             .connect_timeout(open_timeout)
             .pool_idle_timeout(Duration::from_secs(60));
