@@ -104,7 +104,13 @@ fn acked(summary: &str) -> Vec<u64> {
         .collect()
 }
 
-fn send_packed(server: &Server, tag: &str, connections: u32, events: u32, extra: &[&str]) -> String {
+fn send_packed(
+    server: &Server,
+    tag: &str,
+    connections: u32,
+    events: u32,
+    extra: &[&str],
+) -> String {
     let port = server.port.to_string();
     let connections = connections.to_string();
     let events = events.to_string();
@@ -173,10 +179,23 @@ fn every_column_type_lands_through_the_default_stream() {
     let events = json!([["types", record, 1_700_000_000]]);
     run_client(
         "fluent_logger_records.py",
-        &["--port", &server.port.to_string(), "--tag", "app", "--events", &events.to_string()],
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--tag",
+            "app",
+            "--events",
+            &events.to_string(),
+        ],
     );
     let rows = wait_for(1, || emulator.rows(PROJECT, DATASET, "types"));
-    assert_eq!(rows.len(), 1, "{:?}\n{}", dead_letters(&server), server.log());
+    assert_eq!(
+        rows.len(),
+        1,
+        "{:?}\n{}",
+        dead_letters(&server),
+        server.log()
+    );
     let row = &rows[0];
     assert_eq!(row["s"], "café 😀");
     assert_eq!(row["i"], "-42");
@@ -229,18 +248,31 @@ fn rows_bigquery_rejects_go_to_the_secondary_and_the_rest_of_the_batch_lands() {
     ]);
     run_client(
         "fluent_logger_records.py",
-        &["--port", &server.port.to_string(), "--tag", "app", "--events", &events.to_string()],
+        &[
+            "--port",
+            &server.port.to_string(),
+            "--tag",
+            "app",
+            "--events",
+            &events.to_string(),
+        ],
     );
     let dead = wait_for(2, || dead_letters(&server));
     let rows = wait_for(2, || emulator.rows(PROJECT, DATASET, "strict"));
-    let mut ids: Vec<String> = rows.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+    let mut ids: Vec<String> = rows
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
     ids.sort();
     assert_eq!(ids, ["1", "3"], "{}", server.log());
     assert_eq!(dead.len(), 2, "{dead:?}");
     let missing = dead.iter().find(|d| d["record"]["msg"] == "no id").unwrap();
     assert_eq!(missing["reason"], "invalid");
     assert!(
-        missing["message"].as_str().unwrap().contains("Missing required field: id"),
+        missing["message"]
+            .as_str()
+            .unwrap()
+            .contains("Missing required field: id"),
         "{missing}"
     );
     let extra = dead.iter().find(|d| d["record"]["id"] == 4).unwrap();
@@ -253,7 +285,8 @@ fn unavailable_and_quota_answers_are_retried_with_nothing_lost_or_doubled() {
     let emulator = Emulator::start_grpc(&[]);
     emulator.create_dataset(PROJECT, DATASET);
     load_table(&emulator, "flaky");
-    emulator.set_faults(json!({"grpc_unavailable_rate": 0.34, "grpc_resource_exhausted_rate": 0.2}));
+    emulator
+        .set_faults(json!({"grpc_unavailable_rate": 0.34, "grpc_resource_exhausted_rate": 0.2}));
     let server = Server::start(&config(
         &emulator,
         "flaky",
@@ -262,12 +295,21 @@ fn unavailable_and_quota_answers_are_retried_with_nothing_lost_or_doubled() {
     ));
     let out = send_packed(&server, "app.flaky", 2, 1500, &[]);
     assert!(out.contains("\"acked\": 3000"), "{out}");
-    assert_eq!(wait_count(&emulator, "flaky", 3000, 60), 3000, "{}", server.log());
+    assert_eq!(
+        wait_count(&emulator, "flaky", 3000, 60),
+        3000,
+        "{}",
+        server.log()
+    );
     std::thread::sleep(Duration::from_millis(500));
     let seen = landed(&emulator, "flaky");
     assert_eq!(seen.len(), 3000);
     assert!(seen.values().all(|n| *n == 1));
-    assert!(emulator.stats()["faults_unavailable"].as_u64().unwrap_or(0) > 0, "{}", emulator.stats());
+    assert!(
+        emulator.stats()["faults_unavailable"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        emulator.stats()
+    );
 }
 
 /// Answers lost after the rows landed (`grpc_drop_rate`): the default stream can only send
@@ -281,7 +323,11 @@ fn lost_answers(exactly_once: bool) -> (usize, u64) {
     let server = Server::start(&config(
         &emulator,
         "lost",
-        if exactly_once { "exactly_once true" } else { "" },
+        if exactly_once {
+            "exactly_once true"
+        } else {
+            ""
+        },
         "@type file\n    path {dir}/buffer\n    chunk_limit_records 100\n    flush_thread_count 2",
     ));
     let out = send_packed(&server, "app.lost", 2, 1000, &[]);
@@ -295,7 +341,9 @@ fn lost_answers(exactly_once: bool) -> (usize, u64) {
     let seen = landed(&emulator, "lost");
     assert_eq!(seen.len(), 2000, "{}", server.log());
     let doubled = seen.values().filter(|n| **n > 1).count();
-    let dropped = emulator.stats()["faults_grpc_dropped"].as_u64().unwrap_or(0);
+    let dropped = emulator.stats()["faults_grpc_dropped"]
+        .as_u64()
+        .unwrap_or(0);
     (doubled, dropped)
 }
 
@@ -346,7 +394,11 @@ fn kill_9_with_exactly_once_lands_every_acked_event_once() {
             "20",
         ],
     );
-    assert!(wait_count(&emulator, "crash", 10_000, 60) >= 10_000, "{}", server.log());
+    assert!(
+        wait_count(&emulator, "crash", 10_000, 60) >= 10_000,
+        "{}",
+        server.log()
+    );
     // Appends land and their answers are lost: chunks whose rows are in BigQuery stay in the
     // buffer with their tickets, then the process dies.
     emulator.set_faults(json!({"grpc_drop_rate": 1.0}));
@@ -356,14 +408,20 @@ fn kill_9_with_exactly_once_lands_every_acked_event_once() {
     let summary = finish_client(sender);
     let acked = acked(&summary);
     let total: u64 = acked.iter().sum();
-    assert!(total > 20_000, "too little was acked before the crash: {summary}");
+    assert!(
+        total > 20_000,
+        "too little was acked before the crash: {summary}"
+    );
     let before = emulator.count(PROJECT, DATASET, "crash");
 
     emulator.set_faults(json!({}));
     let server = server.restart(&[]);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = landed(&emulator, "crash");
-    while acked.iter().enumerate().any(|(c, &n)| (0..n).any(|s| !seen.contains_key(&(c as u64, s))))
+    while acked
+        .iter()
+        .enumerate()
+        .any(|(c, &n)| (0..n).any(|s| !seen.contains_key(&(c as u64, s))))
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(300));
@@ -373,13 +431,28 @@ fn kill_9_with_exactly_once_lands_every_acked_event_once() {
     let seen = landed(&emulator, "crash");
     for (conn, &n) in acked.iter().enumerate() {
         for seq in 0..n {
-            assert!(seen.contains_key(&(conn as u64, seq)), "acked event {conn}/{seq} lost\n{}", server.log());
+            assert!(
+                seen.contains_key(&(conn as u64, seq)),
+                "acked event {conn}/{seq} lost\n{}",
+                server.log()
+            );
         }
     }
     let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "{} rows landed twice, e.g. {:?}", doubled.len(), doubled.first());
-    assert!(server.log().contains("recovered buffered chunks from a previous run"));
-    let dropped = emulator.stats()["faults_grpc_dropped"].as_u64().unwrap_or(0);
+    assert!(
+        doubled.is_empty(),
+        "{} rows landed twice, e.g. {:?}",
+        doubled.len(),
+        doubled.first()
+    );
+    assert!(
+        server
+            .log()
+            .contains("recovered buffered chunks from a previous run")
+    );
+    let dropped = emulator.stats()["faults_grpc_dropped"]
+        .as_u64()
+        .unwrap_or(0);
     eprintln!(
         "kill -9 with exactly_once: acked {total}, in BigQuery before the crash {before} ({dropped} answers lost), landed {} distinct, 0 lost, 0 twice",
         seen.len()
@@ -393,17 +466,27 @@ fn check_refuses_what_the_storage_write_api_cannot_do() {
         ("exactly_once true", "", "needs <buffer> @type file"),
         ("insert_id_field id", "", "insert_id_field is meaningless"),
         ("template_suffix _x", "", "template_suffix"),
-        ("storage_endpoint localhost:1", "", "needs http:// (plaintext h2c) or https://"),
+        (
+            "storage_endpoint localhost:1",
+            "",
+            "needs http:// (plaintext h2c) or https://",
+        ),
     ];
     for (extra, buffer, want) in cases {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bqforward.conf");
         let mut text = config(&emulator, "t", extra, buffer);
         if extra.starts_with("storage_endpoint") {
-            text = config(&emulator, "t", "", buffer)
-                .replace(&format!("storage_endpoint {}", emulator.grpc_endpoint()), extra);
+            text = config(&emulator, "t", "", buffer).replace(
+                &format!("storage_endpoint {}", emulator.grpc_endpoint()),
+                extra,
+            );
         }
-        std::fs::write(&path, text.replace("{dir}", &dir.path().display().to_string())).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("{dir}", &dir.path().display().to_string()),
+        )
+        .unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_bqforward"))
             .args(["check", "-c", path.to_str().unwrap()])
             .output()
@@ -412,4 +495,123 @@ fn check_refuses_what_the_storage_write_api_cannot_do() {
         assert!(!out.status.success(), "{extra}: accepted");
         assert!(stderr.contains(want), "{extra}: {stderr}");
     }
+}
+
+/// The value of the sample of `name` whose labels include all of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_show_what_each_api_bills_for_the_same_rows() {
+    let emulator = Emulator::start_grpc(&[]);
+    emulator.create_dataset(PROJECT, DATASET);
+    load_table(&emulator, "via_storage");
+    load_table(&emulator, "via_insert");
+    let output = |id: &str, kind: &str, table: &str, extra: &str| {
+        format!(
+            "<match app.{id}.**>\n  @type {kind}\n  @id {id}\n  auth_method none\n  endpoint {}\n  {extra}\n  project {PROJECT}\n  dataset {DATASET}\n  table {table}\n  fetch_schema true\n  <buffer>\n    flush_interval 0.1s\n  </buffer>\n</match>\n",
+            emulator.endpoint()
+        )
+    };
+    let text = format!(
+        "<source>\n  @type forward\n  bind 127.0.0.1\n  port 0\n</source>\n<source>\n  @type prometheus\n  bind 127.0.0.1\n  port 0\n</source>\n{}{}",
+        output(
+            "sw",
+            "bigquery_storage_write",
+            "via_storage",
+            &format!("storage_endpoint {}", emulator.grpc_endpoint())
+        ),
+        output("ia", "bigquery_insert", "via_insert", ""),
+    );
+    let server = Server::start(&text);
+    send_packed(&server, "app.sw.x", 1, 300, &[]);
+    send_packed(&server, "app.ia.x", 1, 300, &[]);
+    assert_eq!(
+        wait_count(&emulator, "via_storage", 300, 30),
+        300,
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        wait_count(&emulator, "via_insert", 300, 30),
+        300,
+        "{}",
+        server.log()
+    );
+    let line = server.wait_log("http_addr=");
+    let port: u16 = line
+        .split("http_addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let scrape = loop {
+        let (_, body) = http(port, "GET", "/metrics", None);
+        let text = body.as_str().map(str::to_owned).unwrap_or_default();
+        let done = sample(
+            &text,
+            "bqforward_bigquery_billed_bytes_total",
+            &[("api", "insert_all")],
+        )
+        .is_some()
+            && sample(
+                &text,
+                "bqforward_bigquery_billed_bytes_total",
+                &[("api", "storage_write")],
+            )
+            .is_some();
+        if done || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let billed = |api| {
+        sample(
+            &scrape,
+            "bqforward_bigquery_billed_bytes_total",
+            &[("api", api)],
+        )
+        .unwrap()
+    };
+    // Rows of well under 1 KB: insertAll bills each as 1 KB.
+    assert_eq!(billed("insert_all"), 300.0 * 1024.0, "{scrape}");
+    let storage = billed("storage_write");
+    let appended = sample(
+        &scrape,
+        "bqforward_bigquery_appended_bytes_total",
+        &[("api", "storage_write"), ("table", "proj.logs.via_storage")],
+    )
+    .unwrap_or_else(|| panic!("{scrape}"));
+    assert_eq!(storage, appended);
+    assert!(
+        storage > 300.0 * 10.0 && storage < 300.0 * 200.0,
+        "{storage}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "bqforward_bigquery_rows_inserted_total",
+            &[("plugin_id", "sw")]
+        ),
+        Some(300.0)
+    );
+    eprintln!(
+        "300 rows: insertAll billed {} bytes, Storage Write {storage}",
+        billed("insert_all")
+    );
 }

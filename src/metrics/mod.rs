@@ -156,8 +156,7 @@ const TABLES_CREATED: Def = counter(
     "Tables created by auto_create_table.",
 );
 const REQUEST_DURATION: &str = "bqforward_bigquery_request_duration_seconds";
-const REQUEST_DURATION_HELP: &str =
-    "BigQuery request latency by outcome (insertAll requests; AppendRows for bigquery_storage_write).";
+const REQUEST_DURATION_HELP: &str = "BigQuery request latency by outcome (insertAll requests; AppendRows for bigquery_storage_write).";
 const BYTES_APPENDED: Def = counter(
     "bqforward_bigquery_appended_bytes_total",
     "Bytes of rows BigQuery accepted, per table and API (JSON rows for insertAll, serialized protobuf rows for the Storage Write API).",
@@ -652,6 +651,9 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Bytes accepted and bytes billed, for one API and table.
+type Appended = (u64, u64);
+
 /// What happened to rows, for `SinkDetail::rows`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RowFate {
@@ -701,7 +703,7 @@ impl RequestOutcome {
 pub struct SinkDetail {
     rows: Mutex<HashMap<(RowFate, String, String), u64>>,
     /// Per (API, table): bytes accepted and bytes billed.
-    appended: Mutex<HashMap<(&'static str, String), (u64, u64)>>,
+    appended: Mutex<HashMap<(&'static str, String), Appended>>,
     stream_replacements: AtomicU64,
     requests: Vec<Histogram>,
     tables_created: AtomicU64,
@@ -761,11 +763,12 @@ impl SinkDetail {
         let Ok(mut appended) = self.appended.lock() else {
             return;
         };
-        let key = if appended.len() >= MAX_SERIES && !appended.contains_key(&(api, table.to_owned())) {
-            (api, OTHER.to_owned())
-        } else {
-            (api, table.to_owned())
-        };
+        let key =
+            if appended.len() >= MAX_SERIES && !appended.contains_key(&(api, table.to_owned())) {
+                (api, OTHER.to_owned())
+            } else {
+                (api, table.to_owned())
+            };
         let entry = appended.entry(key).or_default();
         entry.0 += bytes;
         entry.1 += billed;
@@ -963,7 +966,7 @@ impl Families {
             };
             self.add(def, labels, n as f64);
         }
-        let appended: Vec<((&str, String), (u64, u64))> = sink
+        let appended: Vec<((&str, String), Appended)> = sink
             .detail
             .appended
             .lock()
@@ -979,11 +982,19 @@ impl Families {
             *billed.entry(api).or_default() += bill;
         }
         for (api, bill) in billed {
-            self.add(&BILLED_BYTES, &[("plugin_id", plugin_id), ("api", api)], bill as f64);
+            self.add(
+                &BILLED_BYTES,
+                &[("plugin_id", plugin_id), ("api", api)],
+                bill as f64,
+            );
         }
         let replaced = sink.detail.stream_replacements.load(Ordering::Relaxed);
         if replaced > 0 {
-            self.add(&STREAM_REPLACEMENTS, &[("plugin_id", plugin_id)], replaced as f64);
+            self.add(
+                &STREAM_REPLACEMENTS,
+                &[("plugin_id", plugin_id)],
+                replaced as f64,
+            );
         }
         for (outcome, histogram) in RequestOutcome::ALL.iter().zip(&sink.detail.requests) {
             let mut metric = histogram.metric();

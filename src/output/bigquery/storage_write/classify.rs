@@ -95,8 +95,18 @@ mod tests {
         use AppendVerdict::*;
         let cases: &[(Code, &str, Option<StorageErrorCode>, AppendVerdict)] = &[
             (Code::Ok, "", None, Landed),
-            (Code::AlreadyExists, "The offset is within stream", Some(S::OffsetAlreadyExists), Landed),
-            (Code::OutOfRange, "The offset is beyond stream", Some(S::OffsetOutOfRange), Retry),
+            (
+                Code::AlreadyExists,
+                "The offset is within stream",
+                Some(S::OffsetAlreadyExists),
+                Landed,
+            ),
+            (
+                Code::OutOfRange,
+                "The offset is beyond stream",
+                Some(S::OffsetOutOfRange),
+                Retry,
+            ),
             (Code::Unavailable, "", None, Retry),
             (Code::ResourceExhausted, "quota", None, Retry),
             (Code::Aborted, "", None, Retry),
@@ -104,18 +114,57 @@ mod tests {
             (Code::DeadlineExceeded, "", None, Retry),
             (Code::Unauthenticated, "", None, Retry),
             (Code::PermissionDenied, "", None, Retry),
-            (Code::InvalidArgument, "AppendRows request too large: 19923131 limit 10485760", None, Split),
-            (Code::InvalidArgument, "Stream has been finalized and cannot be appended", Some(S::StreamFinalized), ReplaceStream),
-            (Code::NotFound, "Requested entity was not found", Some(S::StreamNotFound), ReplaceStream),
-            (Code::NotFound, "Requested entity was not found", Some(S::TableNotFound), NotFound),
+            (
+                Code::InvalidArgument,
+                "AppendRows request too large: 19923131 limit 10485760",
+                None,
+                Split,
+            ),
+            (
+                Code::InvalidArgument,
+                "Stream has been finalized and cannot be appended",
+                Some(S::StreamFinalized),
+                ReplaceStream,
+            ),
+            (
+                Code::NotFound,
+                "Requested entity was not found",
+                Some(S::StreamNotFound),
+                ReplaceStream,
+            ),
+            (
+                Code::NotFound,
+                "Requested entity was not found",
+                Some(S::TableNotFound),
+                NotFound,
+            ),
             (Code::NotFound, "Table not found", None, NotFound),
-            (Code::InvalidArgument, "Input schema has more fields than BigQuery schema", Some(S::SchemaMismatchExtraFields), RefreshSchema),
-            (Code::InvalidArgument, "The proto field mismatched with BigQuery field at Row.x", None, RefreshSchema),
-            (Code::InvalidArgument, "Rows must be specified", None, DeadLetter),
+            (
+                Code::InvalidArgument,
+                "Input schema has more fields than BigQuery schema",
+                Some(S::SchemaMismatchExtraFields),
+                RefreshSchema,
+            ),
+            (
+                Code::InvalidArgument,
+                "The proto field mismatched with BigQuery field at Row.x",
+                None,
+                RefreshSchema,
+            ),
+            (
+                Code::InvalidArgument,
+                "Rows must be specified",
+                None,
+                DeadLetter,
+            ),
             (Code::Unimplemented, "", None, DeadLetter),
         ];
         for (code, message, storage, want) in cases {
-            assert_eq!(classify(*code, message, *storage), *want, "{code:?} {message}");
+            assert_eq!(
+                classify(*code, message, *storage),
+                *want,
+                "{code:?} {message}"
+            );
         }
     }
 }

@@ -84,9 +84,18 @@ impl WriteClient {
     }
 
     /// A request with the credentials and the routing header BigQuery asks for.
-    async fn request<T>(&self, message: T, stream_or_parent: &str) -> Result<tonic::Request<T>, Status> {
+    async fn request<T>(
+        &self,
+        message: T,
+        stream_or_parent: &str,
+    ) -> Result<tonic::Request<T>, Status> {
         let mut request = tonic::Request::new(message);
-        if let Some(bearer) = self.tokens.bearer().await.map_err(Status::unauthenticated)? {
+        if let Some(bearer) = self
+            .tokens
+            .bearer()
+            .await
+            .map_err(Status::unauthenticated)?
+        {
             let value = bearer
                 .parse()
                 .map_err(|_| Status::unauthenticated("access token is not a header value"))?;
@@ -98,7 +107,9 @@ impl WriteClient {
             "parent"
         };
         if let Ok(value) = format!("{key}={stream_or_parent}").parse() {
-            request.metadata_mut().insert("x-goog-request-params", value);
+            request
+                .metadata_mut()
+                .insert("x-goog-request-params", value);
         }
         Ok(request)
     }
@@ -150,8 +161,7 @@ impl WriteClient {
                     set_schema(&mut message, append.descriptor);
                     connection.descriptor = append.descriptor.clone();
                 }
-                if let Err(mpsc::error::SendError(back)) = connection.requests.send(message).await
-                {
+                if let Err(mpsc::error::SendError(back)) = connection.requests.send(message).await {
                     // The call had ended while idle: open another.
                     message = back;
                     set_schema(&mut message, append.descriptor);

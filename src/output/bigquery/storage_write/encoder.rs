@@ -9,11 +9,11 @@
 
 use super::descriptor::proto_type;
 use crate::codec::msgpack::{Cursor, DEFAULT_MAX_DEPTH};
+use crate::format::json::{self, Extra};
 use crate::output::bigquery::convert::{
     Cell, Conversion, Encoder, RowConverter, RowError, Stop, Target, civil_from_days,
 };
 use crate::output::bigquery::schema::{Field, FieldType, Schema};
-use crate::format::json::{self, Extra};
 use base64::Engine;
 use bq_storage_proto::prost_types::field_descriptor_proto::Type;
 
@@ -151,7 +151,10 @@ impl ProtoEncoder<'_, '_> {
     }
 
     /// What `write` put in the scratch buffer, as a length-delimited value.
-    fn via(&mut self, write: impl FnOnce(&mut Vec<u8>) -> Result<(), RowError>) -> Result<(), Stop> {
+    fn via(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), RowError>,
+    ) -> Result<(), Stop> {
         let mut scratch = std::mem::take(&mut self.state.scratch);
         scratch.clear();
         let written = write(&mut scratch);
@@ -218,13 +221,11 @@ impl ProtoEncoder<'_, '_> {
                 Ok(())
             }
             // Rust's `Display` of a float is plain decimal (no exponent), NUMERIC's text form.
-            (FieldType::Numeric | FieldType::BigNumeric, Cell::Float(f)) => {
-                self.via(|v| {
-                    use std::io::Write as _;
-                    let _ = write!(v, "{f}");
-                    Ok(())
-                })
-            }
+            (FieldType::Numeric | FieldType::BigNumeric, Cell::Float(f)) => self.via(|v| {
+                use std::io::Write as _;
+                let _ = write!(v, "{f}");
+                Ok(())
+            }),
             (FieldType::Json, Cell::Raw(raw)) => self.via(|v| {
                 json::write_value(&mut Cursor::new(raw), v, DEFAULT_MAX_DEPTH)
                     .map_err(RowError::from)
@@ -487,7 +488,9 @@ fn parse_civil(s: &[u8]) -> Option<Civil> {
     let month: u32 = parts.next()?.parse().ok()?;
     let day: u32 = parts.next()?.parse().ok()?;
     let date = chrono::NaiveDate::from_ymd_opt(year, month, day)?;
-    let days = i64::from(date.signed_duration_since(chrono::NaiveDate::default()).num_days());
+    let days = date
+        .signed_duration_since(chrono::NaiveDate::default())
+        .num_days();
     let mut civil = Civil {
         days,
         second_of_day: 0,
@@ -560,7 +563,10 @@ fn zone_offset(zone: &str, days: i64, second_of_day: i64) -> Option<Option<i64>>
 /// A TIMESTAMP string as microseconds since the epoch.
 fn civil_micros(s: &[u8]) -> Option<i64> {
     let civil = parse_civil(s)?;
-    let local = civil.days.checked_mul(86_400)?.checked_add(civil.second_of_day)?;
+    let local = civil
+        .days
+        .checked_mul(86_400)?
+        .checked_add(civil.second_of_day)?;
     let utc = local - civil.offset.unwrap_or(0);
     utc.checked_mul(1_000_000)?
         .checked_add(i64::from(civil.micros))
@@ -578,7 +584,11 @@ mod tests {
         Schema::from_json(&fields).unwrap()
     }
 
-    fn encode(schema: &Schema, record: serde_json::Value, conversion: Conversion) -> Result<Vec<u8>, RowError> {
+    fn encode(
+        schema: &Schema,
+        record: serde_json::Value,
+        conversion: Conversion,
+    ) -> Result<Vec<u8>, RowError> {
         let mut writer = ProtoRowWriter::new(schema, conversion, false);
         let mut out = Vec::new();
         writer.write(&rmp_serde::to_vec(&record).unwrap(), &[], &mut out)?;
@@ -682,25 +692,47 @@ mod tests {
         assert_eq!(row.tags, ["x", "y"]);
         assert_eq!(row.r.len(), 2);
         assert_eq!(row.r[0].k, Some(1));
-        assert_eq!(row.r[0].deep.as_ref().and_then(|d| d.v.as_deref()), Some("z"));
-        assert_eq!(row.r[1], Inner { k: Some(2), deep: None });
+        assert_eq!(
+            row.r[0].deep.as_ref().and_then(|d| d.v.as_deref()),
+            Some("z")
+        );
+        assert_eq!(
+            row.r[1],
+            Inner {
+                k: Some(2),
+                deep: None
+            }
+        );
     }
 
     #[test]
     fn timestamps_from_numbers_event_times_and_zones() {
         let schema = all_types();
         let ts = |v: serde_json::Value| {
-            Row::decode(encode(&schema, json!({"ts": v}), Conversion::Strict).unwrap().as_slice())
-                .unwrap()
-                .ts
+            Row::decode(
+                encode(&schema, json!({"ts": v}), Conversion::Strict)
+                    .unwrap()
+                    .as_slice(),
+            )
+            .unwrap()
+            .ts
         };
         assert_eq!(ts(json!(1)), Some(1_000_000));
         assert_eq!(ts(json!(1.25)), Some(1_250_000));
         assert_eq!(ts(json!("1700000000")), Some(1_700_000_000_000_000));
         assert_eq!(ts(json!("2024-01-01")), Some(1_704_067_200_000_000));
-        assert_eq!(ts(json!("2024-01-01 00:00:00 UTC")), Some(1_704_067_200_000_000));
-        assert_eq!(ts(json!("2024-01-01T01:00:00Z")), Some(1_704_070_800_000_000));
-        assert_eq!(ts(json!("2024-01-01 00:00:00-0130")), Some(1_704_072_600_000_000));
+        assert_eq!(
+            ts(json!("2024-01-01 00:00:00 UTC")),
+            Some(1_704_067_200_000_000)
+        );
+        assert_eq!(
+            ts(json!("2024-01-01T01:00:00Z")),
+            Some(1_704_070_800_000_000)
+        );
+        assert_eq!(
+            ts(json!("2024-01-01 00:00:00-0130")),
+            Some(1_704_072_600_000_000)
+        );
         // New York is UTC-5 in January.
         assert_eq!(
             ts(json!("2024-01-01 00:00:00 America/New_York")),
@@ -734,7 +766,12 @@ mod tests {
         let schema = all_types();
         let err = encode(&schema, json!({"s": "a", "nope": 1}), Conversion::Strict).unwrap_err();
         assert_eq!(err.field, "nope");
-        let err = encode(&schema, json!({"r": [{"k": 1, "zz": 2}]}), Conversion::Strict).unwrap_err();
+        let err = encode(
+            &schema,
+            json!({"r": [{"k": 1, "zz": 2}]}),
+            Conversion::Strict,
+        )
+        .unwrap_err();
         assert_eq!(err.field, "r[0].zz");
         let mut writer = ProtoRowWriter::new(&schema, Conversion::Strict, true);
         let mut out = Vec::new();

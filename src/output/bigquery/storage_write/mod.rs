@@ -53,8 +53,8 @@ pub fn from_config(
 ) -> Result<(BigQueryOutput, Vec<String>, Vec<String>), ConfigError> {
     let at = |e: String| ConfigError::at(s.location(), e);
     let mut deferred = Vec::new();
-    let (buffer_config, buffer_warnings) = BufferConfig::from_config(s.section("buffer")?, buffer_defaults())
-        .unwrap_or_else(|e| {
+    let (buffer_config, buffer_warnings) =
+        BufferConfig::from_config(s.section("buffer")?, buffer_defaults()).unwrap_or_else(|e| {
             deferred.push(e);
             (buffer_defaults(), Vec::new())
         });
@@ -69,13 +69,15 @@ pub fn from_config(
     }
     for key in ["add_insert_timestamp", "skip_invalid_rows"] {
         if s.str(key).is_some() {
-            return Err(at(format!("{key} is an insertAll parameter; {TYPE} has none")));
+            return Err(at(format!(
+                "{key} is an insertAll parameter; {TYPE} has none"
+            )));
         }
     }
     if common.names.template_suffix.is_some() {
-        return Err(at(format!(
-            "template_suffix (insertAll's templateSuffix) has no Storage Write API equivalent: write to the full table name, with auto_create_table"
-        )));
+        return Err(at(
+            "template_suffix (insertAll's templateSuffix) has no Storage Write API equivalent: write to the full table name, with auto_create_table".into(),
+        ));
     }
     let ignore_unknown = s.bool("ignore_unknown_values")?.unwrap_or(false);
     let exactly_once = s.bool("exactly_once")?.unwrap_or(false);
@@ -91,15 +93,17 @@ pub fn from_config(
         )));
     }
     let max_request_bytes = s.size("max_request_size")?.map_or(MAX_REQUEST_BYTES, |v| {
-        usize::try_from(v).unwrap_or(MAX_REQUEST_BYTES).clamp(1024, MAX_REQUEST_BYTES)
+        usize::try_from(v)
+            .unwrap_or(MAX_REQUEST_BYTES)
+            .clamp(1024, MAX_REQUEST_BYTES)
     });
     let exactly_once = if exactly_once {
         match &buffer_config.kind {
             BufferKind::File { path } => Some(ExactlyOnce::new(path.clone(), buffer_config.fsync)),
             _ => {
-                return Err(at(format!(
-                    "exactly_once true needs <buffer> @type file (the offset of each chunk's append is kept beside the chunk on disk)"
-                )));
+                return Err(at(
+                    "exactly_once true needs <buffer> @type file (the offset of each chunk's append is kept beside the chunk on disk)".into(),
+                ));
             }
         }
     } else {

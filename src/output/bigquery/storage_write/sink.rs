@@ -89,7 +89,9 @@ impl Batch {
 
 /// What one append came to.
 enum Answer {
-    Landed { updated_schema: bool },
+    Landed {
+        updated_schema: bool,
+    },
     /// The batch was refused for these rows (positions in the batch, BigQuery's message);
     /// none of its rows landed.
     RowErrors(Vec<(usize, String)>),
@@ -224,7 +226,8 @@ impl StorageWriteSink {
                 continue;
             }
             let answer = self.append(ready, &stream, &batch, None).await;
-            self.settle_batch(ready, run, batch, answer, &mut work).await;
+            self.settle_batch(ready, run, batch, answer, &mut work)
+                .await;
         }
     }
 
@@ -280,7 +283,12 @@ impl StorageWriteSink {
     }
 
     /// The rows BigQuery named go to the dead letters; returns their positions in the batch.
-    fn row_errors(&self, run: &mut Run, batch: &Batch, errors: Vec<(usize, String)>) -> HashSet<usize> {
+    fn row_errors(
+        &self,
+        run: &mut Run,
+        batch: &Batch,
+        errors: Vec<(usize, String)>,
+    ) -> HashSet<usize> {
         let mut bad = HashSet::new();
         for (position, message) in errors {
             let Some(&index) = batch.indices.get(position) else {
@@ -325,9 +333,10 @@ impl StorageWriteSink {
                 tracing::warn!(output = %self.id, table = %run.table, %error, "request too large; split in two");
                 return Some(batch.split());
             }
-            AppendVerdict::Split => run
-                .dead
-                .extend(reject(&batch.indices, "request_too_large", &error)),
+            AppendVerdict::Split => {
+                run.dead
+                    .extend(reject(&batch.indices, "request_too_large", &error))
+            }
             AppendVerdict::NotFound => {
                 match self
                     .tables
@@ -386,9 +395,7 @@ impl StorageWriteSink {
                         response
                             .row_errors
                             .into_iter()
-                            .filter_map(|e| {
-                                usize::try_from(e.index).ok().map(|i| (i, e.message))
-                            })
+                            .filter_map(|e| usize::try_from(e.index).ok().map(|i| (i, e.message)))
                             .collect(),
                     )
                     .or_status(status)
@@ -407,7 +414,11 @@ impl StorageWriteSink {
                 ),
             },
             Err(status) => Answer::Failed(
-                classify(status.code(), status.message(), storage_code_of_call(&status)),
+                classify(
+                    status.code(),
+                    status.message(),
+                    storage_code_of_call(&status),
+                ),
                 format!("{:?}: {}", status.code(), status.message()),
             ),
         };
@@ -416,9 +427,9 @@ impl StorageWriteSink {
             Answer::RowErrors(_) => RequestOutcome::Rejected,
             Answer::Failed(verdict, _) => match verdict {
                 AppendVerdict::Landed => RequestOutcome::Ok,
-                AppendVerdict::Retry | AppendVerdict::ReplaceStream | AppendVerdict::RefreshSchema => {
-                    RequestOutcome::Retryable
-                }
+                AppendVerdict::Retry
+                | AppendVerdict::ReplaceStream
+                | AppendVerdict::RefreshSchema => RequestOutcome::Retryable,
                 AppendVerdict::Split => RequestOutcome::TooLarge,
                 AppendVerdict::NotFound => RequestOutcome::NotFound,
                 AppendVerdict::DeadLetter => RequestOutcome::Rejected,
@@ -541,7 +552,11 @@ impl OrStatus for Answer {
     fn or_status(self, status: bq_storage_proto::rpc::Status) -> Answer {
         match self {
             Answer::RowErrors(errors) if errors.is_empty() => Answer::Failed(
-                classify(code_of(&status), &status.message, storage_code(&status.details)),
+                classify(
+                    code_of(&status),
+                    &status.message,
+                    storage_code(&status.details),
+                ),
                 status.message,
             ),
             other => other,
