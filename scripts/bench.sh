@@ -19,6 +19,8 @@
 #        PackedForward -> bigquery_insert run (BENCH_PROFILE=filters, users, null-filters: of
 #        that scenario's first run)
 #        BENCH_SOAK_SECONDS=600 scripts/bench.sh   only the 10-minute overload soak (RSS over time)
+#        BENCH_ONLY=storage scripts/bench.sh   only bigquery_insert against bigquery_storage_write
+#        (memory and file buffer), taking turns; the emulator serves gRPC on --grpc-port too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,10 +40,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-coproc EMU { exec "$bin/bigquery-emulator" --port 0 --null-mode 2> "$out/emulator.log"; }
+coproc EMU { exec "$bin/bigquery-emulator" --port 0 --grpc-port 0 --null-mode 2> "$out/emulator.log"; }
 pids+=("$EMU_PID")
 read -r line <&"${EMU[0]}"
 emulator="http://${line##listening on }"
+read -r line <&"${EMU[0]}"
+grpc="http://${line##grpc listening on }"
 
 "$bin/bqforward-loadgen" --print-schema > "$out/schema.json"
 cat > "$out/null.conf" <<EOF
@@ -82,6 +86,13 @@ cat > "$out/bigquery.conf" <<EOF
   </buffer>
 </match>
 EOF
+# The Storage Write API (issue 19): the same output through bigquery_storage_write's default
+# stream (gRPC, h2c to the emulator), with chunks of 10,000 events (~3 MB: an AppendRows
+# request takes up to 10 MB, and larger requests cost less per row); and with a file buffer.
+sed -e "s|@type bigquery_insert|@type bigquery_storage_write\n  storage_endpoint $grpc|" \
+  -e "s|chunk_limit_records 500|chunk_limit_records 10000|" "$out/bigquery.conf" > "$out/storage.conf"
+sed "s|^  <buffer>|  <buffer>\n    @type file\n    path $out/storage-file-buffer|" "$out/storage.conf" \
+  > "$out/storage-file.conf"
 # The same with a file buffer (chunks appended to files under the buffer path before the ack).
 sed "s|^  <buffer>|  <buffer>\n    @type file\n    path $out/file-buffer|" "$out/bigquery.conf" \
   > "$out/bigquery-file.conf"
@@ -233,6 +244,43 @@ fi
   echo "| scenario | events | events/s | MB/s (wire) | server CPU s / M events | M events / CPU-s | peak RSS MiB | ack p50 / p90 / p99 ms | load 1m |"
   echo "|---|---|---|---|---|---|---|---|---|"
 } | tee "$out/table.md"
+
+# BENCH_ONLY=storage: PackedForward + ack over the connections -> bigquery_insert (tuned),
+# -> bigquery_storage_write, and -> bigquery_storage_write with a file buffer, taking turns
+# BENCH_REPEAT times; then the medians and their ratios.
+if [ "${BENCH_ONLY:-}" = storage ]; then
+  repeats=${BENCH_REPEAT:-3}
+  rows_insert= rows_storage= rows_storage_file=
+  for run in $(seq "$repeats"); do
+    for kind in insert storage storage-file; do
+      conf=bigquery.conf label="bigquery_insert (gzip)"
+      [ "$kind" = storage ] && conf=storage.conf label="bigquery_storage_write (default stream)"
+      [ "$kind" = storage-file ] && conf=storage-file.conf label="bigquery_storage_write, file buffer"
+      start_bqforward "packed-$kind-$run" "$conf"
+      row=$(load "bqforward: PackedForward + ack -> $label, run $run/$repeats" --mode packed --ack --until rows)
+      echo "$row"
+      stop_server
+      case $kind in
+        insert) rows_insert+="$row"$'\n' ;;
+        storage) rows_storage+="$row"$'\n' ;;
+        storage-file) rows_storage_file+="$row"$'\n' ;;
+      esac
+    done
+  done
+  med() { awk -F'|' 'NF > 5 {print $6 "|" $0}' <<< "$1" | sort -n | sed -n "$(( (repeats + 1) / 2 ))p" | cut -d'|' -f2-; }
+  col() { awk -F'|' -v c="$2" '{gsub(/[ k]/, "", $c); print $c}' <<< "$1"; }
+  m_insert=$(med "$rows_insert") m_storage=$(med "$rows_storage") m_file=$(med "$rows_storage_file")
+  {
+    echo
+    echo "Medians of $repeats runs (M events per CPU-s / events per s / peak RSS MiB):"
+    echo "  bigquery_insert:                     $(col "$m_insert" 7) / $(col "$m_insert" 4)k / $(col "$m_insert" 8)"
+    echo "  bigquery_storage_write:              $(col "$m_storage" 7) / $(col "$m_storage" 4)k / $(col "$m_storage" 8) (target >= 1.5 M events per CPU-s)"
+    echo "  bigquery_storage_write, file buffer: $(col "$m_file" 7) / $(col "$m_file" 4)k / $(col "$m_file" 8)"
+    awk -v a="$(col "$m_storage" 7)" -v b="$(col "$m_insert" 7)" -v f="$(col "$m_file" 4)" -v m="$(col "$m_storage" 4)" \
+      'BEGIN { printf "  storage write / insertAll per CPU-s: %.2f x; file / memory buffer events/s: %.2f x (target >= 0.8)\n", a / b, f / m }'
+  } | tee -a "$out/table.md"
+  exit 0
+fi
 
 # BENCH_ONLY=filters: only the scenarios of issue 17 (PackedForward -> null with and without
 # the filters; -> bigquery_insert tuned, with the filters, and as users write it).

@@ -615,3 +615,34 @@ fn metrics_show_what_each_api_bills_for_the_same_rows() {
         billed("insert_all")
     );
 }
+
+#[test]
+fn a_column_added_to_the_table_is_picked_up_without_dead_letters() {
+    let emulator = Emulator::start_grpc(&["--schema-update-delay-ms", "0"]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(PROJECT, DATASET, "evolve", json!([{"name": "a", "type": "STRING"}]));
+    // No schema given: it is read from the table, and cached.
+    let server = Server::start(&config(&emulator, "evolve", "", ""));
+    let send = |record: Value| {
+        let events = json!([["x", record]]);
+        run_client(
+            "fluent_logger_records.py",
+            &["--port", &server.port.to_string(), "--tag", "app", "--events", &events.to_string()],
+        );
+    };
+    send(json!({"a": "before"}));
+    wait_for(1, || emulator.rows(PROJECT, DATASET, "evolve"));
+    let (status, answer) = emulator.call(
+        "PATCH",
+        &format!("/bigquery/v2/projects/{PROJECT}/datasets/{DATASET}/tables/evolve"),
+        Some(&json!({"schema": {"fields": [
+            {"name": "a", "type": "STRING"}, {"name": "b", "type": "STRING"}
+        ]}})),
+    );
+    assert_eq!(status, 200, "{answer}");
+    send(json!({"a": "after", "b": "new column"}));
+    let rows = wait_for(2, || emulator.rows(PROJECT, DATASET, "evolve"));
+    let after = rows.iter().find(|r| r["a"] == "after").unwrap_or_else(|| panic!("{rows:?}\n{}", server.log()));
+    assert_eq!(after["b"], "new column");
+    assert!(dead_letters(&server).is_empty(), "{:?}", dead_letters(&server));
+}

@@ -24,6 +24,9 @@ const MAX_MICROS: i64 = 253_402_300_799_999_999;
 const MIN_DAYS: i64 = -719_162;
 const MAX_DAYS: i64 = 2_932_896;
 
+/// The reason of a row with a key no column takes.
+pub const UNKNOWN_FIELD: &str = "no such field in the table's schema";
+
 const VARINT: u32 = 0;
 const FIXED64: u32 = 1;
 const LEN: u32 = 2;
@@ -331,7 +334,7 @@ impl Encoder for ProtoEncoder<'_, '_> {
             return Ok(());
         }
         Err(Stop::Row(
-            RowError::leaf("no such field in the table's schema").under(&self.state.unknown),
+            RowError::leaf(UNKNOWN_FIELD).under(&self.state.unknown),
         ))
     }
 

@@ -167,6 +167,7 @@ pub fn from_config(
         max_request_bytes,
         exactly_once,
         detail: Arc::clone(&detail),
+        refreshed: Mutex::new(HashMap::new()),
     };
     let location = s.location().clone();
     let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink))

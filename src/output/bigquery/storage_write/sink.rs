@@ -8,7 +8,7 @@
 use super::classify::{AppendVerdict, classify, storage_code, storage_code_of_call};
 use super::client::{Append, WriteClient, code_of};
 use super::descriptor::descriptor;
-use super::encoder::ProtoRowWriter;
+use super::encoder::{ProtoRowWriter, UNKNOWN_FIELD};
 use super::tickets::{ExactlyOnce, Ticket, TicketBatch};
 use crate::buffer::{Chunk, Outcome, Sink};
 use crate::event::BoxFuture;
@@ -20,13 +20,14 @@ use crate::output::bigquery::dead_letter::{DeadLetters, Rejected, reject};
 use crate::output::bigquery::destination::TableKey;
 use crate::output::bigquery::schema::Schema;
 use crate::output::bigquery::service::{BigQueryClient, Connection, TokenSource};
-use crate::output::bigquery::tables::{Tables, Waiting};
+use crate::output::bigquery::tables::{SchemaSource, Tables, Waiting};
 use bq_storage_proto::prost_types::DescriptorProto;
 use bq_storage_proto::v1::append_rows_response::Response;
 use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 /// BigQuery's AppendRows limit is 10 MB per request; rows are packed up to this, leaving room
@@ -34,6 +35,8 @@ use tokio::sync::OnceCell;
 pub const MAX_REQUEST_BYTES: usize = 9 * 1024 * 1024;
 /// Stream replacements one delivery may make before it waits for the backoff.
 const MAX_REPLACEMENTS: u32 = 3;
+/// A schema read from the table is read again for rows with unknown keys at most this often.
+const UNKNOWN_KEY_REFRESH: Duration = Duration::from_secs(60);
 
 pub struct StorageWriteSink {
     pub id: String,
@@ -51,6 +54,8 @@ pub struct StorageWriteSink {
     /// `exactly_once true`: app-created streams and offsets recorded with the chunk.
     pub exactly_once: Option<ExactlyOnce>,
     pub detail: Arc<SinkDetail>,
+    /// When each table's schema was last read again for rows with unknown keys.
+    pub refreshed: Mutex<HashMap<String, Instant>>,
 }
 
 /// Rows serialized for one AppendRows request, and the chunk entries they came from.
@@ -508,9 +513,50 @@ impl StorageWriteSink {
         (batches, rejected)
     }
 
+    /// Rows dead for a key the cached schema lacks, when the schema is read from the table:
+    /// the table may have gained the column since. Its schema is read again (at most once a
+    /// minute per table) and those rows wait for it instead of becoming dead letters.
+    async fn recheck_unknown(&self, key: &TableKey, run: &mut Run) {
+        if !matches!(self.tables.schema, SchemaSource::Fetch { .. })
+            || !run.dead.iter().any(|d| d.message.contains(UNKNOWN_FIELD))
+        {
+            return;
+        }
+        let due = self.refreshed.lock().is_ok_and(|mut refreshed| {
+            let last = refreshed.entry(run.table.clone()).or_insert_with(|| {
+                Instant::now()
+                    .checked_sub(UNKNOWN_KEY_REFRESH)
+                    .unwrap_or_else(Instant::now)
+            });
+            let due = last.elapsed() >= UNKNOWN_KEY_REFRESH;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        });
+        if !due {
+            return;
+        }
+        self.tables.forget_schema(key).await;
+        let (unknown, dead): (Vec<Rejected>, Vec<Rejected>) = std::mem::take(&mut run.dead)
+            .into_iter()
+            .partition(|d| d.message.contains(UNKNOWN_FIELD));
+        run.dead = dead;
+        let indices: Vec<u32> = unknown.iter().map(|d| d.index).collect();
+        tracing::info!(output = %self.id, table = %run.table, rows = indices.len(),
+            "rows with keys the cached schema lacks: reading the table's schema again before calling them unknown");
+        run.keep(&self.detail, &indices, "unknown_field");
+        run.wait(Waiting {
+            error: "rows with keys the cached schema lacks wait for it to be read again".into(),
+            after: Some(Duration::from_secs(1)),
+            quiet: true,
+        });
+    }
+
     /// Writes the dead letters, then says what is left to retry. Rows the secondary refused
     /// are kept too, so nothing is lost.
     async fn settle(&self, chunk: &Chunk<TableKey>, mut run: Run) -> Outcome {
+        self.recheck_unknown(&chunk.key, &mut run).await;
         if !run.dead.is_empty() && !self.dead_letters.write(chunk, &run.dead, &run.table).await {
             let refused: Vec<u32> = run.dead.iter().map(|d| d.index).collect();
             run.keep(&self.detail, &refused, "secondary_refused");
