@@ -371,7 +371,8 @@ fn kill_9_with_exactly_once_lands_every_acked_event_once() {
         &emulator,
         "crash",
         "exactly_once true",
-        "@type file\n    path {dir}/buffer\n    chunk_limit_records 1000\n    flush_thread_count 2",
+        // A small buffer that blocks: once answers are lost, the sender is held mid-stream.
+        "@type file\n    path {dir}/buffer\n    chunk_limit_records 1000\n    flush_thread_count 2\n    total_limit_size 4m\n    overflow_action block",
     ));
     let sender = spawn_client(
         "forward_send.py",
@@ -411,6 +412,13 @@ fn kill_9_with_exactly_once_lands_every_acked_event_once() {
     assert!(
         total > 20_000,
         "too little was acked before the crash: {summary}"
+    );
+    let sent = serde_json::from_str::<Value>(summary.trim()).unwrap()["sent"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        total < 300_000,
+        "the crash should come in the middle of the stream: {summary}"
     );
     let before = emulator.count(PROJECT, DATASET, "crash");
 
@@ -454,7 +462,7 @@ fn kill_9_with_exactly_once_lands_every_acked_event_once() {
         .as_u64()
         .unwrap_or(0);
     eprintln!(
-        "kill -9 with exactly_once: acked {total}, in BigQuery before the crash {before} ({dropped} answers lost), landed {} distinct, 0 lost, 0 twice",
+        "kill -9 with exactly_once: sent {sent}, acked {total}, in BigQuery before the crash {before} ({dropped} answers lost), landed {} distinct, 0 lost, 0 twice",
         seen.len()
     );
 }
@@ -620,14 +628,26 @@ fn metrics_show_what_each_api_bills_for_the_same_rows() {
 fn a_column_added_to_the_table_is_picked_up_without_dead_letters() {
     let emulator = Emulator::start_grpc(&["--schema-update-delay-ms", "0"]);
     emulator.create_dataset(PROJECT, DATASET);
-    emulator.create_table(PROJECT, DATASET, "evolve", json!([{"name": "a", "type": "STRING"}]));
+    emulator.create_table(
+        PROJECT,
+        DATASET,
+        "evolve",
+        json!([{"name": "a", "type": "STRING"}]),
+    );
     // No schema given: it is read from the table, and cached.
     let server = Server::start(&config(&emulator, "evolve", "", ""));
     let send = |record: Value| {
         let events = json!([["x", record]]);
         run_client(
             "fluent_logger_records.py",
-            &["--port", &server.port.to_string(), "--tag", "app", "--events", &events.to_string()],
+            &[
+                "--port",
+                &server.port.to_string(),
+                "--tag",
+                "app",
+                "--events",
+                &events.to_string(),
+            ],
         );
     };
     send(json!({"a": "before"}));
@@ -642,7 +662,14 @@ fn a_column_added_to_the_table_is_picked_up_without_dead_letters() {
     assert_eq!(status, 200, "{answer}");
     send(json!({"a": "after", "b": "new column"}));
     let rows = wait_for(2, || emulator.rows(PROJECT, DATASET, "evolve"));
-    let after = rows.iter().find(|r| r["a"] == "after").unwrap_or_else(|| panic!("{rows:?}\n{}", server.log()));
+    let after = rows
+        .iter()
+        .find(|r| r["a"] == "after")
+        .unwrap_or_else(|| panic!("{rows:?}\n{}", server.log()));
     assert_eq!(after["b"], "new column");
-    assert!(dead_letters(&server).is_empty(), "{:?}", dead_letters(&server));
+    assert!(
+        dead_letters(&server).is_empty(),
+        "{:?}",
+        dead_letters(&server)
+    );
 }
