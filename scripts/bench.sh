@@ -87,10 +87,11 @@ cat > "$out/bigquery.conf" <<EOF
 </match>
 EOF
 # The Storage Write API (issue 19): the same output through bigquery_storage_write's default
-# stream (gRPC, h2c to the emulator), with chunks of 10,000 events (~3 MB: an AppendRows
-# request takes up to 10 MB, and larger requests cost less per row); and with a file buffer.
+# stream (gRPC, h2c to the emulator), with chunks of 2,000 events (~600 kB per AppendRows
+# request: peak RSS near insertAll's; larger chunks cost less CPU per row and help the file
+# buffer most, docs/performance.md "Storage Write API"); and with a file buffer.
 sed -e "s|@type bigquery_insert|@type bigquery_storage_write\n  storage_endpoint $grpc|" \
-  -e "s|chunk_limit_records 500|chunk_limit_records 10000|" "$out/bigquery.conf" > "$out/storage.conf"
+  -e "s|chunk_limit_records 500|chunk_limit_records 2000|" "$out/bigquery.conf" > "$out/storage.conf"
 sed "s|^  <buffer>|  <buffer>\n    @type file\n    path $out/storage-file-buffer|" "$out/storage.conf" \
   > "$out/storage-file.conf"
 # The same with a file buffer (chunks appended to files under the buffer path before the ack).
@@ -267,16 +268,20 @@ if [ "${BENCH_ONLY:-}" = storage ]; then
       esac
     done
   done
-  med() { awk -F'|' 'NF > 5 {print $6 "|" $0}' <<< "$1" | sort -n | sed -n "$(( (repeats + 1) / 2 ))p" | cut -d'|' -f2-; }
-  col() { awk -F'|' -v c="$2" '{gsub(/[ k]/, "", $c); print $c}' <<< "$1"; }
-  m_insert=$(med "$rows_insert") m_storage=$(med "$rows_storage") m_file=$(med "$rows_storage_file")
+  # The median of each column on its own (M events per CPU-s, events/s, peak RSS).
+  med() {
+    awk -F'|' -v c="$2" 'NF > 5 {gsub(/[ k]/, "", $c); print $c}' <<< "$1" | sort -n \
+      | sed -n "$(( (repeats + 1) / 2 ))p"
+  }
+  line() { echo "$(med "$1" 7) / $(med "$1" 4)k / $(med "$1" 8)"; }
   {
     echo
-    echo "Medians of $repeats runs (M events per CPU-s / events per s / peak RSS MiB):"
-    echo "  bigquery_insert:                     $(col "$m_insert" 7) / $(col "$m_insert" 4)k / $(col "$m_insert" 8)"
-    echo "  bigquery_storage_write:              $(col "$m_storage" 7) / $(col "$m_storage" 4)k / $(col "$m_storage" 8) (target >= 1.5 M events per CPU-s)"
-    echo "  bigquery_storage_write, file buffer: $(col "$m_file" 7) / $(col "$m_file" 4)k / $(col "$m_file" 8)"
-    awk -v a="$(col "$m_storage" 7)" -v b="$(col "$m_insert" 7)" -v f="$(col "$m_file" 4)" -v m="$(col "$m_storage" 4)" \
+    echo "Medians of $repeats runs, each column on its own (M events per CPU-s / events per s / peak RSS MiB):"
+    echo "  bigquery_insert:                     $(line "$rows_insert")"
+    echo "  bigquery_storage_write:              $(line "$rows_storage") (target >= 1.5 M events per CPU-s)"
+    echo "  bigquery_storage_write, file buffer: $(line "$rows_storage_file")"
+    awk -v a="$(med "$rows_storage" 7)" -v b="$(med "$rows_insert" 7)" \
+      -v f="$(med "$rows_storage_file" 4)" -v m="$(med "$rows_storage" 4)" \
       'BEGIN { printf "  storage write / insertAll per CPU-s: %.2f x; file / memory buffer events/s: %.2f x (target >= 0.8)\n", a / b, f / m }'
   } | tee -a "$out/table.md"
   exit 0
