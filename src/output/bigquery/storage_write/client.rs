@@ -137,42 +137,76 @@ impl WriteClient {
     }
 
     /// Sends one AppendRows request and waits for its answer. `Err`: the call ended (the
-    /// connection is dropped; what the request did is unknown unless the status says).
+    /// connection is dropped; what the request did is unknown unless the status says). A
+    /// connection kept open between requests may have been closed by the server meanwhile:
+    /// a request it ends without an answer goes once more on a new one.
     pub async fn append(&self, append: Append<'_>) -> Result<AppendRowsResponse, Status> {
+        let Append {
+            stream,
+            descriptor,
+            rows,
+            offset,
+        } = append;
         let reused = self
             .idle
             .lock()
             .ok()
-            .and_then(|mut idle| idle.get_mut(append.stream).and_then(Vec::pop));
-        let mut message = AppendRowsRequest {
-            write_stream: append.stream.to_owned(),
-            offset: append.offset,
+            .and_then(|mut idle| idle.get_mut(stream).and_then(Vec::pop));
+        let message = AppendRowsRequest {
+            write_stream: stream.to_owned(),
+            offset,
             rows: Some(Rows::ProtoRows(ProtoData {
                 writer_schema: None,
                 rows: Some(ProtoRows {
-                    serialized_rows: append.rows,
+                    serialized_rows: rows,
                 }),
             })),
             ..AppendRowsRequest::default()
         };
-        let mut connection = match reused {
+        let Some(connection) = reused else {
+            return self.send(None, stream, descriptor, message).await;
+        };
+        // Rows are `Bytes`: the copy shares them.
+        let again = message.clone();
+        match self
+            .send(Some(connection), stream, descriptor, message)
+            .await
+        {
+            Err(status) if stale(&status) => {
+                tracing::debug!(stream, %status, "kept AppendRows call had ended; sending on a new one");
+                self.send(None, stream, descriptor, again).await
+            }
+            answer => answer,
+        }
+    }
+
+    /// Sends `message` on `connection` (a new one when `None`) and reads the answer; the
+    /// connection is kept for the next request if it answered.
+    async fn send(
+        &self,
+        connection: Option<AppendConnection>,
+        stream: &str,
+        descriptor: &DescriptorProto,
+        mut message: AppendRowsRequest,
+    ) -> Result<AppendRowsResponse, Status> {
+        let mut connection = match connection {
             Some(mut connection) => {
-                if connection.descriptor != *append.descriptor {
-                    set_schema(&mut message, append.descriptor);
-                    connection.descriptor = append.descriptor.clone();
+                if connection.descriptor != *descriptor {
+                    set_schema(&mut message, descriptor);
+                    connection.descriptor = descriptor.clone();
                 }
                 if let Err(mpsc::error::SendError(back)) = connection.requests.send(message).await {
                     // The call had ended while idle: open another.
                     message = back;
-                    set_schema(&mut message, append.descriptor);
-                    self.open(append.stream, append.descriptor, message).await?
+                    set_schema(&mut message, descriptor);
+                    self.open(stream, descriptor, message).await?
                 } else {
                     connection
                 }
             }
             None => {
-                set_schema(&mut message, append.descriptor);
-                self.open(append.stream, append.descriptor, message).await?
+                set_schema(&mut message, descriptor);
+                self.open(stream, descriptor, message).await?
             }
         };
         let next = connection.responses.message();
@@ -185,16 +219,14 @@ impl WriteClient {
         match answer {
             Ok(Some(response)) => {
                 if let Ok(mut idle) = self.idle.lock() {
-                    let list = idle.entry(append.stream.to_owned()).or_default();
+                    let list = idle.entry(stream.to_owned()).or_default();
                     if list.len() < IDLE_PER_STREAM {
                         list.push(connection);
                     }
                 }
                 Ok(response)
             }
-            Ok(None) => Err(Status::unavailable(
-                "AppendRows call closed by the server without an answer",
-            )),
+            Ok(None) => Err(Status::unavailable(CLOSED)),
             Err(status) => Err(status),
         }
     }
@@ -235,6 +267,18 @@ impl WriteClient {
             idle.remove(stream);
         }
     }
+}
+
+const CLOSED: &str = "AppendRows call closed by the server without an answer";
+
+/// The call ended under the request without a verdict on it: the server closed it (idle too
+/// long) or the connection went away.
+fn stale(status: &Status) -> bool {
+    status.message() == CLOSED
+        || matches!(
+            status.code(),
+            Code::Unavailable | Code::Cancelled | Code::Unknown
+        )
 }
 
 fn set_schema(message: &mut AppendRowsRequest, descriptor: &DescriptorProto) {

@@ -427,6 +427,16 @@ impl StorageWriteSink {
                 format!("{:?}: {}", status.code(), status.message()),
             ),
         };
+        // ALREADY_EXISTS: an offset behind the stream's end, rows that landed before.
+        let answer = match answer {
+            Answer::Failed(AppendVerdict::Landed, error) => {
+                tracing::debug!(output = %self.id, stream, ?offset, %error, "rows already in the stream: counted as landed");
+                Answer::Landed {
+                    updated_schema: false,
+                }
+            }
+            other => other,
+        };
         let outcome = match &answer {
             Answer::Landed { .. } => RequestOutcome::Ok,
             Answer::RowErrors(_) => RequestOutcome::Rejected,
