@@ -396,14 +396,12 @@ impl StorageWriteSink {
                     updated_schema: response.updated_schema.is_some(),
                 },
                 Some(Response::Error(status)) if !response.row_errors.is_empty() => {
-                    Answer::RowErrors(
-                        response
-                            .row_errors
-                            .into_iter()
-                            .filter_map(|e| usize::try_from(e.index).ok().map(|i| (i, e.message)))
-                            .collect(),
-                    )
-                    .or_status(status)
+                    let errors = response
+                        .row_errors
+                        .into_iter()
+                        .filter_map(|e| usize::try_from(e.index).ok().map(|i| (i, e.message)))
+                        .collect();
+                    row_errors_or_status(errors, status)
                 }
                 Some(Response::Error(status)) => Answer::Failed(
                     classify(
@@ -599,25 +597,22 @@ fn unreachable_landed() {
     tracing::error!("an append counted as landed reached the failure path");
 }
 
-trait OrStatus {
-    fn or_status(self, status: bq_storage_proto::rpc::Status) -> Answer;
-}
-
-impl OrStatus for Answer {
-    /// Row errors that list no row fall back to the status.
-    fn or_status(self, status: bq_storage_proto::rpc::Status) -> Answer {
-        match self {
-            Answer::RowErrors(errors) if errors.is_empty() => Answer::Failed(
-                classify(
-                    code_of(&status),
-                    &status.message,
-                    storage_code(&status.details),
-                ),
-                status.message,
+/// Row errors that list no row fall back to the status's verdict.
+fn row_errors_or_status(
+    errors: Vec<(usize, String)>,
+    status: bq_storage_proto::rpc::Status,
+) -> Answer {
+    if errors.is_empty() {
+        return Answer::Failed(
+            classify(
+                code_of(&status),
+                &status.message,
+                storage_code(&status.details),
             ),
-            other => other,
-        }
+            status.message,
+        );
     }
+    Answer::RowErrors(errors)
 }
 
 /// The rows written into `buf` (ending at `ends`) as one batch; `buf` and `ends` are left empty.
