@@ -280,8 +280,9 @@ impl StorageWriteSink {
             bytes: batch.bytes(),
         }
         .emit(&self.detail);
-        if updated_schema {
-            // The table has changed: read its schema again for the next chunks.
+        if updated_schema && matches!(self.tables.schema, SchemaSource::Fetch { .. }) {
+            // The table has changed: read its schema again for the next chunks. (A fixed
+            // `schema` / `schema_path` stays what the rows are written with.)
             tracing::info!(output = %self.id, table = %run.table, "the table's schema changed (updated_schema); reading it again");
             self.tables.forget_schema(ready.key).await;
         }
