@@ -673,3 +673,29 @@ fn a_column_added_to_the_table_is_picked_up_without_dead_letters() {
         dead_letters(&server)
     );
 }
+
+#[test]
+fn a_partition_decorator_writes_to_the_table() {
+    let emulator = Emulator::start_grpc(&[]);
+    emulator.create_dataset(PROJECT, DATASET);
+    load_table(&emulator, "daily");
+    let server = Server::start(&config(
+        &emulator,
+        "daily$%Y%m%d",
+        "",
+        "timekey_use_utc true",
+    ));
+    let out = send_packed(&server, "app.daily", 1, 300, &[]);
+    assert!(out.contains("\"acked\": 300"), "{out}");
+    assert_eq!(
+        wait_count(&emulator, "daily", 300, 30),
+        300,
+        "{}",
+        server.log()
+    );
+    assert!(
+        server
+            .log()
+            .contains("partition decorators ($...) are dropped")
+    );
+}

@@ -79,6 +79,15 @@ pub fn from_config(
             "template_suffix (insertAll's templateSuffix) has no Storage Write API equivalent: write to the full table name, with auto_create_table".into(),
         ));
     }
+    let decorated = s.str("table").is_some_and(|t| t.contains('$'))
+        || s.array("tables")?
+            .is_some_and(|t| t.iter().any(|t| t.contains('$')));
+    if decorated {
+        notes.push(format!(
+            "{}: {id}: partition decorators ($...) are dropped: the Storage Write API writes to the table, and rows land in the partition their partitioning column (or their arrival time, for ingestion-time partitioning) gives",
+            s.location()
+        ));
+    }
     let ignore_unknown = s.bool("ignore_unknown_values")?.unwrap_or(false);
     let exactly_once = s.bool("exactly_once")?.unwrap_or(false);
     let storage_endpoint = s

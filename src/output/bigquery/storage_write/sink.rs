@@ -172,9 +172,13 @@ impl StorageWriteSink {
             grpc,
             descriptor: descriptor(&schema),
             schema,
+            // A partition decorator is dropped: rows land in the partition their partitioning
+            // column (or, for ingestion-time partitioning, the time they arrive) gives.
             parent: format!(
                 "projects/{}/datasets/{}/tables/{}",
-                key.project, key.dataset, key.table
+                key.project,
+                key.dataset,
+                key.base_table()
             ),
         })
     }
