@@ -20,7 +20,7 @@
 #        that scenario's first run)
 #        BENCH_SOAK_SECONDS=600 scripts/bench.sh   only the 10-minute overload soak (RSS over time)
 #        BENCH_ONLY=storage scripts/bench.sh   only bigquery_insert against bigquery_storage_write
-#        (memory and file buffer), taking turns; the emulator serves gRPC on --grpc-port too
+#        (memory buffer, file buffer, exactly_once), taking turns; the emulator serves gRPC on --grpc-port too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -94,6 +94,10 @@ sed -e "s|@type bigquery_insert|@type bigquery_storage_write\n  storage_endpoint
   -e "s|chunk_limit_records 500|chunk_limit_records 2000|" "$out/bigquery.conf" > "$out/storage.conf"
 sed "s|^  <buffer>|  <buffer>\n    @type file\n    path $out/storage-file-buffer|" "$out/storage.conf" \
   > "$out/storage-file.conf"
+# exactly_once: committed streams, an fsync'd-when-asked ticket per append, one append at a
+# time per table.
+sed "s|^  storage_endpoint|  exactly_once true\n  storage_endpoint|" "$out/storage-file.conf" \
+  > "$out/storage-once.conf"
 # The same with a file buffer (chunks appended to files under the buffer path before the ack).
 sed "s|^  <buffer>|  <buffer>\n    @type file\n    path $out/file-buffer|" "$out/bigquery.conf" \
   > "$out/bigquery-file.conf"
@@ -251,12 +255,13 @@ fi
 # BENCH_REPEAT times; then the medians and their ratios.
 if [ "${BENCH_ONLY:-}" = storage ]; then
   repeats=${BENCH_REPEAT:-3}
-  rows_insert= rows_storage= rows_storage_file=
+  rows_insert= rows_storage= rows_storage_file= rows_storage_once=
   for run in $(seq "$repeats"); do
-    for kind in insert storage storage-file; do
+    for kind in insert storage storage-file storage-once; do
       conf=bigquery.conf label="bigquery_insert (gzip)"
       [ "$kind" = storage ] && conf=storage.conf label="bigquery_storage_write (default stream)"
       [ "$kind" = storage-file ] && conf=storage-file.conf label="bigquery_storage_write, file buffer"
+      [ "$kind" = storage-once ] && conf=storage-once.conf label="bigquery_storage_write, exactly_once (file buffer)"
       start_bqforward "packed-$kind-$run" "$conf"
       row=$(load "bqforward: PackedForward + ack -> $label, run $run/$repeats" --mode packed --ack --until rows)
       echo "$row"
@@ -265,6 +270,7 @@ if [ "${BENCH_ONLY:-}" = storage ]; then
         insert) rows_insert+="$row"$'\n' ;;
         storage) rows_storage+="$row"$'\n' ;;
         storage-file) rows_storage_file+="$row"$'\n' ;;
+        storage-once) rows_storage_once+="$row"$'\n' ;;
       esac
     done
   done
@@ -280,6 +286,7 @@ if [ "${BENCH_ONLY:-}" = storage ]; then
     echo "  bigquery_insert:                     $(line "$rows_insert")"
     echo "  bigquery_storage_write:              $(line "$rows_storage") (target >= 1.5 M events per CPU-s)"
     echo "  bigquery_storage_write, file buffer: $(line "$rows_storage_file")"
+    echo "  ... exactly_once (file buffer):      $(line "$rows_storage_once")"
     awk -v a="$(med "$rows_storage" 7)" -v b="$(med "$rows_insert" 7)" \
       -v f="$(med "$rows_storage_file" 4)" -v m="$(med "$rows_storage" 4)" \
       'BEGIN { printf "  storage write / insertAll per CPU-s: %.2f x; file / memory buffer events/s: %.2f x (target >= 0.8)\n", a / b, f / m }'
