@@ -94,10 +94,10 @@ sed -e "s|@type bigquery_insert|@type bigquery_storage_write\n  storage_endpoint
   -e "s|chunk_limit_records 500|chunk_limit_records 2000|" "$out/bigquery.conf" > "$out/storage.conf"
 sed "s|^  <buffer>|  <buffer>\n    @type file\n    path $out/storage-file-buffer|" "$out/storage.conf" \
   > "$out/storage-file.conf"
-# exactly_once: committed streams, an fsync'd-when-asked ticket per append, one append at a
-# time per table.
-sed "s|^  storage_endpoint|  exactly_once true\n  storage_endpoint|" "$out/storage-file.conf" \
-  > "$out/storage-once.conf"
+# exactly_once: committed streams (CreateWriteStream needs the table: auto_create_table makes
+# it), a ticket per append beside the chunk, one append at a time per table.
+sed "s|^  storage_endpoint|  exactly_once true\n  auto_create_table true\n  storage_endpoint|" \
+  "$out/storage-file.conf" > "$out/storage-once.conf"
 # The same with a file buffer (chunks appended to files under the buffer path before the ack).
 sed "s|^  <buffer>|  <buffer>\n    @type file\n    path $out/file-buffer|" "$out/bigquery.conf" \
   > "$out/bigquery-file.conf"
