@@ -660,8 +660,12 @@ fn a_column_added_to_the_table_is_picked_up_without_dead_letters() {
         ]}})),
     );
     assert_eq!(status, 200, "{answer}");
+    // The next append's answer carries updated_schema: the cached schema is dropped.
+    send(json!({"a": "between"}));
+    wait_for(2, || emulator.rows(PROJECT, DATASET, "evolve"));
+    server.wait_log("the table's schema changed (updated_schema)");
     send(json!({"a": "after", "b": "new column"}));
-    let rows = wait_for(2, || emulator.rows(PROJECT, DATASET, "evolve"));
+    let rows = wait_for(3, || emulator.rows(PROJECT, DATASET, "evolve"));
     let after = rows
         .iter()
         .find(|r| r["a"] == "after")
