@@ -33,6 +33,8 @@ use tokio::sync::OnceCell;
 /// BigQuery's AppendRows limit is 10 MB per request; rows are packed up to this, leaving room
 /// for the writer schema and the envelope.
 pub const MAX_REQUEST_BYTES: usize = 9 * 1024 * 1024;
+/// How long an AppendRows answer may take when `request_timeout_sec` is not set.
+const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Stream replacements one delivery may make before it waits for the backoff.
 const MAX_REPLACEMENTS: u32 = 3;
 /// A schema read from the table is read again for rows with unknown keys at most this often.
@@ -153,7 +155,12 @@ impl StorageWriteSink {
                     &self.storage_endpoint,
                     tokens,
                     self.connection.open_timeout,
-                    self.connection.request_timeout,
+                    // An answer that never comes must not hold a chunk forever.
+                    Some(
+                        self.connection
+                            .request_timeout
+                            .unwrap_or(DEFAULT_ANSWER_TIMEOUT),
+                    ),
                 )
             })
             .await
