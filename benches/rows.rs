@@ -1,11 +1,13 @@
 //! msgpack record → BigQuery JSON row transcoding, without a schema (the `<format> json`
-//! mapping) and with the benchmark's table schema (strict conversion), with `<inject>` extras.
+//! mapping) and with the benchmark's table schema (strict conversion), with `<inject>` extras;
+//! and the same records → protobuf rows for the Storage Write API (`proto`).
 
 mod common;
 
 use bqforward::format::json::Extra;
 use bqforward::output::bigquery::rows::{Conversion, RowWriter};
 use bqforward::output::bigquery::schema::Schema;
+use bqforward::output::bigquery::storage_write::encoder::ProtoRowWriter;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -35,6 +37,19 @@ fn rows(c: &mut Criterion) {
             })
         });
     }
+    let mut out = Vec::with_capacity(bytes * 2);
+    group.bench_function("proto", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut writer = ProtoRowWriter::new(&schema, Conversion::Strict, false);
+            for event in &records {
+                writer
+                    .write(&event.record, &extras, &mut out)
+                    .expect("row converts");
+            }
+            black_box(out.len())
+        })
+    });
     group.finish();
 }
 

@@ -19,6 +19,8 @@
 #        PackedForward -> bigquery_insert run (BENCH_PROFILE=filters, users, null-filters: of
 #        that scenario's first run)
 #        BENCH_SOAK_SECONDS=600 scripts/bench.sh   only the 10-minute overload soak (RSS over time)
+#        BENCH_ONLY=storage scripts/bench.sh   only bigquery_insert against bigquery_storage_write
+#        (memory buffer, file buffer, exactly_once), taking turns; the emulator serves gRPC on --grpc-port too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,10 +40,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-coproc EMU { exec "$bin/bigquery-emulator" --port 0 --null-mode 2> "$out/emulator.log"; }
+coproc EMU { exec "$bin/bigquery-emulator" --port 0 --grpc-port 0 --null-mode 2> "$out/emulator.log"; }
 pids+=("$EMU_PID")
 read -r line <&"${EMU[0]}"
 emulator="http://${line##listening on }"
+read -r line <&"${EMU[0]}"
+grpc="http://${line##grpc listening on }"
 
 "$bin/bqforward-loadgen" --print-schema > "$out/schema.json"
 cat > "$out/null.conf" <<EOF
@@ -82,6 +86,18 @@ cat > "$out/bigquery.conf" <<EOF
   </buffer>
 </match>
 EOF
+# The Storage Write API (issue 19): the same output through bigquery_storage_write's default
+# stream (gRPC, h2c to the emulator), with chunks of 2,000 events (~600 kB per AppendRows
+# request: peak RSS near insertAll's; larger chunks cost less CPU per row and help the file
+# buffer most, docs/performance.md "Storage Write API"); and with a file buffer.
+sed -e "s|@type bigquery_insert|@type bigquery_storage_write\n  storage_endpoint $grpc|" \
+  -e "s|chunk_limit_records 500|chunk_limit_records 2000|" "$out/bigquery.conf" > "$out/storage.conf"
+sed "s|^  <buffer>|  <buffer>\n    @type file\n    path $out/storage-file-buffer|" "$out/storage.conf" \
+  > "$out/storage-file.conf"
+# exactly_once: committed streams (CreateWriteStream needs the table: auto_create_table makes
+# it), a ticket per append beside the chunk, one append at a time per table.
+sed "s|^  storage_endpoint|  exactly_once true\n  auto_create_table true\n  storage_endpoint|" \
+  "$out/storage-file.conf" > "$out/storage-once.conf"
 # The same with a file buffer (chunks appended to files under the buffer path before the ack).
 sed "s|^  <buffer>|  <buffer>\n    @type file\n    path $out/file-buffer|" "$out/bigquery.conf" \
   > "$out/bigquery-file.conf"
@@ -233,6 +249,50 @@ fi
   echo "| scenario | events | events/s | MB/s (wire) | server CPU s / M events | M events / CPU-s | peak RSS MiB | ack p50 / p90 / p99 ms | load 1m |"
   echo "|---|---|---|---|---|---|---|---|---|"
 } | tee "$out/table.md"
+
+# BENCH_ONLY=storage: PackedForward + ack over the connections -> bigquery_insert (tuned),
+# -> bigquery_storage_write, and -> bigquery_storage_write with a file buffer, taking turns
+# BENCH_REPEAT times; then the medians and their ratios.
+if [ "${BENCH_ONLY:-}" = storage ]; then
+  repeats=${BENCH_REPEAT:-3}
+  rows_insert= rows_storage= rows_storage_file= rows_storage_once=
+  for run in $(seq "$repeats"); do
+    for kind in insert storage storage-file storage-once; do
+      conf=bigquery.conf label="bigquery_insert (gzip)"
+      [ "$kind" = storage ] && conf=storage.conf label="bigquery_storage_write (default stream)"
+      [ "$kind" = storage-file ] && conf=storage-file.conf label="bigquery_storage_write, file buffer"
+      [ "$kind" = storage-once ] && conf=storage-once.conf label="bigquery_storage_write, exactly_once (file buffer)"
+      start_bqforward "packed-$kind-$run" "$conf"
+      row=$(load "bqforward: PackedForward + ack -> $label, run $run/$repeats" --mode packed --ack --until rows)
+      echo "$row"
+      stop_server
+      case $kind in
+        insert) rows_insert+="$row"$'\n' ;;
+        storage) rows_storage+="$row"$'\n' ;;
+        storage-file) rows_storage_file+="$row"$'\n' ;;
+        storage-once) rows_storage_once+="$row"$'\n' ;;
+      esac
+    done
+  done
+  # The median of each column on its own (M events per CPU-s, events/s, peak RSS).
+  med() {
+    awk -F'|' -v c="$2" 'NF > 5 {gsub(/[ k]/, "", $c); print $c}' <<< "$1" | sort -n \
+      | sed -n "$(( (repeats + 1) / 2 ))p"
+  }
+  line() { echo "$(med "$1" 7) / $(med "$1" 4)k / $(med "$1" 8)"; }
+  {
+    echo
+    echo "Medians of $repeats runs, each column on its own (M events per CPU-s / events per s / peak RSS MiB):"
+    echo "  bigquery_insert:                     $(line "$rows_insert")"
+    echo "  bigquery_storage_write:              $(line "$rows_storage") (target >= 1.5 M events per CPU-s)"
+    echo "  bigquery_storage_write, file buffer: $(line "$rows_storage_file")"
+    echo "  ... exactly_once (file buffer):      $(line "$rows_storage_once")"
+    awk -v a="$(med "$rows_storage" 7)" -v b="$(med "$rows_insert" 7)" \
+      -v f="$(med "$rows_storage_file" 4)" -v m="$(med "$rows_storage" 4)" \
+      'BEGIN { printf "  storage write / insertAll per CPU-s: %.2f x; file / memory buffer events/s: %.2f x (target >= 0.8)\n", a / b, f / m }'
+  } | tee -a "$out/table.md"
+  exit 0
+fi
 
 # BENCH_ONLY=filters: only the scenarios of issue 17 (PackedForward -> null with and without
 # the filters; -> bigquery_insert tuned, with the filters, and as users write it).

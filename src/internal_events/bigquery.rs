@@ -124,3 +124,58 @@ impl DatasetFound<'_> {
         }
     }
 }
+
+/// Which BigQuery API rows went through (the `api` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    InsertAll,
+    StorageWrite,
+}
+
+impl Api {
+    pub fn label(self) -> &'static str {
+        match self {
+            Api::InsertAll => "insert_all",
+            Api::StorageWrite => "storage_write",
+        }
+    }
+}
+
+/// insertAll bills each row as at least 1 KB
+/// (https://cloud.google.com/bigquery/pricing#data_ingestion_pricing).
+pub const INSERT_ALL_MIN_ROW_BYTES: u64 = 1024;
+
+/// Rows BigQuery accepted, by size: `bytes` as sent (JSON rows for insertAll, serialized
+/// protobuf rows for the Storage Write API) and what BigQuery bills for them.
+pub struct BytesAppended<'a> {
+    pub table: &'a str,
+    pub api: Api,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+impl BytesAppended<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        let billed = match self.api {
+            // Per row: a request's rows counted at their average size, at least 1 KB each.
+            Api::InsertAll => {
+                let average = self.bytes.checked_div(self.rows).unwrap_or(0);
+                self.rows * average.max(INSERT_ALL_MIN_ROW_BYTES)
+            }
+            Api::StorageWrite => self.bytes,
+        };
+        detail.appended(self.api.label(), self.table, self.bytes, billed);
+    }
+}
+
+/// A Storage Write stream was left for a new one.
+pub struct StreamReplaced<'a> {
+    pub table: &'a str,
+}
+
+impl StreamReplaced<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        detail.stream_replaced();
+        tracing::info!(table = %self.table, "write stream replaced");
+    }
+}

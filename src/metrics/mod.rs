@@ -156,7 +156,19 @@ const TABLES_CREATED: Def = counter(
     "Tables created by auto_create_table.",
 );
 const REQUEST_DURATION: &str = "bqforward_bigquery_request_duration_seconds";
-const REQUEST_DURATION_HELP: &str = "insertAll request latency by outcome.";
+const REQUEST_DURATION_HELP: &str = "BigQuery request latency by outcome (insertAll requests; AppendRows for bigquery_storage_write).";
+const BYTES_APPENDED: Def = counter(
+    "bqforward_bigquery_appended_bytes_total",
+    "Bytes of rows BigQuery accepted, per table and API (JSON rows for insertAll, serialized protobuf rows for the Storage Write API).",
+);
+const BILLED_BYTES: Def = counter(
+    "bqforward_bigquery_billed_bytes_total",
+    "Bytes BigQuery bills for the rows it accepted, per API: insertAll counts each row as at least 1 KB; the Storage Write API its serialized rows.",
+);
+const STREAM_REPLACEMENTS: Def = counter(
+    "bqforward_bigquery_stream_replacements_total",
+    "Storage Write streams left for a new one (finalized, broken, or an append whose outcome is unknown with exactly_once).",
+);
 const UNMATCHED: Def = counter(
     "bqforward_router_unmatched_events_total",
     "Events no <match> took (acked and discarded, as fluentd).",
@@ -639,6 +651,9 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Bytes accepted and bytes billed, for one API and table.
+type Appended = (u64, u64);
+
 /// What happened to rows, for `SinkDetail::rows`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RowFate {
@@ -687,6 +702,9 @@ impl RequestOutcome {
 #[derive(Debug)]
 pub struct SinkDetail {
     rows: Mutex<HashMap<(RowFate, String, String), u64>>,
+    /// Per (API, table): bytes accepted and bytes billed.
+    appended: Mutex<HashMap<(&'static str, String), Appended>>,
+    stream_replacements: AtomicU64,
     requests: Vec<Histogram>,
     tables_created: AtomicU64,
     missing_datasets: Mutex<std::collections::BTreeSet<String>>,
@@ -709,6 +727,8 @@ impl Default for SinkDetail {
             .collect();
         Self {
             rows: Mutex::new(HashMap::new()),
+            appended: Mutex::new(HashMap::new()),
+            stream_replacements: AtomicU64::new(0),
             requests,
             tables_created: AtomicU64::new(0),
             missing_datasets: Mutex::new(std::collections::BTreeSet::new()),
@@ -735,6 +755,27 @@ impl SinkDetail {
             return;
         }
         *rows.entry(key).or_default() += n;
+    }
+
+    /// `bytes` of rows of `table` accepted through `api`, billed as `billed`.
+    pub fn appended(&self, api: &'static str, table: &str, bytes: u64, billed: u64) {
+        let table = table.split('$').next().unwrap_or(table);
+        let Ok(mut appended) = self.appended.lock() else {
+            return;
+        };
+        let key =
+            if appended.len() >= MAX_SERIES && !appended.contains_key(&(api, table.to_owned())) {
+                (api, OTHER.to_owned())
+            } else {
+                (api, table.to_owned())
+            };
+        let entry = appended.entry(key).or_default();
+        entry.0 += bytes;
+        entry.1 += billed;
+    }
+
+    pub fn stream_replaced(&self) {
+        self.stream_replacements.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn table_created(&self) {
@@ -924,6 +965,36 @@ impl Families {
                 RowFate::Dropped => (&ROWS_DROPPED, &labels[..]),
             };
             self.add(def, labels, n as f64);
+        }
+        let appended: Vec<((&str, String), Appended)> = sink
+            .detail
+            .appended
+            .lock()
+            .map(|a| a.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        let mut billed: BTreeMap<&str, u64> = BTreeMap::new();
+        for ((api, table), (bytes, bill)) in appended {
+            self.add(
+                &BYTES_APPENDED,
+                &[("plugin_id", plugin_id), ("table", &table), ("api", api)],
+                bytes as f64,
+            );
+            *billed.entry(api).or_default() += bill;
+        }
+        for (api, bill) in billed {
+            self.add(
+                &BILLED_BYTES,
+                &[("plugin_id", plugin_id), ("api", api)],
+                bill as f64,
+            );
+        }
+        let replaced = sink.detail.stream_replacements.load(Ordering::Relaxed);
+        if replaced > 0 {
+            self.add(
+                &STREAM_REPLACEMENTS,
+                &[("plugin_id", plugin_id)],
+                replaced as f64,
+            );
         }
         for (outcome, histogram) in RequestOutcome::ALL.iter().zip(&sink.detail.requests) {
             let mut metric = histogram.metric();

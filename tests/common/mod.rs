@@ -358,10 +358,26 @@ pub fn send(stream: &mut TcpStream, bytes: &[u8]) {
 pub struct Emulator {
     child: Child,
     pub port: u16,
+    /// The Storage Write API's port (`start_grpc`); 0 when not served.
+    pub grpc_port: u16,
 }
 
 impl Emulator {
     pub fn start(args: &[&str]) -> Emulator {
+        Self::launch(args, false)
+    }
+
+    /// Also serving the Storage Write API (gRPC) on a free port.
+    pub fn start_grpc(args: &[&str]) -> Emulator {
+        Self::launch(args, true)
+    }
+
+    /// The Storage Write API's endpoint (plaintext h2c).
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    fn launch(args: &[&str], grpc: bool) -> Emulator {
         let bin = Path::new(BIN).with_file_name("bigquery-emulator");
         assert!(
             bin.exists(),
@@ -369,22 +385,29 @@ impl Emulator {
         );
         let mut child = Command::new(&bin)
             .args(["--port", "0"])
+            .args(if grpc { &["--grpc-port", "0"][..] } else { &[] })
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("emulator said {line:?}"));
-        Emulator { child, port }
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut read_port = || {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            line.trim()
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("emulator said {line:?}"))
+        };
+        let port = read_port();
+        let grpc_port = if grpc { read_port() } else { 0 };
+        Emulator {
+            child,
+            port,
+            grpc_port,
+        }
     }
 
     pub fn endpoint(&self) -> String {

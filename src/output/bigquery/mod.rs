@@ -6,6 +6,8 @@
 //!
 //! `@type bigquery_insert`: fluent-plugin-bigquery's streaming output, configured the same
 //! way. Events are keyed by destination at emit, buffered, and delivered by the sink.
+//! `@type bigquery_storage_write` (`storage_write/`) is the same output with the Storage
+//! Write API's sink.
 
 pub mod classify;
 pub mod config;
@@ -18,6 +20,7 @@ pub mod rows;
 pub mod schema;
 pub mod service;
 pub mod sink;
+pub mod storage_write;
 pub mod tables;
 
 use crate::buffer::{Buffer, BufferConfig, BufferError};
@@ -37,6 +40,8 @@ use tables::Tables;
 
 pub struct BigQueryOutput {
     id: String,
+    /// `bigquery_insert`, or `bigquery_storage_write` (same buffer and names, another sink).
+    type_name: &'static str,
     destinations: Mutex<Destinations>,
     buffer: Arc<Buffer<TableKey>>,
     pub detail: Arc<SinkDetail>,
@@ -136,6 +141,7 @@ impl BigQueryOutput {
             .map_err(|e| ConfigError::at(&location, e.to_string()))?;
         let output = Self {
             id,
+            type_name: "bigquery_insert",
             destinations: Mutex::new(Destinations::new(common.names, common.timekey, common.zone)),
             buffer,
             detail,
@@ -154,7 +160,7 @@ impl Output for BigQueryOutput {
     }
 
     fn type_name(&self) -> &'static str {
-        "bigquery_insert"
+        self.type_name
     }
 
     fn emit(&self, batch: Batch) -> BoxFuture<'_, Result<(), OutputError>> {

@@ -187,3 +187,74 @@ fn failure(err: BQError) -> Failure {
         other => Failure::Transport(other.to_string()),
     }
 }
+
+// ---- Bearer tokens for gRPC (bigquery_storage_write) ---------------------------------------
+// The Storage Write API is gRPC, outside gcp-bigquery-client: its calls carry a bearer token
+// from the same `auth_method` as the REST client. Kept apart from `connect` on purpose.
+
+/// OAuth scope of the BigQuery APIs (the Storage Write API takes the same).
+const BIGQUERY_SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
+
+/// Access tokens for `auth`; none for `auth_method none` (a local endpoint). yup-oauth2
+/// caches each token and refreshes it before it expires.
+pub struct TokenSource {
+    auth: Option<gcp_bigquery_client::yup_oauth2::authenticator::DefaultAuthenticator>,
+}
+
+impl TokenSource {
+    pub async fn new(auth: &AuthMethod) -> Result<Self, String> {
+        use gcp_bigquery_client::yup_oauth2 as oauth;
+        let service_account = |key| async move {
+            oauth::ServiceAccountAuthenticator::builder(key)
+                .build()
+                .await
+                .map_err(|e| format!("BigQuery credentials: {e}"))
+        };
+        let auth = match auth {
+            AuthMethod::None => None,
+            AuthMethod::JsonKey(key) if key.trim_start().starts_with('{') => {
+                let key = oauth::parse_service_account_key(key)
+                    .map_err(|e| format!("json_key is not a service-account key: {e}"))?;
+                Some(service_account(key).await?)
+            }
+            AuthMethod::JsonKey(path) => {
+                let key = oauth::read_service_account_key(path)
+                    .await
+                    .map_err(|e| format!("json_key {path}: {e}"))?;
+                Some(service_account(key).await?)
+            }
+            // Application default credentials: GOOGLE_APPLICATION_CREDENTIALS's key, else the
+            // metadata server (which is what compute_engine asks for).
+            AuthMethod::ApplicationDefault | AuthMethod::ComputeEngine => {
+                let opts = oauth::ApplicationDefaultCredentialsFlowOpts::default();
+                let built = match oauth::ApplicationDefaultCredentialsAuthenticator::builder(opts)
+                    .await
+                {
+                    oauth::authenticator::ApplicationDefaultCredentialsTypes::ServiceAccount(b) => {
+                        b.build().await
+                    }
+                    oauth::authenticator::ApplicationDefaultCredentialsTypes::InstanceMetadata(
+                        b,
+                    ) => b.build().await,
+                };
+                Some(built.map_err(|e| format!("BigQuery credentials: {e}"))?)
+            }
+        };
+        Ok(Self { auth })
+    }
+
+    /// The `authorization` header's value, or `None` without credentials.
+    pub async fn bearer(&self) -> Result<Option<String>, String> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let token = auth
+            .token(&[BIGQUERY_SCOPE])
+            .await
+            .map_err(|e| format!("access token: {e}"))?;
+        let token = token
+            .token()
+            .ok_or_else(|| "access token: none was issued".to_owned())?;
+        Ok(Some(format!("Bearer {token}")))
+    }
+}

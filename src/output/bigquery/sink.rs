@@ -153,6 +153,7 @@ impl BigQuerySink {
             table: &key.table,
         };
         let indices = request.indices;
+        let raw_len = request.raw_len as u64;
         let started = Instant::now();
         let answer = client.insert_all(&table, request.body).await;
         let elapsed = started.elapsed();
@@ -166,13 +167,23 @@ impl BigQuerySink {
                 }
                 .emit(&self.detail);
                 self.tables.dataset_found(key);
-                self.sort_rows(
+                let inserted = self.sort_rows(
                     &run.table,
                     &indices,
                     response.insert_errors.unwrap_or_default(),
                     &mut run.keep,
                     &mut run.dead,
                 );
+                // The request's JSON, shared out over its rows: the inserted rows' part.
+                events::BytesAppended {
+                    table: &run.table,
+                    api: events::Api::InsertAll,
+                    rows: inserted,
+                    bytes: (raw_len * inserted)
+                        .checked_div(indices.len() as u64)
+                        .unwrap_or(0),
+                }
+                .emit(&self.detail);
                 if run.keep.iter().any(|i| indices.contains(i)) {
                     run.waiting.get_or_insert(Waiting {
                         error: "rows stopped by other rows' errors".into(),
@@ -249,7 +260,7 @@ impl BigQuerySink {
         }
     }
 
-    /// Sorts a 200 answer's rows: unlisted rows were inserted.
+    /// Sorts a 200 answer's rows: unlisted rows were inserted (their count is returned).
     fn sort_rows(
         &self,
         table: &str,
@@ -257,7 +268,7 @@ impl BigQuerySink {
         errors: Vec<gcp_bigquery_client::model::table_data_insert_all_response_insert_errors::TableDataInsertAllResponseInsertErrors>,
         keep: &mut Vec<u32>,
         dead: &mut Vec<Rejected>,
-    ) {
+    ) -> u64 {
         let mut failed = 0u64;
         for row in errors {
             let Some(&index) = row
@@ -298,11 +309,13 @@ impl BigQuerySink {
                 }
             }
         }
+        let inserted = (indices.len() as u64).saturating_sub(failed);
         events::RowsInserted {
             table,
-            rows: (indices.len() as u64).saturating_sub(failed),
+            rows: inserted,
         }
         .emit(&self.detail);
+        inserted
     }
 }
 

@@ -212,6 +212,18 @@ impl Tables {
         }
     }
 
+    /// Drops the cached schema of `key`'s table (`fetch_schema`), so the next chunk reads it
+    /// again: the Storage Write API said the table's schema changed.
+    pub async fn forget_schema(&self, key: &TableKey) {
+        if let SchemaSource::Fetch { cache, .. } = &self.schema {
+            let name = key
+                .schema_table
+                .clone()
+                .unwrap_or_else(|| key.base_table().to_owned());
+            cache.lock().await.remove(&name);
+        }
+    }
+
     fn recently_created(&self, name: &str) -> bool {
         self.created
             .lock()

@@ -1,0 +1,295 @@
+//! The Storage Write API over gRPC (tonic, with bq-storage-proto's stubs): one HTTP/2 channel
+//! (h2c for an `http://` endpoint, TLS for `https://`), AppendRows connections kept open per
+//! stream and reused (one request in flight on each, so one per flush worker at most),
+//! CreateWriteStream for exactly-once streams. Turns no answer into a verdict (`classify`
+//! does) and retries nothing.
+
+use crate::output::bigquery::service::TokenSource;
+use bq_storage_proto::prost_types::DescriptorProto;
+use bq_storage_proto::tonic::codec::Streaming;
+use bq_storage_proto::tonic::{self, Code, Status};
+use bq_storage_proto::v1::append_rows_request::{ProtoData, Rows};
+use bq_storage_proto::v1::big_query_write_client::BigQueryWriteClient;
+use bq_storage_proto::v1::write_stream::Type as StreamType;
+use bq_storage_proto::v1::{
+    AppendRowsRequest, AppendRowsResponse, CreateWriteStreamRequest, ProtoRows, ProtoSchema,
+    WriteStream,
+};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Google's endpoint, used when `storage_endpoint` is not set.
+pub const DEFAULT_ENDPOINT: &str = "https://bigquerystorage.googleapis.com";
+
+/// Idle AppendRows connections kept per stream.
+const IDLE_PER_STREAM: usize = 16;
+
+pub struct WriteClient {
+    client: BigQueryWriteClient<tonic::transport::Channel>,
+    tokens: TokenSource,
+    timeout: Option<Duration>,
+    idle: Mutex<HashMap<String, Vec<AppendConnection>>>,
+}
+
+/// One open AppendRows call.
+struct AppendConnection {
+    requests: mpsc::Sender<AppendRowsRequest>,
+    responses: Streaming<AppendRowsResponse>,
+    /// The writer schema this call has been given (rows after it are read with it).
+    descriptor: DescriptorProto,
+}
+
+/// One append: rows already serialized against `descriptor`.
+pub struct Append<'a> {
+    pub stream: &'a str,
+    pub descriptor: &'a DescriptorProto,
+    pub rows: Vec<Bytes>,
+    /// Only for app-created streams (the default stream refuses offsets).
+    pub offset: Option<i64>,
+}
+
+impl WriteClient {
+    /// A client for `endpoint` (`http://` = plaintext h2c). Connects lazily.
+    pub fn new(
+        endpoint: &str,
+        tokens: TokenSource,
+        open_timeout: Duration,
+        timeout: Option<Duration>,
+    ) -> Result<Self, String> {
+        let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| format!("storage_endpoint {endpoint}: {e}"))?
+            .connect_timeout(open_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        if endpoint.starts_with("https://") {
+            channel = channel
+                .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
+                .map_err(|e| format!("storage_endpoint {endpoint}: TLS: {e}"))?;
+        }
+        let client = BigQueryWriteClient::new(channel.connect_lazy())
+            // An answer carries at most a schema and row errors; requests are capped at 10 MB.
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024);
+        Ok(Self {
+            client,
+            tokens,
+            timeout,
+            idle: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A request with the credentials and the routing header BigQuery asks for.
+    async fn request<T>(
+        &self,
+        message: T,
+        stream_or_parent: &str,
+    ) -> Result<tonic::Request<T>, Status> {
+        let mut request = tonic::Request::new(message);
+        if let Some(bearer) = self
+            .tokens
+            .bearer()
+            .await
+            .map_err(Status::unauthenticated)?
+        {
+            let value = bearer
+                .parse()
+                .map_err(|_| Status::unauthenticated("access token is not a header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        let key = if stream_or_parent.contains("/streams/") {
+            "write_stream"
+        } else {
+            "parent"
+        };
+        if let Ok(value) = format!("{key}={stream_or_parent}").parse() {
+            request
+                .metadata_mut()
+                .insert("x-goog-request-params", value);
+        }
+        Ok(request)
+    }
+
+    /// A new COMMITTED stream on `table` (`projects/P/datasets/D/tables/T`): rows are
+    /// visible as each append succeeds, and offsets make resends land once.
+    pub async fn create_committed_stream(&self, table: &str) -> Result<WriteStream, Status> {
+        let message = CreateWriteStreamRequest {
+            parent: table.to_owned(),
+            write_stream: Some(WriteStream {
+                r#type: StreamType::Committed as i32,
+                ..WriteStream::default()
+            }),
+        };
+        let request = self.request(message, table).await?;
+        let mut client = self.client.clone();
+        let call = client.create_write_stream(request);
+        let answer = match self.timeout {
+            Some(t) => tokio::time::timeout(t, call)
+                .await
+                .map_err(|_| Status::deadline_exceeded("CreateWriteStream timed out"))?,
+            None => call.await,
+        };
+        Ok(answer?.into_inner())
+    }
+
+    /// Sends one AppendRows request and waits for its answer. `Err`: the call ended (the
+    /// connection is dropped; what the request did is unknown unless the status says). A
+    /// connection kept open between requests may have been closed by the server meanwhile:
+    /// a request it ends without an answer goes once more on a new one.
+    pub async fn append(&self, append: Append<'_>) -> Result<AppendRowsResponse, Status> {
+        let Append {
+            stream,
+            descriptor,
+            rows,
+            offset,
+        } = append;
+        let reused = self
+            .idle
+            .lock()
+            .ok()
+            .and_then(|mut idle| idle.get_mut(stream).and_then(Vec::pop));
+        let message = AppendRowsRequest {
+            write_stream: stream.to_owned(),
+            offset,
+            rows: Some(Rows::ProtoRows(ProtoData {
+                writer_schema: None,
+                rows: Some(ProtoRows {
+                    serialized_rows: rows,
+                }),
+            })),
+            ..AppendRowsRequest::default()
+        };
+        let Some(connection) = reused else {
+            return self.send(None, stream, descriptor, message).await;
+        };
+        // Rows are `Bytes`: the copy shares them.
+        let again = message.clone();
+        match self
+            .send(Some(connection), stream, descriptor, message)
+            .await
+        {
+            Err(status) if stale(&status) => {
+                tracing::debug!(stream, %status, "kept AppendRows call had ended; sending on a new one");
+                self.send(None, stream, descriptor, again).await
+            }
+            answer => answer,
+        }
+    }
+
+    /// Sends `message` on `connection` (a new one when `None`) and reads the answer; the
+    /// connection is kept for the next request if it answered.
+    async fn send(
+        &self,
+        connection: Option<AppendConnection>,
+        stream: &str,
+        descriptor: &DescriptorProto,
+        mut message: AppendRowsRequest,
+    ) -> Result<AppendRowsResponse, Status> {
+        let mut connection = match connection {
+            Some(mut connection) => {
+                if connection.descriptor != *descriptor {
+                    set_schema(&mut message, descriptor);
+                    connection.descriptor = descriptor.clone();
+                }
+                if let Err(mpsc::error::SendError(back)) = connection.requests.send(message).await {
+                    // The call had ended while idle: open another.
+                    message = back;
+                    set_schema(&mut message, descriptor);
+                    self.open(stream, descriptor, message).await?
+                } else {
+                    connection
+                }
+            }
+            None => {
+                set_schema(&mut message, descriptor);
+                self.open(stream, descriptor, message).await?
+            }
+        };
+        let next = connection.responses.message();
+        let answer = match self.timeout {
+            Some(t) => tokio::time::timeout(t, next)
+                .await
+                .map_err(|_| Status::deadline_exceeded("AppendRows answer timed out"))?,
+            None => next.await,
+        };
+        match answer {
+            Ok(Some(response)) => {
+                if let Ok(mut idle) = self.idle.lock() {
+                    let list = idle.entry(stream.to_owned()).or_default();
+                    if list.len() < IDLE_PER_STREAM {
+                        list.push(connection);
+                    }
+                }
+                Ok(response)
+            }
+            Ok(None) => Err(Status::unavailable(CLOSED)),
+            Err(status) => Err(status),
+        }
+    }
+
+    /// Opens an AppendRows call whose first request is `first`.
+    async fn open(
+        &self,
+        stream: &str,
+        descriptor: &DescriptorProto,
+        first: AppendRowsRequest,
+    ) -> Result<AppendConnection, Status> {
+        let (requests, rx) = mpsc::channel(1);
+        // The first request is queued before the call opens: servers may answer headers only
+        // once it arrives.
+        requests
+            .send(first)
+            .await
+            .map_err(|_| Status::internal("request queue closed"))?;
+        let request = self.request(ReceiverStream::new(rx), stream).await?;
+        let mut client = self.client.clone();
+        let call = client.append_rows(request);
+        let opened = match self.timeout {
+            Some(t) => tokio::time::timeout(t, call)
+                .await
+                .map_err(|_| Status::deadline_exceeded("AppendRows call did not open in time"))?,
+            None => call.await,
+        }?;
+        Ok(AppendConnection {
+            requests,
+            responses: opened.into_inner(),
+            descriptor: descriptor.clone(),
+        })
+    }
+
+    /// Drops the idle connections of `stream` (a stream being replaced).
+    pub fn forget(&self, stream: &str) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.remove(stream);
+        }
+    }
+}
+
+const CLOSED: &str = "AppendRows call closed by the server without an answer";
+
+/// The call ended under the request without a verdict on it: the server closed it (idle too
+/// long) or the connection went away.
+fn stale(status: &Status) -> bool {
+    status.message() == CLOSED
+        || matches!(
+            status.code(),
+            Code::Unavailable | Code::Cancelled | Code::Unknown
+        )
+}
+
+fn set_schema(message: &mut AppendRowsRequest, descriptor: &DescriptorProto) {
+    if let Some(Rows::ProtoRows(data)) = &mut message.rows {
+        data.writer_schema = Some(ProtoSchema {
+            proto_descriptor: Some(descriptor.clone()),
+        });
+    }
+}
+
+/// The gRPC code of a status the server sent in an `AppendRowsResponse.error`.
+pub fn code_of(status: &bq_storage_proto::rpc::Status) -> Code {
+    Code::from_i32(status.code)
+}
