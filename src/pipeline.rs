@@ -20,6 +20,7 @@ use std::sync::Arc;
 pub const SOURCE_TYPES: &[&str] = &["forward", "unix"];
 pub const OUTPUT_TYPES: &[&str] = &[
     "bigquery_insert",
+    "bigquery_load",
     "stdout",
     "null",
     "file",
@@ -30,6 +31,7 @@ pub const OUTPUT_TYPES: &[&str] = &[
 /// What a `<store>` of `@type copy` may be.
 const STORE_TYPES: &[&str] = &[
     "bigquery_insert",
+    "bigquery_load",
     "stdout",
     "null",
     "file",
@@ -472,7 +474,7 @@ impl Pipeline {
                     counters,
                 })
             }
-            "bigquery_insert" => {
+            "bigquery_insert" | "bigquery_load" => {
                 let secondary = match s.section("secondary")? {
                     Some(secondary) => Some(self.build_simple_output(
                         secondary,
@@ -481,7 +483,11 @@ impl Pipeline {
                     )?),
                     None => None,
                 };
-                let (output, warnings, notes) = BigQueryOutput::from_config(id, &s, secondary)?;
+                let (output, warnings, notes) = if type_name == "bigquery_load" {
+                    crate::output::bigquery::load::from_config(id, &s, secondary)?
+                } else {
+                    BigQueryOutput::from_config(id, &s, secondary)?
+                };
                 self.warnings.extend(warnings);
                 self.notes.extend(notes);
                 let output = Arc::new(output);

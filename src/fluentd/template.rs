@@ -26,10 +26,16 @@ pub struct Template {
     zone: Zone,
 }
 
+/// fluentd v0.12's time-slice placeholder, read as `%Y%m%d`.
+pub const TIME_SLICE: &str = "%{time_slice}";
+
 impl Template {
     pub fn parse(source: &str, zone: Zone) -> Result<Self, String> {
         let mut parts = Vec::new();
-        let mut rest = source;
+        // fluentd v0.12's `%{time_slice}` (fluent-plugin-bigquery's README still writes
+        // `table yourtable%{time_slice}`): its default time_slice_format, a day.
+        let compat = source.replace(TIME_SLICE, "%Y%m%d");
+        let mut rest = compat.as_str();
         while let Some(start) = rest.find("${") {
             if start > 0 {
                 parts.push(Part::Literal(rest[..start].into()));

@@ -13,6 +13,7 @@ pub mod convert;
 pub mod dead_letter;
 pub mod destination;
 pub mod gzip;
+pub mod load;
 pub mod request_builder;
 pub mod rows;
 pub mod schema;
@@ -37,6 +38,8 @@ use tables::Tables;
 
 pub struct BigQueryOutput {
     id: String,
+    /// `bigquery_insert` or `bigquery_load`: the same buffer and destinations, another sink.
+    type_name: &'static str,
     destinations: Mutex<Destinations>,
     buffer: Arc<Buffer<TableKey>>,
     pub detail: Arc<SinkDetail>,
@@ -134,13 +137,31 @@ impl BigQueryOutput {
         let location = s.location().clone();
         let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink))
             .map_err(|e| ConfigError::at(&location, e.to_string()))?;
-        let output = Self {
+        let output = Self::from_parts(
             id,
-            destinations: Mutex::new(Destinations::new(common.names, common.timekey, common.zone)),
+            "bigquery_insert",
+            Destinations::new(common.names, common.timekey, common.zone),
             buffer,
             detail,
-        };
+        );
         Ok((output, warnings, common.notes))
+    }
+
+    /// An output of `type_name` whose buffer delivers through its own sink.
+    pub fn from_parts(
+        id: String,
+        type_name: &'static str,
+        destinations: Destinations,
+        buffer: Arc<Buffer<TableKey>>,
+        detail: Arc<SinkDetail>,
+    ) -> Self {
+        Self {
+            id,
+            type_name,
+            destinations: Mutex::new(destinations),
+            buffer,
+            detail,
+        }
     }
 
     pub fn buffer(&self) -> &Arc<Buffer<TableKey>> {
@@ -154,7 +175,7 @@ impl Output for BigQueryOutput {
     }
 
     fn type_name(&self) -> &'static str {
-        "bigquery_insert"
+        self.type_name
     }
 
     fn emit(&self, batch: Batch) -> BoxFuture<'_, Result<(), OutputError>> {
