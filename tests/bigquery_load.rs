@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PROJECT: &str = "proj";
@@ -185,4 +186,145 @@ fn chunks_become_load_jobs_with_ids_derived_from_the_chunk() {
     let stats = emulator.stats();
     assert_eq!(stats["jobs_duplicate"], 0, "{stats}");
     assert_eq!(stats["rows_loaded"], 10_000, "{stats}");
+}
+
+/// Sends `events` acked events, waits for `stage` of the first load job, kills the process
+/// (SIGKILL), restarts it on the same buffer directory, and checks every acked event was
+/// loaded exactly once, by jobs that all kept their first id.
+fn kill_9_then_restart(emulator: &Emulator, table: &str, stat: &str) {
+    let text = config(emulator, table, "", "");
+    let mut server = Server::start(&text);
+    let summary = send(&server, "app.crash", 3000, &["--connections", "2"]);
+    let acked = acked(&summary);
+    let total: u64 = acked.iter().sum();
+    assert_eq!(total, 6000, "{summary}");
+    assert!(
+        wait_stat(emulator, stat, 1, 30) >= 1,
+        "no {stat}:\n{}",
+        server.log()
+    );
+    server.kill();
+    let before = emulator.count(PROJECT, DATASET, table);
+    assert!(
+        before < total,
+        "the job should not be done at the kill ({before})"
+    );
+
+    emulator.set_faults(json!({"job_delay_ms": 300}));
+    let server = server.restart(&[]);
+    let count = wait_rows(emulator, table, total, 60);
+    // A job the first process made finishes on its own schedule: give a duplicate (the bug
+    // this test is for) the time to land.
+    std::thread::sleep(Duration::from_secs(2));
+    let count_after = emulator.count(PROJECT, DATASET, table);
+    assert_eq!(
+        (count, count_after),
+        (total, total),
+        "after restart:\n{}",
+        server.log()
+    );
+    assert_all_acked_landed_once(emulator, table, &acked);
+    let jobs = jobs(emulator);
+    for job in &jobs {
+        let id = job["jobReference"]["jobId"].as_str().unwrap();
+        assert!(id.ends_with("_0"), "{id}: {job}");
+    }
+    let stats = emulator.stats();
+    eprintln!(
+        "kill -9 at {stat}: acked {total}, loaded before the kill {before}, after restart {count_after}; jobs {}, jobs.insert answered 409 {}",
+        jobs.len(),
+        stats["jobs_duplicate"]
+    );
+}
+
+#[test]
+fn kill_9_while_a_job_is_polled_loads_every_acked_event_once() {
+    // Jobs take 5 s: the process is killed while it polls the first one.
+    let emulator = emulator_with_table(&["--job-delay-ms", "5000"], "polled");
+    kill_9_then_restart(&emulator, "polled", "jobs_inserted");
+}
+
+#[test]
+fn kill_9_while_a_job_is_uploaded_loads_every_acked_event_once() {
+    // Uploads take 3 s to be answered: the process is killed while it waits for the answer.
+    let emulator = emulator_with_table(&[], "uploaded");
+    emulator.set_faults(json!({"latency_ms": 3000, "scope": "upload", "job_delay_ms": 300}));
+    kill_9_then_restart(&emulator, "uploaded", "upload_requests");
+}
+
+const SECONDARY: &str =
+    "<secondary>\n    @type secondary_file\n    directory {dir}/dead\n  </secondary>";
+
+fn replay(config: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("replay")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_failed_job_is_dead_lettered_with_its_reason_and_replay_loads_it_after_the_fix() {
+    let emulator = Emulator::start(&["--job-delay-ms", "200"]);
+    emulator.create_dataset(PROJECT, DATASET);
+    // The table lacks the records' `level`: the job fails ("no such field").
+    let without_level: Vec<Value> = fields().as_array().unwrap()[..3].to_vec();
+    emulator.create_table(PROJECT, DATASET, "fixme", json!(without_level));
+    let text = config(&emulator, "fixme", SECONDARY, "");
+    let server = Server::start(&text);
+    let summary = send(&server, "app.fix", 2000, &[]);
+    assert_eq!(acked(&summary), [2000], "{summary}");
+
+    let dead = wait_for(2000, || read_json_lines(&server.path("dead"), "dump"));
+    assert_eq!(dead.len(), 2000, "{}", server.log());
+    for letter in &dead {
+        assert_eq!(letter["reason"], "invalid", "{letter}");
+        assert!(
+            letter["message"].as_str().unwrap().contains("level"),
+            "{letter}"
+        );
+        assert_eq!(letter["tag"], "app.fix");
+        assert!(letter["record"]["seq"].is_u64());
+    }
+    assert_eq!(emulator.count(PROJECT, DATASET, "fixme"), 0);
+    let failed = jobs(&emulator);
+    assert_eq!(failed[0]["status"]["errorResult"]["reason"], "invalid");
+
+    // The fix: the table gets the column. Then one command loads the dead letters, beside
+    // the running daemon (replay buffers in memory, so the daemon's buffer lock is no issue).
+    let (status, answer) = emulator.call(
+        "PATCH",
+        &format!("/bigquery/v2/projects/{PROJECT}/datasets/{DATASET}/tables/fixme"),
+        Some(&json!({"schema": {"fields": fields()}})),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let conf = server.path("fluent.conf");
+    let dead_dir = server.path("dead");
+    let (ok, stderr) = replay(&conf, &[dead_dir.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("2000 events read from 1 files; 2000 sent through the pipeline, 2000 delivered to BigQuery; 0 failed"),
+        "{stderr}"
+    );
+    assert_eq!(emulator.count(PROJECT, DATASET, "fixme"), 2000);
+    assert_all_acked_landed_once(&emulator, "fixme", &[2000]);
+
+    // A file with a line that is not an event: the rest is sent, the exit says it failed.
+    let broken = server.path("broken.log");
+    std::fs::write(
+        &broken,
+        "{\"conn\": 9, \"seq\": 1, \"msg\": \"m\", \"level\": \"info\"}\nnot an event\n",
+    )
+    .unwrap();
+    let (ok, stderr) = replay(&conf, &["--match", "app.fix", broken.to_str().unwrap()]);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("broken.log:2"), "{stderr}");
+    assert!(stderr.contains("1 failed (1 unreadable lines"), "{stderr}");
+    assert_eq!(emulator.count(PROJECT, DATASET, "fixme"), 2001);
 }
