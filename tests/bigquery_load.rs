@@ -36,6 +36,11 @@ fn config(emulator: &Emulator, table: &str, extra: &str, buffer: &str) -> String
   bind 127.0.0.1
   port 0
 </source>
+<source>
+  @type prometheus
+  bind 127.0.0.1
+  port 0
+</source>
 <match app.**>
   @type bigquery_load
   auth_method none
@@ -186,6 +191,131 @@ fn chunks_become_load_jobs_with_ids_derived_from_the_chunk() {
     let stats = emulator.stats();
     assert_eq!(stats["jobs_duplicate"], 0, "{stats}");
     assert_eq!(stats["rows_loaded"], 10_000, "{stats}");
+
+    // Metrics: jobs per table, rows and bytes loaded, job latency.
+    let port = metrics_port(&server);
+    let (status, body) = http(port, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let text = body.as_str().unwrap_or_default().to_owned();
+    let table = [("table", "proj.logs.events")];
+    let sample = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with(name)
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+    };
+    let done = sample(
+        "bqforward_bigquery_load_jobs_total",
+        &[table[0], ("event", "done")],
+    );
+    let started = sample(
+        "bqforward_bigquery_load_jobs_total",
+        &[table[0], ("event", "started")],
+    );
+    assert_eq!((done, started), (jobs.len() as f64, jobs.len() as f64));
+    assert_eq!(
+        sample("bqforward_bigquery_rows_inserted_total", &table),
+        10_000.0
+    );
+    assert!(sample("bqforward_bigquery_load_bytes_total", &table) > 10_000.0 * 40.0);
+    assert_eq!(
+        sample("bqforward_bigquery_load_job_duration_seconds_count", &[]),
+        jobs.len() as f64
+    );
+}
+
+/// The metrics endpoint's port, from its start-up line (`http_addr=IP:PORT`).
+fn metrics_port(server: &Server) -> u16 {
+    let line = server.wait_log("http_addr=");
+    line.split("http_addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+#[test]
+fn a_chunk_larger_than_a_multipart_request_is_uploaded_resumably_in_pieces() {
+    let emulator = emulator_with_table(&["--job-delay-ms", "100"], "big");
+    let text = config(&emulator, "big", "", "chunk_limit_size 64m");
+    let server = Server::start(&text);
+    // 14,000 events of 1 KiB of random text: about 11 MiB once gzipped, so two pieces.
+    let summary = send(
+        &server,
+        "app.big",
+        14_000,
+        &["--pad", "1024", "--random-pad"],
+    );
+    assert_eq!(acked(&summary), [14_000], "{summary}");
+    assert_eq!(
+        wait_rows(&emulator, "big", 14_000, 60),
+        14_000,
+        "{}",
+        server.log()
+    );
+    assert_all_acked_landed_once(&emulator, "big", &[14_000]);
+    let stats = emulator.stats();
+    assert_eq!(stats["jobs_inserted"], 1, "{stats}");
+    // The session, then two PUTs of data.
+    assert!(stats["upload_requests"].as_u64().unwrap() >= 3, "{stats}");
+}
+
+fn check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fluent.conf");
+    std::fs::write(&path, text.replace("{dir}", dir.path().to_str().unwrap())).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_warns_of_the_load_job_quota_and_refuses_what_is_not_implemented() {
+    let emulator = emulator_with_table(&[], "t");
+    // flush_interval 1s: 86,400 jobs a day, far over BigQuery's 1,500.
+    let (ok, stderr) = check(&config(&emulator, "t", "", ""));
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("make up to 86400 load jobs per table per day; BigQuery allows 1500"),
+        "{stderr}"
+    );
+    let (ok, stderr) =
+        check(&config(&emulator, "t", "", "flush_interval 60s").replace("flush_interval 1s\n", ""));
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("load jobs per table per day"), "{stderr}");
+
+    let (ok, stderr) = check(&config(&emulator, "t", "source_format csv", ""));
+    assert!(!ok);
+    assert!(
+        stderr.contains("source_format csv: bqforward loads newline-delimited JSON"),
+        "{stderr}"
+    );
+    let (ok, stderr) = check(&config(
+        &emulator,
+        "t",
+        "schema_update_options [\"ALLOW_EVERYTHING\"]",
+        "",
+    ));
+    assert!(!ok);
+    assert!(
+        stderr.contains("unknown option 'ALLOW_EVERYTHING'"),
+        "{stderr}"
+    );
+    let (ok, stderr) = check(&config(&emulator, "t", "", "").replace("path {dir}/buffer", ""));
+    assert!(!ok);
+    assert!(stderr.contains("give <buffer> a 'path'"), "{stderr}");
 }
 
 /// Sends `events` acked events, waits for `stage` of the first load job, kills the process
