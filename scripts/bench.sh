@@ -19,6 +19,9 @@
 #        PackedForward -> bigquery_insert run (BENCH_PROFILE=filters, users, null-filters: of
 #        that scenario's first run)
 #        BENCH_SOAK_SECONDS=600 scripts/bench.sh   only the 10-minute overload soak (RSS over time)
+#        BENCH_ONLY=load scripts/bench.sh   only PackedForward + ack -> bigquery_load with a file
+#        buffer, until the emulator's load jobs loaded every row (BENCH_LOAD_EVENTS, default
+#        1000000: the emulator stores loaded rows, null mode is for insertAll only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -133,6 +136,41 @@ cat > "$out/bigquery-users.conf" <<EOF
   </inject>
 </match>
 EOF
+# bigquery_load (issue 20) with a file buffer: the plugin's parameters, flushed every second
+# (the plugin's 3600 s would hold the run for an hour) in chunks of up to 64 MiB, each one
+# load job into a table the job creates.
+cat > "$out/bigquery-load.conf" <<EOF
+<source>
+  @type forward
+  bind 127.0.0.1
+  port 0
+</source>
+<match app.**>
+  @type bigquery_load
+  auth_method none
+  endpoint $emulator
+  project bench
+  dataset logs
+  table load_\${tag[1]}_%Y%m%d
+  schema_path $out/schema.json
+  auto_create_table true
+  wait_job_interval 0.2
+  <inject>
+    time_key time
+    tag_key tag
+  </inject>
+  <buffer>
+    @type file
+    path $out/load-buffer
+    flush_interval 1s
+    chunk_limit_size 64m
+    flush_thread_count 4
+    total_limit_size 1g
+    overflow_action block
+    timekey_use_utc true
+  </buffer>
+</match>
+EOF
 api=$emulator/bigquery/v2/projects/bench
 curl -fsS -X POST "$api/datasets" -d '{"datasetReference": {"datasetId": "logs"}}' > /dev/null
 jq '{tableReference: {tableId: "access_log"}, schema: {fields: .}}' "$out/schema.json" \
@@ -233,6 +271,19 @@ fi
   echo "| scenario | events | events/s | MB/s (wire) | server CPU s / M events | M events / CPU-s | peak RSS MiB | ack p50 / p90 / p99 ms | load 1m |"
   echo "|---|---|---|---|---|---|---|---|---|"
 } | tee "$out/table.md"
+
+load_events=${BENCH_LOAD_EVENTS:-$((events < 1000000 ? events : 1000000))}
+run_load() {
+  start_bqforward packed-load bigquery-load.conf
+  load "bqforward: PackedForward + ack -> bigquery_load, file buffer (64 MiB jobs)" \
+    --mode packed --ack --until rows --rows-counter rows_loaded --events "$load_events"
+  stop_server
+}
+if [ "${BENCH_ONLY:-}" = load ]; then
+  run_load
+  echo "Table in $out/table.md; details in $out/loadgen.log, server logs in $out/."
+  exit 0
+fi
 
 # BENCH_ONLY=filters: only the scenarios of issue 17 (PackedForward -> null with and without
 # the filters; -> bigquery_insert tuned, with the filters, and as users write it).
@@ -341,6 +392,8 @@ if [ -n "$full" ]; then
   load "bqforward: PackedForward + ack at half rate ($((max_file / 2000)) k/s) -> bigquery_insert, file buffer" \
     --mode packed --ack --until rows --rate $((max_file / 2))
   stop_server
+
+  run_load
 
   for mode in forward compressed; do
     start_bqforward "$mode-bq" bigquery.conf
