@@ -458,3 +458,45 @@ fn a_failed_job_is_dead_lettered_with_its_reason_and_replay_loads_it_after_the_f
     assert!(stderr.contains("1 failed (1 unreadable lines"), "{stderr}");
     assert_eq!(emulator.count(PROJECT, DATASET, "fixme"), 2001);
 }
+
+#[test]
+fn schema_update_options_let_new_keys_become_nullable_columns() {
+    let emulator = Emulator::start(&["--job-delay-ms", "100"]);
+    emulator.create_dataset(PROJECT, DATASET);
+    let without_level: Vec<Value> = fields().as_array().unwrap()[..3].to_vec();
+    emulator.create_table(PROJECT, DATASET, "grows", json!(without_level));
+    let text = config(
+        &emulator,
+        "grows",
+        "schema_update_options [\"ALLOW_FIELD_ADDITION\"]",
+        "",
+    );
+    let server = Server::start(&text);
+    let summary = send(&server, "app.grow", 1000, &[]);
+    assert_eq!(acked(&summary), [1000], "{summary}");
+    assert_eq!(
+        wait_rows(&emulator, "grows", 1000, 30),
+        1000,
+        "{}",
+        server.log()
+    );
+    let (_, table) = emulator.call(
+        "GET",
+        &format!("/bigquery/v2/projects/{PROJECT}/datasets/{DATASET}/tables/grows"),
+        None,
+    );
+    let level = table["schema"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "level")
+        .cloned()
+        .unwrap_or_else(|| panic!("no level column: {table}"));
+    assert_eq!(level["mode"], "NULLABLE", "{level}");
+    assert!(
+        emulator
+            .rows(PROJECT, DATASET, "grows")
+            .iter()
+            .all(|r| r["level"] == "info")
+    );
+}

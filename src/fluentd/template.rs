@@ -289,4 +289,15 @@ mod tests {
         assert_eq!(c.render("t", EventTime::new(1, 0), &a), "a");
         assert_eq!(c.render("t", EventTime::new(1, 0), &b), "b");
     }
+
+    #[test]
+    fn fluentd_v012_time_slice_is_a_day() {
+        let t = Template::parse("yourtable%{time_slice}", Zone::Utc).unwrap();
+        assert!(t.has_time());
+        assert_eq!(
+            t.render("tag", EventTime::new(1_700_000_000, 0), b"\x80"),
+            "yourtable20231114"
+        );
+        assert_eq!(t.as_str(), "yourtable%{time_slice}");
+    }
 }
