@@ -243,9 +243,33 @@ fn metrics_port(server: &Server) -> u16 {
 #[test]
 fn a_chunk_larger_than_a_multipart_request_is_uploaded_resumably_in_pieces() {
     let emulator = emulator_with_table(&["--job-delay-ms", "100"], "big");
-    let text = config(&emulator, "big", "", "chunk_limit_size 64m");
+    resumable_upload(&emulator);
+    // The session, then two PUTs of data.
+    let stats = emulator.stats();
+    assert!(stats["upload_requests"].as_u64().unwrap() >= 3, "{stats}");
+}
+
+#[test]
+fn a_resumable_upload_whose_answers_are_lost_resumes_and_loads_once() {
+    let emulator = emulator_with_table(&[], "big");
+    // Every third upload request is carried out but its answer lost: the session's answer,
+    // a piece's (the upload asks how far it got and goes on) or the last piece's (the job
+    // exists; the status query returns it).
+    emulator
+        .set_faults(json!({"drop_response_rate": 0.34, "scope": "upload", "job_delay_ms": 100}));
+    resumable_upload(&emulator);
+    let stats = emulator.stats();
+    assert!(
+        stats["faults_response_dropped"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+}
+
+/// 14,000 events of 1 KiB of random text (about 11 MiB once gzipped, so two 8 MiB pieces) in
+/// one chunk: one job, every row once.
+fn resumable_upload(emulator: &Emulator) {
+    let text = config(emulator, "big", "", "chunk_limit_size 64m");
     let server = Server::start(&text);
-    // 14,000 events of 1 KiB of random text: about 11 MiB once gzipped, so two pieces.
     let summary = send(
         &server,
         "app.big",
@@ -253,17 +277,11 @@ fn a_chunk_larger_than_a_multipart_request_is_uploaded_resumably_in_pieces() {
         &["--pad", "1024", "--random-pad"],
     );
     assert_eq!(acked(&summary), [14_000], "{summary}");
-    assert_eq!(
-        wait_rows(&emulator, "big", 14_000, 60),
-        14_000,
-        "{}",
-        server.log()
-    );
-    assert_all_acked_landed_once(&emulator, "big", &[14_000]);
+    let count = wait_rows(emulator, "big", 14_000, 60);
+    assert_eq!(count, 14_000, "{}", server.log());
+    assert_all_acked_landed_once(emulator, "big", &[14_000]);
     let stats = emulator.stats();
     assert_eq!(stats["jobs_inserted"], 1, "{stats}");
-    // The session, then two PUTs of data.
-    assert!(stats["upload_requests"].as_u64().unwrap() >= 3, "{stats}");
 }
 
 fn check(text: &str) -> (bool, String) {
