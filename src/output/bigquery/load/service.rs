@@ -82,6 +82,16 @@ impl LoadService {
         answer(request.send().await.map_err(transport)?).await
     }
 
+    /// datasets.get: the dataset resource (its `location`).
+    pub async fn dataset(&self, project: &str, dataset: &str) -> Result<Value, Failure> {
+        let url = format!(
+            "{}/bigquery/v2/projects/{project}/datasets/{dataset}",
+            self.base
+        );
+        let request = self.authorized(self.http.get(url)).await?;
+        answer(request.send().await.map_err(transport)?).await
+    }
+
     /// jobs.get; `None` when there is no such job.
     pub async fn job(
         &self,

@@ -284,8 +284,13 @@ impl LoadSink {
                 self.tables.on_dataset_missing(client, key, e).await,
             )),
             Verdict::NotFound if self.tables.auto_create.is_some() && schema.is_some() => {
+                // The job runs where the dataset is; jobs.get needs that outside US and EU.
+                let dataset = service
+                    .dataset(&key.project, &key.dataset)
+                    .await
+                    .map_err(|f| transient(&f))?;
                 Ok(Destination {
-                    location: None,
+                    location: dataset["location"].as_str().map(str::to_owned),
                     create: true,
                 })
             }
