@@ -273,14 +273,27 @@ fi
 } | tee "$out/table.md"
 
 load_events=${BENCH_LOAD_EVENTS:-$((events < 1000000 ? events : 1000000))}
+# BENCH_PROFILE=load records `perf` samples of the run.
 run_load() {
+  local perf_pid=
   start_bqforward packed-load bigquery-load.conf
+  if [ "${BENCH_PROFILE:-}" = load ]; then
+    perf record -F 499 --call-graph dwarf,16384 -o "$out/perf.data" -p "$server_pid" \
+      2> "$out/perf.log" &
+    perf_pid=$!
+  fi
   load "bqforward: PackedForward + ack -> bigquery_load, file buffer (64 MiB jobs)" \
     --mode packed --ack --until rows --rows-counter rows_loaded --events "$load_events"
+  [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
   stop_server
 }
 if [ "${BENCH_ONLY:-}" = load ]; then
   run_load
+  if [ "${BENCH_PROFILE:-}" = load ]; then
+    echo "Profile ($out/perf.data), self time:"
+    { perf report -i "$out/perf.data" --no-children --sort symbol --stdio -g none 2> /dev/null \
+      | grep '%' | head -n 25 | sed 's/[[:space:]-]*$//'; } || true
+  fi
   echo "Table in $out/table.md; details in $out/loadgen.log, server logs in $out/."
   exit 0
 fi
