@@ -63,11 +63,12 @@ pub fn from_config(
     let common = Common::read(&id, "bigquery_load", s, &buffer_config)?;
     let mut warnings = buffer_warnings;
     warnings.extend(common.warnings);
+    // That note is about insertAll's buffer defaults (one request at a time, 1 GiB of memory).
+    let insert_note = super::config::buffer_defaults_note(&id, s);
     let mut notes: Vec<String> = common
         .notes
         .into_iter()
-        // That note is about insertAll's defaults (one request at a time, 1 GiB of memory).
-        .filter(|n| !n.contains("keeps the plugin's default"))
+        .filter(|n| Some(n) != insert_note.as_ref())
         .collect();
     if common.names.template_suffix.is_some() {
         deferred.push(at(
