@@ -475,6 +475,26 @@ fn a_failed_job_is_dead_lettered_with_its_reason_and_replay_loads_it_after_the_f
     assert!(stderr.contains("broken.log:2"), "{stderr}");
     assert!(stderr.contains("1 failed (1 unreadable lines"), "{stderr}");
     assert_eq!(emulator.count(PROJECT, DATASET, "fixme"), 2001);
+
+    // The file output's default out_file format (time<TAB>tag<TAB>record), gzipped as
+    // `compress gzip` writes it: each line keeps its tag and time.
+    let archive = server.path("archive.log.gz");
+    let lines: String = (0..3)
+        .map(|i| {
+            format!(
+                "2026-12-02T10:00:0{i}+0000\tapp.fix\t{{\"conn\":7,\"seq\":{i},\"msg\":\"m\",\"level\":\"warn\"}}\n"
+            )
+        })
+        .collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, lines.as_bytes()).unwrap();
+    std::fs::write(&archive, gz.finish().unwrap()).unwrap();
+    let (ok, stderr) = replay(&conf, &[archive.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("3 events read from 1 files"), "{stderr}");
+    let keys = landed(&emulator, "fixme");
+    assert!((0..3).all(|i| keys.contains(&(7, i))), "{keys:?}");
+    assert_eq!(keys.len(), 2004);
 }
 
 #[test]

@@ -37,6 +37,8 @@ pub struct LoadService {
 impl LoadService {
     pub async fn connect(connection: &Connection) -> Result<Self, String> {
         let mut http = reqwest::Client::builder()
+            // 308 is the resumable protocol's "resume incomplete", never a redirect.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connection.open_timeout)
             .pool_idle_timeout(Duration::from_secs(60));
         if let Some(timeout) = connection.request_timeout {
