@@ -538,3 +538,29 @@ fn schema_update_options_let_new_keys_become_nullable_columns() {
             .all(|r| r["level"] == "info")
     );
 }
+
+#[test]
+fn a_missing_dataset_holds_the_chunk_until_it_exists_then_the_job_creates_the_table() {
+    let emulator = Emulator::start(&["--job-delay-ms", "100"]);
+    let schema = format!("auto_create_table true\n  schema {}", fields());
+    let text = config(&emulator, "later", &schema, "");
+    let server = Server::start(&text);
+    let summary = send(&server, "app.later", 500, &[]);
+    assert_eq!(acked(&summary), [500], "{summary}");
+    server.wait_log("dataset not found");
+    assert!(jobs(&emulator).is_empty());
+    emulator.create_dataset(PROJECT, DATASET);
+    assert_eq!(
+        wait_rows(&emulator, "later", 500, 30),
+        500,
+        "{}",
+        server.log()
+    );
+    assert_all_acked_landed_once(&emulator, "later", &[500]);
+    let jobs = jobs(&emulator);
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        jobs[0]["configuration"]["load"]["createDisposition"],
+        "CREATE_IF_NEEDED"
+    );
+}
