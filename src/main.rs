@@ -87,6 +87,10 @@ struct ReplayArgs {
     /// format carry no tag; others keep their own without it).
     #[arg(long = "match", value_name = "TAG")]
     tag: Option<String>,
+    /// The <label> events enter (default: the @label the config's sources send to, when they
+    /// all send to one; else the root).
+    #[arg(long, value_name = "@NAME")]
+    label: Option<String>,
     /// How long the outputs may take to deliver once every line is read; what is left then
     /// goes to their <secondary> (and counts as failed).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
@@ -230,7 +234,7 @@ fn replay(args: ReplayArgs) -> ExitCode {
         };
         let system = Pipeline::system_of(&root).unwrap_or_default();
         init_logging(&args.log, system.log_level.as_deref());
-        bqforward::replay::replay_config(&mut root);
+        let source_label = bqforward::replay::replay_config(&mut root);
         let pipeline = match Pipeline::from_root(&root) {
             Ok(pipeline) => pipeline,
             Err(errors) => {
@@ -244,6 +248,7 @@ fn replay(args: ReplayArgs) -> ExitCode {
         tokio::spawn(on_signal(interrupt.clone()));
         let options = bqforward::replay::ReplayOptions {
             tag: args.tag,
+            label: args.label.or(source_label),
             timeout: args.timeout,
         };
         let summary = bqforward::replay::replay(pipeline, &args.paths, &options, interrupt).await;

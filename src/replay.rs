@@ -24,6 +24,8 @@ const SHOWN_ERRORS: usize = 10;
 pub struct ReplayOptions {
     /// Route every event with this tag (lines of the `json` format carry none).
     pub tag: Option<String>,
+    /// The `<label>` events enter (`@label` of the config's sources); `None`: the root.
+    pub label: Option<String>,
     /// How long the outputs may take to deliver after the last line was read.
     pub timeout: Duration,
 }
@@ -83,10 +85,23 @@ impl std::fmt::Display for Summary {
 
 /// The config as replay runs it: no `<source>`s (nothing listens), and every BigQuery
 /// output's buffer in memory, flushed every second in chunks of at most 64 MiB, blocking the
-/// reader when 512 MiB wait, and flushed at the end.
-pub fn replay_config(root: &mut Element) {
+/// reader when 512 MiB wait, and flushed at the end. Returns the `@label` the sources send
+/// to, when they all send to the same one: replayed events enter there.
+pub fn replay_config(root: &mut Element) -> Option<String> {
+    let labels: Vec<Option<String>> = root
+        .elements_named("source")
+        .filter(|s| {
+            s.param("@type")
+                .is_some_and(|t| ["forward", "unix"].contains(&t.value.as_str()))
+        })
+        .map(|s| s.param("@label").map(|l| l.value.clone()))
+        .collect();
     root.elements.retain(|e| e.name != "source");
     for_each_bigquery_output(root);
+    match labels.split_first() {
+        Some((first, rest)) if rest.iter().all(|l| l == first) => first.clone(),
+        _ => None,
+    }
 }
 
 fn for_each_bigquery_output(element: &mut Element) {
@@ -145,9 +160,21 @@ pub async fn replay(
     let buffered = std::mem::take(&mut pipeline.buffered);
     let (_, router) = pipeline.into_router();
     let mut summary = Summary::default();
+    let label = match &options.label {
+        Some(name) => match router.label_index(name) {
+            Some(index) => index,
+            None => {
+                eprintln!("replay: the config has no <label {name}>");
+                summary.refused += 1;
+                return summary;
+            }
+        },
+        None => 0,
+    };
     let files = files(paths, &mut summary);
     let mut reader = Reader {
         router: &router,
+        label,
         options,
         batch: None,
         summary,
@@ -240,6 +267,7 @@ fn open(path: &Path) -> std::io::Result<Box<dyn BufRead>> {
 
 struct Reader<'a> {
     router: &'a crate::router::Router,
+    label: usize,
     options: &'a ReplayOptions,
     batch: Option<Batch>,
     summary: Summary,
@@ -301,7 +329,7 @@ impl Reader<'_> {
             return;
         };
         let events = batch.events.len() as u64;
-        let plan = self.router.plan(0, &batch.tag);
+        let plan = self.router.plan(self.label, &batch.tag);
         match self.router.dispatch(&plan, batch).await {
             Ok(()) => self.summary.dispatched += events,
             Err(err) => {
@@ -419,7 +447,7 @@ mod tests {
         )
         .unwrap();
         let mut root = crate::config::parse_file(&path).unwrap();
-        replay_config(&mut root);
+        assert_eq!(replay_config(&mut root), None);
         assert!(root.elements_named("source").next().is_none());
         let label = root.elements_named("label").next().unwrap();
         let buffer = label.elements[0].elements_named("buffer").next().unwrap();
@@ -430,5 +458,13 @@ mod tests {
         let insert = root.elements_named("match").next().unwrap();
         let buffer = insert.elements_named("buffer").next().unwrap();
         assert_eq!(buffer.param("flush_at_shutdown").unwrap().value, "true");
+
+        std::fs::write(
+            &path,
+            "<source>\n @type forward\n @label @X\n</source>\n<source>\n @type unix\n @label @X\n</source>\n<source>\n @type prometheus\n</source>\n<label @X>\n<match a>\n @type null\n</match>\n</label>\n",
+        )
+        .unwrap();
+        let mut root = crate::config::parse_file(&path).unwrap();
+        assert_eq!(replay_config(&mut root).as_deref(), Some("@X"));
     }
 }
