@@ -2,7 +2,8 @@
 //! shared parameters), `destination` (names per event, the buffer key), `convert` (record →
 //! row decisions) and its encoders (`rows`: JSON), `request_builder` (insertAll bodies),
 //! `service` (the REST API), `classify` (answers → verdicts), `tables` (schemas, creating
-//! tables and datasets), `dead_letter`, and `sink` (one chunk's delivery).
+//! tables and datasets), `dead_letter`, and `sink` (one chunk's delivery). `load/` is
+//! `@type bigquery_load`: the same destinations, buffer and conversion, a chunk per load job.
 //!
 //! `@type bigquery_insert`: fluent-plugin-bigquery's streaming output, configured the same
 //! way. Events are keyed by destination at emit, buffered, and delivered by the sink.
