@@ -564,3 +564,41 @@ fn a_missing_dataset_holds_the_chunk_until_it_exists_then_the_job_creates_the_ta
         "CREATE_IF_NEEDED"
     );
 }
+
+#[test]
+fn a_job_that_fails_transiently_is_loaded_again_under_the_next_id() {
+    // Every second job ends with backendError instead of loading.
+    let emulator = emulator_with_table(
+        &["--job-delay-ms", "200", "--job-failure-rate", "0.5"],
+        "flaky",
+    );
+    let text = config(&emulator, "flaky", SECONDARY, "chunk_limit_records 1000");
+    let server = Server::start(&text);
+    let summary = send(&server, "app.flaky", 4000, &[]);
+    assert_eq!(acked(&summary), [4000], "{summary}");
+    assert_eq!(
+        wait_rows(&emulator, "flaky", 4000, 60),
+        4000,
+        "{}",
+        server.log()
+    );
+    assert_all_acked_landed_once(&emulator, "flaky", &[4000]);
+    let jobs = jobs(&emulator);
+    let failed: Vec<&Value> = jobs
+        .iter()
+        .filter(|j| j["status"]["errorResult"]["reason"] == "backendError")
+        .collect();
+    assert!(!failed.is_empty(), "{jobs:?}");
+    // A failed job's chunk came back as the next generation of the same id.
+    for job in failed {
+        let id = job["jobReference"]["jobId"].as_str().unwrap();
+        let (stem, n) = id.rsplit_once('_').unwrap();
+        let next = format!("{stem}_{}", n.parse::<u32>().unwrap() + 1);
+        assert!(
+            jobs.iter()
+                .any(|j| j["jobReference"]["jobId"] == next.as_str()),
+            "no {next} after {id}"
+        );
+    }
+    assert!(read_json_lines(&server.path("dead"), "dump").is_empty());
+}

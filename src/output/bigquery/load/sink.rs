@@ -171,10 +171,20 @@ impl LoadSink {
             else {
                 break job_id;
             };
+            // A job that fails while this attempt waits for it is retried after the backoff;
+            // one found failed already is history: the walk goes on to the next id.
+            let was_done = job::state(&found) != JobState::Running;
             match self
                 .finish(service, key, &job_id, found, None, None)
                 .await?
             {
+                Some(error) if error.retry && !was_done => {
+                    self.set_generation(&chunk.id, generation + 1);
+                    return Err(Stop::Retry(Waiting::backoff(format!(
+                        "load job {job_id}: {}: {}",
+                        error.reason, error.message
+                    ))));
+                }
                 Some(error) if error.retry && generation < MAX_GENERATIONS => {
                     generation += 1;
                     self.set_generation(&chunk.id, generation);
