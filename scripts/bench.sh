@@ -21,6 +21,9 @@
 #        BENCH_SOAK_SECONDS=600 scripts/bench.sh   only the 10-minute overload soak (RSS over time)
 #        BENCH_ONLY=storage scripts/bench.sh   only bigquery_insert against bigquery_storage_write
 #        (memory buffer, file buffer, exactly_once), taking turns; the emulator serves gRPC on --grpc-port too
+#        BENCH_ONLY=load scripts/bench.sh   only PackedForward + ack -> bigquery_load with a file
+#        buffer, until the emulator's load jobs loaded every row (BENCH_LOAD_EVENTS, default
+#        1000000: the emulator stores loaded rows, null mode is for insertAll only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -147,6 +150,41 @@ cat > "$out/bigquery-users.conf" <<EOF
     time_format %Y-%m-%dT%H:%M:%S.%NZ
     tag_key tag
   </inject>
+</match>
+EOF
+# bigquery_load (issue 20) with a file buffer: the plugin's parameters, flushed every second
+# (the plugin's 3600 s would hold the run for an hour) in chunks of up to 64 MiB, each one
+# load job into a table the job creates.
+cat > "$out/bigquery-load.conf" <<EOF
+<source>
+  @type forward
+  bind 127.0.0.1
+  port 0
+</source>
+<match app.**>
+  @type bigquery_load
+  auth_method none
+  endpoint $emulator
+  project bench
+  dataset logs
+  table load_\${tag[1]}_%Y%m%d
+  schema_path $out/schema.json
+  auto_create_table true
+  wait_job_interval 0.2
+  <inject>
+    time_key time
+    tag_key tag
+  </inject>
+  <buffer>
+    @type file
+    path $out/load-buffer
+    flush_interval 1s
+    chunk_limit_size 64m
+    flush_thread_count 4
+    total_limit_size 1g
+    overflow_action block
+    timekey_use_utc true
+  </buffer>
 </match>
 EOF
 api=$emulator/bigquery/v2/projects/bench
@@ -294,6 +332,32 @@ if [ "${BENCH_ONLY:-}" = storage ]; then
   exit 0
 fi
 
+load_events=${BENCH_LOAD_EVENTS:-$((events < 1000000 ? events : 1000000))}
+# BENCH_PROFILE=load records `perf` samples of the run.
+run_load() {
+  local perf_pid=
+  start_bqforward packed-load bigquery-load.conf
+  if [ "${BENCH_PROFILE:-}" = load ]; then
+    perf record -F 499 --call-graph dwarf,16384 -o "$out/perf.data" -p "$server_pid" \
+      2> "$out/perf.log" &
+    perf_pid=$!
+  fi
+  load "bqforward: PackedForward + ack -> bigquery_load, file buffer (64 MiB jobs)" \
+    --mode packed --ack --until rows --rows-counter rows_loaded --events "$load_events"
+  [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+  stop_server
+}
+if [ "${BENCH_ONLY:-}" = load ]; then
+  run_load
+  if [ "${BENCH_PROFILE:-}" = load ]; then
+    echo "Profile ($out/perf.data), self time:"
+    { perf report -i "$out/perf.data" --no-children --sort symbol --stdio -g none 2> /dev/null \
+      | grep '%' | head -n 25 | sed 's/[[:space:]-]*$//'; } || true
+  fi
+  echo "Table in $out/table.md; details in $out/loadgen.log, server logs in $out/."
+  exit 0
+fi
+
 # BENCH_ONLY=filters: only the scenarios of issue 17 (PackedForward -> null with and without
 # the filters; -> bigquery_insert tuned, with the filters, and as users write it).
 full=1
@@ -401,6 +465,8 @@ if [ -n "$full" ]; then
   load "bqforward: PackedForward + ack at half rate ($((max_file / 2000)) k/s) -> bigquery_insert, file buffer" \
     --mode packed --ack --until rows --rate $((max_file / 2))
   stop_server
+
+  run_load
 
   for mode in forward compressed; do
     start_bqforward "$mode-bq" bigquery.conf

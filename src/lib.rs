@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod replay;
 pub mod router;
 
 use input::forward::ForwardInput;

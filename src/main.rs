@@ -1,4 +1,4 @@
-//! The `bqforward` command line: run, check, health, and fluentd's own flags where they map
+//! The `bqforward` command line: run, check, health, replay, and fluentd's own flags where they map
 //! (`bqforward -c fluent.conf`, `--dry-run`). Nothing else lives here.
 
 use bqforward::metrics::http::{DEFAULT_HEALTH_URL, probe};
@@ -33,6 +33,11 @@ enum Command {
     /// Parse and validate the config, print the resolved pipeline and every problem found;
     /// non-zero exit on error.
     Check(CheckArgs),
+    /// Send the events of files bqforward wrote (the file output in json or out_file format,
+    /// <secondary> dead letters; gzip or not) once through the config's pipeline, e.g. dead
+    /// letters after fixing their table. Progress and a summary on stderr; non-zero exit when
+    /// any event failed.
+    Replay(ReplayArgs),
     /// Exit 0 when the local instance is ready (GET /readyz answers 200): for container
     /// health checks in images without curl.
     Health {
@@ -73,6 +78,29 @@ struct CheckArgs {
 }
 
 #[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Route every event with this tag, to the <match> that takes it (lines of the json
+    /// format carry no tag; others keep their own without it).
+    #[arg(long = "match", value_name = "TAG")]
+    tag: Option<String>,
+    /// The <label> events enter (default: the @label the config's sources send to, when they
+    /// all send to one; else the root).
+    #[arg(long, value_name = "@NAME")]
+    label: Option<String>,
+    /// How long the outputs may take to deliver once every line is read; what is left then
+    /// goes to their <secondary> (and counts as failed).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    timeout: std::time::Duration,
+    /// Files or directories (read recursively, in name order).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArg,
@@ -104,6 +132,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (args, check) = match cli.command {
         Some(Command::Health { url, timeout }) => return health(&url, timeout),
+        Some(Command::Replay(replay_args)) => return replay(replay_args),
         Some(Command::Check(check)) => (
             RunArgs {
                 config: check.config,
@@ -175,6 +204,59 @@ fn main() -> ExitCode {
                 tracing::error!("{err}");
                 ExitCode::FAILURE
             }
+        }
+    })
+}
+
+fn replay(args: ReplayArgs) -> ExitCode {
+    let Some(config_path) = args.config.config.clone() else {
+        eprintln!("error: no config file: pass -c FILE (fluentd's fluent.conf format)");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bqforward-replay")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let mut root = match bqforward::config::parse_file(&config_path) {
+            Ok(root) => root,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let system = Pipeline::system_of(&root).unwrap_or_default();
+        init_logging(&args.log, system.log_level.as_deref());
+        let source_label = bqforward::replay::replay_config(&mut root);
+        let pipeline = match Pipeline::from_root(&root) {
+            Ok(pipeline) => pipeline,
+            Err(errors) => {
+                for err in &errors.0 {
+                    eprintln!("error: {err}");
+                }
+                return ExitCode::FAILURE;
+            }
+        };
+        let interrupt = CancellationToken::new();
+        tokio::spawn(on_signal(interrupt.clone()));
+        let options = bqforward::replay::ReplayOptions {
+            tag: args.tag,
+            label: args.label.or(source_label),
+            timeout: args.timeout,
+        };
+        let summary = bqforward::replay::replay(pipeline, &args.paths, &options, interrupt).await;
+        eprintln!("{summary}");
+        if summary.ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         }
     })
 }

@@ -21,6 +21,7 @@ pub const SOURCE_TYPES: &[&str] = &["forward", "unix"];
 pub const OUTPUT_TYPES: &[&str] = &[
     "bigquery_insert",
     "bigquery_storage_write",
+    "bigquery_load",
     "stdout",
     "null",
     "file",
@@ -32,6 +33,7 @@ pub const OUTPUT_TYPES: &[&str] = &[
 const STORE_TYPES: &[&str] = &[
     "bigquery_insert",
     "bigquery_storage_write",
+    "bigquery_load",
     "stdout",
     "null",
     "file",
@@ -474,7 +476,7 @@ impl Pipeline {
                     counters,
                 })
             }
-            "bigquery_insert" | "bigquery_storage_write" => {
+            "bigquery_insert" | "bigquery_storage_write" | "bigquery_load" => {
                 let secondary = match s.section("secondary")? {
                     Some(secondary) => Some(self.build_simple_output(
                         secondary,
@@ -483,10 +485,14 @@ impl Pipeline {
                     )?),
                     None => None,
                 };
-                let (output, warnings, notes) = if type_name == "bigquery_insert" {
-                    BigQueryOutput::from_config(id, &s, secondary)?
-                } else {
-                    crate::output::bigquery::storage_write::from_config(id, &s, secondary)?
+                let (output, warnings, notes) = match type_name {
+                    "bigquery_storage_write" => {
+                        crate::output::bigquery::storage_write::from_config(id, &s, secondary)?
+                    }
+                    "bigquery_load" => {
+                        crate::output::bigquery::load::from_config(id, &s, secondary)?
+                    }
+                    _ => BigQueryOutput::from_config(id, &s, secondary)?,
                 };
                 self.warnings.extend(warnings);
                 self.notes.extend(notes);

@@ -94,7 +94,7 @@ fn config_errors_name_file_and_line_and_fail() {
         ),
         (
             "<match **>\n  @type elasticsearch\n</match>\n",
-            ":1: unknown @type 'elasticsearch' in <match **> (bqforward supports: bigquery_insert, bigquery_storage_write, stdout, null, file, copy, relabel, rewrite_tag_filter)",
+            ":1: unknown @type 'elasticsearch' in <match **> (bqforward supports: bigquery_insert, bigquery_storage_write, bigquery_load, stdout, null, file, copy, relabel, rewrite_tag_filter)",
         ),
         (
             "<source>\n  @type forward\n",

@@ -45,6 +45,8 @@ fn config(emulator: &Emulator, plugin_match: &str) -> String {
         .filter(|l| {
             let l = l.trim_start();
             !(l.starts_with("auth_method private_key")
+                || l.starts_with("auth_method json_key")
+                || l.starts_with("json_key ")
                 || l.starts_with("email ")
                 || l.starts_with("private_key_path ")
                 || l.starts_with("# private_key_passphrase"))
@@ -54,6 +56,10 @@ fn config(emulator: &Emulator, plugin_match: &str) -> String {
         .replace(
             "@type bigquery_insert\n",
             &format!("@type bigquery_insert\n  {credentials}"),
+        )
+        .replace(
+            "@type bigquery_load\n",
+            &format!("@type bigquery_load\n  {credentials}"),
         );
     format!("<source>\n  @type forward\n  bind 127.0.0.1\n  port 0\n</source>\n{plugin_match}\n")
 }
@@ -665,4 +671,62 @@ fn invalid_rendered_names_dead_letter_only_their_rows() {
         dead[0]["message"].as_str().unwrap().contains("t_../etc"),
         "{dead:?}"
     );
+}
+
+/// The README's "Load" example. Besides the credentials, its relative paths (the buffer's
+/// `bigquery.*.buffer` and `bq_schema.json`) are put in a temporary directory. The table
+/// `yourtable%{time_slice}` (fluentd v0.12's placeholder) is read as `yourtable%Y%m%d`, and
+/// `flush_at_shutdown true` loads the buffered events at SIGTERM.
+#[test]
+fn readme_load_config_loads_into_a_table_it_creates() {
+    let emulator = emulator();
+    let dir = tempfile::tempdir().unwrap();
+    let schema_path = dir.path().join("bq_schema.json");
+    std::fs::write(&schema_path, README_SCHEMA).unwrap();
+    let readme = r#"<match dummy.**>
+  @type bigquery_load
+
+  <buffer>
+    path bigquery.*.buffer
+    flush_at_shutdown true
+    timekey_use_utc
+  </buffer>
+
+  auth_method json_key
+  json_key json_key_path.json
+
+  project yourproject_id
+  dataset yourdataset_id
+  auto_create_table true
+  table yourtable%{time_slice}
+  schema_path bq_schema.json
+</match>"#;
+    let text = config(&emulator, readme)
+        .replace(
+            "path bigquery.*.buffer",
+            &format!("path {}/bigquery.*.buffer", dir.path().display()),
+        )
+        .replace(
+            "schema_path bq_schema.json",
+            &format!("schema_path {}", schema_path.display()),
+        );
+    let checked = check_ok(&text);
+    assert!(checked.contains("%{time_slice}"), "{checked}");
+    let mut server = Server::start(&text);
+    let events: Vec<Value> = (0..20).map(|i| json!(["web", access(i, 200)])).collect();
+    send(&server, &json!(events));
+    let table = format!("yourtable{}", chrono::Utc::now().format("%Y%m%d"));
+    assert!(server.terminate().success(), "{}", server.log());
+    let rows = emulator.rows(PROJECT, DATASET, &table);
+    assert_eq!(rows.len(), 20, "{table}: {}", server.log());
+    let row = rows.iter().find(|r| r["path"] == "/p/3").unwrap();
+    assert_eq!(row["remote"]["ip"], "192.0.2.1");
+    let (_, jobs) = emulator.call(
+        "GET",
+        &format!("/bigquery/v2/projects/{PROJECT}/jobs"),
+        None,
+    );
+    let load = &jobs["jobs"][0]["configuration"]["load"];
+    assert_eq!(load["createDisposition"], "CREATE_IF_NEEDED", "{jobs}");
+    assert_eq!(load["schema"]["fields"][9]["name"], "remote", "{jobs}");
 }

@@ -64,6 +64,10 @@ struct Args {
     /// or the target's CPU time stopped growing (for servers that flush on a timer).
     #[arg(long, value_enum, default_value_t = Until::Acks)]
     until: Until,
+    /// The emulator's counter `--until rows` waits on: `rows_received` (insertAll, Storage
+    /// Write), `rows_loaded` (load jobs).
+    #[arg(long, default_value = "rows_received")]
+    rows_counter: String,
     /// Seconds without CPU growth that count as idle (`--until idle`).
     #[arg(long, default_value_t = 2.0)]
     idle: f64,
@@ -135,7 +139,7 @@ fn run(args: &Args) -> Result<(), String> {
         return Err("--until idle needs --pid".into());
     }
     let rows_before = match &emulator {
-        Some(e) if args.until == Until::Rows => e.counter("rows_received")?,
+        Some(e) if args.until == Until::Rows => e.counter(&args.rows_counter)?,
         _ => 0,
     };
     let cpu_before = pid.as_deref().and_then(probe::cpu_seconds);
@@ -148,6 +152,7 @@ fn run(args: &Args) -> Result<(), String> {
         Until::Acks => acked,
         Until::Rows => wait_rows(
             emulator.as_ref().ok_or("no emulator")?,
+            &args.rows_counter,
             rows_before + totals.events,
             start,
             args.timeout,
@@ -221,13 +226,14 @@ fn send(args: &Args, events: u64, connections: u32, start: Instant) -> Result<To
 /// Polls the emulator until it has received `target` rows; returns when it had.
 fn wait_rows(
     emulator: &Emulator,
+    counter: &str,
     target: u64,
     start: Instant,
     timeout: f64,
 ) -> Result<Duration, String> {
     let deadline = Instant::now() + Duration::from_secs_f64(timeout);
     loop {
-        let rows = emulator.counter("rows_received")?;
+        let rows = emulator.counter(counter)?;
         if rows >= target {
             return Ok(start.elapsed());
         }

@@ -227,6 +227,25 @@ impl BufferConfig {
         }
     }
 
+    /// fluent-plugin-bigquery's `bigquery_load` defaults (its out_bigquery_load.rb): a file
+    /// buffer (its `path` still has to be given, as fluentd asks), hourly flushes of chunks up
+    /// to 1 GiB, 32 GiB in all, and (fluentd's rule for persistent buffers) no flush at
+    /// shutdown: the chunks wait on disk for the next start.
+    pub fn bigquery_load_defaults() -> Self {
+        Self {
+            kind: BufferKind::File {
+                path: PathBuf::new(),
+            },
+            chunk_limit_size: 1024 * 1024 * 1024,
+            chunk_limit_records: None,
+            total_limit_size: 32 * 1024 * 1024 * 1024,
+            flush_interval: Duration::from_secs(3600),
+            flush_thread_interval: Duration::from_secs(5),
+            flush_at_shutdown: false,
+            ..Self::bigquery_insert_defaults()
+        }
+    }
+
     /// Reads `<buffer>` over `defaults`. Returns the warnings for parameters bqforward accepts
     /// and ignores.
     pub fn from_config(
@@ -238,7 +257,12 @@ impl BufferConfig {
         };
         let s = Section::new(element);
         let path = s.str("path").map(PathBuf::from);
-        let kind = match (s.type_name().unwrap_or("memory"), path) {
+        // Without `@type`, the output's default kind (file for bigquery_load).
+        let default_type = match defaults.kind {
+            BufferKind::File { .. } => "file",
+            BufferKind::Memory { .. } => "memory",
+        };
+        let kind = match (s.type_name().unwrap_or(default_type), path) {
             ("memory", spill) => BufferKind::Memory { spill },
             ("file", Some(path)) => BufferKind::File { path },
             ("file", None) => {

@@ -28,6 +28,9 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
         _ => f(),
     }
 }
+/// File-buffer chunks whose `chunk_limit_size` is above this are not kept in memory while
+/// staged (their entries are read back from the file at delivery).
+const STAGED_IN_MEMORY_MAX: usize = 16 * 1024 * 1024;
 /// A flush slower than this counts as slow (fluentd's `slow_flush_log_threshold` default).
 const SLOW_FLUSH: Duration = Duration::from_secs(20);
 
@@ -496,14 +499,22 @@ where
             if self.persist {
                 self.write_entries(chunk, &rest[..room])?;
             }
-            chunk.entries.reserve(room);
+            // Large chunks of a file buffer are read back from their file when delivered
+            // rather than held in memory while they fill: bigquery_load's default 1 GiB
+            // chunks, flushed hourly, would otherwise hold up to a GiB per table.
+            let keep = !(self.persist && self.config.chunk_limit_size > STAGED_IN_MEMORY_MAX);
+            if keep {
+                chunk.entries.reserve(room);
+            }
             let oldest = chunk.oldest;
             for entry in rest.drain(..room) {
                 let size = entry.size();
                 chunk.bytes += size;
                 chunk.len += 1;
                 chunk.oldest = chunk.oldest.min(entry.event.time.secs);
-                chunk.entries.push(entry);
+                if keep {
+                    chunk.entries.push(entry);
+                }
                 state.bytes += size;
             }
             if let Some(timekey) = self.config.timekey.filter(|_| chunk.oldest < oldest) {

@@ -393,3 +393,38 @@ async fn file_buffer_chunks_survive_a_restart_with_their_pending_rows() {
     assert_eq!(second.writes.lock().unwrap()[0], vec![1, 3]);
     assert_eq!(reopened.stats.recovered_records.load(Ordering::Relaxed), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_file_buffer_chunks_fill_on_disk_and_are_read_back_to_deliver() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = BufferConfig {
+        kind: BufferKind::File {
+            path: dir.path().to_path_buf(),
+        },
+        chunk_limit_size: 64 * 1024 * 1024,
+        chunk_limit_records: None,
+        flush_interval: Duration::from_millis(300),
+        ..config()
+    };
+    let delivered = sink(Box::new(|_, _| Outcome::Done), None);
+    let buffer = Buffer::start("t".into(), c, delivered.clone()).unwrap();
+    buffer
+        .append(vec![(key("a"), entries(0..100, 1000))])
+        .await
+        .unwrap();
+    buffer
+        .append(vec![(key("a"), entries(100..200, 1000))])
+        .await
+        .unwrap();
+    // Staged, the chunk's entries are only in its file.
+    {
+        let state = buffer.lock();
+        let chunk = state.staged.get(&key("a")).unwrap();
+        assert_eq!((chunk.len, chunk.entries.len()), (200, 0));
+    }
+    wait_until(|| !delivered.writes.lock().unwrap().is_empty()).await;
+    assert_eq!(
+        delivered.writes.lock().unwrap()[0],
+        (0..200).collect::<Vec<u64>>()
+    );
+}

@@ -26,10 +26,16 @@ pub struct Template {
     zone: Zone,
 }
 
+/// fluentd v0.12's time-slice placeholder, read as `%Y%m%d`.
+pub const TIME_SLICE: &str = "%{time_slice}";
+
 impl Template {
     pub fn parse(source: &str, zone: Zone) -> Result<Self, String> {
         let mut parts = Vec::new();
-        let mut rest = source;
+        // fluentd v0.12's `%{time_slice}` (fluent-plugin-bigquery's README still writes
+        // `table yourtable%{time_slice}`): its default time_slice_format, a day.
+        let compat = source.replace(TIME_SLICE, "%Y%m%d");
+        let mut rest = compat.as_str();
         while let Some(start) = rest.find("${") {
             if start > 0 {
                 parts.push(Part::Literal(rest[..start].into()));
@@ -282,5 +288,16 @@ mod tests {
         let b = rmp_serde::to_vec(&json!({"k": "b"})).unwrap();
         assert_eq!(c.render("t", EventTime::new(1, 0), &a), "a");
         assert_eq!(c.render("t", EventTime::new(1, 0), &b), "b");
+    }
+
+    #[test]
+    fn fluentd_v012_time_slice_is_a_day() {
+        let t = Template::parse("yourtable%{time_slice}", Zone::Utc).unwrap();
+        assert!(t.has_time());
+        assert_eq!(
+            t.render("tag", EventTime::new(1_700_000_000, 0), b"\x80"),
+            "yourtable20231114"
+        );
+        assert_eq!(t.as_str(), "yourtable%{time_slice}");
     }
 }

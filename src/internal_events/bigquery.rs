@@ -1,7 +1,7 @@
 //! A BigQuery output's rows, requests, tables and datasets. Counted per table and reason in
 //! `SinkDetail` (one short lock per request or chunk, never per row).
 
-use crate::metrics::{RequestOutcome, RowFate, SinkDetail};
+use crate::metrics::{LoadJobEvent, RequestOutcome, RowFate, SinkDetail};
 use std::time::Duration;
 
 /// Rows BigQuery accepted.
@@ -177,5 +177,74 @@ impl StreamReplaced<'_> {
     pub fn emit(self, detail: &SinkDetail) {
         detail.stream_replaced();
         tracing::info!(table = %self.table, "write stream replaced");
+    }
+}
+
+/// `bigquery_load` created a load job for a chunk (its data uploaded).
+pub struct LoadJobStarted<'a> {
+    pub output: &'a str,
+    pub table: &'a str,
+    pub job_id: &'a str,
+    pub rows: u64,
+    /// Uncompressed NDJSON bytes.
+    pub bytes: u64,
+}
+
+impl LoadJobStarted<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        detail.load_job(self.table, LoadJobEvent::Started);
+        tracing::debug!(output = %self.output, table = %self.table, job = %self.job_id,
+            rows = self.rows, bytes = self.bytes, "load job started");
+    }
+}
+
+/// A chunk's load job is DONE and loaded its rows.
+pub struct LoadJobDone<'a> {
+    pub output: &'a str,
+    pub table: &'a str,
+    pub job_id: &'a str,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Rows BigQuery skipped (up to `max_bad_records`).
+    pub bad_records: u64,
+    /// From the upload to DONE, when this process saw both.
+    pub elapsed: Option<Duration>,
+}
+
+impl LoadJobDone<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        detail.load_job(self.table, LoadJobEvent::Done);
+        detail.loaded(self.table, self.bytes, self.elapsed);
+        detail.rows(RowFate::Inserted, self.table, "", self.rows);
+        if self.bad_records > 0 {
+            tracing::warn!(output = %self.output, table = %self.table, job = %self.job_id,
+                bad_records = self.bad_records, "load job skipped bad records (max_bad_records); jobs.get lists them");
+        }
+        tracing::info!(output = %self.output, table = %self.table, job = %self.job_id,
+            rows = self.rows, bytes = self.bytes, "load job done");
+    }
+}
+
+/// A chunk's load job ended with an error: `retry` loads the chunk again later under a new
+/// job id, otherwise its rows go to `<secondary>`.
+pub struct LoadJobFailed<'a> {
+    pub output: &'a str,
+    pub table: &'a str,
+    pub job_id: &'a str,
+    pub reason: &'a str,
+    pub message: &'a str,
+    pub retry: bool,
+}
+
+impl LoadJobFailed<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        detail.load_job(self.table, LoadJobEvent::Failed);
+        if self.retry {
+            tracing::warn!(output = %self.output, table = %self.table, job = %self.job_id,
+                reason = %self.reason, error = %self.message, "load job failed; the chunk is loaded again after the backoff");
+        } else {
+            tracing::error!(output = %self.output, table = %self.table, job = %self.job_id,
+                reason = %self.reason, error = %self.message, "load job failed for good; its rows go to <secondary>");
+        }
     }
 }

@@ -169,6 +169,16 @@ const STREAM_REPLACEMENTS: Def = counter(
     "bqforward_bigquery_stream_replacements_total",
     "Storage Write streams left for a new one (finalized, broken, or an append whose outcome is unknown with exactly_once).",
 );
+const LOAD_JOBS: Def = counter(
+    "bqforward_bigquery_load_jobs_total",
+    "bigquery_load jobs per table: started (data uploaded), done (loaded), failed (retried under a new job id or dead-lettered). BigQuery allows 1,500 load jobs per table per day.",
+);
+const LOAD_BYTES: Def = counter(
+    "bqforward_bigquery_load_bytes_total",
+    "Uncompressed newline-delimited JSON bytes loaded by bigquery_load jobs, per table (rows: bqforward_bigquery_rows_inserted_total).",
+);
+const LOAD_JOB_DURATION: &str = "bqforward_bigquery_load_job_duration_seconds";
+const LOAD_JOB_DURATION_HELP: &str = "bigquery_load: from the start of a job's upload to its DONE.";
 const UNMATCHED: Def = counter(
     "bqforward_router_unmatched_events_total",
     "Events no <match> took (acked and discarded, as fluentd).",
@@ -696,6 +706,24 @@ impl RequestOutcome {
     }
 }
 
+/// What happened to a load job, for `SinkDetail::load_job`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LoadJobEvent {
+    Started,
+    Done,
+    Failed,
+}
+
+impl LoadJobEvent {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// Per-table row counts and request latencies of one BigQuery output, the tables it
 /// created and the datasets it found missing: one short lock per request or chunk, never
 /// per row. Written through `internal_events::bigquery`.
@@ -708,6 +736,10 @@ pub struct SinkDetail {
     requests: Vec<Histogram>,
     tables_created: AtomicU64,
     missing_datasets: Mutex<std::collections::BTreeSet<String>>,
+    /// bigquery_load: jobs per (table, event), bytes loaded per table, job latency.
+    load_jobs: Mutex<HashMap<(String, LoadJobEvent), u64>>,
+    load_bytes: Mutex<HashMap<String, u64>>,
+    load_latency: Histogram,
 }
 
 impl Default for SinkDetail {
@@ -732,6 +764,14 @@ impl Default for SinkDetail {
             requests,
             tables_created: AtomicU64::new(0),
             missing_datasets: Mutex::new(std::collections::BTreeSet::new()),
+            load_jobs: Mutex::new(HashMap::new()),
+            load_bytes: Mutex::new(HashMap::new()),
+            load_latency: Histogram::with_opts(
+                HistogramOpts::new(LOAD_JOB_DURATION, LOAD_JOB_DURATION_HELP).buckets(vec![
+                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+                ]),
+            )
+            .expect("valid histogram definition"),
         }
     }
 }
@@ -814,6 +854,46 @@ impl SinkDetail {
             .position(|o| *o == outcome)
             .unwrap_or(0);
         self.requests[index].observe(elapsed.as_secs_f64());
+    }
+
+    /// A load job of `table` (a partition decorator is dropped) came to `event`.
+    pub fn load_job(&self, table: &str, event: LoadJobEvent) {
+        let table = table.split('$').next().unwrap_or(table);
+        if let Ok(mut jobs) = self.load_jobs.lock() {
+            let key = if jobs.len() >= MAX_SERIES && !jobs.contains_key(&(table.to_owned(), event))
+            {
+                (OTHER.to_owned(), event)
+            } else {
+                (table.to_owned(), event)
+            };
+            *jobs.entry(key).or_default() += 1;
+        }
+    }
+
+    /// A load job of `table` loaded `bytes` (uncompressed), `elapsed` after its upload began.
+    pub fn loaded(&self, table: &str, bytes: u64, elapsed: Option<Duration>) {
+        let table = table.split('$').next().unwrap_or(table);
+        if let Ok(mut loaded) = self.load_bytes.lock() {
+            let key = if loaded.len() >= MAX_SERIES && !loaded.contains_key(table) {
+                OTHER
+            } else {
+                table
+            };
+            *loaded.entry(key.to_owned()).or_default() += bytes;
+        }
+        if let Some(elapsed) = elapsed {
+            self.load_latency.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Load jobs of one event, all tables (for tests and logs).
+    pub fn load_jobs(&self, event: LoadJobEvent) -> u64 {
+        self.load_jobs.lock().map_or(0, |jobs| {
+            jobs.iter()
+                .filter(|((_, e), _)| *e == event)
+                .map(|(_, n)| n)
+                .sum()
+        })
     }
 
     /// Rows of one fate, all tables and reasons (for tests and logs).
@@ -996,6 +1076,7 @@ impl Families {
                 replaced as f64,
             );
         }
+        self.load(plugin_id, sink.detail);
         for (outcome, histogram) in RequestOutcome::ALL.iter().zip(&sink.detail.requests) {
             let mut metric = histogram.metric();
             metric.set_label(label_pairs(&[
@@ -1009,6 +1090,51 @@ impl Families {
                 metric,
             );
         }
+    }
+}
+
+impl Families {
+    /// bigquery_load's jobs, bytes and job latency (nothing for outputs that ran no job).
+    fn load(&mut self, plugin_id: &str, detail: &SinkDetail) {
+        let jobs: Vec<((String, LoadJobEvent), u64)> = detail
+            .load_jobs
+            .lock()
+            .map(|jobs| jobs.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        if jobs.is_empty() {
+            return;
+        }
+        for ((table, event), n) in jobs {
+            self.add(
+                &LOAD_JOBS,
+                &[
+                    ("plugin_id", plugin_id),
+                    ("table", table.as_str()),
+                    ("event", event.label()),
+                ],
+                n as f64,
+            );
+        }
+        let bytes: Vec<(String, u64)> = detail
+            .load_bytes
+            .lock()
+            .map(|b| b.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        for (table, n) in bytes {
+            self.add(
+                &LOAD_BYTES,
+                &[("plugin_id", plugin_id), ("table", table.as_str())],
+                n as f64,
+            );
+        }
+        let mut metric = detail.load_latency.metric();
+        metric.set_label(label_pairs(&[("plugin_id", plugin_id)]));
+        self.push(
+            LOAD_JOB_DURATION,
+            LOAD_JOB_DURATION_HELP,
+            MetricType::HISTOGRAM,
+            metric,
+        );
     }
 }
 

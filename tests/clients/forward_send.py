@@ -25,11 +25,18 @@ def event_time(sec, nsec):
     return msgpack.ExtType(0, struct.pack(">II", sec, nsec))
 
 
-def entries(conn, start, count, pad):
+def entries(conn, start, count, pad, random_pad=False):
     base = int(time.time())
+
+    def msg():
+        # --random-pad: incompressible text, for uploads that must be large once gzipped.
+        if random_pad:
+            return base64.b64encode(os.urandom(pad)).decode()[:pad]
+        return "x" * pad
+
     return [
         (event_time(base, (start + i) % 1_000_000_000),
-         {"conn": conn, "seq": start + i, "msg": "x" * pad, "level": "info"})
+         {"conn": conn, "seq": start + i, "msg": msg(), "level": "info"})
         for i in range(count)
     ]
 
@@ -86,7 +93,7 @@ def send_chunk(args, conn, s, unpacker, start, sent, acked):
     """Sends events [start, start+chunk) and, with --ack, waits for the ack."""
     count = min(args.chunk, args.events - start)
     chunk = base64.b64encode(os.urandom(16)).decode() if args.ack else None
-    s.sendall(build(args.mode, args.tag, entries(conn, start, count, args.pad), chunk,
+    s.sendall(build(args.mode, args.tag, entries(conn, start, count, args.pad, args.random_pad), chunk,
                     args.gzip_members))
     sent += count
     if not args.ack:
@@ -116,6 +123,7 @@ def main():
     p.add_argument("--ack", action="store_true")
     p.add_argument("--gzip-members", type=int, default=1)
     p.add_argument("--pad", type=int, default=40)
+    p.add_argument("--random-pad", action="store_true")
     p.add_argument("--tag", default="test.forward")
     p.add_argument("--tolerate-disconnect", action="store_true",
                    help="a closed connection ends that connection's stream instead of failing")

@@ -2,7 +2,8 @@
 //! shared parameters), `destination` (names per event, the buffer key), `convert` (record →
 //! row decisions) and its encoders (`rows`: JSON), `request_builder` (insertAll bodies),
 //! `service` (the REST API), `classify` (answers → verdicts), `tables` (schemas, creating
-//! tables and datasets), `dead_letter`, and `sink` (one chunk's delivery).
+//! tables and datasets), `dead_letter`, and `sink` (one chunk's delivery). `load/` is
+//! `@type bigquery_load`: the same destinations, buffer and conversion, a chunk per load job.
 //!
 //! `@type bigquery_insert`: fluent-plugin-bigquery's streaming output, configured the same
 //! way. Events are keyed by destination at emit, buffered, and delivered by the sink.
@@ -15,6 +16,7 @@ pub mod convert;
 pub mod dead_letter;
 pub mod destination;
 pub mod gzip;
+pub mod load;
 pub mod request_builder;
 pub mod rows;
 pub mod schema;
@@ -40,7 +42,7 @@ use tables::Tables;
 
 pub struct BigQueryOutput {
     id: String,
-    /// `bigquery_insert`, or `bigquery_storage_write` (same buffer and names, another sink).
+    /// `bigquery_insert`, `bigquery_storage_write` or `bigquery_load`: the same buffer and destinations, another sink.
     type_name: &'static str,
     destinations: Mutex<Destinations>,
     buffer: Arc<Buffer<TableKey>>,
@@ -139,14 +141,31 @@ impl BigQueryOutput {
         let location = s.location().clone();
         let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink))
             .map_err(|e| ConfigError::at(&location, e.to_string()))?;
-        let output = Self {
+        let output = Self::from_parts(
             id,
-            type_name: "bigquery_insert",
-            destinations: Mutex::new(Destinations::new(common.names, common.timekey, common.zone)),
+            "bigquery_insert",
+            Destinations::new(common.names, common.timekey, common.zone),
             buffer,
             detail,
-        };
+        );
         Ok((output, warnings, common.notes))
+    }
+
+    /// An output of `type_name` whose buffer delivers through its own sink.
+    pub fn from_parts(
+        id: String,
+        type_name: &'static str,
+        destinations: Destinations,
+        buffer: Arc<Buffer<TableKey>>,
+        detail: Arc<SinkDetail>,
+    ) -> Self {
+        Self {
+            id,
+            type_name,
+            destinations: Mutex::new(destinations),
+            buffer,
+            detail,
+        }
     }
 
     pub fn buffer(&self) -> &Arc<Buffer<TableKey>> {

@@ -181,12 +181,12 @@ pub fn from_config(
     let location = s.location().clone();
     let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink))
         .map_err(|e| ConfigError::at(&location, e.to_string()))?;
-    let output = BigQueryOutput {
+    let output = BigQueryOutput::from_parts(
         id,
-        type_name: TYPE,
-        destinations: Mutex::new(Destinations::new(common.names, common.timekey, common.zone)),
+        TYPE,
+        Destinations::new(common.names, common.timekey, common.zone),
         buffer,
         detail,
-    };
+    );
     Ok((output, warnings, notes))
 }

@@ -1,0 +1,341 @@
+//! The REST calls a load job needs, over reqwest: `tables.get` (is the table there, where),
+//! `jobs.insert` with its data on the upload URI (multipart for small data, resumable in
+//! pieces for the rest), `jobs.get`. Every error becomes a `Failure` for `classify`; no
+//! retry or job logic here. gcp-bigquery-client has no media upload, so this holds its own
+//! HTTP client and tokens (yup-oauth2, the crate gcp-bigquery-client authenticates with).
+//! Protocols: <https://cloud.google.com/bigquery/docs/reference/api-uploads>.
+
+use super::super::classify::Failure;
+use super::super::service::{AuthMethod, Connection, TableRef};
+use gcp_bigquery_client::yup_oauth2;
+use serde_json::Value;
+use std::time::Duration;
+
+const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
+const GOOGLE: &str = "https://bigquery.googleapis.com";
+/// Data up to this size goes in one multipart request (google-cloud-bigquery's threshold).
+pub const MULTIPART_MAX: usize = 5 * 1024 * 1024;
+/// Resumable uploads send pieces of this size: a multiple of 256 KiB, as Google requires of
+/// every piece but the last.
+pub const UPLOAD_PIECE: usize = 8 * 1024 * 1024;
+/// Failed pieces in a row before the upload is given up (the chunk is retried later; its job
+/// is not created until the last byte arrives, so nothing is loaded twice).
+const PIECE_TRIES: u32 = 4;
+
+enum Tokens {
+    /// A local BigQuery (the repo's bigquery-emulator): no Authorization header.
+    None,
+    Google(Box<yup_oauth2::authenticator::DefaultAuthenticator>),
+}
+
+pub struct LoadService {
+    http: reqwest::Client,
+    base: String,
+    tokens: Tokens,
+}
+
+impl LoadService {
+    pub async fn connect(connection: &Connection) -> Result<Self, String> {
+        let mut http = reqwest::Client::builder()
+            // 308 is the resumable protocol's "resume incomplete", never a redirect.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(connection.open_timeout)
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(timeout) = connection.request_timeout {
+            http = http.timeout(timeout);
+        }
+        let http = http.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let base = connection
+            .endpoint
+            .as_deref()
+            .unwrap_or(GOOGLE)
+            .trim_end_matches('/')
+            .to_owned();
+        let tokens = tokens(&connection.auth).await?;
+        Ok(Self { http, base, tokens })
+    }
+
+    async fn authorized(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, Failure> {
+        match &self.tokens {
+            Tokens::None => Ok(request),
+            Tokens::Google(auth) => {
+                let token = auth
+                    .token(&[SCOPE])
+                    .await
+                    .map_err(|e| Failure::Transport(format!("access token: {e}")))?;
+                let token = token
+                    .token()
+                    .ok_or_else(|| Failure::Transport("access token: none given".into()))?;
+                Ok(request.bearer_auth(token))
+            }
+        }
+    }
+
+    /// tables.get: the table resource (its `location`, `schema`).
+    pub async fn table(&self, table: &TableRef<'_>) -> Result<Value, Failure> {
+        let url = format!(
+            "{}/bigquery/v2/projects/{}/datasets/{}/tables/{}",
+            self.base, table.project, table.dataset, table.table
+        );
+        let request = self.authorized(self.http.get(url)).await?;
+        answer(request.send().await.map_err(transport)?).await
+    }
+
+    /// datasets.get: the dataset resource (its `location`).
+    pub async fn dataset(&self, project: &str, dataset: &str) -> Result<Value, Failure> {
+        let url = format!(
+            "{}/bigquery/v2/projects/{project}/datasets/{dataset}",
+            self.base
+        );
+        let request = self.authorized(self.http.get(url)).await?;
+        answer(request.send().await.map_err(transport)?).await
+    }
+
+    /// jobs.get; `None` when there is no such job.
+    pub async fn job(
+        &self,
+        project: &str,
+        job_id: &str,
+        location: Option<&str>,
+    ) -> Result<Option<Value>, Failure> {
+        let mut url = format!("{}/bigquery/v2/projects/{project}/jobs/{job_id}", self.base);
+        if let Some(location) = location {
+            url.push_str("?location=");
+            url.push_str(location);
+        }
+        let request = self.authorized(self.http.get(url)).await?;
+        match answer(request.send().await.map_err(transport)?).await {
+            Ok(job) => Ok(Some(job)),
+            Err(Failure::Http { status: 404, .. }) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// jobs.insert with its data: the Job resource BigQuery answers.
+    pub async fn insert_job(
+        &self,
+        project: &str,
+        job: &Value,
+        data: &[u8],
+    ) -> Result<Value, Failure> {
+        let url = format!("{}/upload/bigquery/v2/projects/{project}/jobs", self.base);
+        if data.len() <= MULTIPART_MAX {
+            self.multipart(&url, job, data).await
+        } else {
+            self.resumable(&url, job, data).await
+        }
+    }
+
+    async fn multipart(&self, url: &str, job: &Value, data: &[u8]) -> Result<Value, Failure> {
+        // A boundary that cannot occur in the gzip data is not knowable ahead; Google's
+        // parser, like the emulator's, reads the data part by its position, and a random
+        // boundary makes a collision as unlikely as the clients that do the same.
+        let boundary = format!("bqforward_{:016x}", fastrand::u64(..));
+        let mut body = Vec::with_capacity(data.len() + 512);
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(job.to_string().as_bytes());
+        body.extend_from_slice(
+            format!("\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let request = self
+            .http
+            .post(format!("{url}?uploadType=multipart"))
+            .header(
+                "Content-Type",
+                format!("multipart/related; boundary={boundary}"),
+            )
+            .body(body);
+        let request = self.authorized(request).await?;
+        answer(request.send().await.map_err(transport)?).await
+    }
+
+    /// The resumable protocol: a session for the job, then the data in pieces; a piece whose
+    /// answer was lost is followed by asking how far the upload got.
+    async fn resumable(&self, url: &str, job: &Value, data: &[u8]) -> Result<Value, Failure> {
+        let request = self
+            .http
+            .post(format!("{url}?uploadType=resumable"))
+            .header("Content-Type", "application/json; charset=UTF-8")
+            .header("X-Upload-Content-Type", "application/octet-stream")
+            .header("X-Upload-Content-Length", data.len().to_string())
+            .body(job.to_string());
+        let response = self
+            .authorized(request)
+            .await?
+            .send()
+            .await
+            .map_err(transport)?;
+        if !response.status().is_success() {
+            return answer(response).await;
+        }
+        let session = response
+            .headers()
+            .get("Location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| Failure::Unreadable("resumable upload without a Location".into()))?;
+        let total = data.len();
+        let mut offset = 0usize;
+        let mut failures = 0u32;
+        loop {
+            let end = (offset + UPLOAD_PIECE).min(total);
+            let range = if total == 0 {
+                "bytes */0".to_owned()
+            } else {
+                format!("bytes {offset}-{}/{total}", end - 1)
+            };
+            let request = self
+                .http
+                .put(&session)
+                .header("Content-Range", range)
+                .body(data[offset..end].to_vec());
+            let sent = self.authorized(request).await?.send().await;
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    failures += 1;
+                    if failures >= PIECE_TRIES {
+                        return Err(transport(e));
+                    }
+                    match self.upload_status(&session, total).await {
+                        Ok(Progress::Received(n)) => offset = n,
+                        Ok(Progress::Done(job)) => return Ok(job),
+                        Err(_) => {}
+                    }
+                    continue;
+                }
+            };
+            match progress(response).await? {
+                Progress::Received(n) => {
+                    failures = 0;
+                    offset = n;
+                }
+                Progress::Done(job) => return Ok(job),
+            }
+        }
+    }
+
+    /// "How far did you get": `bytes */TOTAL` with no data.
+    async fn upload_status(&self, session: &str, total: usize) -> Result<Progress, Failure> {
+        let request = self
+            .http
+            .put(session)
+            .header("Content-Range", format!("bytes */{total}"))
+            .body(Vec::new());
+        let response = self
+            .authorized(request)
+            .await?
+            .send()
+            .await
+            .map_err(transport)?;
+        progress(response).await
+    }
+}
+
+enum Progress {
+    /// 308: this many bytes have arrived.
+    Received(usize),
+    /// The last byte arrived: the job.
+    Done(Value),
+}
+
+async fn progress(response: reqwest::Response) -> Result<Progress, Failure> {
+    if response.status().as_u16() == 308 {
+        // `Range: bytes=0-LAST`; none while nothing has arrived.
+        let received = response
+            .headers()
+            .get("Range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| r.rsplit('-').next())
+            .and_then(|last| last.parse::<usize>().ok())
+            .map_or(0, |last| last + 1);
+        return Ok(Progress::Received(received));
+    }
+    answer(response).await.map(Progress::Done)
+}
+
+/// A 2xx answer's JSON, or the error as Google's error body says it.
+async fn answer(response: reqwest::Response) -> Result<Value, Failure> {
+    let status = response.status().as_u16();
+    let body = response.bytes().await.map_err(transport)?;
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(&body)
+            .map_err(|e| Failure::Unreadable(format!("answer is not JSON: {e}")));
+    }
+    let Ok(error) = serde_json::from_slice::<Value>(&body) else {
+        return Err(Failure::Http {
+            status,
+            reasons: Vec::new(),
+            message: String::from_utf8_lossy(&body).chars().take(300).collect(),
+        });
+    };
+    let error = &error["error"];
+    Err(Failure::Http {
+        status,
+        reasons: error["errors"]
+            .as_array()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        message: error["message"].as_str().unwrap_or_default().to_owned(),
+    })
+}
+
+fn transport(e: reqwest::Error) -> Failure {
+    if e.is_timeout() {
+        Failure::Timeout
+    } else {
+        Failure::Transport(e.to_string())
+    }
+}
+
+/// Tokens as fluent-plugin-bigquery's auth methods get them. `compute_engine` is the metadata
+/// server, which application default credentials fall back to.
+async fn tokens(auth: &AuthMethod) -> Result<Tokens, String> {
+    let service_account = |key| async move {
+        yup_oauth2::ServiceAccountAuthenticator::builder(key)
+            .build()
+            .await
+            .map_err(|e| format!("BigQuery credentials: {e}"))
+    };
+    let authenticator = match auth {
+        AuthMethod::None => return Ok(Tokens::None),
+        AuthMethod::JsonKey(key) if key.trim_start().starts_with('{') => {
+            let key = yup_oauth2::parse_service_account_key(key)
+                .map_err(|e| format!("json_key is not a service-account key: {e}"))?;
+            service_account(key).await?
+        }
+        AuthMethod::JsonKey(path) => {
+            let key = yup_oauth2::read_service_account_key(path)
+                .await
+                .map_err(|e| format!("json_key {path}: {e}"))?;
+            service_account(key).await?
+        }
+        AuthMethod::ApplicationDefault | AuthMethod::ComputeEngine => {
+            let opts = yup_oauth2::ApplicationDefaultCredentialsFlowOpts::default();
+            match yup_oauth2::ApplicationDefaultCredentialsAuthenticator::builder(opts).await {
+                yup_oauth2::authenticator::ApplicationDefaultCredentialsTypes::ServiceAccount(
+                    builder,
+                ) => builder.build().await,
+                yup_oauth2::authenticator::ApplicationDefaultCredentialsTypes::InstanceMetadata(
+                    builder,
+                ) => builder.build().await,
+            }
+            .map_err(|e| format!("BigQuery credentials: {e}"))?
+        }
+    };
+    Ok(Tokens::Google(Box::new(authenticator)))
+}

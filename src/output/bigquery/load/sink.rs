@@ -1,0 +1,499 @@
+//! `bigquery_load`'s delivery of one buffered chunk: one load job. Steps: the table (exists?
+//! where? created by the job?), the chunk's job if an earlier attempt or process made one
+//! (found by its derived id), else the chunk written as gzipped NDJSON and uploaded with
+//! jobs.insert; then jobs.get every `wait_job_interval` until DONE. The chunk leaves the
+//! buffer only when its job is DONE without error, or its rows are in `<secondary>`.
+
+use super::super::classify::{Failure, Verdict, classify};
+use super::super::dead_letter::{DeadLetters, Rejected, reject};
+use super::super::destination::TableKey;
+use super::super::rows::Conversion;
+use super::super::schema::Schema;
+use super::super::service::{BigQueryClient, Connection, TableRef};
+use super::super::tables::{AutoCreate, Tables, Waiting};
+use super::job::{self, Create, JobError, JobState, LoadSettings};
+use super::ndjson::{self, LoadData};
+use super::service::LoadService;
+use crate::buffer::{Chunk, ChunkId, Outcome, Sink};
+use crate::event::BoxFuture;
+use crate::format::Inject;
+use crate::internal_events::bigquery as events;
+use crate::metrics::SinkDetail;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+/// How long one delivery polls a job before handing the chunk back to the buffer (fluentd's
+/// `delayed_commit_timeout` as the plugin sets it); the next attempt finds the same job.
+const POLL_LIMIT: Duration = Duration::from_secs(1800);
+/// Failed jobs.get in a row before the delivery is retried later.
+const POLL_FAILURES: u32 = 5;
+/// A chunk's jobs that failed transiently, at most (each retry takes the next job id).
+const MAX_GENERATIONS: u32 = 10_000;
+
+pub struct LoadSink {
+    pub id: String,
+    pub connection: Connection,
+    pub service: OnceCell<LoadService>,
+    /// For the parts shared with bigquery_insert: fetch_schema, auto_create_dataset.
+    pub client: OnceCell<BigQueryClient>,
+    pub tables: Tables,
+    pub dead_letters: DeadLetters,
+    pub inject: Inject,
+    pub conversion: Conversion,
+    pub settings: LoadSettings,
+    pub wait_job_interval: Duration,
+    pub detail: Arc<SinkDetail>,
+    /// Per chunk in flight: the generation of its next job id, so a retry does not walk its
+    /// failed jobs again. Rebuilt by walking after a restart.
+    generations: Mutex<HashMap<ChunkId, u32>>,
+}
+
+/// The table as tables.get found it.
+struct Destination {
+    /// Where jobs run (the table's location), for jobs.get.
+    location: Option<String>,
+    /// The table is missing and the job creates it.
+    create: bool,
+}
+
+/// Why a delivery stopped short of Done.
+enum Stop {
+    Retry(Waiting),
+    DeadLetter(Vec<Rejected>),
+}
+
+impl LoadSink {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        connection: Connection,
+        tables: Tables,
+        dead_letters: DeadLetters,
+        inject: Inject,
+        conversion: Conversion,
+        settings: LoadSettings,
+        wait_job_interval: Duration,
+        detail: Arc<SinkDetail>,
+    ) -> Self {
+        Self {
+            id,
+            connection,
+            service: OnceCell::new(),
+            client: OnceCell::new(),
+            tables,
+            dead_letters,
+            inject,
+            conversion,
+            settings,
+            wait_job_interval,
+            detail,
+            generations: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn deliver(&self, chunk: &Chunk<TableKey>) -> Outcome {
+        let key = &*chunk.key;
+        let table = key.to_string();
+        let pending = chunk.pending_indices();
+        let stop = if let Some(why) = key.invalid() {
+            // A name rendered from a tag or record that BigQuery cannot take.
+            Stop::DeadLetter(reject(&pending, "invalid_destination", &why))
+        } else {
+            match self.load(chunk, &pending, &table).await {
+                Ok(()) => {
+                    self.forget(&chunk.id);
+                    return Outcome::Done;
+                }
+                Err(stop) => stop,
+            }
+        };
+        match stop {
+            Stop::Retry(waiting) => Outcome::Retry {
+                keep: None,
+                error: waiting.error,
+                after: waiting.after,
+                quiet: waiting.quiet,
+            },
+            Stop::DeadLetter(dead) => {
+                if self.dead_letters.write(chunk, &dead, &table).await {
+                    self.forget(&chunk.id);
+                    Outcome::Done
+                } else {
+                    Outcome::Retry {
+                        keep: None,
+                        error: "secondary output did not accept dead letters".into(),
+                        after: None,
+                        quiet: false,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The chunk loaded (Ok), or why not.
+    async fn load(
+        &self,
+        chunk: &Chunk<TableKey>,
+        pending: &[u32],
+        table: &str,
+    ) -> Result<(), Stop> {
+        let key = &*chunk.key;
+        let service = self
+            .service
+            .get_or_try_init(|| LoadService::connect(&self.connection))
+            .await
+            .map_err(|e| Stop::Retry(Waiting::backoff(e)))?;
+        let client = self
+            .client
+            .get_or_try_init(|| BigQueryClient::connect(&self.connection))
+            .await
+            .map_err(|e| Stop::Retry(Waiting::backoff(e)))?;
+        let schema = self.tables.schema_for(client, key).await.map_err(|e| {
+            tracing::error!(output = %self.id, table, error = %e, "no schema for the rows; they wait");
+            Stop::Retry(Waiting::backoff(e))
+        })?;
+        let destination = self
+            .destination(service, client, key, schema.as_deref(), pending)
+            .await?;
+        let location = self.settings.location.clone().or(destination.location);
+
+        // An earlier attempt (or process) may have made this chunk's job: walk its ids.
+        let mut generation = self.generation(&chunk.id);
+        let job_id = loop {
+            let job_id = job::job_id(&chunk.id, key, generation);
+            let Some(found) = service
+                .job(&key.project, &job_id, location.as_deref())
+                .await
+                .map_err(|f| transient(&f))?
+            else {
+                break job_id;
+            };
+            // A job that fails while this attempt waits for it is retried after the backoff;
+            // one found failed already is history: the walk goes on to the next id.
+            let was_done = job::state(&found) != JobState::Running;
+            match self
+                .finish(service, key, &job_id, found, None, None)
+                .await?
+            {
+                Some(error) if error.retry && !was_done => {
+                    self.set_generation(&chunk.id, generation + 1);
+                    return Err(Stop::Retry(Waiting::backoff(format!(
+                        "load job {job_id}: {}: {}",
+                        error.reason, error.message
+                    ))));
+                }
+                Some(error) if error.retry && generation < MAX_GENERATIONS => {
+                    generation += 1;
+                    self.set_generation(&chunk.id, generation);
+                }
+                Some(error) => {
+                    return Err(self.job_rows_dead(chunk, pending, schema.as_deref(), &error));
+                }
+                None => return Ok(()),
+            }
+        };
+
+        let data = self.data(chunk, pending, schema.as_deref())?;
+        if !data.rejected.is_empty() && !self.dead_letters.write(chunk, &data.rejected, table).await
+        {
+            return Err(Stop::Retry(Waiting::backoff(
+                "secondary output did not accept dead letters".into(),
+            )));
+        }
+        if data.rows == 0 {
+            return Ok(());
+        }
+        let auto = self.tables.auto_create.as_ref();
+        let create = match (destination.create, auto, schema.as_deref()) {
+            (true, Some(AutoCreate { extra }), Some(schema)) => Some(Create { schema, extra }),
+            _ => None,
+        };
+        let resource = job::resource(key, &job_id, location.as_deref(), &self.settings, create);
+        let started = Instant::now();
+        let job = match service
+            .insert_job(&key.project, &resource, &data.gzipped)
+            .await
+        {
+            Ok(job) => {
+                events::LoadJobStarted {
+                    output: &self.id,
+                    table,
+                    job_id: &job_id,
+                    rows: data.rows,
+                    bytes: data.raw_len,
+                }
+                .emit(&self.detail);
+                job
+            }
+            // The job exists: made by an attempt whose answer was lost. Find it next time.
+            Err(Failure::Http { status: 409, .. }) => {
+                match service
+                    .job(&key.project, &job_id, location.as_deref())
+                    .await
+                {
+                    Ok(Some(job)) => job,
+                    _ => {
+                        return Err(Stop::Retry(Waiting {
+                            error: format!("job {job_id} exists; looking for it again"),
+                            after: Some(self.wait_job_interval),
+                            quiet: false,
+                        }));
+                    }
+                }
+            }
+            Err(failure) => return Err(self.refused(&failure, pending, &data)),
+        };
+        match self
+            .finish(service, key, &job_id, job, Some(started), Some(&data))
+            .await?
+        {
+            None => Ok(()),
+            Some(error) if error.retry => {
+                self.set_generation(&chunk.id, generation + 1);
+                Err(Stop::Retry(Waiting::backoff(format!(
+                    "load job {job_id}: {}: {}",
+                    error.reason, error.message
+                ))))
+            }
+            Some(error) => Err(Stop::DeadLetter(job_rows(pending, &data.rejected, &error))),
+        }
+    }
+
+    /// tables.get: the table's location, or whether the job should create it. A missing
+    /// dataset waits (created with `auto_create_dataset`); a missing table without
+    /// `auto_create_table` sends the rows to `<secondary>`, as the plugin does.
+    async fn destination(
+        &self,
+        service: &LoadService,
+        client: &BigQueryClient,
+        key: &TableKey,
+        schema: Option<&Schema>,
+        pending: &[u32],
+    ) -> Result<Destination, Stop> {
+        let table_ref = TableRef {
+            project: &key.project,
+            dataset: &key.dataset,
+            table: key.base_table(),
+        };
+        let failure = match service.table(&table_ref).await {
+            Ok(table) => {
+                self.tables.dataset_found(key);
+                return Ok(Destination {
+                    location: table["location"].as_str().map(str::to_owned),
+                    create: false,
+                });
+            }
+            Err(failure) => failure,
+        };
+        let e = failure.to_string();
+        match classify(&failure) {
+            Verdict::DatasetNotFound => Err(Stop::Retry(
+                self.tables.on_dataset_missing(client, key, e).await,
+            )),
+            Verdict::NotFound if self.tables.auto_create.is_some() && schema.is_some() => {
+                // The job runs where the dataset is; jobs.get needs that outside US and EU.
+                let dataset = service
+                    .dataset(&key.project, &key.dataset)
+                    .await
+                    .map_err(|f| transient(&f))?;
+                Ok(Destination {
+                    location: dataset["location"].as_str().map(str::to_owned),
+                    create: true,
+                })
+            }
+            Verdict::NotFound if self.tables.auto_create.is_some() => Err(Stop::Retry(
+                Waiting::backoff(format!("{e}; auto_create_table has no schema for {key}")),
+            )),
+            Verdict::NotFound => Err(Stop::DeadLetter(reject(pending, "not_found", &e))),
+            Verdict::DeadLetter => Err(Stop::DeadLetter(reject(pending, "rejected", &e))),
+            _ => Err(Stop::Retry(Waiting::backoff(e))),
+        }
+    }
+
+    /// Polls `job` until DONE: `None` when it loaded, else its error.
+    async fn finish(
+        &self,
+        service: &LoadService,
+        key: &TableKey,
+        job_id: &str,
+        mut job: Value,
+        started: Option<Instant>,
+        data: Option<&LoadData>,
+    ) -> Result<Option<JobError>, Stop> {
+        let table = key.to_string();
+        let polling = Instant::now();
+        let mut failures = 0;
+        let location = job::location(&job);
+        loop {
+            match job::state(&job) {
+                JobState::Loaded { rows, bad } => {
+                    events::LoadJobDone {
+                        output: &self.id,
+                        table: &table,
+                        job_id,
+                        rows,
+                        bytes: data.map_or(0, |d| d.raw_len),
+                        bad_records: bad,
+                        elapsed: started.map(|s| s.elapsed()),
+                    }
+                    .emit(&self.detail);
+                    return Ok(None);
+                }
+                JobState::Failed(error) => {
+                    events::LoadJobFailed {
+                        output: &self.id,
+                        table: &table,
+                        job_id,
+                        reason: &error.reason,
+                        message: &error.message,
+                        retry: error.retry,
+                    }
+                    .emit(&self.detail);
+                    return Ok(Some(error));
+                }
+                JobState::Running => {}
+            }
+            if polling.elapsed() >= POLL_LIMIT {
+                return Err(Stop::Retry(Waiting {
+                    error: format!("load job {job_id} not done after {POLL_LIMIT:?}"),
+                    after: Some(self.wait_job_interval),
+                    quiet: false,
+                }));
+            }
+            tokio::time::sleep(self.wait_job_interval).await;
+            match service.job(&key.project, job_id, location.as_deref()).await {
+                Ok(Some(next)) => {
+                    failures = 0;
+                    job = next;
+                }
+                Ok(None) => {
+                    return Err(Stop::Retry(Waiting::backoff(format!(
+                        "load job {job_id} not found while polling"
+                    ))));
+                }
+                Err(failure) => {
+                    failures += 1;
+                    if failures >= POLL_FAILURES {
+                        return Err(transient(&failure));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The chunk's NDJSON, built on this worker thread (a 1 GiB chunk takes seconds).
+    fn data(
+        &self,
+        chunk: &Chunk<TableKey>,
+        pending: &[u32],
+        schema: Option<&Schema>,
+    ) -> Result<LoadData, Stop> {
+        let mut inject = self.inject.clone();
+        let conversion = self.conversion;
+        let mut build =
+            move || ndjson::build(&chunk.entries, pending, schema, &mut inject, conversion);
+        let built = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(build),
+            _ => build(),
+        };
+        built.map_err(|e| Stop::Retry(Waiting::backoff(format!("load data: {e}"))))
+    }
+
+    /// A job found failed for good by an earlier attempt: its rows (the chunk's, less those
+    /// conversion refused, which went to `<secondary>` before the job) follow.
+    fn job_rows_dead(
+        &self,
+        chunk: &Chunk<TableKey>,
+        pending: &[u32],
+        schema: Option<&Schema>,
+        error: &JobError,
+    ) -> Stop {
+        match self.data(chunk, pending, schema) {
+            Ok(data) => Stop::DeadLetter(job_rows(pending, &data.rejected, error)),
+            Err(stop) => stop,
+        }
+    }
+
+    /// jobs.insert refused: transient answers retry; the rest sends the job's rows to
+    /// `<secondary>` with the answer.
+    fn refused(&self, failure: &Failure, pending: &[u32], data: &LoadData) -> Stop {
+        match classify(failure) {
+            Verdict::DeadLetter | Verdict::Split => {
+                let error = JobError {
+                    retry: false,
+                    reason: "rejected".into(),
+                    location: String::new(),
+                    message: failure.to_string(),
+                };
+                Stop::DeadLetter(job_rows(pending, &data.rejected, &error))
+            }
+            _ => transient(failure),
+        }
+    }
+
+    fn generation(&self, chunk: &ChunkId) -> u32 {
+        self.generations
+            .lock()
+            .ok()
+            .and_then(|g| g.get(chunk).copied())
+            .unwrap_or(0)
+    }
+
+    fn set_generation(&self, chunk: &ChunkId, generation: u32) {
+        if let Ok(mut g) = self.generations.lock() {
+            g.insert(*chunk, generation);
+        }
+    }
+
+    fn forget(&self, chunk: &ChunkId) {
+        if let Ok(mut g) = self.generations.lock() {
+            g.remove(chunk);
+        }
+    }
+}
+
+fn transient(failure: &Failure) -> Stop {
+    Stop::Retry(Waiting::backoff(failure.to_string()))
+}
+
+/// The job's rows (`pending` less those conversion `rejected`) as dead letters with its error.
+fn job_rows(pending: &[u32], rejected: &[Rejected], error: &JobError) -> Vec<Rejected> {
+    let refused: std::collections::HashSet<u32> = rejected.iter().map(|r| r.index).collect();
+    pending
+        .iter()
+        .filter(|i| !refused.contains(i))
+        .map(|&index| Rejected {
+            index,
+            reason: error.reason.clone(),
+            location: error.location.clone(),
+            message: error.message.clone(),
+        })
+        .collect()
+}
+
+impl Sink<TableKey> for LoadSink {
+    fn write<'a>(&'a self, chunk: &'a Chunk<TableKey>) -> BoxFuture<'a, Outcome> {
+        Box::pin(self.deliver(chunk))
+    }
+
+    fn give_up<'a>(&'a self, chunk: &'a Chunk<TableKey>, reason: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let dead = reject(&chunk.pending_indices(), "retries_exhausted", reason);
+            let table = chunk.key.to_string();
+            self.forget(&chunk.id);
+            if !self.dead_letters.write(chunk, &dead, &table).await {
+                events::RowsDropped {
+                    output: &self.id,
+                    table: &table,
+                    reasons: &[("retries_exhausted", dead.len() as u64)],
+                    first: reason,
+                    cause: "retries exhausted and the secondary output refused them",
+                }
+                .emit(&self.detail);
+            }
+        })
+    }
+}
