@@ -209,14 +209,15 @@ fn auth_method(s: &Section<'_>) -> Result<AuthMethod, ConfigError> {
     // The plugin declares the key parameters for every auth_method and reads only the chosen
     // method's, so a config may set json_key "#{ENV['BIGQUERY_JSON_KEY']}" and choose the
     // method by environment (the image's deploy/config/bqforward.conf does).
-    let json_key = s.str("json_key");
+    // Empty when the variable it comes from is unset: the same as not set.
+    let json_key = s.str("json_key").filter(|k| !k.trim().is_empty());
     let email = s.str("email");
     let private_key_path = s.str("private_key_path");
     let passphrase = s.str("private_key_passphrase");
     Ok(match method {
         Some("none") => AuthMethod::None,
         Some("json_key") => AuthMethod::JsonKey(json_key.map(str::to_owned).ok_or_else(|| {
-            at("auth_method json_key needs 'json_key' (a key file path or the key JSON)")
+            at("auth_method json_key needs 'json_key' (a credential file path or its JSON; empty here: is the variable it reads set?)")
         })?),
         Some("application_default") => AuthMethod::ApplicationDefault,
         Some("compute_engine") => AuthMethod::ComputeEngine,
