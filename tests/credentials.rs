@@ -525,3 +525,60 @@ fn json_key_and_compute_engine_tokens_reach_the_endpoint() {
     assert!(tokens_seen(&emulator).contains(&"mds-token-1".to_owned()));
     assert_eq!(fake.log()["mds"][0]["flavor"], "Google");
 }
+
+#[test]
+fn the_image_way_json_key_from_the_environment_federates_from_ecs_or_aws_keys() {
+    let fake = FakeAuth::start(&[]);
+    let emulator = emulator_with_table();
+    let dir = tempfile::tempdir().unwrap();
+    let file = fake.aws_credential_file(dir.path());
+    let credential_config = std::fs::read_to_string(&file).unwrap();
+    // As deploy/config/bqforward.conf reads it: the configuration JSON in the environment.
+    let conf = config(
+        &emulator,
+        "auth_method json_key\n  json_key \"#{ENV['BIGQUERY_JSON_KEY'] || ENV['BIGQUERY_CREDENTIAL_CONFIG']}\"",
+        "",
+    );
+    let mut ecs = fake.ecs_env(&file);
+    ecs.retain(|(k, _)| k != "GOOGLE_APPLICATION_CREDENTIALS");
+    ecs.push((
+        "BIGQUERY_CREDENTIAL_CONFIG".into(),
+        credential_config.clone(),
+    ));
+    ecs.push(("BIGQUERY_JSON_KEY".into(), String::new()));
+    let (code, out) = check(&conf, &ecs);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ECS task role"), "{out}");
+    let server = start(&conf, &ecs);
+    send(&server, "ecs", 2);
+    assert_eq!(rows_landed(&emulator, 2), 2, "{}", server.log());
+    drop(server);
+
+    // Outside ECS, AWS keys in the environment (an EC2 instance profile would come from IMDS).
+    let mut keys = clean_env();
+    keys.retain(|(k, _)| !k.starts_with("AWS_"));
+    keys.extend(
+        [
+            ("AWS_ACCESS_KEY_ID", "AKIDECSTASKROLE"),
+            ("AWS_SECRET_ACCESS_KEY", "ecs-secret-key"),
+            ("AWS_SESSION_TOKEN", "ecs-session-token"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", ""),
+            ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", ""),
+            ("BIGQUERY_JSON_KEY", ""),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    keys.push(("BIGQUERY_CREDENTIAL_CONFIG".into(), credential_config));
+    let (code, out) = check(&conf, &keys);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("aws: keys from AWS_ACCESS_KEY_ID"), "{out}");
+    let server = start(&conf, &keys);
+    send(&server, "keys", 2);
+    assert_eq!(rows_landed(&emulator, 4), 4, "{}", server.log());
+    let log = fake.log();
+    assert_eq!(log["errors"], json!([]), "{log}");
+    // One ECS fetch (the first run); the second signed with the environment's keys.
+    assert_eq!(log["ecs"].as_array().map(Vec::len), Some(1), "{log}");
+    assert_eq!(tokens_seen(&emulator), ["sa-token-1", "sa-token-2"]);
+}

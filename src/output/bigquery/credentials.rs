@@ -227,8 +227,9 @@ impl Credentials {
                         .with_retry_policy(retry)
                         .with_backoff_policy(backoff)
                         .build_access_token_credentials(),
-                    Kind::ExternalAccount | Kind::ExternalAccountAws => {
-                        external(json, retry, backoff)
+                    Kind::ExternalAccount => external(json, retry, backoff),
+                    Kind::ExternalAccountAws => {
+                        external(ecs::imds_only_when_needed(json), retry, backoff)
                     }
                     Kind::ExternalAccountAwsEcs => {
                         let relay = self

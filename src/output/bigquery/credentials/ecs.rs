@@ -40,6 +40,21 @@ pub fn region_in_environment() -> bool {
     var("AWS_REGION").is_some() || var("AWS_DEFAULT_REGION").is_some()
 }
 
+/// With keys and region in the environment the metadata server is not asked for anything, so
+/// no IMDSv2 session is opened either (google-cloud-auth opens one whenever the file names
+/// `imdsv2_session_token_url`, and fails off EC2; Google's Python library skips it too).
+pub fn imds_only_when_needed(mut json: Value) -> Value {
+    if keys_in_environment()
+        && region_in_environment()
+        && let Some(source) = json
+            .get_mut("credential_source")
+            .and_then(Value::as_object_mut)
+    {
+        source.remove("imdsv2_session_token_url");
+    }
+    json
+}
+
 /// The container credentials endpoint, when this runs in an ECS task with a role.
 fn endpoint() -> Option<String> {
     if let Some(relative) = var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
