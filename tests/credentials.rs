@@ -582,3 +582,30 @@ fn the_image_way_json_key_from_the_environment_federates_from_ecs_or_aws_keys() 
     assert_eq!(log["ecs"].as_array().map(Vec::len), Some(1), "{log}");
     assert_eq!(tokens_seen(&emulator), ["sa-token-1", "sa-token-2"]);
 }
+
+#[test]
+fn an_ecs_endpoint_that_refuses_is_an_error_naming_it() {
+    let fake = FakeAuth::start(&[]);
+    let emulator = emulator_with_table();
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = fake.ecs_env(&fake.aws_credential_file(dir.path()));
+    env.retain(|(k, _)| k != "AWS_CONTAINER_AUTHORIZATION_TOKEN");
+    env.push((
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN".into(),
+        "not-the-agent-token".into(),
+    ));
+    let conf = config(&emulator, "auth_method application_default", "");
+    let server = start(&conf, &env);
+    send(&server, "ecs-down", 1);
+    let line = server.wait_log("could not resolve AWS credentials");
+    assert!(
+        line.contains(&format!(
+            "ECS container credentials endpoint {} answered 401",
+            fake.url("/ecs/credentials")
+        )),
+        "{line}"
+    );
+    assert!(!line.contains("ecs-secret-key"), "{line}");
+    assert_eq!(fake.log()["sts"], json!([]));
+    assert_eq!(emulator.count(PROJECT, DATASET, TABLE), 0);
+}

@@ -1,6 +1,7 @@
-//! The BigQuery API through `gcp-bigquery-client`: the output's credentials (`credentials`)
-//! on every call, a 401 dropping the refused token, pre-gzipped insertAll bodies, table creation and schema fetches, with every
-//! error turned into a `Failure` for `classify`. No retry or row logic here.
+//! The BigQuery API through `gcp-bigquery-client`: the output's credentials (`credentials`) on
+//! every call and a 401 dropping the refused token, pre-gzipped insertAll bodies, table creation
+//! and schema fetches, with every error turned into a `Failure` for `classify`. No retry or row
+//! logic here.
 
 use super::classify::Failure;
 use super::credentials::{Credentials, TokenError};
@@ -14,6 +15,7 @@ use gcp_bigquery_client::model::table_data_insert_all_response::TableDataInsertA
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where it was defined before `credentials` existed.
 pub use super::credentials::AuthMethod;
 
 /// The output's credentials as gcp-bigquery-client asks for them.
