@@ -453,7 +453,12 @@ fn jwt_claims(token: &str) -> Value {
 }
 
 #[test]
-fn a_p12_key_from_the_plugin_default_signs_the_token_bigquery_sees() {
+fn a_p12_key_from_the_plugin_default_is_exchanged_for_the_token_bigquery_sees() {
+    // The fixture's P12 and JSON hold the same key: the stand-in checks the JWT's signature.
+    let fake = FakeAuth::start(&[
+        "--service-account-key",
+        &fixture("test-only-service-account.json"),
+    ]);
     let emulator = emulator_with_table();
     let email = "bqforward-test@proj.iam.gserviceaccount.com";
     // No auth_method: fluent-plugin-bigquery's default, private_key.
@@ -462,18 +467,26 @@ fn a_p12_key_from_the_plugin_default_signs_the_token_bigquery_sees() {
         fixture("test-only-service-account.p12")
     );
     let conf = config(&emulator, &auth, "");
-    let (code, out) = check(&conf, &clean_env());
+    let mut env = clean_env();
+    env.push(("BQFORWARD_P12_TOKEN_URI".into(), fake.url("/oauth2/token")));
+    let (code, out) = check(&conf, &env);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains(&format!("service_account {email} from the P12 key")),
         "{out}"
     );
-    let server = start(&conf, &clean_env());
+    let server = start(&conf, &env);
     send(&server, "p12", 2);
     assert_eq!(rows_landed(&emulator, 2), 2, "{}", server.log());
-    let seen = tokens_seen(&emulator);
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!(jwt_claims(&seen[0])["iss"], email, "{seen:?}");
+    assert_eq!(tokens_seen(&emulator), ["oauth-token-1"]);
+    let log = fake.log();
+    assert_eq!(log["errors"], json!([]), "{log}");
+    assert_eq!(log["oauth"][0]["iss"], email, "{log}");
+    assert_eq!(log["oauth"][0]["aud"], fake.url("/oauth2/token"), "{log}");
+    assert_eq!(
+        log["oauth"][0]["scope"], "https://www.googleapis.com/auth/cloud-platform",
+        "{log}"
+    );
 
     let wrong = conf.replace(
         "private_key_passphrase notasecret",

@@ -4,12 +4,15 @@ IAM credentials generateAccessToken (impersonation) endpoint, on one port.
 
 The STS stand-in checks the subject token as Google does in substance: a GetCallerIdentity
 request signed with AWS Signature V4 by the ECS keys, carrying the audience and the session
-token. Also a GCE metadata server's token endpoint (GCE_METADATA_HOST). Prints `listening on 127.0.0.1:PORT`; GET /_log answers what each endpoint received.
+token. Also a GCE metadata server's token endpoint (GCE_METADATA_HOST) and Google's OAuth token
+endpoint for service-account JWTs (the P12 path), checking the RS256 signature. Prints `listening on 127.0.0.1:PORT`; GET /_log answers what each endpoint received.
 
 Usage: fake_google_auth.py [--sts-failures N] [--expires-in SECONDS] [--impersonation-failures N]
+                           [--service-account-key JSON_KEY]
 """
 
 import argparse
+import base64
 import datetime
 import hashlib
 import hmac
@@ -18,6 +21,9 @@ import sys
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
 
 ACCESS_KEY = "AKIDECSTASKROLE"
 SECRET_KEY = "ecs-secret-key"
@@ -118,6 +124,8 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(404, {"error": "not found: " + self.path})
 
     def do_POST(self):
+        if self.path == "/oauth2/token":
+            return self.oauth(dict(urllib.parse.parse_qsl(self.body())))
         if self.path == "/v1/token":
             return self.sts(dict(urllib.parse.parse_qsl(self.body())))
         if self.path.endswith(":generateAccessToken"):
@@ -147,6 +155,39 @@ class Handler(BaseHTTPRequestHandler):
                           "urn:ietf:params:oauth:token-type:access_token",
                           "token_type": "Bearer", "expires_in": args.expires_in})
 
+    def oauth(self, form):
+        """Google's OAuth token endpoint for a service account's JWT (RFC 7523), as P12 keys use
+        it: the assertion must be signed by --service-account-key's key."""
+        with lock:
+            counters["oauth"] = counters.get("oauth", 0) + 1
+            n = counters["oauth"]
+        problems = []
+        claims = {}
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            problems.append("grant_type")
+        try:
+            header_b64, claims_b64, signature_b64 = form.get("assertion", "").split(".")
+            pad = lambda text: text + "=" * (-len(text) % 4)
+            header = json.loads(base64.urlsafe_b64decode(pad(header_b64)))
+            claims = json.loads(base64.urlsafe_b64decode(pad(claims_b64)))
+            if header.get("alg") != "RS256":
+                problems.append("alg is not RS256")
+            key = serialization.load_pem_private_key(
+                json.load(open(args.service_account_key))["private_key"].encode(), None)
+            key.public_key().verify(base64.urlsafe_b64decode(pad(signature_b64)),
+                                    (header_b64 + "." + claims_b64).encode(),
+                                    padding.PKCS1v15(), hashes.SHA256())
+        except Exception as e:  # noqa: BLE001 - any flaw in the assertion is the client's
+            problems.append("assertion: %r" % e)
+        with lock:
+            log.setdefault("oauth", []).append(claims)
+            if problems:
+                log["errors"].append("oauth: " + "; ".join(problems))
+        if problems:
+            return self.answer(400, {"error": "invalid_grant", "error_description": "; ".join(problems)})
+        self.answer(200, {"access_token": "oauth-token-%d" % n, "token_type": "Bearer",
+                          "expires_in": args.expires_in})
+
     def iam(self, body):
         with lock:
             counters["iam"] += 1
@@ -168,6 +209,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--sts-failures", type=int, default=0)
 parser.add_argument("--impersonation-failures", type=int, default=0)
 parser.add_argument("--expires-in", type=int, default=3600)
+parser.add_argument("--service-account-key", help="JSON key whose public half checks OAuth JWTs")
 args = parser.parse_args()
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 print("listening on 127.0.0.1:%d" % server.server_address[1], flush=True)

@@ -22,6 +22,7 @@ use google_cloud_gax::exponential_backoff::ExponentialBackoffBuilder;
 use google_cloud_gax::retry_policy::{AlwaysRetry, RetryPolicyExt};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -65,6 +66,14 @@ enum Plan {
     Fixed,
     Metadata,
     File { kind: Kind, json: Value },
+    P12(Arc<p12::P12Key>),
+}
+
+/// A built token source; cheap to clone.
+#[derive(Clone)]
+enum Source {
+    Google(AccessTokenCredentials),
+    P12(Arc<p12::P12Tokens>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -82,7 +91,7 @@ enum Kind {
 pub struct Credentials {
     plan: Plan,
     description: String,
-    built: tokio::sync::Mutex<Option<AccessTokenCredentials>>,
+    built: tokio::sync::Mutex<Option<Source>>,
     generation: AtomicU64,
     ecs: tokio::sync::OnceCell<ecs::Relay>,
 }
@@ -123,13 +132,13 @@ impl Credentials {
                 path,
                 passphrase,
             } => {
-                let json = p12::service_account_json(email, Path::new(path), passphrase)?;
+                let key = p12::P12Key::read(email, Path::new(path), passphrase)?;
                 (
-                    Plan::File {
-                        kind: Kind::ServiceAccount,
-                        json,
-                    },
-                    format!("service_account {email} from the P12 key {path} (private_key)"),
+                    Plan::P12(Arc::new(key)),
+                    format!(
+                        "service_account {email} from the P12 key {path} (private_key; tokens from {})",
+                        p12::token_uri_description()
+                    ),
                 )
             }
         };
@@ -152,12 +161,14 @@ impl Credentials {
         if let Plan::Fixed = self.plan {
             return Ok(NO_AUTH_TOKEN.into());
         }
-        let source = self.source().await?;
-        source
-            .access_token()
-            .await
-            .map(|t| t.token)
-            .map_err(|e| self.error(chain(&e)))
+        match self.source().await? {
+            Source::Google(source) => source
+                .access_token()
+                .await
+                .map(|t| t.token)
+                .map_err(|e| self.error(chain(&e))),
+            Source::P12(tokens) => tokens.token().await.map_err(|e| self.error(e)),
+        }
     }
 
     /// The `authorization` header value (`Bearer TOKEN`), for gRPC metadata.
@@ -190,7 +201,7 @@ impl Credentials {
         }
     }
 
-    async fn source(&self) -> Result<AccessTokenCredentials, TokenError> {
+    async fn source(&self) -> Result<Source, TokenError> {
         let mut built = self.built.lock().await;
         if let Some(source) = built.as_ref() {
             return Ok(source.clone());
@@ -200,7 +211,12 @@ impl Credentials {
         Ok(source)
     }
 
-    async fn build(&self) -> Result<AccessTokenCredentials, TokenError> {
+    async fn build(&self) -> Result<Source, TokenError> {
+        if let Plan::P12(key) = &self.plan {
+            let tokens = p12::P12Tokens::new(Arc::clone(key), &SCOPES.join(" "))
+                .map_err(|e| self.error(e))?;
+            return Ok(Source::P12(Arc::new(tokens)));
+        }
         let backoff = ExponentialBackoffBuilder::new()
             .with_initial_delay(Duration::from_millis(500))
             .with_maximum_delay(Duration::from_secs(5))
@@ -208,7 +224,9 @@ impl Credentials {
             .map_err(|e| self.error(e.to_string()))?;
         let retry = AlwaysRetry.with_attempt_limit(TOKEN_ATTEMPTS);
         let built = match &self.plan {
-            Plan::Fixed => return Err(self.error("auth_method none has no token source".into())),
+            Plan::Fixed | Plan::P12(_) => {
+                return Err(self.error("no google-cloud-auth source for this method".into()));
+            }
             Plan::Metadata => mds::Builder::default()
                 .with_scopes(SCOPES)
                 .with_retry_policy(retry)
@@ -253,7 +271,7 @@ impl Credentials {
                 }
             }
         };
-        built.map_err(|e| self.error(chain(&e)))
+        built.map(Source::Google).map_err(|e| self.error(chain(&e)))
     }
 
     fn error(&self, detail: String) -> TokenError {
