@@ -7,7 +7,12 @@
 //! `authorized_user`, `external_account` with aws / file / url / executable sources,
 //! `impersonated_service_account`, `external_account_authorized_user`), plus the metadata
 //! server. On ECS the AWS task role's keys come from the container credentials endpoint,
-//! which google-cloud-auth does not read: `ecs` serves them to it (see there).
+//! which google-cloud-auth does not read: `ecs` serves them to it (see there). P12 keys (the
+//! plugin's default `private_key`) get tokens as the plugin does: `p12`.
+//!
+//! For another client (the Storage Write gRPC one): take `Connection::credentials`, send
+//! `authorization()` as the `authorization` metadata, read `generation()` before a call and
+//! call `refused(generation)` when it ends UNAUTHENTICATED, then retry once.
 
 mod ecs;
 mod p12;
@@ -26,8 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How the plugin's `auth_method` asks for credentials.
-#[derive(Debug, Clone, PartialEq)]
+/// How the plugin's `auth_method` asks for credentials. No `Debug`: it may hold a passphrase.
+#[derive(Clone, PartialEq)]
 pub enum AuthMethod {
     /// No credentials (a local BigQuery such as the repo's bigquery-emulator).
     None,
