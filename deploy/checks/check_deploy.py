@@ -352,13 +352,23 @@ def check_dockerfile(cli):
     return docker
 
 
-# A service-account key's shape; nothing connects with it during `bqforward check`.
-DUMMY_KEY = json.dumps({
-    "type": "service_account", "project_id": "p", "private_key_id": "0",
-    "private_key": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
-    "client_email": "bqforward@p.iam.gserviceaccount.com", "client_id": "0",
-    "token_uri": "https://oauth2.googleapis.com/token",
+# Workload identity federation's credential configuration (the deployments' main path), as
+# deploy/terraform/modules/aws-federation writes it; nothing connects during `bqforward check`.
+DUMMY_CREDENTIAL_CONFIG = json.dumps({
+    "type": "external_account",
+    "audience": "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/bqforward-aws/providers/aws",
+    "subject_token_type": "urn:ietf:params:aws:token-type:aws4_request",
+    "token_url": "https://sts.googleapis.com/v1/token",
+    "service_account_impersonation_url": "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/bqforward@p.iam.gserviceaccount.com:generateAccessToken",
+    "credential_source": {
+        "environment_id": "aws1",
+        "region_url": "http://169.254.169.254/latest/meta-data/placement/availability-zone",
+        "url": "http://169.254.169.254/latest/meta-data/iam/security-credentials",
+        "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
+    },
 })
+# The fallback, a service-account key: `check` loads the key, so a real (test-only) one.
+TEST_KEY = ROOT / "tests/fixtures/credentials/test-only-service-account.json"
 
 
 def image_root(docker, tmp):
@@ -374,10 +384,15 @@ def image_root(docker, tmp):
 
 
 def bqforward_check(cli, config, what):
-    env = dict(os.environ, BIGQUERY_PROJECT="p", BIGQUERY_JSON_KEY=DUMMY_KEY)
-    done = subprocess.run([str(cli.binary), "check", "-c", str(config)], capture_output=True,
-                          text=True, timeout=60, env=env)
-    check(done.returncode == 0, f"`bqforward check` accepts {what}", (done.stdout + done.stderr)[-400:])
+    for credentials in ({"BIGQUERY_CREDENTIAL_CONFIG": DUMMY_CREDENTIAL_CONFIG},
+                        {"BIGQUERY_JSON_KEY": TEST_KEY.read_text()}):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("BIGQUERY_JSON_KEY", "BIGQUERY_CREDENTIAL_CONFIG", "GOOGLE_APPLICATION_CREDENTIALS")}
+        env.update(credentials, BIGQUERY_PROJECT="p")
+        done = subprocess.run([str(cli.binary), "check", "-c", str(config)], capture_output=True,
+                              text=True, timeout=60, env=env)
+        check(done.returncode == 0, f"`bqforward check` accepts {what} with {next(iter(credentials))}",
+              (done.stdout + done.stderr)[-400:])
 
 
 def check_image_configs(cli, docker):
@@ -506,9 +521,19 @@ def check_bqforward_container(td, c, cli, docker, volumes):
     check(c.get("restartPolicy", {}).get("enabled") is True,
           f"{name}: restartPolicy keeps the task (and its buffer volume) when bqforward restarts")
     secret_names = {s.get("name") for s in c.get("secrets", [])}
-    check("BIGQUERY_JSON_KEY" in secret_names or env_of(c).get("BIGQUERY_AUTH_METHOD") in ("application_default", "compute_engine"),
-          f"{name}: BigQuery credentials come from a secret")
+    federation = env_of(c).get("BIGQUERY_CREDENTIAL_CONFIG")
+    check("BIGQUERY_JSON_KEY" in secret_names or federation is not None
+          or env_of(c).get("BIGQUERY_AUTH_METHOD") in ("application_default", "compute_engine"),
+          f"{name}: BigQuery credentials by federation (BIGQUERY_CREDENTIAL_CONFIG) or from a secret")
     check("BIGQUERY_JSON_KEY" not in env_of(c), f"{name}: no key in plain environment")
+    if federation is not None:
+        try:
+            config = json.loads(federation)
+        except ValueError:
+            config = {}
+        check(config.get("type") == "external_account" and "private_key" not in federation
+              and config.get("credential_source", {}).get("environment_id") == "aws1",
+              f"{name}: BIGQUERY_CREDENTIAL_CONFIG is an AWS external_account configuration (no key)")
     for s in c.get("secrets", []):
         check(re.match(r"arn:aws[\w-]*:(secretsmanager|ssm):", s.get("valueFrom", "")) is not None,
               f"{name}: secret {s.get('name')} is a Secrets Manager / SSM ARN")

@@ -17,6 +17,7 @@
 
 // Wires the stages together; the only module that knows them all. Must not hold request logic.
 
+mod auth;
 mod dedup;
 mod error;
 mod faults;
@@ -42,6 +43,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use auth::TokenPolicy;
 pub use faults::{FaultConfig, FaultScope};
 pub use insert::Limits;
 pub use jobs::DEFAULT_LOAD_JOBS_PER_TABLE_PER_DAY;
@@ -60,6 +62,8 @@ pub struct App {
     /// Load jobs per table per day before `quotaExceeded`.
     pub load_jobs_per_table_per_day: u64,
     pub uploads: uploads::Sessions,
+    /// Bearer tokens seen, and which are accepted (`--require-token`, `/_emulator/auth`).
+    pub tokens: auth::Tokens,
 }
 
 pub type AppState = Arc<App>;
@@ -77,6 +81,8 @@ pub struct Config {
     pub load_jobs_per_table_per_day: u64,
     pub dedup_window: Duration,
     pub faults: FaultConfig,
+    /// Which bearer tokens the API accepts (default: any).
+    pub tokens: auth::TokenPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +116,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         load_limits: config.load_limits,
         load_jobs_per_table_per_day: config.load_jobs_per_table_per_day,
         uploads: uploads::Sessions::default(),
+        tokens: auth::Tokens::new(config.tokens.clone()),
     });
     // Jobs a previous run left PENDING or RUNNING carry on from where they were.
     routes::resume_jobs(&app);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bigquery_emulator::{
     Config, DEFAULT_LOAD_JOBS_PER_TABLE_PER_DAY, DEFAULT_SCHEMA_UPDATE_DELAY, FaultConfig,
-    FaultScope, Limits, LoadLimits,
+    FaultScope, Limits, LoadLimits, TokenPolicy,
 };
 use clap::Parser;
 
@@ -96,6 +96,10 @@ struct Cli {
     /// Load jobs per table per day before they fail with quotaExceeded (BigQuery: 1,500).
     #[arg(long, default_value_t = DEFAULT_LOAD_JOBS_PER_TABLE_PER_DAY)]
     max_load_jobs_per_table_per_day: u64,
+    /// Accept only this bearer token on the REST API (repeatable; others get 401 authError).
+    /// Every token seen is listed at `GET /_emulator/auth` either way.
+    #[arg(long = "require-token", value_name = "TOKEN")]
+    require_tokens: Vec<String>,
 }
 
 impl Cli {
@@ -131,6 +135,10 @@ impl Cli {
                 scope: self.fault_scope,
                 schema_update_delay_ms: self.schema_update_delay_ms,
                 job_delay_ms: self.job_delay_ms,
+            },
+            tokens: TokenPolicy {
+                require: self.require_tokens,
+                refuse: Vec::new(),
             },
         }
     }

@@ -58,9 +58,30 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// As `start_with`, with environment variables set for bqforward (an empty value removes
+    /// the variable).
+    pub fn start_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config.replace("{dir}", dir.path().to_str().unwrap());
+        std::fs::write(dir.path().join("fluent.conf"), text).unwrap();
+        Self::spawn_env(dir, args, env)
+    }
+
     fn spawn(dir: tempfile::TempDir, args: &[&str]) -> Server {
+        Self::spawn_env(dir, args, &[])
+    }
+
+    fn spawn_env(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Server {
         let path = dir.path().join("fluent.conf");
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        for (name, value) in env {
+            if value.is_empty() {
+                command.env_remove(name);
+            } else {
+                command.env(name, value);
+            }
+        }
+        let mut child = command
             .args(["run", "-c"])
             .arg(&path)
             .args(args)

@@ -7,6 +7,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::auth::TokenPolicy;
 use crate::error::ApiError;
 use crate::faults::FaultConfig;
 use crate::store::table_key;
@@ -22,6 +23,7 @@ pub fn router() -> Router<AppState> {
             get(get_faults).post(set_faults).delete(clear_faults),
         )
         .route("/_emulator/stats", get(get_stats))
+        .route("/_emulator/auth", get(get_auth).post(set_auth))
         .route("/_emulator/stats/reset", post(reset_stats))
         .route(
             "/_emulator/projects/{project}/datasets/{dataset}/tables/{table}/count",
@@ -49,6 +51,23 @@ async fn set_faults(
 async fn clear_faults(State(app): State<AppState>) -> Json<FaultConfig> {
     app.faults.set(FaultConfig::default());
     Json(FaultConfig::default())
+}
+
+/// The bearer tokens seen so far and the accepted / refused lists.
+async fn get_auth(State(app): State<AppState>) -> Json<Value> {
+    Json(app.tokens.snapshot())
+}
+
+/// Replaces which tokens are accepted (`{"require": [...], "refuse": [...]}`); the tokens
+/// seen are kept.
+async fn set_auth(
+    State(app): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let policy: TokenPolicy = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("Invalid token settings: {e}")))?;
+    app.tokens.set(policy);
+    Ok(Json(app.tokens.snapshot()))
 }
 
 async fn get_stats(State(app): State<AppState>) -> Json<Value> {

@@ -92,6 +92,7 @@ pub fn router(app: AppState) -> Router {
         .route(&format!("{V2}/jobs/{{job}}/cancel"), post(jobs::cancel))
         .route(UPLOAD, post(upload::start).put(upload::chunk))
         .layer(middleware::from_fn_with_state(app.clone(), faults_layer))
+        .layer(middleware::from_fn_with_state(app.clone(), auth_layer))
         .layer(middleware::from_fn(shape::shape_layer));
     Router::new()
         .merge(api)
@@ -119,6 +120,23 @@ fn request_kind(path: &str) -> RequestKind {
     match path.split('/').nth(5) {
         Some("jobs") => RequestKind::Jobs,
         _ => RequestKind::Other,
+    }
+}
+
+/// Records the bearer token and answers 401 as BigQuery does when the policy refuses it.
+async fn auth_layer(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let authorization = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match app.tokens.check(authorization) {
+        Ok(()) => next.run(req).await,
+        Err(why) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authError",
+            format!("Request had invalid authentication credentials: {why}."),
+        )
+        .into_response(),
     }
 }
 

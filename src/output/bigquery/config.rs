@@ -5,9 +5,10 @@
 //! parameters beside them and finishes the section.
 
 use super::convert::Conversion;
+use super::credentials::{AuthMethod, Credentials, GOOGLE_P12_PASSWORD};
 use super::destination::Names;
 use super::schema::Schema;
-use super::service::{AuthMethod, Connection};
+use super::service::Connection;
 use super::tables::{AutoCreate, SchemaSource};
 use crate::buffer::BufferConfig;
 use crate::config::{ConfigError, Section};
@@ -90,8 +91,15 @@ impl Common {
         notes.extend(placeholder_notes(&names, buffer, s));
         notes.extend(buffer_defaults_note(id, s));
 
+        let credentials =
+            Credentials::new(&auth_method(s)?).map_err(|e| at(format!("credentials: {e}")))?;
+        notes.push(format!(
+            "{}: {id}: credentials: {}",
+            s.location(),
+            credentials.description()
+        ));
         let connection = Connection {
-            auth: auth_method(s)?,
+            credentials: Arc::new(credentials),
             endpoint: s
                 .str("endpoint")
                 .filter(|e| !e.is_empty())
@@ -187,6 +195,7 @@ pub fn buffer_defaults_note(id: &str, s: &Section<'_>) -> Option<String> {
 }
 
 fn auth_method(s: &Section<'_>) -> Result<AuthMethod, ConfigError> {
+    let at = |e: &str| ConfigError::at(s.location(), e);
     let method = s.one_of(
         "auth_method",
         &[
@@ -200,23 +209,34 @@ fn auth_method(s: &Section<'_>) -> Result<AuthMethod, ConfigError> {
     // The plugin declares the key parameters for every auth_method and reads only the chosen
     // method's, so a config may set json_key "#{ENV['BIGQUERY_JSON_KEY']}" and choose the
     // method by environment (the image's deploy/config/bqforward.conf does).
-    let json_key = s.str("json_key");
-    let _ = s.str("private_key_path");
-    Ok(match method.unwrap_or("private_key") {
-        "none" => AuthMethod::None,
-        "json_key" => AuthMethod::JsonKey(json_key.map(str::to_owned).ok_or_else(|| {
-            ConfigError::at(
-                s.location(),
-                "auth_method json_key needs 'json_key' (a key file path or the key JSON)",
-            )
+    // Empty when the variable it comes from is unset: the same as not set.
+    let json_key = s.str("json_key").filter(|k| !k.trim().is_empty());
+    let email = s.str("email");
+    let private_key_path = s.str("private_key_path");
+    let passphrase = s.str("private_key_passphrase");
+    Ok(match method {
+        Some("none") => AuthMethod::None,
+        Some("json_key") => AuthMethod::JsonKey(json_key.map(str::to_owned).ok_or_else(|| {
+            at("auth_method json_key needs 'json_key' (a credential file path or its JSON; empty here: is the variable it reads set?)")
         })?),
-        "application_default" => AuthMethod::ApplicationDefault,
-        "compute_engine" => AuthMethod::ComputeEngine,
-        _ => {
-            return Err(ConfigError::at(
-                s.location(),
-                "auth_method private_key (P12 keys, the plugin's default) is not supported: use json_key, application_default or compute_engine",
-            ));
+        Some("application_default") => AuthMethod::ApplicationDefault,
+        Some("compute_engine") => AuthMethod::ComputeEngine,
+        chosen => {
+            let why = if chosen.is_none() {
+                "auth_method is not set, so the plugin's default private_key applies"
+            } else {
+                "auth_method private_key"
+            };
+            let (Some(email), Some(path)) = (email, private_key_path) else {
+                return Err(at(&format!(
+                    "{why}: it needs 'email' and 'private_key_path' (a P12 key); or set auth_method application_default (GOOGLE_APPLICATION_CREDENTIALS, workload identity federation), json_key, compute_engine or none (docs/security.md)"
+                )));
+            };
+            AuthMethod::PrivateKey {
+                email: email.to_owned(),
+                path: path.to_owned(),
+                passphrase: passphrase.unwrap_or(GOOGLE_P12_PASSWORD).to_owned(),
+            }
         }
     })
 }

@@ -13,6 +13,7 @@
 pub mod classify;
 pub mod config;
 pub mod convert;
+pub mod credentials;
 pub mod dead_letter;
 pub mod destination;
 pub mod gzip;
@@ -50,11 +51,7 @@ pub struct BigQueryOutput {
 }
 
 /// fluent-plugin-bigquery parameters accepted and ignored (with a warning).
-const IGNORED: &[&str] = &[
-    "allow_retry_insert_errors",
-    "email",
-    "private_key_passphrase",
-];
+const IGNORED: &[&str] = &["allow_retry_insert_errors"];
 
 impl BigQueryOutput {
     /// Reads the `<match>` section. `secondary` is the already-built `<secondary>` output.

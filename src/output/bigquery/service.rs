@@ -1,8 +1,10 @@
-//! The BigQuery API through `gcp-bigquery-client`: authentication as fluent-plugin-bigquery
-//! offers it, pre-gzipped insertAll bodies, table creation and schema fetches, with every
-//! error turned into a `Failure` for `classify`. No retry or row logic here.
+//! The BigQuery API through `gcp-bigquery-client`: the output's credentials (`credentials`) on
+//! every call and a 401 dropping the refused token, pre-gzipped insertAll bodies, table creation
+//! and schema fetches, with every error turned into a `Failure` for `classify`. No retry or row
+//! logic here.
 
 use super::classify::Failure;
+use super::credentials::{Credentials, TokenError};
 use gcp_bigquery_client::Client;
 use gcp_bigquery_client::auth::Authenticator;
 use gcp_bigquery_client::client_builder::ClientBuilder;
@@ -13,32 +15,27 @@ use gcp_bigquery_client::model::table_data_insert_all_response::TableDataInsertA
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum AuthMethod {
-    /// No credentials (a local BigQuery such as the repo's bigquery-emulator).
-    None,
-    /// A service-account key: a file path or the key's JSON itself (as the plugin accepts).
-    JsonKey(String),
-    /// Application default credentials (GOOGLE_APPLICATION_CREDENTIALS, gcloud, metadata).
-    ApplicationDefault,
-    /// The GCE / GKE metadata server (workload identity).
-    ComputeEngine,
-}
+/// Where it was defined before `credentials` existed.
+pub use super::credentials::AuthMethod;
 
-/// Sends a fixed bearer token: for local endpoints that need none.
+/// The output's credentials as gcp-bigquery-client asks for them.
 #[derive(Clone)]
-struct NoAuth;
+struct RestAuth(Arc<Credentials>);
 
 #[async_trait::async_trait]
-impl Authenticator for NoAuth {
+impl Authenticator for RestAuth {
     async fn access_token(&self) -> Result<String, BQError> {
-        Ok("bqforward-no-auth".into())
+        self.0.token().await.map_err(|e| {
+            // The crate has no variant for "no token"; `failure` unwraps this one.
+            BQError::InvalidServiceAccountAuthenticator(std::io::Error::other(e))
+        })
     }
 }
 
 /// How to reach BigQuery: credentials, endpoint, timeouts.
 pub struct Connection {
-    pub auth: AuthMethod,
+    /// Shared with every client of the output (REST here, Storage Write over gRPC).
+    pub credentials: Arc<Credentials>,
     pub endpoint: Option<String>,
     pub request_timeout: Option<Duration>,
     pub open_timeout: Duration,
@@ -46,6 +43,7 @@ pub struct Connection {
 
 pub struct BigQueryClient {
     client: Client,
+    credentials: Arc<Credentials>,
 }
 
 pub struct TableRef<'a> {
@@ -57,7 +55,7 @@ pub struct TableRef<'a> {
 impl BigQueryClient {
     pub async fn connect(connection: &Connection) -> Result<Self, String> {
         let Connection {
-            auth,
+            credentials,
             endpoint,
             request_timeout,
             open_timeout,
@@ -76,21 +74,29 @@ impl BigQueryClient {
         if let Some(endpoint) = endpoint {
             builder.with_v2_base_url(format!("{}/bigquery/v2", endpoint.trim_end_matches('/')));
         }
-        let client = match auth {
-            AuthMethod::None => builder.build_from_authenticator(Arc::new(NoAuth)).await,
-            AuthMethod::JsonKey(key) if key.trim_start().starts_with('{') => {
-                let parsed = serde_json::from_str(key)
-                    .map_err(|e| format!("json_key is not a service-account key: {e}"))?;
-                builder.build_from_service_account_key(parsed, false).await
-            }
-            AuthMethod::JsonKey(path) => builder.build_from_service_account_key_file(path).await,
-            AuthMethod::ApplicationDefault => {
-                builder.build_from_application_default_credentials().await
-            }
-            AuthMethod::ComputeEngine => builder.build_with_workload_identity(false).await,
+        let client = builder
+            .build_from_authenticator(Arc::new(RestAuth(Arc::clone(credentials))))
+            .await
+            .map_err(|e| format!("BigQuery client: {e}"))?;
+        Ok(Self {
+            client,
+            credentials: Arc::clone(credentials),
+        })
+    }
+
+    /// The credentials this client sends.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// A 401 means the token was refused (revoked, or expired early): the next request fetches
+    /// a new one instead of the cached one. `generation` was read before the request.
+    async fn answered<T>(&self, generation: u64, answer: Result<T, BQError>) -> Result<T, Failure> {
+        let answer = answer.map_err(failure);
+        if let Err(Failure::Http { status: 401, .. }) = &answer {
+            self.credentials.refused(generation).await;
         }
-        .map_err(|e| format!("BigQuery credentials: {e}"))?;
-        Ok(Self { client })
+        answer
     }
 
     /// tabledata.insertAll with a body that is already JSON and gzipped.
@@ -99,7 +105,9 @@ impl BigQueryClient {
         table: &TableRef<'_>,
         gzipped_body: Vec<u8>,
     ) -> Result<TableDataInsertAllResponse, Failure> {
-        self.client
+        let generation = self.credentials.generation();
+        let answer = self
+            .client
             .tabledata()
             .insert_all_gzipped(
                 table.project,
@@ -107,8 +115,8 @@ impl BigQueryClient {
                 table.table,
                 TableDataInsertAllRequestGzipped::new(gzipped_body),
             )
-            .await
-            .map_err(failure)
+            .await;
+        self.answered(generation, answer).await
     }
 
     /// tables.insert from a table resource (JSON as the REST API documents it). An existing
@@ -116,7 +124,9 @@ impl BigQueryClient {
     pub async fn create_table(&self, resource: serde_json::Value) -> Result<(), Failure> {
         let table: Table = serde_json::from_value(resource)
             .map_err(|e| Failure::Transport(format!("table resource: {e}")))?;
-        match self.client.table().create(table).await.map_err(failure) {
+        let generation = self.credentials.generation();
+        let answer = self.client.table().create(table).await;
+        match self.answered(generation, answer).await {
             Ok(_) => Ok(()),
             Err(Failure::Http { status: 409, .. }) => Ok(()),
             Err(other) => Err(other),
@@ -135,13 +145,9 @@ impl BigQueryClient {
         if let Some(location) = location {
             resource = resource.location(location);
         }
-        match self
-            .client
-            .dataset()
-            .create(resource)
-            .await
-            .map_err(failure)
-        {
+        let generation = self.credentials.generation();
+        let answer = self.client.dataset().create(resource).await;
+        match self.answered(generation, answer).await {
             Ok(_) => Ok(()),
             Err(Failure::Http { status: 409, .. }) => Ok(()),
             Err(other) => Err(other),
@@ -150,12 +156,13 @@ impl BigQueryClient {
 
     /// The table's schema as BigQuery's JSON (`{"fields": [...]}`).
     pub async fn table_schema(&self, table: &TableRef<'_>) -> Result<serde_json::Value, Failure> {
-        let resource = self
+        let generation = self.credentials.generation();
+        let answer = self
             .client
             .table()
             .get(table.project, table.dataset, table.table, None)
-            .await
-            .map_err(failure)?;
+            .await;
+        let resource = self.answered(generation, answer).await?;
         serde_json::to_value(resource.schema)
             .map_err(|e| Failure::Unreadable(format!("table schema: {e}")))
     }
@@ -163,6 +170,11 @@ impl BigQueryClient {
 
 fn failure(err: BQError) -> Failure {
     match err {
+        BQError::InvalidServiceAccountAuthenticator(e)
+            if e.get_ref().is_some_and(|e| e.is::<TokenError>()) =>
+        {
+            Failure::Transport(e.to_string())
+        }
         BQError::RequestError(e) if e.is_timeout() => Failure::Timeout,
         // The crate reads every error body as Google's JSON; any other body ends here.
         BQError::RequestError(e) if e.is_decode() => Failure::Unreadable(e.to_string()),

@@ -42,6 +42,8 @@ struct Delivery<'a> {
     dead: Vec<Rejected>,
     /// Set once something transient failed: the rest waits for the retry.
     waiting: Option<Waiting>,
+    /// A 401 was answered once already: the request was sent again with a new token.
+    reauthenticated: bool,
 }
 
 impl Delivery<'_> {
@@ -77,6 +79,7 @@ impl BigQuerySink {
             keep: Vec::new(),
             dead: Vec::new(),
             waiting: None,
+            reauthenticated: false,
         };
         if let Some(why) = key.invalid() {
             // A name rendered from a tag or record that BigQuery cannot take: only these rows
@@ -203,6 +206,16 @@ impl BigQuerySink {
         .emit(&self.detail);
         let e = failure.to_string();
         match verdict {
+            // The client dropped the refused token: send once more with a new one now.
+            Verdict::Reauthenticate if !run.reauthenticated => {
+                run.reauthenticated = true;
+                let (again, rejected) = builder.build(&indices);
+                run.dead.extend(rejected);
+                for request in again.into_iter().rev() {
+                    run.work.push_front(request);
+                }
+                tracing::warn!(output = %self.id, table = %key, error = %e, "token refused; sending again with a new token");
+            }
             Verdict::Retry | Verdict::Reauthenticate => {
                 run.keep(&self.detail, &indices, "transient");
                 run.waiting = Some(Waiting::backoff(e));

@@ -1,6 +1,7 @@
 # bqforward as a fluentd aggregator service: Fargate tasks behind a Network Load Balancer,
-# scaled on CPU and on the events bqforward counts, logs and metrics in CloudWatch, the
-# BigQuery key in Secrets Manager. Instances share nothing but BigQuery.
+# scaled on CPU and on the events bqforward counts, logs and metrics in CloudWatch, Google
+# credentials by workload identity federation from the task role (or, as the fallback, a
+# service-account key in Secrets Manager). Instances share nothing but BigQuery.
 
 data "aws_region" "current" {}
 data "aws_caller_identity" "current" {}
@@ -18,6 +19,7 @@ locals {
   forward_port     = 24224
   metrics_port     = 24231
   otel_config_yaml = file("${path.module}/../../../otel/collector.yaml")
+  federated        = var.google_credential_config != null
 
   container_definitions = [
     {
@@ -30,14 +32,18 @@ locals {
         { name = "forward", containerPort = local.forward_port, protocol = "tcp" },
         { name = "metrics", containerPort = local.metrics_port, protocol = "tcp" },
       ]
-      environment = [
+      # Federation: the credential configuration (no secret in it) in the environment, the
+      # task role's own AWS credentials exchanged for Google tokens. Else the key's secret.
+      environment = concat([
         { name = "BIGQUERY_PROJECT", value = var.bigquery_project },
         { name = "BIGQUERY_DATASET", value = var.bigquery_dataset },
         { name = "BIGQUERY_TABLE", value = var.bigquery_table },
         { name = "BQFORWARD_BUFFER_LIMIT", value = var.buffer_limit },
-      ]
+        ], local.federated ? [
+        { name = "BIGQUERY_CREDENTIAL_CONFIG", value = var.google_credential_config },
+      ] : [])
       secrets = [
-        { name = "BIGQUERY_JSON_KEY", valueFrom = aws_secretsmanager_secret.bigquery_key.arn },
+        for arn in aws_secretsmanager_secret.bigquery_key[*].arn : { name = "BIGQUERY_JSON_KEY", valueFrom = arn }
       ]
       mountPoints = [
         { sourceVolume = "bqforward-buffer", containerPath = "/var/lib/bqforward", readOnly = false },

@@ -4,8 +4,13 @@ output "endpoint" {
 }
 
 output "secret_arn" {
-  description = "Secrets Manager secret holding the BigQuery key JSON."
-  value       = aws_secretsmanager_secret.bigquery_key.arn
+  description = "Secrets Manager secret holding the BigQuery key JSON (null with federation)."
+  value       = one(aws_secretsmanager_secret.bigquery_key[*].arn)
+}
+
+output "task_role_name" {
+  description = "The ECS task role: what workload identity federation binds to the service account."
+  value       = aws_iam_role.task.name
 }
 
 output "cluster_name" {

@@ -1,4 +1,6 @@
-# The BigQuery key, the KMS key that encrypts it and the log groups, and the two task roles.
+# The BigQuery key's secret (only without federation), the KMS key that encrypts it and the
+# log groups, and the two task roles. With federation the task role is what Google trusts
+# (deploy/terraform/modules/aws-federation binds it to the service account).
 
 resource "aws_kms_key" "this" {
   description         = "${var.name}: BigQuery key secret and log groups"
@@ -43,6 +45,7 @@ data "aws_iam_policy_document" "kms" {
 }
 
 resource "aws_secretsmanager_secret" "bigquery_key" {
+  count = local.federated ? 0 : 1
   #checkov:skip=CKV2_AWS_57:A Google service-account key cannot be rotated by Secrets Manager; rotate it by creating a new key and putting it here (README, Deploy).
   name        = "${var.name}/bigquery-key"
   description = "Google service-account key JSON bqforward inserts with (BIGQUERY_JSON_KEY)"
@@ -51,8 +54,8 @@ resource "aws_secretsmanager_secret" "bigquery_key" {
 }
 
 resource "aws_secretsmanager_secret_version" "bigquery_key" {
-  count         = var.bigquery_key_json == null ? 0 : 1
-  secret_id     = aws_secretsmanager_secret.bigquery_key.id
+  count         = !local.federated && var.bigquery_key_json != null ? 1 : 0
+  secret_id     = aws_secretsmanager_secret.bigquery_key[0].id
   secret_string = var.bigquery_key_json
 }
 
@@ -98,9 +101,10 @@ resource "aws_iam_role_policy_attachment" "execution" {
 }
 
 data "aws_iam_policy_document" "execution" {
+  count = local.federated ? 0 : 1
   statement {
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.bigquery_key.arn]
+    resources = [aws_secretsmanager_secret.bigquery_key[0].arn]
   }
   statement {
     actions   = ["kms:Decrypt"]
@@ -109,12 +113,14 @@ data "aws_iam_policy_document" "execution" {
 }
 
 resource "aws_iam_role_policy" "execution" {
+  count  = local.federated ? 0 : 1
   name   = "bigquery-key"
   role   = aws_iam_role.execution.id
-  policy = data.aws_iam_policy_document.execution.json
+  policy = data.aws_iam_policy_document.execution[0].json
 }
 
-# Task role: only the metrics sidecar calls AWS (embedded metric format logs).
+# Task role: the metrics sidecar writes embedded metric format logs; with federation, bqforward
+# signs GetCallerIdentity with it (no AWS permission needed: Google verifies the signature).
 resource "aws_iam_role" "task" {
   name               = "${var.name}-task"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json

@@ -59,8 +59,14 @@ variable "bigquery_table" {
   default     = "events"
 }
 
+variable "google_credential_config" {
+  description = "Workload identity federation: the credential configuration JSON (module aws-federation's credential_config), given to bqforward as BIGQUERY_CREDENTIAL_CONFIG. Null: the fallback, a service-account key in Secrets Manager."
+  type        = string
+  default     = null
+}
+
 variable "bigquery_key_json" {
-  description = "Service-account key JSON to store in the secret. Null: put it there yourself (aws secretsmanager put-secret-value), so it never enters Terraform state."
+  description = "Without federation only: service-account key JSON to store in the secret. Null: put it there yourself (aws secretsmanager put-secret-value), so it never enters Terraform state."
   type        = string
   default     = null
   sensitive   = true
