@@ -622,3 +622,66 @@ fn an_ecs_endpoint_that_refuses_is_an_error_naming_it() {
     assert_eq!(fake.log()["sts"], json!([]));
     assert_eq!(emulator.count(PROJECT, DATASET, TABLE), 0);
 }
+
+/// Storage Write (gRPC) and load jobs (their own upload client) take their tokens from the
+/// output's one credentials source, as insertAll does: the federated token reaches the
+/// emulator over each, and a refused one (UNAUTHENTICATED, HTTP 401) is replaced.
+#[test]
+fn storage_write_and_load_jobs_carry_the_federated_token_and_replace_a_refused_one() {
+    let fake = FakeAuth::start(&[]);
+    let emulator = Emulator::start_grpc(&[]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(
+        PROJECT,
+        DATASET,
+        TABLE,
+        json!([{"name": "seq", "type": "INTEGER"}, {"name": "msg", "type": "STRING"}]),
+    );
+    set_token_policy(&emulator, json!({"refuse": ["sa-token-1"]}));
+    let dir = tempfile::tempdir().unwrap();
+    let env = fake.ecs_env(&fake.aws_credential_file(dir.path()));
+
+    let storage = config(
+        &emulator,
+        "auth_method application_default",
+        "retry_wait 0.5s",
+    )
+    .replace(
+        "@type bigquery_insert",
+        &format!(
+            "@type bigquery_storage_write\n  storage_endpoint {}",
+            emulator.grpc_endpoint()
+        ),
+    );
+    let server = start(&storage, &env);
+    send(&server, "grpc", 5);
+    assert_eq!(rows_landed(&emulator, 5), 5, "{}", server.log());
+    assert_eq!(tokens_seen(&emulator), ["sa-token-1", "sa-token-2"]);
+    drop(server);
+
+    // A new process federates again (sa-token-3); BigQuery refuses that one too.
+    set_token_policy(
+        &emulator,
+        json!({"refuse": ["sa-token-1", "sa-token-2", "sa-token-3"]}),
+    );
+    // A chunk retry would come only after a minute: rows landing sooner were uploaded again
+    // at once with a new token.
+    let load = config(
+        &emulator,
+        "auth_method application_default",
+        "path {dir}/buffer\n    retry_wait 60s",
+    )
+    .replace(
+        "@type bigquery_insert",
+        "@type bigquery_load\n  wait_job_interval 0.2",
+    );
+    let server = start(&load, &env);
+    send(&server, "load", 5);
+    assert_eq!(rows_landed(&emulator, 10), 10, "{}", server.log());
+    assert_eq!(
+        tokens_seen(&emulator),
+        ["sa-token-1", "sa-token-2", "sa-token-3", "sa-token-4"]
+    );
+    let log = fake.log();
+    assert_eq!(log["errors"], json!([]), "{log}");
+}

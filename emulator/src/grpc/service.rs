@@ -46,6 +46,17 @@ impl WriteService {
         Self { app }
     }
 
+    /// Records the call's bearer token and refuses it as the REST API does (`--require-token`,
+    /// `/_emulator/auth`): UNAUTHENTICATED, Google's words, then the emulator's reason.
+    fn authorize(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let authorization = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        self.app.tokens.check(authorization).map_err(|reason| {
+            Status::unauthenticated(format!(
+                "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. ({reason})"
+            ))
+        })
+    }
+
     /// Runs a unary RPC's store work off the async workers, honouring a drop fault: the work is
     /// done, then the connection closes and the caller never hears back.
     async fn unary<T: Send + 'static>(
@@ -349,6 +360,7 @@ impl BigQueryWrite for WriteService {
         &self,
         request: Request<CreateWriteStreamRequest>,
     ) -> Result<Response<WriteStream>, Status> {
+        self.authorize(request.metadata())?;
         let (_, extensions, request) = request.into_parts();
         self.unary(&extensions, move |app| create(app, request))
             .await
@@ -360,6 +372,7 @@ impl BigQueryWrite for WriteService {
         &self,
         request: Request<Streaming<AppendRowsRequest>>,
     ) -> Result<Response<Self::AppendRowsStream>, Status> {
+        self.authorize(request.metadata())?;
         Stats::add(&self.app.stats.grpc_requests, 1);
         let kill = request.extensions().get::<ConnectionKill>().cloned();
         let inbound = request.into_inner();
@@ -372,6 +385,7 @@ impl BigQueryWrite for WriteService {
         &self,
         request: Request<GetWriteStreamRequest>,
     ) -> Result<Response<WriteStream>, Status> {
+        self.authorize(request.metadata())?;
         let (_, extensions, request) = request.into_parts();
         self.unary(&extensions, move |app| get(app, request)).await
     }
@@ -380,6 +394,7 @@ impl BigQueryWrite for WriteService {
         &self,
         request: Request<FinalizeWriteStreamRequest>,
     ) -> Result<Response<FinalizeWriteStreamResponse>, Status> {
+        self.authorize(request.metadata())?;
         let (_, extensions, request) = request.into_parts();
         self.unary(&extensions, move |app| finalize(app, request))
             .await
@@ -389,6 +404,7 @@ impl BigQueryWrite for WriteService {
         &self,
         request: Request<BatchCommitWriteStreamsRequest>,
     ) -> Result<Response<BatchCommitWriteStreamsResponse>, Status> {
+        self.authorize(request.metadata())?;
         let (_, extensions, request) = request.into_parts();
         self.unary(&extensions, move |app| commit(app, request))
             .await
@@ -398,6 +414,7 @@ impl BigQueryWrite for WriteService {
         &self,
         request: Request<FlushRowsRequest>,
     ) -> Result<Response<FlushRowsResponse>, Status> {
+        self.authorize(request.metadata())?;
         let (_, extensions, request) = request.into_parts();
         self.unary(&extensions, move |app| flush(app, request))
             .await

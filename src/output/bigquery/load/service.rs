@@ -2,16 +2,17 @@
 //! `jobs.insert` with its data on the upload URI (multipart for small data, resumable in
 //! pieces for the rest), `jobs.get`. Every error becomes a `Failure` for `classify`; no
 //! retry or job logic here. gcp-bigquery-client has no media upload, so this holds its own
-//! HTTP client and tokens (yup-oauth2, the crate gcp-bigquery-client authenticates with).
+//! HTTP client; tokens come from the output's `Credentials`, shared with its REST client. A 401
+//! drops the token it carried and the request goes once more with a new one.
 //! Protocols: <https://cloud.google.com/bigquery/docs/reference/api-uploads>.
 
 use super::super::classify::Failure;
-use super::super::service::{AuthMethod, Connection, TableRef};
-use gcp_bigquery_client::yup_oauth2;
+use super::super::credentials::Credentials;
+use super::super::service::{Connection, TableRef};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
-const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
 const GOOGLE: &str = "https://bigquery.googleapis.com";
 /// Data up to this size goes in one multipart request (google-cloud-bigquery's threshold).
 pub const MULTIPART_MAX: usize = 5 * 1024 * 1024;
@@ -22,16 +23,10 @@ pub const UPLOAD_PIECE: usize = 8 * 1024 * 1024;
 /// is not created until the last byte arrives, so nothing is loaded twice).
 const PIECE_TRIES: u32 = 4;
 
-enum Tokens {
-    /// A local BigQuery (the repo's bigquery-emulator): no Authorization header.
-    None,
-    Google(Box<yup_oauth2::authenticator::DefaultAuthenticator>),
-}
-
 pub struct LoadService {
     http: reqwest::Client,
     base: String,
-    tokens: Tokens,
+    credentials: Arc<Credentials>,
 }
 
 impl LoadService {
@@ -51,27 +46,39 @@ impl LoadService {
             .unwrap_or(GOOGLE)
             .trim_end_matches('/')
             .to_owned();
-        let tokens = tokens(&connection.auth).await?;
-        Ok(Self { http, base, tokens })
+        Ok(Self {
+            http,
+            base,
+            credentials: Arc::clone(&connection.credentials),
+        })
+    }
+
+    /// Sends `request` with a bearer token; a 401 drops that token and sends the request
+    /// once more with a new one (its body is in memory, so it can be copied).
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
+        let again = request.try_clone();
+        let generation = self.credentials.generation();
+        let response = self.authorized(request).await?;
+        if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        self.credentials.refused(generation).await;
+        match again {
+            Some(again) => self.authorized(again).await,
+            None => Ok(response),
+        }
     }
 
     async fn authorized(
         &self,
         request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::RequestBuilder, Failure> {
-        match &self.tokens {
-            Tokens::None => Ok(request),
-            Tokens::Google(auth) => {
-                let token = auth
-                    .token(&[SCOPE])
-                    .await
-                    .map_err(|e| Failure::Transport(format!("access token: {e}")))?;
-                let token = token
-                    .token()
-                    .ok_or_else(|| Failure::Transport("access token: none given".into()))?;
-                Ok(request.bearer_auth(token))
-            }
-        }
+    ) -> Result<reqwest::Response, Failure> {
+        let token = self
+            .credentials
+            .token()
+            .await
+            .map_err(|e| Failure::Transport(e.to_string()))?;
+        request.bearer_auth(token).send().await.map_err(transport)
     }
 
     /// tables.get: the table resource (its `location`, `schema`).
@@ -80,8 +87,7 @@ impl LoadService {
             "{}/bigquery/v2/projects/{}/datasets/{}/tables/{}",
             self.base, table.project, table.dataset, table.table
         );
-        let request = self.authorized(self.http.get(url)).await?;
-        answer(request.send().await.map_err(transport)?).await
+        answer(self.send(self.http.get(url)).await?).await
     }
 
     /// datasets.get: the dataset resource (its `location`).
@@ -90,8 +96,7 @@ impl LoadService {
             "{}/bigquery/v2/projects/{project}/datasets/{dataset}",
             self.base
         );
-        let request = self.authorized(self.http.get(url)).await?;
-        answer(request.send().await.map_err(transport)?).await
+        answer(self.send(self.http.get(url)).await?).await
     }
 
     /// jobs.get; `None` when there is no such job.
@@ -106,8 +111,7 @@ impl LoadService {
             url.push_str("?location=");
             url.push_str(location);
         }
-        let request = self.authorized(self.http.get(url)).await?;
-        match answer(request.send().await.map_err(transport)?).await {
+        match answer(self.send(self.http.get(url)).await?).await {
             Ok(job) => Ok(Some(job)),
             Err(Failure::Http { status: 404, .. }) => Ok(None),
             Err(other) => Err(other),
@@ -154,8 +158,7 @@ impl LoadService {
                 format!("multipart/related; boundary={boundary}"),
             )
             .body(body);
-        let request = self.authorized(request).await?;
-        answer(request.send().await.map_err(transport)?).await
+        answer(self.send(request).await?).await
     }
 
     /// The resumable protocol: a session for the job, then the data in pieces; a piece whose
@@ -168,12 +171,7 @@ impl LoadService {
             .header("X-Upload-Content-Type", "application/octet-stream")
             .header("X-Upload-Content-Length", data.len().to_string())
             .body(job.to_string());
-        let response = self
-            .authorized(request)
-            .await?
-            .send()
-            .await
-            .map_err(transport)?;
+        let response = self.send(request).await?;
         if !response.status().is_success() {
             return answer(response).await;
         }
@@ -198,13 +196,12 @@ impl LoadService {
                 .put(&session)
                 .header("Content-Range", range)
                 .body(data[offset..end].to_vec());
-            let sent = self.authorized(request).await?.send().await;
-            let response = match sent {
+            let response = match self.send(request).await {
                 Ok(r) => r,
                 Err(e) => {
                     failures += 1;
                     if failures >= PIECE_TRIES {
-                        return Err(transport(e));
+                        return Err(e);
                     }
                     match self.upload_status(&session, total).await {
                         Ok(Progress::Received(n)) => offset = n,
@@ -231,12 +228,7 @@ impl LoadService {
             .put(session)
             .header("Content-Range", format!("bytes */{total}"))
             .body(Vec::new());
-        let response = self
-            .authorized(request)
-            .await?
-            .send()
-            .await
-            .map_err(transport)?;
+        let response = self.send(request).await?;
         progress(response).await
     }
 }
@@ -300,42 +292,4 @@ fn transport(e: reqwest::Error) -> Failure {
     } else {
         Failure::Transport(e.to_string())
     }
-}
-
-/// Tokens as fluent-plugin-bigquery's auth methods get them. `compute_engine` is the metadata
-/// server, which application default credentials fall back to.
-async fn tokens(auth: &AuthMethod) -> Result<Tokens, String> {
-    let service_account = |key| async move {
-        yup_oauth2::ServiceAccountAuthenticator::builder(key)
-            .build()
-            .await
-            .map_err(|e| format!("BigQuery credentials: {e}"))
-    };
-    let authenticator = match auth {
-        AuthMethod::None => return Ok(Tokens::None),
-        AuthMethod::JsonKey(key) if key.trim_start().starts_with('{') => {
-            let key = yup_oauth2::parse_service_account_key(key)
-                .map_err(|e| format!("json_key is not a service-account key: {e}"))?;
-            service_account(key).await?
-        }
-        AuthMethod::JsonKey(path) => {
-            let key = yup_oauth2::read_service_account_key(path)
-                .await
-                .map_err(|e| format!("json_key {path}: {e}"))?;
-            service_account(key).await?
-        }
-        AuthMethod::ApplicationDefault | AuthMethod::ComputeEngine => {
-            let opts = yup_oauth2::ApplicationDefaultCredentialsFlowOpts::default();
-            match yup_oauth2::ApplicationDefaultCredentialsAuthenticator::builder(opts).await {
-                yup_oauth2::authenticator::ApplicationDefaultCredentialsTypes::ServiceAccount(
-                    builder,
-                ) => builder.build().await,
-                yup_oauth2::authenticator::ApplicationDefaultCredentialsTypes::InstanceMetadata(
-                    builder,
-                ) => builder.build().await,
-            }
-            .map_err(|e| format!("BigQuery credentials: {e}"))?
-        }
-    };
-    Ok(Tokens::Google(Box::new(authenticator)))
 }

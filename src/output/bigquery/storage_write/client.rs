@@ -4,7 +4,7 @@
 //! CreateWriteStream for exactly-once streams. Turns no answer into a verdict (`classify`
 //! does) and retries nothing.
 
-use crate::output::bigquery::service::TokenSource;
+use crate::output::bigquery::credentials::Credentials;
 use bq_storage_proto::prost_types::DescriptorProto;
 use bq_storage_proto::tonic::codec::Streaming;
 use bq_storage_proto::tonic::{self, Code, Status};
@@ -17,7 +17,7 @@ use bq_storage_proto::v1::{
 };
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,7 +30,8 @@ const IDLE_PER_STREAM: usize = 16;
 
 pub struct WriteClient {
     client: BigQueryWriteClient<tonic::transport::Channel>,
-    tokens: TokenSource,
+    /// The output's credentials, shared with its REST client.
+    credentials: Arc<Credentials>,
     timeout: Option<Duration>,
     idle: Mutex<HashMap<String, Vec<AppendConnection>>>,
 }
@@ -41,6 +42,8 @@ struct AppendConnection {
     responses: Streaming<AppendRowsResponse>,
     /// The writer schema this call has been given (rows after it are read with it).
     descriptor: DescriptorProto,
+    /// The credentials' generation when the call opened with its token.
+    generation: u64,
 }
 
 /// One append: rows already serialized against `descriptor`.
@@ -56,7 +59,7 @@ impl WriteClient {
     /// A client for `endpoint` (`http://` = plaintext h2c). Connects lazily.
     pub fn new(
         endpoint: &str,
-        tokens: TokenSource,
+        credentials: Arc<Credentials>,
         open_timeout: Duration,
         timeout: Option<Duration>,
     ) -> Result<Self, String> {
@@ -77,7 +80,7 @@ impl WriteClient {
             .max_encoding_message_size(16 * 1024 * 1024);
         Ok(Self {
             client,
-            tokens,
+            credentials,
             timeout,
             idle: Mutex::new(HashMap::new()),
         })
@@ -90,17 +93,15 @@ impl WriteClient {
         stream_or_parent: &str,
     ) -> Result<tonic::Request<T>, Status> {
         let mut request = tonic::Request::new(message);
-        if let Some(bearer) = self
-            .tokens
-            .bearer()
+        let bearer = self
+            .credentials
+            .authorization()
             .await
-            .map_err(Status::unauthenticated)?
-        {
-            let value = bearer
-                .parse()
-                .map_err(|_| Status::unauthenticated("access token is not a header value"))?;
-            request.metadata_mut().insert("authorization", value);
-        }
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let value = bearer
+            .parse()
+            .map_err(|_| Status::unauthenticated("access token is not a header value"))?;
+        request.metadata_mut().insert("authorization", value);
         let key = if stream_or_parent.contains("/streams/") {
             "write_stream"
         } else {
@@ -124,6 +125,7 @@ impl WriteClient {
                 ..WriteStream::default()
             }),
         };
+        let generation = self.credentials.generation();
         let request = self.request(message, table).await?;
         let mut client = self.client.clone();
         let call = client.create_write_stream(request);
@@ -133,7 +135,10 @@ impl WriteClient {
                 .map_err(|_| Status::deadline_exceeded("CreateWriteStream timed out"))?,
             None => call.await,
         };
-        Ok(answer?.into_inner())
+        match answer {
+            Ok(answer) => Ok(answer.into_inner()),
+            Err(status) => Err(self.refused(status, generation).await),
+        }
     }
 
     /// Sends one AppendRows request and waits for its answer. `Err`: the call ended (the
@@ -227,8 +232,17 @@ impl WriteClient {
                 Ok(response)
             }
             Ok(None) => Err(Status::unavailable(CLOSED)),
-            Err(status) => Err(status),
+            Err(status) => Err(self.refused(status, connection.generation).await),
         }
+    }
+
+    /// An UNAUTHENTICATED answer drops the token the call carried (sent at `generation`), so
+    /// the retry after the backoff fetches a new one; any status is passed on.
+    async fn refused(&self, status: Status, generation: u64) -> Status {
+        if status.code() == Code::Unauthenticated {
+            self.credentials.refused(generation).await;
+        }
+        status
     }
 
     /// Opens an AppendRows call whose first request is `first`.
@@ -245,6 +259,7 @@ impl WriteClient {
             .send(first)
             .await
             .map_err(|_| Status::internal("request queue closed"))?;
+        let generation = self.credentials.generation();
         let request = self.request(ReceiverStream::new(rx), stream).await?;
         let mut client = self.client.clone();
         let call = client.append_rows(request);
@@ -253,11 +268,16 @@ impl WriteClient {
                 .await
                 .map_err(|_| Status::deadline_exceeded("AppendRows call did not open in time"))?,
             None => call.await,
-        }?;
+        };
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(status) => return Err(self.refused(status, generation).await),
+        };
         Ok(AppendConnection {
             requests,
             responses: opened.into_inner(),
             descriptor: descriptor.clone(),
+            generation,
         })
     }
 

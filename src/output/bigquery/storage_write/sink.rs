@@ -19,7 +19,7 @@ use crate::output::bigquery::convert::Conversion;
 use crate::output::bigquery::dead_letter::{DeadLetters, Rejected, reject};
 use crate::output::bigquery::destination::TableKey;
 use crate::output::bigquery::schema::Schema;
-use crate::output::bigquery::service::{BigQueryClient, Connection, TokenSource};
+use crate::output::bigquery::service::{BigQueryClient, Connection};
 use crate::output::bigquery::tables::{SchemaSource, Tables, Waiting};
 use bq_storage_proto::prost_types::DescriptorProto;
 use bq_storage_proto::v1::append_rows_response::Response;
@@ -150,10 +150,9 @@ impl StorageWriteSink {
         let grpc = self
             .grpc
             .get_or_try_init(|| async {
-                let tokens = TokenSource::new(&self.connection.auth).await?;
                 WriteClient::new(
                     &self.storage_endpoint,
-                    tokens,
+                    Arc::clone(&self.connection.credentials),
                     self.connection.open_timeout,
                     // An answer that never comes must not hold a chunk forever.
                     Some(
