@@ -155,6 +155,18 @@ const TABLES_CREATED: Def = counter(
     "bqforward_bigquery_tables_created_total",
     "Tables created by auto_create_table.",
 );
+const COLUMNS_ADDED: Def = counter(
+    "bqforward_bigquery_columns_added_total",
+    "Columns added to tables for new fields (schema_update_options ALLOW_FIELD_ADDITION), per table.",
+);
+const SCHEMA_ROWS_HELD: Def = counter(
+    "bqforward_bigquery_schema_rows_held_total",
+    "Rows held because insertAll did not see a new column yet (sent again), per table.",
+);
+const SCHEMA_CONFLICTS: Def = counter(
+    "bqforward_bigquery_schema_conflicts_total",
+    "Rows a schema change could not take (schema_conflict, schema_limit, schema_rejected), per table and reason.",
+);
 const REQUEST_DURATION: &str = "bqforward_bigquery_request_duration_seconds";
 const REQUEST_DURATION_HELP: &str = "insertAll request latency by outcome.";
 const UNMATCHED: Def = counter(
@@ -639,6 +651,14 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// What schema evolution counts per table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SchemaCount {
+    ColumnsAdded,
+    RowsHeld,
+    Conflicts,
+}
+
 /// What happened to rows, for `SinkDetail::rows`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RowFate {
@@ -690,6 +710,8 @@ pub struct SinkDetail {
     requests: Vec<Histogram>,
     tables_created: AtomicU64,
     missing_datasets: Mutex<std::collections::BTreeSet<String>>,
+    /// Schema evolution's counts by table and reason.
+    schema: Mutex<HashMap<(SchemaCount, String, String), u64>>,
 }
 
 impl Default for SinkDetail {
@@ -712,6 +734,7 @@ impl Default for SinkDetail {
             requests,
             tables_created: AtomicU64::new(0),
             missing_datasets: Mutex::new(std::collections::BTreeSet::new()),
+            schema: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -735,6 +758,37 @@ impl SinkDetail {
             return;
         }
         *rows.entry(key).or_default() += n;
+    }
+
+    /// `n` of `what` for `table` (a partition decorator is dropped) and `reason` (empty but
+    /// for conflicts).
+    pub fn schema(&self, what: SchemaCount, table: &str, reason: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let table = table.split('$').next().unwrap_or(table);
+        let Ok(mut counts) = self.schema.lock() else {
+            return;
+        };
+        let key = (what, table.to_owned(), reason.to_owned());
+        if counts.len() >= MAX_SERIES && !counts.contains_key(&key) {
+            *counts
+                .entry((what, OTHER.to_owned(), reason.to_owned()))
+                .or_default() += n;
+            return;
+        }
+        *counts.entry(key).or_default() += n;
+    }
+
+    /// One schema count, all tables and reasons (for tests and logs).
+    pub fn schema_total(&self, what: SchemaCount) -> u64 {
+        self.schema.lock().map_or(0, |counts| {
+            counts
+                .iter()
+                .filter(|((w, _, _), _)| *w == what)
+                .map(|(_, n)| n)
+                .sum()
+        })
     }
 
     pub fn table_created(&self) {
@@ -922,6 +976,25 @@ impl Families {
                 RowFate::Retried => (&ROWS_RETRIED, &labels[..]),
                 RowFate::DeadLettered => (&ROWS_DEAD_LETTERED, &labels[..]),
                 RowFate::Dropped => (&ROWS_DROPPED, &labels[..]),
+            };
+            self.add(def, labels, n as f64);
+        }
+        let schema: Vec<((SchemaCount, String, String), u64)> = sink
+            .detail
+            .schema
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        for ((what, table, reason), n) in schema {
+            let labels = [
+                ("plugin_id", plugin_id),
+                ("table", table.as_str()),
+                ("reason", reason.as_str()),
+            ];
+            let (def, labels) = match what {
+                SchemaCount::ColumnsAdded => (&COLUMNS_ADDED, &labels[..2]),
+                SchemaCount::RowsHeld => (&SCHEMA_ROWS_HELD, &labels[..2]),
+                SchemaCount::Conflicts => (&SCHEMA_CONFLICTS, &labels[..]),
             };
             self.add(def, labels, n as f64);
         }

@@ -46,6 +46,8 @@ pub struct Connection {
 
 pub struct BigQueryClient {
     client: Client,
+    /// For the calls made here directly (`table_meta`, `patch_table`).
+    rest: Rest,
 }
 
 pub struct TableRef<'a> {
@@ -71,6 +73,7 @@ impl BigQueryClient {
             http = http.timeout(timeout);
         }
         let http = http.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let rest = Rest::new(http.clone(), endpoint, auth.clone());
         let mut builder = ClientBuilder::new();
         builder.with_client(http);
         if let Some(endpoint) = endpoint {
@@ -90,7 +93,7 @@ impl BigQueryClient {
             AuthMethod::ComputeEngine => builder.build_with_workload_identity(false).await,
         }
         .map_err(|e| format!("BigQuery credentials: {e}"))?;
-        Ok(Self { client })
+        Ok(Self { client, rest })
     }
 
     /// tabledata.insertAll with a body that is already JSON and gzipped.
@@ -158,6 +161,218 @@ impl BigQueryClient {
             .map_err(failure)?;
         serde_json::to_value(resource.schema)
             .map_err(|e| Failure::Unreadable(format!("table schema: {e}")))
+    }
+}
+
+/// A table's resource as tables.get answers it, with its `etag` (for `If-Match`).
+#[derive(Debug, Clone)]
+pub struct TableMeta {
+    pub resource: serde_json::Value,
+    pub etag: String,
+}
+
+impl BigQueryClient {
+    /// tables.get as raw JSON (gcp-bigquery-client's model drops members a schema patch must
+    /// send back unchanged, such as `policyTags`), with the etag.
+    pub async fn table_meta(&self, table: &TableRef<'_>) -> Result<TableMeta, Failure> {
+        self.rest
+            .table(reqwest::Method::GET, table, None, None)
+            .await
+    }
+
+    /// tables.patch with `body` (e.g. `{"schema": {"fields": [...]}}`), only if the table's
+    /// etag is still `etag`: another writer's change in between is 412 (`Failure::Http` with
+    /// status 412), and nothing is changed. gcp-bigquery-client's patch sends no `If-Match`.
+    pub async fn patch_table(
+        &self,
+        table: &TableRef<'_>,
+        body: &serde_json::Value,
+        etag: &str,
+    ) -> Result<TableMeta, Failure> {
+        self.rest
+            .table(reqwest::Method::PATCH, table, Some(body), Some(etag))
+            .await
+    }
+}
+
+/// The REST calls made without gcp-bigquery-client, with the same HTTP client, endpoint and
+/// credentials.
+struct Rest {
+    http: reqwest::Client,
+    base: String,
+    auth: AuthMethod,
+    token: tokio::sync::OnceCell<Token>,
+}
+
+/// Where bearer tokens come from for `Rest`, per `auth_method` (gcp-bigquery-client keeps its
+/// own authenticator private). yup-oauth2 caches and refreshes tokens.
+enum Token {
+    Fixed(&'static str),
+    Yup(yup_oauth2::authenticator::DefaultAuthenticator),
+    /// The GCE / GKE metadata server, asked each time as gcp-bigquery-client does.
+    Metadata,
+}
+
+const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
+const METADATA_TOKEN: &str =
+    "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token";
+
+impl Rest {
+    fn new(http: reqwest::Client, endpoint: Option<&str>, auth: AuthMethod) -> Self {
+        let base = match endpoint {
+            Some(e) => format!("{}/bigquery/v2", e.trim_end_matches('/')),
+            None => "https://bigquery.googleapis.com/bigquery/v2".to_owned(),
+        };
+        Self {
+            http,
+            base,
+            auth,
+            token: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn source(&self) -> Result<&Token, Failure> {
+        let io = |e: std::io::Error| Failure::Transport(format!("BigQuery credentials: {e}"));
+        self.token
+            .get_or_try_init(|| async {
+                Ok(match &self.auth {
+                    AuthMethod::None => Token::Fixed("bqforward-no-auth"),
+                    AuthMethod::ComputeEngine => Token::Metadata,
+                    AuthMethod::JsonKey(key) => {
+                        let key = if key.trim_start().starts_with('{') {
+                            yup_oauth2::parse_service_account_key(key).map_err(io)?
+                        } else {
+                            yup_oauth2::read_service_account_key(key)
+                                .await
+                                .map_err(io)?
+                        };
+                        Token::Yup(
+                            yup_oauth2::ServiceAccountAuthenticator::builder(key)
+                                .build()
+                                .await
+                                .map_err(io)?,
+                        )
+                    }
+                    AuthMethod::ApplicationDefault => {
+                        use yup_oauth2::authenticator::ApplicationDefaultCredentialsTypes as Adc;
+                        let opts = yup_oauth2::ApplicationDefaultCredentialsFlowOpts::default();
+                        Token::Yup(
+                            match yup_oauth2::ApplicationDefaultCredentialsAuthenticator::builder(
+                                opts,
+                            )
+                            .await
+                            {
+                                Adc::ServiceAccount(b) => b.build().await,
+                                Adc::InstanceMetadata(b) => b.build().await,
+                            }
+                            .map_err(io)?,
+                        )
+                    }
+                })
+            })
+            .await
+    }
+
+    async fn bearer(&self) -> Result<String, Failure> {
+        let denied = |e: String| Failure::Transport(format!("BigQuery credentials: {e}"));
+        match self.source().await? {
+            Token::Fixed(token) => Ok((*token).to_owned()),
+            Token::Yup(auth) => auth
+                .token(&[SCOPE])
+                .await
+                .map_err(|e| denied(e.to_string()))?
+                .token()
+                .map(str::to_owned)
+                .ok_or_else(|| denied("no access token".into())),
+            Token::Metadata => {
+                #[derive(serde::Deserialize)]
+                struct Answer {
+                    access_token: String,
+                }
+                let answer: Answer = self
+                    .http
+                    .get(METADATA_TOKEN)
+                    .header("Metadata-Flavor", "Google")
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                    .map_err(|e| denied(e.to_string()))?
+                    .json()
+                    .await
+                    .map_err(|e| denied(e.to_string()))?;
+                Ok(answer.access_token)
+            }
+        }
+    }
+
+    /// One call on a table resource; Google's JSON error bodies become `Failure::Http`.
+    async fn table(
+        &self,
+        method: reqwest::Method,
+        table: &TableRef<'_>,
+        body: Option<&serde_json::Value>,
+        if_match: Option<&str>,
+    ) -> Result<TableMeta, Failure> {
+        let mut url = reqwest::Url::parse(&self.base)
+            .map_err(|e| Failure::Transport(format!("endpoint {}: {e}", self.base)))?;
+        url.path_segments_mut()
+            .map_err(|()| Failure::Transport(format!("endpoint {} cannot take a path", self.base)))?
+            .extend([
+                "projects",
+                table.project,
+                "datasets",
+                table.dataset,
+                "tables",
+                table.table,
+            ]);
+        let mut request = self
+            .http
+            .request(method, url)
+            .bearer_auth(self.bearer().await?);
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        if let Some(etag) = if_match {
+            request = request.header(reqwest::header::IF_MATCH, etag);
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                Failure::Timeout
+            } else {
+                Failure::Transport(e.to_string())
+            }
+        })?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| Failure::Transport(e.to_string()))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
+            Failure::Unreadable(format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            ))
+        })?;
+        if !(200..300).contains(&status) {
+            let error = &json["error"];
+            return Err(Failure::Http {
+                status,
+                reasons: error["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+                    .collect(),
+                message: error["message"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+        let etag = json["etag"].as_str().unwrap_or_default().to_owned();
+        Ok(TableMeta {
+            resource: json,
+            etag,
+        })
     }
 }
 

@@ -7,6 +7,7 @@
 use super::classify::{RowVerdict, Verdict, classify, classify_row};
 use super::dead_letter::{DeadLetters, Rejected, reject};
 use super::destination::TableKey;
+use super::evolve::{self, Evolution, Rows};
 use super::request_builder::{Request, RequestBuilder, RequestOptions};
 use super::schema::Schema;
 use super::service::{BigQueryClient, Connection, TableRef};
@@ -28,6 +29,8 @@ pub struct BigQuerySink {
     pub tables: Tables,
     pub dead_letters: DeadLetters,
     pub inject: Inject,
+    /// `schema_update_options ALLOW_FIELD_ADDITION`: new fields become columns.
+    pub evolution: Option<Evolution>,
     pub options: RequestOptions,
     /// What metrics read: rows per table and reason, requests, tables, missing datasets.
     pub detail: Arc<SinkDetail>,
@@ -42,6 +45,10 @@ struct Delivery<'a> {
     dead: Vec<Rejected>,
     /// Set once something transient failed: the rest waits for the retry.
     waiting: Option<Waiting>,
+    /// Rows carrying a column insertAll may not see yet (sent in their own requests), sorted.
+    carriers: Vec<u32>,
+    /// Rows held for a new column (or its addition): they wait, the other requests go on.
+    hold: Option<Waiting>,
 }
 
 impl Delivery<'_> {
@@ -77,6 +84,8 @@ impl BigQuerySink {
             keep: Vec::new(),
             dead: Vec::new(),
             waiting: None,
+            carriers: Vec::new(),
+            hold: None,
         };
         if let Some(why) = key.invalid() {
             // A name rendered from a tag or record that BigQuery cannot take: only these rows
@@ -98,6 +107,34 @@ impl BigQuerySink {
         };
         let chunk_hex = chunk.id.hex();
         let mut inject = self.inject.clone();
+        let pending = chunk.pending_indices();
+        let (schema, groups) = match &self.evolution {
+            None => (schema, vec![pending]),
+            Some(evolution) => {
+                let rows = Rows {
+                    entries: &chunk.entries,
+                    indices: &pending,
+                    inject: &mut inject,
+                    conversion: self.options.conversion,
+                };
+                match evolution.plan(client, key, schema, rows).await {
+                    Ok(plan) => {
+                        run.dead.extend(plan.dead);
+                        if let Some(wait) = plan.wait {
+                            run.keep(&self.detail, &plan.waiting, "schema_update");
+                            run.hold = Some(wait);
+                        }
+                        run.carriers = plan.carriers.clone();
+                        (plan.schema, vec![plan.ready, plan.carriers])
+                    }
+                    Err(wait) => {
+                        run.keep(&self.detail, &pending, "schema_update");
+                        run.waiting = Some(wait);
+                        return self.settle(chunk, run).await;
+                    }
+                }
+            }
+        };
         let mut builder = RequestBuilder {
             chunk_hex: &chunk_hex,
             entries: &chunk.entries,
@@ -106,9 +143,11 @@ impl BigQuerySink {
             options: &self.options,
             template_suffix: key.template_suffix.as_deref(),
         };
-        let (requests, rejected) = builder.build(&chunk.pending_indices());
-        run.work = requests.into();
-        run.dead = rejected;
+        for group in groups.iter().filter(|g| !g.is_empty()) {
+            let (requests, rejected) = builder.build(group);
+            run.work.extend(requests);
+            run.dead.extend(rejected);
+        }
         while let Some(request) = run.work.pop_front() {
             if run.waiting.is_some() {
                 // Something transient failed: keep the rest for the retry, don't hammer.
@@ -166,13 +205,36 @@ impl BigQuerySink {
                 }
                 .emit(&self.detail);
                 self.tables.dataset_found(key);
-                self.sort_rows(
+                let held = self.sort_rows(
+                    key,
                     &run.table,
                     &indices,
                     response.insert_errors.unwrap_or_default(),
                     &mut run.keep,
                     &mut run.dead,
                 );
+                let carriers = indices
+                    .first()
+                    .is_some_and(|i| run.carriers.binary_search(i).is_ok());
+                if held > 0 {
+                    events::RowsHeldForSchema {
+                        table: &run.table,
+                        rows: held,
+                    }
+                    .emit(&self.detail);
+                    run.hold.get_or_insert(Waiting {
+                        error: format!(
+                            "rows wait until insertAll sees the new columns of {}",
+                            run.table
+                        ),
+                        after: Some(evolve::HOLD),
+                        quiet: true,
+                    });
+                    return;
+                }
+                if let (true, Some(evolution)) = (carriers, &self.evolution) {
+                    evolution.columns_seen(key);
+                }
                 if run.keep.iter().any(|i| indices.contains(i)) {
                     run.waiting.get_or_insert(Waiting {
                         error: "rows stopped by other rows' errors".into(),
@@ -240,6 +302,7 @@ impl BigQuerySink {
         run.keep.dedup();
         let waiting = run
             .waiting
+            .or(run.hold)
             .unwrap_or_else(|| Waiting::backoff(String::new()));
         Outcome::Retry {
             keep: Some(run.keep),
@@ -249,16 +312,19 @@ impl BigQuerySink {
         }
     }
 
-    /// Sorts a 200 answer's rows: unlisted rows were inserted.
+    /// Sorts a 200 answer's rows: unlisted rows were inserted. Returns how many rows were held
+    /// because insertAll does not see a column the table has yet (schema evolution).
     fn sort_rows(
         &self,
+        key: &TableKey,
         table: &str,
         indices: &[u32],
         errors: Vec<gcp_bigquery_client::model::table_data_insert_all_response_insert_errors::TableDataInsertAllResponseInsertErrors>,
         keep: &mut Vec<u32>,
         dead: &mut Vec<Rejected>,
-    ) {
+    ) -> u64 {
         let mut failed = 0u64;
+        let mut held = 0u64;
         for row in errors {
             let Some(&index) = row
                 .index
@@ -284,6 +350,23 @@ impl BigQuerySink {
                     }
                     .emit(&self.detail);
                 }
+                RowVerdict::DeadLetter
+                    if self.evolution.as_ref().is_some_and(|evolution| {
+                        protos
+                            .iter()
+                            .filter(|p| p.reason.as_deref() != Some("stopped"))
+                            .all(|p| {
+                                evolution.is_unseen_column(
+                                    key,
+                                    p.location.as_deref().unwrap_or(""),
+                                    p.message.as_deref().unwrap_or(""),
+                                )
+                            })
+                    }) =>
+                {
+                    keep.push(index);
+                    held += 1;
+                }
                 RowVerdict::DeadLetter => {
                     let first = protos
                         .iter()
@@ -303,6 +386,7 @@ impl BigQuerySink {
             rows: (indices.len() as u64).saturating_sub(failed),
         }
         .emit(&self.detail);
+        held
     }
 }
 
