@@ -636,9 +636,15 @@ impl Evolution {
             .zip(probes.iter().filter(|p| !waiting.contains(&p.index)))
         {
             if let Some(err) = &p.error {
+                // A missing REQUIRED value is the row's own fault, not a type disagreement.
+                let reason = if err.reason == "missing required field" {
+                    "conversion_error"
+                } else {
+                    "schema_conflict"
+                };
                 plan.dead.push(Rejected {
                     index: p.index,
-                    reason: "schema_conflict".into(),
+                    reason: reason.into(),
                     location: err.field.clone(),
                     message: err.to_string(),
                 });
@@ -678,9 +684,9 @@ impl Evolution {
             }
         }
         plan.waiting = waiting;
-        if !plan.dead.is_empty() {
+        if plan.dead.iter().any(|d| d.reason.starts_with("schema_")) {
             let mut reasons: Vec<(&str, u64)> = Vec::new();
-            for d in &plan.dead {
+            for d in plan.dead.iter().filter(|d| d.reason.starts_with("schema_")) {
                 match reasons.iter_mut().find(|(r, _)| *r == d.reason) {
                     Some((_, n)) => *n += 1,
                     None => reasons.push((d.reason.as_str(), 1)),
@@ -923,14 +929,25 @@ impl Evolution {
         };
         let named = rest.trim_start_matches(':').trim().trim_end_matches('.');
         let path = if location.is_empty() { named } else { location };
-        if path.is_empty() {
+        // `items[2].x` → `items.x`: element indices name no column.
+        let mut dotted = String::with_capacity(path.len());
+        let mut in_index = false;
+        for c in path.chars() {
+            match c {
+                '[' => in_index = true,
+                ']' => in_index = false,
+                c if !in_index => dotted.push(c.to_ascii_lowercase()),
+                _ => {}
+            }
+        }
+        if dotted.is_empty() {
             return false;
         }
         self.known
             .lock()
             .ok()
             .and_then(|known| known.get(&table_name(key)).cloned())
-            .is_some_and(|schema| has_dotted(&schema, &path.to_ascii_lowercase()))
+            .is_some_and(|schema| has_dotted(&schema, &dotted))
     }
 
     /// Rows carrying the table's fresh columns landed: insertAll sees them now, so rows
@@ -1103,4 +1120,288 @@ fn name_problem(name: &str) -> Option<String> {
             p.to_uppercase()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventTime};
+    use serde_json::json;
+
+    fn msgpack(value: &Value) -> Vec<u8> {
+        rmp_serde::to_vec(value).unwrap()
+    }
+
+    fn infer_json(value: Value, rules: &TypeRules) -> Inferred {
+        let bytes = msgpack(&value);
+        let mut cur = Cursor::new(&bytes);
+        let inferred = infer(&mut cur, "f", rules, 1).unwrap();
+        assert_eq!(cur.position(), bytes.len(), "the value is consumed");
+        inferred
+    }
+
+    fn field(name: &str, ty: FieldType, mode: FieldMode) -> Field {
+        Field {
+            name: name.into(),
+            field_type: ty,
+            mode,
+            fields: Vec::new(),
+        }
+    }
+
+    fn ty(value: Value) -> Option<(FieldType, bool)> {
+        infer_json(value, &TypeRules::default())
+            .unwrap()
+            .map(|c| (c.ty, c.repeated))
+    }
+
+    #[test]
+    fn values_infer_their_column() {
+        use FieldType::*;
+        assert_eq!(ty(json!("x")), Some((String, false)));
+        assert_eq!(ty(json!(-3)), Some((Integer, false)));
+        assert_eq!(ty(json!(u64::MAX)), Some((Numeric, false)));
+        assert_eq!(ty(json!(1.5)), Some((Float, false)));
+        assert_eq!(ty(json!(true)), Some((Boolean, false)));
+        assert_eq!(ty(json!(["a", null, "b"])), Some((String, true)));
+        // Mixed integers and floats widen to FLOAT.
+        assert_eq!(ty(json!([1, 2.5])), Some((Float, true)));
+        // Nothing to tell the type from: no column.
+        for untyped in [
+            json!(null),
+            json!([]),
+            json!({}),
+            json!([null]),
+            json!({"a": null}),
+        ] {
+            assert_eq!(ty(untyped.clone()), None, "{untyped}");
+        }
+        let record = infer_json(
+            json!({"a": 1, "b": {"c": "x"}, "n": null}),
+            &TypeRules::default(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(record.ty, Record);
+        let names: Vec<&str> = record.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(record.fields[1].fields[0].field_type, String);
+        // An array of maps is a REPEATED RECORD with the union of their fields.
+        let items = infer_json(json!([{"a": 1}, {"b": true}]), &TypeRules::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (items.ty, items.repeated, items.fields.len()),
+            (Record, true, 2)
+        );
+    }
+
+    #[test]
+    fn event_time_is_a_timestamp() {
+        let mut bytes = Vec::new();
+        rmp::encode::write_ext_meta(&mut bytes, 8, 0).unwrap();
+        bytes.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+        let mut cur = Cursor::new(&bytes);
+        let column = infer(&mut cur, "t", &TypeRules::default(), 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(column.map(|c| c.ty), Some(FieldType::Timestamp));
+    }
+
+    #[test]
+    fn what_bigquery_cannot_have_is_refused_with_why() {
+        let arrays = infer_json(json!([[1, 2]]), &TypeRules::default()).unwrap_err();
+        assert!(arrays.contains("arrays of arrays"), "{arrays}");
+        let mut deep = json!(1);
+        for _ in 0..MAX_DEPTH {
+            deep = json!({ "d": deep });
+        }
+        let err = infer_json(deep, &TypeRules::default()).unwrap_err();
+        assert!(err.contains("15 levels"), "{err}");
+        // 14 more levels under a top-level column: 15 in all, allowed.
+        let mut ok = json!(1);
+        for _ in 0..MAX_DEPTH - 1 {
+            ok = json!({ "d": ok });
+        }
+        assert!(infer_json(ok, &TypeRules::default()).is_ok());
+        assert!(name_problem("_PARTITIONTIME").is_some());
+        assert!(name_problem(&"x".repeat(301)).is_some());
+        assert!(name_problem("").is_some());
+        assert_eq!(name_problem("user_id"), None);
+    }
+
+    #[test]
+    fn patterns_name_the_type_first_match_wins() {
+        let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
+        };
+        let rules = TypeRules::parse(&pairs(&[
+            ("*_at", "TIMESTAMP"),
+            ("f", "string"),
+            ("*", "JSON"),
+        ]))
+        .unwrap();
+        assert_eq!(rules.type_for("created_AT"), Some(FieldType::Timestamp));
+        assert_eq!(rules.type_for("user.seen_at"), Some(FieldType::Timestamp));
+        assert_eq!(rules.type_for("other"), Some(FieldType::Json));
+        // The rule's type, REPEATED for an array.
+        let c = infer_json(json!([1, 2]), &rules).unwrap().unwrap();
+        assert_eq!((c.ty, c.repeated), (FieldType::String, true));
+        let err = TypeRules::parse(&pairs(&[("x", "RECORD")])).unwrap_err();
+        assert!(err.contains("RECORD is inferred"), "{err}");
+        let err = TypeRules::parse(&pairs(&[("x", "TEXT")])).unwrap_err();
+        assert!(err.contains("unknown type 'TEXT'"), "{err}");
+        assert!(TypeRules::parse(&pairs(&[("[", "STRING")])).is_err());
+    }
+
+    #[test]
+    fn widening_follows_what_bigquery_converts() {
+        let c = |ty, repeated| Column {
+            ty,
+            repeated,
+            fields: Vec::new(),
+        };
+        use FieldType::*;
+        assert_eq!(
+            unify(&c(Integer, false), &c(Float, false)).map(|u| u.ty),
+            Some(Float)
+        );
+        assert_eq!(
+            unify(&c(Numeric, false), &c(Integer, false)).map(|u| u.ty),
+            Some(Numeric)
+        );
+        assert_eq!(unify(&c(Integer, false), &c(String, false)), None);
+        assert_eq!(unify(&c(String, true), &c(String, false)), None);
+        let mut fields = vec![field("a", Integer, FieldMode::Nullable)];
+        merge_field(&mut fields, field("A", Float, FieldMode::Nullable));
+        merge_field(&mut fields, field("b", Boolean, FieldMode::Nullable));
+        merge_field(&mut fields, field("b", String, FieldMode::Nullable));
+        assert_eq!(
+            fields,
+            vec![
+                field("a", Float, FieldMode::Nullable),
+                field("b", Boolean, FieldMode::Nullable)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_patch_keeps_what_the_table_said_of_its_fields() {
+        let mut raw = vec![
+            json!({"name": "msg", "type": "STRING", "description": "kept", "policyTags": {"names": ["t"]}}),
+            json!({"name": "user", "type": "RECORD", "fields": [{"name": "id", "type": "INTEGER"}]}),
+        ];
+        insert_raw(
+            &mut raw,
+            &["level".into()],
+            json!({"name": "level", "type": "INTEGER"}),
+        );
+        insert_raw(
+            &mut raw,
+            &["USER".into(), "email".into()],
+            json!({"name": "email", "type": "STRING"}),
+        );
+        assert_eq!(raw[0]["description"], "kept");
+        assert_eq!(raw[0]["policyTags"], json!({"names": ["t"]}));
+        assert_eq!(raw[1]["fields"][1]["name"], "email");
+        assert_eq!(raw[2]["name"], "level");
+        let f = field_json(&field("tags", FieldType::String, FieldMode::Repeated));
+        assert_eq!(
+            f,
+            json!({"name": "tags", "type": "STRING", "mode": "REPEATED"})
+        );
+    }
+
+    #[test]
+    fn the_probe_finds_nested_new_fields_and_conflicts() {
+        let schema = Schema::from_json(&json!([
+            {"name": "n", "type": "INTEGER"},
+            {"name": "user", "type": "RECORD", "fields": [{"name": "id", "type": "INTEGER"}]},
+            {"name": "items", "type": "RECORD", "mode": "REPEATED", "fields": [{"name": "k", "type": "STRING"}]},
+        ]))
+        .unwrap();
+        let records = [
+            json!({"n": 1, "user": {"id": 2, "email": "e"}, "items": [{"k": "a", "v": 1.5}], "top": [true]}),
+            json!({"n": "x"}),
+        ];
+        let entries: Vec<Entry> = records
+            .iter()
+            .map(|r| Entry {
+                tag: "t".into(),
+                event: Event {
+                    time: EventTime::new(1, 0),
+                    record: msgpack(r).into(),
+                },
+            })
+            .collect();
+        let mut inject = Inject::default();
+        let mut rows = Rows {
+            entries: &entries,
+            indices: &[0, 1],
+            inject: &mut inject,
+            conversion: Conversion::Strict,
+        };
+        let probes = probe_rows(&schema, &mut rows, &TypeRules::default());
+        let found: Vec<(String, Option<FieldType>, bool)> = probes[0]
+            .found
+            .iter()
+            .map(|f| {
+                let c = f.column.clone().unwrap().unwrap();
+                (f.path.join("."), Some(c.ty), c.repeated)
+            })
+            .collect();
+        // (serde_json writes the record's keys sorted.)
+        assert_eq!(
+            found,
+            [
+                ("items.v".to_owned(), Some(FieldType::Float), false),
+                ("top".to_owned(), Some(FieldType::Boolean), true),
+                ("user.email".to_owned(), Some(FieldType::String), false),
+            ]
+        );
+        assert!(probes[0].error.is_none());
+        let err = probes[1].error.as_ref().unwrap();
+        assert_eq!(err.field, "n");
+    }
+
+    #[test]
+    fn keys_the_table_lacks_without_a_value_are_left_out_of_rows() {
+        let schema = Schema::from_json(&json!([
+            {"name": "a", "type": "STRING"},
+            {"name": "r", "type": "RECORD", "fields": [{"name": "x", "type": "STRING"}]},
+        ]))
+        .unwrap();
+        let record = msgpack(
+            &json!({"a": "x", "e": [], "k": 1, "m": {}, "n": null, "r": {"u": null, "x": "y"}}),
+        );
+        let mut writer = super::super::rows::RowWriter::new(Some(&schema), Conversion::Strict);
+        writer.drop_untyped_unknown();
+        let mut out = Vec::new();
+        writer.write(&record, &[], &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":"x","k":1,"r":{"x":"y"}}"#
+        );
+        // Without schema evolution they are written, for BigQuery to judge.
+        let mut plain = super::super::rows::RowWriter::new(Some(&schema), Conversion::Strict);
+        let mut out = Vec::new();
+        plain.write(&record, &[], &mut out).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains(r#""n":null"#));
+    }
+
+    #[test]
+    fn fresh_columns_are_left_out_of_the_settled_schema() {
+        let schema = Arc::new(
+            Schema::from_json(&json!([
+                {"name": "a", "type": "STRING"},
+                {"name": "r", "type": "RECORD", "fields": [{"name": "x", "type": "STRING"}, {"name": "y", "type": "STRING"}]},
+            ]))
+            .unwrap(),
+        );
+        let settled = without(&schema, &[("r.y".into(), Instant::now())]);
+        assert!(has_dotted(&settled, "r.x"));
+        assert!(!has_dotted(&settled, "r.y"));
+        assert!(has_dotted(&schema, "R.Y".to_ascii_lowercase().as_str()));
+        assert_eq!(count_fields(&schema.fields), 4);
+    }
 }
