@@ -613,15 +613,43 @@ fn next_is_nil(cur: &mut Cursor<'_>) -> Result<bool, MsgpackError> {
     Ok(nil)
 }
 
-/// Consumes the next value if it is null, `[]` or `{}`; leaves the cursor where it was
-/// otherwise.
+/// Consumes the next value if it holds no value at all (null, or arrays and maps of only
+/// such values: `[]`, `{}`, `[null]`, `{"a": null}`); leaves the cursor where it was otherwise.
 fn next_is_untyped(cur: &mut Cursor<'_>) -> Result<bool, MsgpackError> {
     let pos = cur.position();
-    let untyped = matches!(cur.head()?, Head::Nil | Head::Array(0) | Head::Map(0));
+    let untyped = untyped_value(cur, DEFAULT_MAX_DEPTH)?;
     if !untyped {
         cur.set_position(pos);
     }
     Ok(untyped)
+}
+
+/// Reads one value; true if it holds no value (the cursor is then past it).
+fn untyped_value(cur: &mut Cursor<'_>, depth: usize) -> Result<bool, MsgpackError> {
+    if depth == 0 {
+        return Ok(false);
+    }
+    match cur.head()? {
+        Head::Nil => Ok(true),
+        Head::Array(n) => {
+            for _ in 0..n {
+                if !untyped_value(cur, depth - 1)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Head::Map(n) => {
+            for _ in 0..n {
+                cur.skip_value(DEFAULT_MAX_DEPTH)?;
+                if !untyped_value(cur, depth - 1)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// The msgpack bytes of the value whose head began at `start` (payload of a scalar already

@@ -1371,16 +1371,17 @@ mod tests {
             {"name": "r", "type": "RECORD", "fields": [{"name": "x", "type": "STRING"}]},
         ]))
         .unwrap();
-        let record = msgpack(
-            &json!({"a": "x", "e": [], "k": 1, "m": {}, "n": null, "r": {"u": null, "x": "y"}}),
-        );
+        let record = msgpack(&json!({
+            "a": "x", "e": [], "k": 1, "l": [null], "m": {}, "n": null, "o": {"p": [null]},
+            "r": {"u": null, "x": "y"}, "z": [null, 1]
+        }));
         let mut writer = super::super::rows::RowWriter::new(Some(&schema), Conversion::Strict);
         writer.drop_untyped_unknown();
         let mut out = Vec::new();
         writer.write(&record, &[], &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"a":"x","k":1,"r":{"x":"y"}}"#
+            r#"{"a":"x","k":1,"r":{"x":"y"},"z":[null,1]}"#
         );
         // Without schema evolution they are written, for BigQuery to judge.
         let mut plain = super::super::rows::RowWriter::new(Some(&schema), Conversion::Strict);
