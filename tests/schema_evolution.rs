@@ -161,7 +161,7 @@ fn records_gaining_fields_mid_stream_land_with_every_field() {
     let server = Server::start(&config(
         &emulator,
         "web",
-        r#"schema_update_types {"*_at": "TIMESTAMP"}"#,
+        "schema_update_types {\"*_at\": \"TIMESTAMP\"}\n  <inject>\n    time_key logged\n  </inject>",
     ));
     let metrics = metrics_port(&server);
     let mut records: Vec<Value> = (0..20)
@@ -205,6 +205,8 @@ fn records_gaining_fields_mid_stream_land_with_every_field() {
         ("retries", "INTEGER", "NULLABLE"),
         ("created_at", "TIMESTAMP", "NULLABLE"),
         ("ratio", "FLOAT", "NULLABLE"),
+        // <inject>'s event time.
+        ("logged", "TIMESTAMP", "NULLABLE"),
     ] {
         assert_eq!(column(&cols, name), (ty.into(), mode.into()), "{name}");
     }
@@ -214,6 +216,8 @@ fn records_gaining_fields_mid_stream_land_with_every_field() {
     );
     for (i, row) in rows.iter().enumerate() {
         assert_eq!(row["seq"], i.to_string());
+        let logged: f64 = row["logged"].as_str().unwrap_or("0").parse().unwrap();
+        assert!(logged > 1.7e9, "{row}");
         if i < 20 {
             assert_eq!(row["msg"], format!("plain {i}"));
             assert!(row["user"].is_null(), "{row}");
@@ -237,9 +241,9 @@ fn records_gaining_fields_mid_stream_land_with_every_field() {
         "bqforward_bigquery_columns_added_total",
         &[("table", "proj.logs.web")],
     );
-    // user (with user.id, user.name, user.geo, user.geo.lat), tags, latency, ok, retries,
-    // created_at, ratio: counted as columns added by a patch (a RECORD counts once).
-    assert_eq!(added, Some(7.0), "added columns metric");
+    // logged, user (with user.id, user.name, user.geo, user.geo.lat), tags, latency, ok,
+    // retries, created_at, ratio: counted as columns added by a patch (a RECORD counts once).
+    assert_eq!(added, Some(8.0), "added columns metric");
 }
 
 #[test]
