@@ -562,7 +562,7 @@ impl Evolution {
         let slot = self.slot(key);
         let mut state = slot.lock().await;
         if state.as_ref().is_none_or(|s| s.read_at.elapsed() > REFRESH) {
-            match self.read(client, key, state.take()).await {
+            match self.read(client, key, state.as_ref()).await {
                 Ok(Some(fresh)) => *state = Some(fresh),
                 Ok(None) => {
                     return Ok(Plan {
@@ -571,7 +571,14 @@ impl Evolution {
                         ..Plan::default()
                     });
                 }
-                Err(wait) => return Err(wait),
+                Err(wait) => match state.as_mut() {
+                    // As fetch_schema does: keep the schema read before when a refresh fails.
+                    Some(old) => {
+                        tracing::warn!(output = %self.id, table = %table_name(key), error = %wait.error, "schema refresh failed; using the schema read before");
+                        old.read_at = Instant::now();
+                    }
+                    None => return Err(wait),
+                },
             }
         }
         let Some(table) = state.as_mut() else {
@@ -704,6 +711,15 @@ impl Evolution {
         Ok(plan)
     }
 
+    /// The fields `rows` bring that `schema` lacks, merged and widened across rows as `plan`
+    /// would add them, without adding them: for an output that lets BigQuery add them (a
+    /// load job's `schemaUpdateOptions` with a schema that names them). Each is its path
+    /// (names from the top, its own last) and field.
+    pub fn new_fields(&self, schema: &Schema, mut rows: Rows<'_>) -> Vec<(Vec<String>, Field)> {
+        let probes = probe_rows(schema, &mut rows, &self.rules);
+        self.additions(schema, &probes).0
+    }
+
     /// The new fields the rows bring (merged and widened across rows, in the order first
     /// seen), and those BigQuery could not have (lower-cased dotted path → why).
     fn additions(
@@ -755,12 +771,12 @@ impl Evolution {
         &self,
         client: &BigQueryClient,
         key: &TableKey,
-        previous: Option<TableState>,
+        previous: Option<&TableState>,
     ) -> Result<Option<TableState>, Waiting> {
         match client.table_meta(&table_ref(key)).await {
             Ok(meta) => {
                 let fresh = previous.map(|p| {
-                    let mut fresh = p.fresh;
+                    let mut fresh = p.fresh.clone();
                     let now = Instant::now();
                     if let Ok(state) = state_from(&meta, Vec::new()) {
                         for path in all_paths(&state.schema.fields) {
@@ -880,8 +896,7 @@ impl Evolution {
                     || (status == 400 && message.contains("is missing in new schema")) =>
                 {
                     tracing::info!(output = %self.id, table = %name, status, "another writer changed the table; reading it again to add the columns beside its own");
-                    let previous = std::mem::replace(table, placeholder());
-                    match self.read(client, key, Some(previous)).await? {
+                    match self.read(client, key, Some(table)).await? {
                         Some(state) => *table = state,
                         None => {
                             return Err(Waiting::backoff(format!("table {name} disappeared")));
@@ -967,17 +982,6 @@ fn mode_prefix(field: &Field) -> &'static str {
         "REPEATED "
     } else {
         ""
-    }
-}
-
-/// An empty state, only held while the real one is read again.
-fn placeholder() -> TableState {
-    TableState {
-        schema: Arc::new(Schema::default()),
-        raw_fields: Vec::new(),
-        etag: String::new(),
-        read_at: Instant::now(),
-        fresh: Vec::new(),
     }
 }
 
