@@ -21,6 +21,7 @@ use crate::internal_events::bigquery as events;
 use crate::metrics::SinkDetail;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -348,15 +349,24 @@ struct Probe<'r> {
     time_keys: &'r [String],
     /// Names of the RECORDs open around the current key.
     open: Vec<String>,
-    current: Option<String>,
+    /// The last key, copied only where cheap: a top-level key's name is shared, a nested
+    /// key's is written into `nested` (reused), since a value is rarely unknown.
+    current: Current,
+    nested: String,
     found: Vec<Found>,
 }
 
-impl Encoder for Probe<'_> {
-    type Key = String;
+enum Current {
+    None,
+    Top(Rc<str>),
+    Nested,
+}
 
-    fn make_key(&self, name: &[u8], _target: Target<'_>) -> String {
-        String::from_utf8_lossy(name).into_owned()
+impl Encoder for Probe<'_> {
+    type Key = Rc<str>;
+
+    fn make_key(&self, name: &[u8], _target: Target<'_>) -> Rc<str> {
+        Rc::from(String::from_utf8_lossy(name).as_ref())
     }
     fn begin_row(&mut self) -> Result<(), Stop> {
         self.open.clear();
@@ -365,24 +375,28 @@ impl Encoder for Probe<'_> {
     fn end_row(&mut self) -> Result<(), Stop> {
         Ok(())
     }
-    fn key(&mut self, key: &String) -> Result<(), Stop> {
-        self.current = Some(key.clone());
+    fn key(&mut self, key: &Rc<str>) -> Result<(), Stop> {
+        self.current = Current::Top(Rc::clone(key));
         Ok(())
     }
     fn nested_key(&mut self, name: &[u8], _target: Target<'_>) -> Result<(), Stop> {
-        self.current = Some(String::from_utf8_lossy(name).into_owned());
+        self.nested.clear();
+        self.nested.push_str(&String::from_utf8_lossy(name));
+        self.current = Current::Nested;
         Ok(())
     }
     fn raw_key(&mut self, _key: &[u8]) -> Result<(), Stop> {
-        self.current = None;
+        self.current = Current::None;
         Ok(())
     }
     fn value(&mut self, _field: &Field, _cell: Cell<'_>) -> Result<(), Stop> {
         Ok(())
     }
     fn unknown(&mut self, value: &[u8]) -> Result<(), Stop> {
-        let Some(name) = self.current.take() else {
-            return Ok(());
+        let name = match std::mem::replace(&mut self.current, Current::None) {
+            Current::None => return Ok(()),
+            Current::Top(name) => name.to_string(),
+            Current::Nested => self.nested.clone(),
         };
         let mut path = self.open.clone();
         path.push(name);
@@ -437,9 +451,34 @@ struct RowProbe {
 }
 
 fn probe_rows(schema: &Schema, rows: &mut Rows<'_>, rules: &TypeRules) -> Vec<RowProbe> {
-    let mut converter: RowConverter<'_, String> = RowConverter::new(schema, rows.conversion);
+    let mut converter: RowConverter<'_, Rc<str>> = RowConverter::new(schema, rows.conversion);
     let mut scratch = String::new();
-    let mut time_keys: Vec<String> = Vec::new();
+    // The injected fields carrying the event time: the same for every row.
+    let time_keys: Vec<String> = match rows
+        .indices
+        .first()
+        .and_then(|&i| rows.entries.get(i as usize))
+    {
+        Some(entry) => {
+            let mut extras = Extras::default();
+            rows.inject
+                .extras_into(&entry.tag, entry.event.time, &mut scratch, &mut extras);
+            extras
+                .iter()
+                .filter(|(_, e)| matches!(e, Extra::Time(_)))
+                .map(|(name, _)| (*name).to_owned())
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let mut probe = Probe {
+        rules,
+        time_keys: &time_keys,
+        open: Vec::new(),
+        current: Current::None,
+        nested: String::new(),
+        found: Vec::new(),
+    };
     let mut out = Vec::with_capacity(rows.indices.len());
     for &index in rows.indices {
         let Some(entry) = rows.entries.get(index as usize) else {
@@ -448,20 +487,6 @@ fn probe_rows(schema: &Schema, rows: &mut Rows<'_>, rules: &TypeRules) -> Vec<Ro
         let mut extras = Extras::default();
         rows.inject
             .extras_into(&entry.tag, entry.event.time, &mut scratch, &mut extras);
-        if time_keys.is_empty() {
-            time_keys = extras
-                .iter()
-                .filter(|(_, e)| matches!(e, Extra::Time(_)))
-                .map(|(name, _)| (*name).to_owned())
-                .collect();
-        }
-        let mut probe = Probe {
-            rules,
-            time_keys: &time_keys,
-            open: Vec::new(),
-            current: None,
-            found: Vec::new(),
-        };
         let error = match converter.convert(&entry.event.record, &extras, &mut probe) {
             Ok(()) => None,
             Err(Stop::Row(err)) => Some(err),
@@ -470,7 +495,7 @@ fn probe_rows(schema: &Schema, rows: &mut Rows<'_>, rules: &TypeRules) -> Vec<Ro
         };
         out.push(RowProbe {
             index,
-            found: probe.found,
+            found: std::mem::take(&mut probe.found),
             error,
         });
     }
