@@ -728,7 +728,11 @@ impl Evolution {
                 output: &self.id,
                 table: &table_name(key),
                 reasons: &reasons,
-                first: plan.dead.first().map_or("", |d| d.message.as_str()),
+                first: plan
+                    .dead
+                    .iter()
+                    .find(|d| d.reason.starts_with("schema_"))
+                    .map_or("", |d| d.message.as_str()),
             }
             .emit(&self.detail);
         }

@@ -402,3 +402,114 @@ fn failure(err: BQError) -> Failure {
         other => Failure::Transport(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One HTTP/1.1 exchange per connection: returns the request's head and body.
+    async fn read_request(stream: &mut tokio::net::TcpStream) -> (String, String) {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return (head.to_owned(), body.to_owned());
+                }
+            }
+            if n == 0 {
+                return (text, String::new());
+            }
+        }
+    }
+
+    /// A service-account key (a fresh RSA key from the openssl command) whose token_uri is
+    /// a local server, which answers tokens and tables.patch and keeps what it was sent:
+    /// the patch carries the key's token and the etag.
+    #[tokio::test]
+    async fn patch_table_sends_the_json_key_token_and_the_etag() {
+        let Ok(out) = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .output()
+        else {
+            eprintln!("SKIP: no openssl command to make a key with");
+            return;
+        };
+        let pem = String::from_utf8(out.stdout).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let (head, body) = read_request(&mut stream).await;
+                let answer = if head.starts_with("POST /token") {
+                    r#"{"access_token":"tok-123","expires_in":3600,"token_type":"Bearer"}"#
+                } else {
+                    r#"{"etag":"e2","schema":{"fields":[{"name":"a","type":"STRING"}]}}"#
+                };
+                log.lock().unwrap().push((head, body));
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                stream.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        let key = serde_json::json!({
+            "type": "service_account", "project_id": "p", "private_key_id": "1",
+            "private_key": pem, "client_email": "b@p.iam.gserviceaccount.com",
+            "client_id": "1", "token_uri": format!("http://127.0.0.1:{port}/token"),
+        });
+        let rest = Rest::new(
+            reqwest::Client::new(),
+            Some(&format!("http://127.0.0.1:{port}")),
+            AuthMethod::JsonKey(key.to_string()),
+        );
+        let table = TableRef {
+            project: "p",
+            dataset: "d",
+            table: "t",
+        };
+        let body = serde_json::json!({"schema": {"fields": []}});
+        let meta = rest
+            .table(reqwest::Method::PATCH, &table, Some(&body), Some("e1"))
+            .await
+            .unwrap();
+        assert_eq!(meta.etag, "e2");
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(
+            seen[0]
+                .1
+                .contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"),
+            "{seen:?}"
+        );
+        let head = seen[1].0.to_ascii_lowercase();
+        assert!(
+            head.starts_with("patch /bigquery/v2/projects/p/datasets/d/tables/t "),
+            "{head}"
+        );
+        assert!(head.contains("authorization: bearer tok-123"), "{head}");
+        assert!(head.contains("if-match: e1"), "{head}");
+    }
+}
