@@ -512,6 +512,9 @@ pub struct Plan {
     /// Rows carrying a column that insertAll may not see yet: send them in their own
     /// requests, so that "no such field" for them holds only them (`Evolution::is_unseen_column`).
     pub carriers: Vec<u32>,
+    /// The fresh columns (lower-cased dotted paths) the carriers carry: once a request of
+    /// them lands, `columns_seen` with these.
+    pub carried: Vec<String>,
     /// Rows that cannot land as they are: a value its column cannot take (`schema_conflict`),
     /// a column BigQuery cannot have (`schema_limit`) or refused (`schema_rejected`).
     pub dead: Vec<Rejected>,
@@ -703,12 +706,18 @@ impl Evolution {
                 });
                 continue;
             }
-            let carries = before.found.iter().any(|f| {
+            let mut carries = false;
+            for f in &before.found {
                 let dotted = f.path.join(".").to_ascii_lowercase();
-                fresh
-                    .iter()
-                    .any(|p| dotted == *p || dotted.starts_with(&format!("{p}.")))
-            });
+                for p in &fresh {
+                    if (dotted == *p || dotted.starts_with(&format!("{p}.")))
+                        && !plan.carried.contains(p)
+                    {
+                        plan.carried.push(p.clone());
+                    }
+                    carries |= dotted == *p || dotted.starts_with(&format!("{p}."));
+                }
+            }
             if carries {
                 plan.carriers.push(p.index);
             } else {
@@ -994,14 +1003,15 @@ impl Evolution {
             .is_some_and(|schema| has_dotted(&schema, &dotted))
     }
 
-    /// Rows carrying the table's fresh columns landed: insertAll sees them now, so rows
-    /// carrying them need not be sent apart any more.
-    pub fn columns_seen(&self, key: &TableKey) {
+    /// Rows carrying the fresh columns `paths` (`Plan::carried`) landed: insertAll sees them
+    /// now, so rows carrying them need not be sent apart any more. (Skipped while another
+    /// delivery holds the table: they stay fresh a little longer, which costs nothing.)
+    pub fn columns_seen(&self, key: &TableKey, paths: &[String]) {
         let slot = self.slot(key);
         if let Ok(mut state) = slot.try_lock()
             && let Some(table) = state.as_mut()
         {
-            table.fresh.clear();
+            table.fresh.retain(|(p, _)| !paths.contains(p));
         }
     }
 }

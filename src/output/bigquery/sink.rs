@@ -47,6 +47,8 @@ struct Delivery<'a> {
     waiting: Option<Waiting>,
     /// Rows carrying a column insertAll may not see yet (sent in their own requests), sorted.
     carriers: Vec<u32>,
+    /// The fresh columns the carriers carry.
+    carried: Vec<String>,
     /// Rows held for a new column (or its addition): they wait, the other requests go on.
     hold: Option<Waiting>,
 }
@@ -85,6 +87,7 @@ impl BigQuerySink {
             dead: Vec::new(),
             waiting: None,
             carriers: Vec::new(),
+            carried: Vec::new(),
             hold: None,
         };
         if let Some(why) = key.invalid() {
@@ -125,6 +128,7 @@ impl BigQuerySink {
                             run.hold = Some(wait);
                         }
                         run.carriers = plan.carriers.clone();
+                        run.carried = plan.carried;
                         (plan.schema, vec![plan.ready, plan.carriers])
                     }
                     Err(wait) => {
@@ -233,7 +237,7 @@ impl BigQuerySink {
                     return;
                 }
                 if let (true, Some(evolution)) = (carriers, &self.evolution) {
-                    evolution.columns_seen(key);
+                    evolution.columns_seen(key, &run.carried);
                 }
                 if run.keep.iter().any(|i| indices.contains(i)) {
                     run.waiting.get_or_insert(Waiting {
