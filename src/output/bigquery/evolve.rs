@@ -246,6 +246,7 @@ fn infer(
             let mut fields: Vec<Field> = Vec::new();
             let mut refused = None;
             for _ in 0..pairs {
+                let key_at = cur.position();
                 let key = match cur.head()? {
                     Head::Str(n) => {
                         let r = cur.take(n as usize)?;
@@ -255,9 +256,11 @@ fn infer(
                         let r = cur.take(n as usize)?;
                         String::from_utf8_lossy(cur.slice(r)).into_owned()
                     }
-                    other => {
-                        // A key that is not a string never names a column: skip its value.
-                        let _ = other;
+                    _ => {
+                        // A key that is not a string never names a column: skip it and its
+                        // value.
+                        cur.set_position(key_at);
+                        cur.skip_value(DEFAULT_MAX_DEPTH)?;
                         cur.skip_value(DEFAULT_MAX_DEPTH)?;
                         continue;
                     }
@@ -1229,6 +1232,26 @@ mod tests {
         let names: Vec<&str> = record.fields.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(record.fields[1].fields[0].field_type, String);
+        // Keys that are not strings (even containers) are skipped with their values.
+        let mut bytes = Vec::new();
+        rmp::encode::write_map_len(&mut bytes, 3).unwrap();
+        rmp::encode::write_array_len(&mut bytes, 1).unwrap();
+        rmp::encode::write_sint(&mut bytes, 1).unwrap();
+        rmp::encode::write_str(&mut bytes, "v").unwrap();
+        rmp::encode::write_sint(&mut bytes, 7).unwrap();
+        rmp::encode::write_bool(&mut bytes, true).unwrap();
+        rmp::encode::write_str(&mut bytes, "k").unwrap();
+        rmp::encode::write_sint(&mut bytes, 2).unwrap();
+        let mut cur = Cursor::new(&bytes);
+        let column = infer(&mut cur, "f", &TypeRules::default(), 1)
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(cur.position(), bytes.len());
+        assert_eq!(
+            column.fields,
+            vec![field("k", Integer, FieldMode::Nullable)]
+        );
         // An array of maps is a REPEATED RECORD with the union of their fields.
         let items = infer_json(json!([{"a": 1}, {"b": true}]), &TypeRules::default())
             .unwrap()
