@@ -1456,6 +1456,66 @@ mod tests {
         assert!(String::from_utf8(out).unwrap().contains(r#""n":null"#));
     }
 
+    /// BigQuery's 10,000 columns: what would pass it is refused before any request (the
+    /// endpoint here answers nothing), the rest would be patched.
+    #[tokio::test]
+    async fn columns_past_bigquerys_limit_are_refused_without_a_request() {
+        let client = BigQueryClient::connect(&super::super::service::Connection {
+            auth: super::super::service::AuthMethod::None,
+            endpoint: Some("http://127.0.0.1:9".into()),
+            request_timeout: Some(Duration::from_secs(2)),
+            open_timeout: Duration::from_secs(2),
+        })
+        .await
+        .unwrap();
+        let fields: Vec<Field> = (0..MAX_COLUMNS - 2)
+            .map(|i| field(&format!("c{i}"), FieldType::String, FieldMode::Nullable))
+            .collect();
+        let mut table = TableState {
+            raw_fields: Vec::new(),
+            schema: Arc::new(Schema { fields }),
+            etag: "e".into(),
+            read_at: Instant::now(),
+            fresh: Vec::new(),
+        };
+        let mut record = field("r", FieldType::Record, FieldMode::Nullable);
+        record.fields = vec![
+            field("a", FieldType::String, FieldMode::Nullable),
+            field("b", FieldType::String, FieldMode::Nullable),
+        ];
+        let key = TableKey {
+            project: "p".into(),
+            dataset: "d".into(),
+            table: "t".into(),
+            template_suffix: None,
+            schema_path: None,
+            schema_table: None,
+        };
+        let evolution = Evolution::new("o".into(), TypeRules::default(), Arc::default());
+        let Ok(refused) = evolution
+            .add(&client, &key, &mut table, vec![(vec!["r".into()], record)])
+            .await
+        else {
+            panic!("refusing made a request");
+        };
+        let (reason, message) = &refused["r"];
+        assert_eq!(reason, "schema_limit");
+        assert!(message.contains("10000 columns (it has 9998)"), "{message}");
+        // One that fits is patched: here the endpoint does not answer, so the rows wait.
+        let one = field("x", FieldType::String, FieldMode::Nullable);
+        let Err(wait) = evolution
+            .add(&client, &key, &mut table, vec![(vec!["x".into()], one)])
+            .await
+        else {
+            panic!("patched a table nobody serves");
+        };
+        assert!(
+            wait.error.contains("adding columns to p.d.t"),
+            "{}",
+            wait.error
+        );
+    }
+
     #[test]
     fn fresh_columns_are_left_out_of_the_settled_schema() {
         let schema = Arc::new(
