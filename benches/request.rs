@@ -6,6 +6,8 @@ mod common;
 use bqforward::buffer::Entry;
 use bqforward::config::parse_str;
 use bqforward::format::Inject;
+use bqforward::metrics::SinkDetail;
+use bqforward::output::bigquery::evolve::{Evolution, Rows, TypeRules};
 use bqforward::output::bigquery::gzip::gzip;
 use bqforward::output::bigquery::request_builder::{
     MAX_BODY_BYTES, RequestBuilder, RequestOptions,
@@ -67,6 +69,23 @@ fn request(c: &mut Criterion) {
             .unwrap();
         group.bench_function(name, |b| b.iter(|| black_box(builder.build(&indices))));
     }
+    // Schema evolution's extra walk over the rows (no new field: the usual case).
+    let evolution = Evolution::new(
+        "bench".into(),
+        TypeRules::default(),
+        Arc::new(SinkDetail::default()),
+    );
+    group.bench_function("evolve_probe_schema", |b| {
+        b.iter(|| {
+            let rows = Rows {
+                entries: &entries,
+                indices: &indices,
+                inject: &mut inject,
+                conversion: Default::default(),
+            };
+            black_box(evolution.new_fields(&schema, rows))
+        })
+    });
     // The body's gzip alone: ISA-L as the output uses, and zlib-rs (flate2) level 1 beside it.
     group.bench_function("gzip_only", |b| b.iter(|| black_box(gzip(&raw_body))));
     group.bench_function("gzip_only_zlib_rs", |b| {

@@ -1,7 +1,7 @@
 //! A BigQuery output's rows, requests, tables and datasets. Counted per table and reason in
 //! `SinkDetail` (one short lock per request or chunk, never per row).
 
-use crate::metrics::{LoadJobEvent, RequestOutcome, RowFate, SinkDetail};
+use crate::metrics::{LoadJobEvent, RequestOutcome, RowFate, SchemaCount, SinkDetail};
 use std::time::Duration;
 
 /// Rows BigQuery accepted.
@@ -246,5 +246,62 @@ impl LoadJobFailed<'_> {
             tracing::error!(output = %self.output, table = %self.table, job = %self.job_id,
                 reason = %self.reason, error = %self.message, "load job failed for good; its rows go to <secondary>");
         }
+    }
+}
+
+/// Schema evolution added columns to a table (`schema_update_options ALLOW_FIELD_ADDITION`).
+pub struct ColumnsAdded<'a> {
+    pub output: &'a str,
+    pub table: &'a str,
+    /// `name TYPE` of each column added (dotted paths for nested ones).
+    pub columns: &'a [String],
+}
+
+impl ColumnsAdded<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        detail.schema(
+            SchemaCount::ColumnsAdded,
+            self.table,
+            "",
+            self.columns.len() as u64,
+        );
+        tracing::info!(output = %self.output, table = %self.table, columns = ?self.columns,
+            "added columns for new fields (schema_update_options ALLOW_FIELD_ADDITION)");
+    }
+}
+
+/// Rows held because insertAll did not see a column the table has yet ("no such field"
+/// for minutes after a schema change); they are sent again.
+pub struct RowsHeldForSchema<'a> {
+    pub table: &'a str,
+    pub rows: u64,
+}
+
+impl RowsHeldForSchema<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        detail.schema(SchemaCount::RowsHeld, self.table, "", self.rows);
+        detail.rows(RowFate::Retried, self.table, "schema_update", self.rows);
+        tracing::debug!(table = %self.table, rows = self.rows,
+            "rows held until insertAll sees the new columns");
+    }
+}
+
+/// Rows a schema change could not take, by reason (`schema_conflict`: a value its column
+/// cannot take; `schema_limit`: a column BigQuery cannot have; `schema_rejected`: a column
+/// BigQuery refused). They go to the dead letters with the reason.
+pub struct SchemaConflicts<'a> {
+    pub output: &'a str,
+    pub table: &'a str,
+    pub reasons: &'a [(&'a str, u64)],
+    pub first: &'a str,
+}
+
+impl SchemaConflicts<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        for (reason, n) in self.reasons {
+            detail.schema(SchemaCount::Conflicts, self.table, reason, *n);
+        }
+        tracing::warn!(output = %self.output, table = %self.table, reasons = ?self.reasons,
+            first = %self.first, "rows conflict with the table's schema; they go to the dead letters");
     }
 }

@@ -155,6 +155,18 @@ const TABLES_CREATED: Def = counter(
     "bqforward_bigquery_tables_created_total",
     "Tables created by auto_create_table.",
 );
+const COLUMNS_ADDED: Def = counter(
+    "bqforward_bigquery_columns_added_total",
+    "Columns added to tables for new fields (schema_update_options ALLOW_FIELD_ADDITION), per table.",
+);
+const SCHEMA_ROWS_HELD: Def = counter(
+    "bqforward_bigquery_schema_rows_held_total",
+    "Rows held because insertAll did not see a new column yet (sent again), per table.",
+);
+const SCHEMA_CONFLICTS: Def = counter(
+    "bqforward_bigquery_schema_conflicts_total",
+    "Rows a schema change could not take (schema_conflict, schema_limit, schema_rejected), per table and reason.",
+);
 const REQUEST_DURATION: &str = "bqforward_bigquery_request_duration_seconds";
 const REQUEST_DURATION_HELP: &str = "BigQuery request latency by outcome (insertAll requests; AppendRows for bigquery_storage_write).";
 const BYTES_APPENDED: Def = counter(
@@ -663,6 +675,13 @@ impl Drop for ConnectionGuard {
 
 /// Bytes accepted and bytes billed, for one API and table.
 type Appended = (u64, u64);
+/// What schema evolution counts per table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SchemaCount {
+    ColumnsAdded,
+    RowsHeld,
+    Conflicts,
+}
 
 /// What happened to rows, for `SinkDetail::rows`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -740,6 +759,8 @@ pub struct SinkDetail {
     load_jobs: Mutex<HashMap<(String, LoadJobEvent), u64>>,
     load_bytes: Mutex<HashMap<String, u64>>,
     load_latency: Histogram,
+    /// Schema evolution's counts by table and reason.
+    schema: Mutex<HashMap<(SchemaCount, String, String), u64>>,
 }
 
 impl Default for SinkDetail {
@@ -772,6 +793,7 @@ impl Default for SinkDetail {
                 ]),
             )
             .expect("valid histogram definition"),
+            schema: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -816,6 +838,37 @@ impl SinkDetail {
 
     pub fn stream_replaced(&self) {
         self.stream_replacements.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` of `what` for `table` (a partition decorator is dropped) and `reason` (empty but
+    /// for conflicts).
+    pub fn schema(&self, what: SchemaCount, table: &str, reason: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let table = table.split('$').next().unwrap_or(table);
+        let Ok(mut counts) = self.schema.lock() else {
+            return;
+        };
+        let key = (what, table.to_owned(), reason.to_owned());
+        if counts.len() >= MAX_SERIES && !counts.contains_key(&key) {
+            *counts
+                .entry((what, OTHER.to_owned(), reason.to_owned()))
+                .or_default() += n;
+            return;
+        }
+        *counts.entry(key).or_default() += n;
+    }
+
+    /// One schema count, all tables and reasons (for tests and logs).
+    pub fn schema_total(&self, what: SchemaCount) -> u64 {
+        self.schema.lock().map_or(0, |counts| {
+            counts
+                .iter()
+                .filter(|((w, _, _), _)| *w == what)
+                .map(|(_, n)| n)
+                .sum()
+        })
     }
 
     pub fn table_created(&self) {
@@ -1077,6 +1130,25 @@ impl Families {
             );
         }
         self.load(plugin_id, sink.detail);
+        let schema: Vec<((SchemaCount, String, String), u64)> = sink
+            .detail
+            .schema
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        for ((what, table, reason), n) in schema {
+            let labels = [
+                ("plugin_id", plugin_id),
+                ("table", table.as_str()),
+                ("reason", reason.as_str()),
+            ];
+            let (def, labels) = match what {
+                SchemaCount::ColumnsAdded => (&COLUMNS_ADDED, &labels[..2]),
+                SchemaCount::RowsHeld => (&SCHEMA_ROWS_HELD, &labels[..2]),
+                SchemaCount::Conflicts => (&SCHEMA_CONFLICTS, &labels[..]),
+            };
+            self.add(def, labels, n as f64);
+        }
         for (outcome, histogram) in RequestOutcome::ALL.iter().zip(&sink.detail.requests) {
             let mut metric = histogram.metric();
             metric.set_label(label_pairs(&[

@@ -7,6 +7,7 @@
 use super::convert::Conversion;
 use super::credentials::{AuthMethod, Credentials, GOOGLE_P12_PASSWORD};
 use super::destination::Names;
+use super::evolve::{SchemaUpdateOption, TypeRules};
 use super::schema::Schema;
 use super::service::Connection;
 use super::tables::{AutoCreate, SchemaSource};
@@ -33,6 +34,11 @@ pub struct Common {
     pub location: Option<String>,
     pub conversion: Conversion,
     pub inject: Inject,
+    /// `schema_update_options`: as the plugin's load output names them; each output says
+    /// which it supports (`bigquery_insert`: ALLOW_FIELD_ADDITION, see `evolve`).
+    pub schema_update_options: Vec<SchemaUpdateOption>,
+    /// `schema_update_types`: the column types of new fields by path pattern.
+    pub schema_update_types: TypeRules,
     pub warnings: Vec<String>,
     /// Worth saying at start-up (`check`), not a problem.
     pub notes: Vec<String>,
@@ -147,6 +153,12 @@ impl Common {
         };
         let (inject, w) = Inject::from_config(s.section("inject")?)?;
         warnings.extend(w);
+        let (schema_update_options, schema_update_types) = schema_updates(s)?;
+        if !schema_update_options.is_empty() && names.template_suffix.is_some() {
+            return Err(at(
+                "schema_update_options does not work with template_suffix: BigQuery gives a template table's schema to the tables it creates from it only when it creates them".into(),
+            ));
+        }
         Ok(Self {
             names,
             timekey,
@@ -158,10 +170,46 @@ impl Common {
             location,
             conversion,
             inject,
+            schema_update_options,
+            schema_update_types,
             warnings,
             notes,
         })
     }
+
+    /// Whether the output adds columns for new fields (`ALLOW_FIELD_ADDITION`).
+    pub fn allows_field_addition(&self) -> bool {
+        self.schema_update_options
+            .contains(&SchemaUpdateOption::AllowFieldAddition)
+    }
+}
+
+/// `schema_update_options` (an array of the plugin's names) and `schema_update_types` (a
+/// hash of field path patterns to column types, which needs ALLOW_FIELD_ADDITION).
+fn schema_updates(s: &Section<'_>) -> Result<(Vec<SchemaUpdateOption>, TypeRules), ConfigError> {
+    let at = |e: String| ConfigError::at(s.location(), e);
+    let mut options = Vec::new();
+    for name in s.array("schema_update_options")?.unwrap_or_default() {
+        let option = SchemaUpdateOption::from_name(name.trim()).ok_or_else(|| {
+            at(format!(
+                "schema_update_options: unknown option '{name}'; allowed: {}",
+                SchemaUpdateOption::NAMES.join(", ")
+            ))
+        })?;
+        if !options.contains(&option) {
+            options.push(option);
+        }
+    }
+    let types = match s.hash("schema_update_types")? {
+        Some(pairs) => TypeRules::parse(&pairs).map_err(at)?,
+        None => TypeRules::default(),
+    };
+    if !types.is_empty() && !options.contains(&SchemaUpdateOption::AllowFieldAddition) {
+        return Err(at(
+            "schema_update_types needs schema_update_options ALLOW_FIELD_ADDITION".into(),
+        ));
+    }
+    Ok((options, types))
 }
 
 /// A note for `check` and the start-up log when `<buffer>` keeps fluent-plugin-bigquery's

@@ -374,6 +374,9 @@ const MAX_KEY_SLOTS: usize = 128;
 pub struct RowConverter<'s, K> {
     schema: &'s Schema,
     compat: bool,
+    /// Leave out keys the schema lacks whose value is null, `[]` or `{}` (schema evolution:
+    /// they make no column, and carry nothing a column would hold).
+    drop_untyped: bool,
     keys: Vec<KeySlot<K>>,
     extras: Vec<ExtraSlot<K>>,
     /// Bit i set: top-level field i is REQUIRED (schemas of up to 64 fields; larger ones are
@@ -398,6 +401,7 @@ impl<'s, K> RowConverter<'s, K> {
         Self {
             schema,
             compat: conversion == Conversion::Compat,
+            drop_untyped: false,
             keys: Vec::new(),
             extras: Vec::new(),
             required,
@@ -408,6 +412,12 @@ impl<'s, K> RowConverter<'s, K> {
 
     pub fn schema(&self) -> &'s Schema {
         self.schema
+    }
+
+    /// Keys the schema lacks are left out of the row when their value is null, `[]` or `{}`
+    /// (see `evolve`: such a value makes no column, and BigQuery would refuse the key).
+    pub fn drop_untyped_unknown(&mut self, drop: bool) {
+        self.drop_untyped = drop;
     }
 
     /// One row for `record`, followed by `extras` (injected fields: an extra replaces a
@@ -428,6 +438,7 @@ impl<'s, K> RowConverter<'s, K> {
         };
         let rules = Rules {
             compat: self.compat,
+            drop_untyped: self.drop_untyped,
         };
         let fields = &self.schema.fields;
         let mut seen = Seen::new(fields.len());
@@ -499,6 +510,7 @@ impl<'s, K> RowConverter<'s, K> {
 #[derive(Clone, Copy)]
 struct Rules {
     compat: bool,
+    drop_untyped: bool,
 }
 
 /// A value's head with its payload already taken; containers leave the cursor on their first
@@ -601,6 +613,45 @@ fn next_is_nil(cur: &mut Cursor<'_>) -> Result<bool, MsgpackError> {
     Ok(nil)
 }
 
+/// Consumes the next value if it holds no value at all (null, or arrays and maps of only
+/// such values: `[]`, `{}`, `[null]`, `{"a": null}`); leaves the cursor where it was otherwise.
+fn next_is_untyped(cur: &mut Cursor<'_>) -> Result<bool, MsgpackError> {
+    let pos = cur.position();
+    let untyped = untyped_value(cur, DEFAULT_MAX_DEPTH)?;
+    if !untyped {
+        cur.set_position(pos);
+    }
+    Ok(untyped)
+}
+
+/// Reads one value; true if it holds no value (the cursor is then past it).
+fn untyped_value(cur: &mut Cursor<'_>, depth: usize) -> Result<bool, MsgpackError> {
+    if depth == 0 {
+        return Ok(false);
+    }
+    match cur.head()? {
+        Head::Nil => Ok(true),
+        Head::Array(n) => {
+            for _ in 0..n {
+                if !untyped_value(cur, depth - 1)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Head::Map(n) => {
+            for _ in 0..n {
+                cur.skip_value(DEFAULT_MAX_DEPTH)?;
+                if !untyped_value(cur, depth - 1)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// The msgpack bytes of the value whose head began at `start` (payload of a scalar already
 /// taken, or the cursor on a container's first child): the rest of it is skipped.
 fn raw_from<'a>(
@@ -693,6 +744,9 @@ impl Rules {
         }
         if self.compat && next_is_nil(cur)? {
             // The plugin skips nil values (`next if value.nil?`).
+            return Ok(());
+        }
+        if self.drop_untyped && matches!(slot.role, KeyRole::Unknown) && next_is_untyped(cur)? {
             return Ok(());
         }
         enc.key(&slot.encoded)?;
@@ -827,6 +881,7 @@ impl Rules {
                     self.field(sub, cur, enc, scratch)
                         .map_err(|e| e.under(&sub.name))?;
                 }
+                None if self.drop_untyped && next_is_untyped(cur)? => {}
                 None => {
                     enc.nested_key(key, Target { field: None })?;
                     let start = cur.position();

@@ -16,6 +16,7 @@ pub mod convert;
 pub mod credentials;
 pub mod dead_letter;
 pub mod destination;
+pub mod evolve;
 pub mod gzip;
 pub mod load;
 pub mod request_builder;
@@ -72,9 +73,31 @@ impl BigQueryOutput {
             deferred.push(e);
             (BufferConfig::bigquery_insert_defaults(), Vec::new())
         });
-        let common = Common::read(&id, "bigquery_insert", s, &buffer_config)?;
+        let mut common = Common::read(&id, "bigquery_insert", s, &buffer_config)?;
         let mut warnings = buffer_warnings;
-        warnings.extend(common.warnings);
+        let evolving = common.allows_field_addition();
+        warnings.extend(std::mem::take(&mut common.warnings));
+        if common
+            .schema_update_options
+            .contains(&evolve::SchemaUpdateOption::AllowFieldRelaxation)
+        {
+            return Err(at(
+                "schema_update_options ALLOW_FIELD_RELAXATION is a load-job option (bigquery_load); bigquery_insert adds columns (ALLOW_FIELD_ADDITION)".into(),
+            ));
+        }
+        let ignore_unknown_values = s.bool("ignore_unknown_values")?.unwrap_or(false);
+        if evolving && ignore_unknown_values {
+            return Err(at(
+                "schema_update_options ALLOW_FIELD_ADDITION and ignore_unknown_values true do not go together: BigQuery would drop the new fields of rows sent before it sees their columns, silently".into(),
+            ));
+        }
+        let mut notes = common.notes;
+        if evolving {
+            notes.push(format!(
+                "{}: {id}: new fields become NULLABLE columns (tables.get and tables.patch: the credentials need bigquery.tables.update); rows carrying a new column wait until insertAll sees it (docs/schema-evolution.md)",
+                s.location()
+            ));
+        }
         let insert_id_field = s
             .str("insert_id_field")
             .map(KeyPath::parse)
@@ -82,7 +105,7 @@ impl BigQueryOutput {
             .map_err(at)?;
         let options = RequestOptions {
             skip_invalid_rows: s.bool("skip_invalid_rows")?.unwrap_or(false),
-            ignore_unknown_values: s.bool("ignore_unknown_values")?.unwrap_or(false),
+            ignore_unknown_values,
             max_rows: MAX_ROWS,
             max_body_bytes: s.size("max_request_size")?.map_or(MAX_BODY_BYTES, |v| {
                 usize::try_from(v).unwrap_or(MAX_BODY_BYTES)
@@ -90,6 +113,7 @@ impl BigQueryOutput {
             insert_id_field,
             conversion: common.conversion,
             add_insert_timestamp: s.str("add_insert_timestamp").map(str::to_owned),
+            drop_untyped_unknown: evolving,
         };
         if let Some(format) = s.section("format")? {
             let f = Section::new(format);
@@ -132,6 +156,9 @@ impl BigQueryOutput {
                 detail: Arc::clone(&detail),
             },
             inject: common.inject,
+            evolution: evolving.then(|| {
+                evolve::Evolution::new(id.clone(), common.schema_update_types, Arc::clone(&detail))
+            }),
             options,
             detail: Arc::clone(&detail),
         };
@@ -145,7 +172,7 @@ impl BigQueryOutput {
             buffer,
             detail,
         );
-        Ok((output, warnings, common.notes))
+        Ok((output, warnings, notes))
     }
 
     /// An output of `type_name` whose buffer delivers through its own sink.

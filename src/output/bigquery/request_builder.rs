@@ -29,6 +29,9 @@ pub struct RequestOptions {
     pub conversion: Conversion,
     /// fluent-plugin-bigquery's `add_insert_timestamp`: this field gets the send time.
     pub add_insert_timestamp: Option<String>,
+    /// Schema evolution: keys the table lacks whose value is null, `[]` or `{}` are left out
+    /// (they make no column; BigQuery would refuse the row for them).
+    pub drop_untyped_unknown: bool,
 }
 
 /// One request: the gzipped body and, per row in order, the chunk entry it came from.
@@ -58,6 +61,9 @@ impl RequestBuilder<'_> {
         let mut rows: Vec<u32> = Vec::with_capacity(indices.len().min(MAX_ROWS));
         let mut scratch = String::new();
         let mut writer = RowWriter::new(self.schema, self.options.conversion);
+        if self.options.drop_untyped_unknown {
+            writer.drop_untyped_unknown();
+        }
         let insert_time = self.options.add_insert_timestamp.as_ref().map(|_| {
             chrono::Utc::now()
                 .format("%Y-%m-%d %H:%M:%S%.6f")

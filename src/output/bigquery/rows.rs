@@ -60,6 +60,13 @@ impl<'a> RowWriter<'a> {
         }
     }
 
+    /// Keys the schema lacks are left out when null, `[]` or `{}` (schema evolution).
+    pub fn drop_untyped_unknown(&mut self) {
+        if let Some(converter) = &mut self.converter {
+            converter.drop_untyped_unknown(true);
+        }
+    }
+
     /// One row, as `write_row` writes it. On error `out` is left as it was.
     pub fn write(
         &mut self,

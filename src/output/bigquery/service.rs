@@ -44,6 +44,8 @@ pub struct Connection {
 pub struct BigQueryClient {
     client: Client,
     credentials: Arc<Credentials>,
+    /// For the calls made here directly (`table_meta`, `patch_table`).
+    rest: Rest,
 }
 
 pub struct TableRef<'a> {
@@ -69,6 +71,7 @@ impl BigQueryClient {
             http = http.timeout(timeout);
         }
         let http = http.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let rest = Rest::new(http.clone(), endpoint, Arc::clone(credentials));
         let mut builder = ClientBuilder::new();
         builder.with_client(http);
         if let Some(endpoint) = endpoint {
@@ -81,6 +84,7 @@ impl BigQueryClient {
         Ok(Self {
             client,
             credentials: Arc::clone(credentials),
+            rest,
         })
     }
 
@@ -168,6 +172,149 @@ impl BigQueryClient {
     }
 }
 
+/// A table's resource as tables.get answers it, with its `etag` (for `If-Match`).
+#[derive(Debug, Clone)]
+pub struct TableMeta {
+    pub resource: serde_json::Value,
+    pub etag: String,
+}
+
+impl BigQueryClient {
+    /// tables.get as raw JSON (gcp-bigquery-client's model drops members a schema patch must
+    /// send back unchanged, such as `policyTags`), with the etag.
+    pub async fn table_meta(&self, table: &TableRef<'_>) -> Result<TableMeta, Failure> {
+        let generation = self.credentials.generation();
+        let answer = self
+            .rest
+            .table(reqwest::Method::GET, table, None, None)
+            .await;
+        self.answered_raw(generation, answer).await
+    }
+
+    /// tables.patch with `body` (e.g. `{"schema": {"fields": [...]}}`), only if the table's
+    /// etag is still `etag`: another writer's change in between is 412 (`Failure::Http` with
+    /// status 412), and nothing is changed. gcp-bigquery-client's patch sends no `If-Match`.
+    pub async fn patch_table(
+        &self,
+        table: &TableRef<'_>,
+        body: &serde_json::Value,
+        etag: &str,
+    ) -> Result<TableMeta, Failure> {
+        let generation = self.credentials.generation();
+        let answer = self
+            .rest
+            .table(reqwest::Method::PATCH, table, Some(body), Some(etag))
+            .await;
+        self.answered_raw(generation, answer).await
+    }
+
+    /// `answered` for the calls made here directly.
+    async fn answered_raw<T>(
+        &self,
+        generation: u64,
+        answer: Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        if let Err(Failure::Http { status: 401, .. }) = &answer {
+            self.credentials.refused(generation).await;
+        }
+        answer
+    }
+}
+
+/// The REST calls made without gcp-bigquery-client, with the same HTTP client, endpoint and
+/// credentials.
+struct Rest {
+    http: reqwest::Client,
+    base: String,
+    credentials: Arc<Credentials>,
+}
+
+impl Rest {
+    fn new(http: reqwest::Client, endpoint: Option<&str>, credentials: Arc<Credentials>) -> Self {
+        let base = match endpoint {
+            Some(e) => format!("{}/bigquery/v2", e.trim_end_matches('/')),
+            None => "https://bigquery.googleapis.com/bigquery/v2".to_owned(),
+        };
+        Self {
+            http,
+            base,
+            credentials,
+        }
+    }
+
+    /// One call on a table resource; Google's JSON error bodies become `Failure::Http`.
+    async fn table(
+        &self,
+        method: reqwest::Method,
+        table: &TableRef<'_>,
+        body: Option<&serde_json::Value>,
+        if_match: Option<&str>,
+    ) -> Result<TableMeta, Failure> {
+        let mut url = reqwest::Url::parse(&self.base)
+            .map_err(|e| Failure::Transport(format!("endpoint {}: {e}", self.base)))?;
+        url.path_segments_mut()
+            .map_err(|()| Failure::Transport(format!("endpoint {} cannot take a path", self.base)))?
+            .extend([
+                "projects",
+                table.project,
+                "datasets",
+                table.dataset,
+                "tables",
+                table.table,
+            ]);
+        let mut request = self.http.request(method, url).bearer_auth(
+            self.credentials
+                .token()
+                .await
+                .map_err(|e| Failure::Transport(e.to_string()))?,
+        );
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        if let Some(etag) = if_match {
+            request = request.header(reqwest::header::IF_MATCH, etag);
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                Failure::Timeout
+            } else {
+                Failure::Transport(e.to_string())
+            }
+        })?;
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| Failure::Transport(e.to_string()))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
+            Failure::Unreadable(format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            ))
+        })?;
+        if !(200..300).contains(&status) {
+            let error = &json["error"];
+            return Err(Failure::Http {
+                status,
+                reasons: error["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+                    .collect(),
+                message: error["message"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+        let etag = json["etag"].as_str().unwrap_or_default().to_owned();
+        Ok(TableMeta {
+            resource: json,
+            etag,
+        })
+    }
+}
+
 fn failure(err: BQError) -> Failure {
     match err {
         BQError::InvalidServiceAccountAuthenticator(e)
@@ -197,5 +344,100 @@ fn failure(err: BQError) -> Failure {
             message: error.error.message,
         },
         other => Failure::Transport(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One HTTP/1.1 exchange per connection: returns the request's head and body.
+    async fn read_request(stream: &mut tokio::net::TcpStream) -> (String, String) {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return (head.to_owned(), body.to_owned());
+                }
+            }
+            if n == 0 {
+                return (text, String::new());
+            }
+        }
+    }
+
+    /// A json_key service account (the suite's test-only key): the patch carries the output's
+    /// credentials' token (google-cloud-auth signs a JWT with the key, for the BigQuery scope)
+    /// and the etag.
+    #[tokio::test]
+    async fn patch_table_sends_the_credentials_token_and_the_etag() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let (head, body) = read_request(&mut stream).await;
+                let answer = r#"{"etag":"e2","schema":{"fields":[{"name":"a","type":"STRING"}]}}"#;
+                log.lock().unwrap().push((head, body));
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                stream.write_all(reply.as_bytes()).await.unwrap();
+            }
+        });
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/credentials/test-only-service-account.json"
+        );
+        let credentials = Arc::new(Credentials::new(&AuthMethod::JsonKey(key.into())).unwrap());
+        let token = credentials.token().await.unwrap();
+        let rest = Rest::new(
+            reqwest::Client::new(),
+            Some(&format!("http://127.0.0.1:{port}")),
+            Arc::clone(&credentials),
+        );
+        let table = TableRef {
+            project: "p",
+            dataset: "d",
+            table: "t",
+        };
+        let body = serde_json::json!({"schema": {"fields": []}});
+        let meta = rest
+            .table(reqwest::Method::PATCH, &table, Some(&body), Some("e1"))
+            .await
+            .unwrap();
+        assert_eq!(meta.etag, "e2");
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let head = seen[0].0.to_ascii_lowercase();
+        assert!(
+            head.starts_with("patch /bigquery/v2/projects/p/datasets/d/tables/t "),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!(
+                "authorization: bearer {}",
+                token.to_ascii_lowercase()
+            )),
+            "{head}"
+        );
+        assert!(head.contains("if-match: e1"), "{head}");
+        assert_eq!(seen[0].1, r#"{"schema":{"fields":[]}}"#);
     }
 }

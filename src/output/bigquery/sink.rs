@@ -7,6 +7,7 @@
 use super::classify::{RowVerdict, Verdict, classify, classify_row};
 use super::dead_letter::{DeadLetters, Rejected, reject};
 use super::destination::TableKey;
+use super::evolve::{self, Evolution, Rows};
 use super::request_builder::{Request, RequestBuilder, RequestOptions};
 use super::schema::Schema;
 use super::service::{BigQueryClient, Connection, TableRef};
@@ -28,6 +29,8 @@ pub struct BigQuerySink {
     pub tables: Tables,
     pub dead_letters: DeadLetters,
     pub inject: Inject,
+    /// `schema_update_options ALLOW_FIELD_ADDITION`: new fields become columns.
+    pub evolution: Option<Evolution>,
     pub options: RequestOptions,
     /// What metrics read: rows per table and reason, requests, tables, missing datasets.
     pub detail: Arc<SinkDetail>,
@@ -44,6 +47,12 @@ struct Delivery<'a> {
     waiting: Option<Waiting>,
     /// A 401 was answered once already: the request was sent again with a new token.
     reauthenticated: bool,
+    /// Rows carrying a column insertAll may not see yet (sent in their own requests), sorted.
+    carriers: Vec<u32>,
+    /// The fresh columns the carriers carry.
+    carried: Vec<String>,
+    /// Rows held for a new column (or its addition): they wait, the other requests go on.
+    hold: Option<Waiting>,
 }
 
 impl Delivery<'_> {
@@ -80,6 +89,9 @@ impl BigQuerySink {
             dead: Vec::new(),
             waiting: None,
             reauthenticated: false,
+            carriers: Vec::new(),
+            carried: Vec::new(),
+            hold: None,
         };
         if let Some(why) = key.invalid() {
             // A name rendered from a tag or record that BigQuery cannot take: only these rows
@@ -101,6 +113,35 @@ impl BigQuerySink {
         };
         let chunk_hex = chunk.id.hex();
         let mut inject = self.inject.clone();
+        let pending = chunk.pending_indices();
+        let (schema, groups) = match &self.evolution {
+            None => (schema, vec![pending]),
+            Some(evolution) => {
+                let rows = Rows {
+                    entries: &chunk.entries,
+                    indices: &pending,
+                    inject: &mut inject,
+                    conversion: self.options.conversion,
+                };
+                match evolution.plan(client, key, schema, rows).await {
+                    Ok(plan) => {
+                        run.dead.extend(plan.dead);
+                        if let Some(wait) = plan.wait {
+                            run.keep(&self.detail, &plan.waiting, "schema_update");
+                            run.hold = Some(wait);
+                        }
+                        run.carriers = plan.carriers.clone();
+                        run.carried = plan.carried;
+                        (plan.schema, vec![plan.ready, plan.carriers])
+                    }
+                    Err(wait) => {
+                        run.keep(&self.detail, &pending, "schema_update");
+                        run.waiting = Some(wait);
+                        return self.settle(chunk, run).await;
+                    }
+                }
+            }
+        };
         let mut builder = RequestBuilder {
             chunk_hex: &chunk_hex,
             entries: &chunk.entries,
@@ -109,9 +150,11 @@ impl BigQuerySink {
             options: &self.options,
             template_suffix: key.template_suffix.as_deref(),
         };
-        let (requests, rejected) = builder.build(&chunk.pending_indices());
-        run.work = requests.into();
-        run.dead = rejected;
+        for group in groups.iter().filter(|g| !g.is_empty()) {
+            let (requests, rejected) = builder.build(group);
+            run.work.extend(requests);
+            run.dead.extend(rejected);
+        }
         while let Some(request) = run.work.pop_front() {
             if run.waiting.is_some() {
                 // Something transient failed: keep the rest for the retry, don't hammer.
@@ -170,7 +213,8 @@ impl BigQuerySink {
                 }
                 .emit(&self.detail);
                 self.tables.dataset_found(key);
-                let inserted = self.sort_rows(
+                let (inserted, held) = self.sort_rows(
+                    key,
                     &run.table,
                     &indices,
                     response.insert_errors.unwrap_or_default(),
@@ -187,6 +231,28 @@ impl BigQuerySink {
                         .unwrap_or(0),
                 }
                 .emit(&self.detail);
+                let carriers = indices
+                    .first()
+                    .is_some_and(|i| run.carriers.binary_search(i).is_ok());
+                if held > 0 {
+                    events::RowsHeldForSchema {
+                        table: &run.table,
+                        rows: held,
+                    }
+                    .emit(&self.detail);
+                    run.hold.get_or_insert(Waiting {
+                        error: format!(
+                            "rows wait until insertAll sees the new columns of {}",
+                            run.table
+                        ),
+                        after: Some(evolve::HOLD),
+                        quiet: true,
+                    });
+                    return;
+                }
+                if let (true, Some(evolution)) = (carriers, &self.evolution) {
+                    evolution.columns_seen(key, &run.carried);
+                }
                 if run.keep.iter().any(|i| indices.contains(i)) {
                     run.waiting.get_or_insert(Waiting {
                         error: "rows stopped by other rows' errors".into(),
@@ -264,6 +330,7 @@ impl BigQuerySink {
         run.keep.dedup();
         let waiting = run
             .waiting
+            .or(run.hold)
             .unwrap_or_else(|| Waiting::backoff(String::new()));
         Outcome::Retry {
             keep: Some(run.keep),
@@ -273,16 +340,20 @@ impl BigQuerySink {
         }
     }
 
-    /// Sorts a 200 answer's rows: unlisted rows were inserted (their count is returned).
+    /// Sorts a 200 answer's rows: unlisted rows were inserted. Returns how many were inserted
+    /// and how many were held because insertAll does not see a column the table has yet
+    /// (schema evolution).
     fn sort_rows(
         &self,
+        key: &TableKey,
         table: &str,
         indices: &[u32],
         errors: Vec<gcp_bigquery_client::model::table_data_insert_all_response_insert_errors::TableDataInsertAllResponseInsertErrors>,
         keep: &mut Vec<u32>,
         dead: &mut Vec<Rejected>,
-    ) -> u64 {
+    ) -> (u64, u64) {
         let mut failed = 0u64;
+        let mut held = 0u64;
         for row in errors {
             let Some(&index) = row
                 .index
@@ -308,6 +379,23 @@ impl BigQuerySink {
                     }
                     .emit(&self.detail);
                 }
+                RowVerdict::DeadLetter
+                    if self.evolution.as_ref().is_some_and(|evolution| {
+                        protos
+                            .iter()
+                            .filter(|p| p.reason.as_deref() != Some("stopped"))
+                            .all(|p| {
+                                evolution.is_unseen_column(
+                                    key,
+                                    p.location.as_deref().unwrap_or(""),
+                                    p.message.as_deref().unwrap_or(""),
+                                )
+                            })
+                    }) =>
+                {
+                    keep.push(index);
+                    held += 1;
+                }
                 RowVerdict::DeadLetter => {
                     let first = protos
                         .iter()
@@ -328,7 +416,7 @@ impl BigQuerySink {
             rows: inserted,
         }
         .emit(&self.detail);
-        inserted
+        (inserted, held)
     }
 }
 
