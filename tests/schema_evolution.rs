@@ -510,3 +510,230 @@ fn check_names_bad_schema_update_settings() {
     assert!(out.status.success(), "{all}");
     assert!(all.contains("new fields become NULLABLE columns"), "{all}");
 }
+
+// ---- bigquery_storage_write and bigquery_load ---------------------------------------------
+
+/// A forward source, a prometheus source and `output` (`bigquery_storage_write` or
+/// `bigquery_load`) with schema evolution to the emulator; `extra` goes inside `<match>`,
+/// `buffer` inside `<buffer>`.
+fn output_config(
+    emulator: &Emulator,
+    output: &str,
+    table: &str,
+    extra: &str,
+    buffer: &str,
+) -> String {
+    let api = match output {
+        "bigquery_storage_write" => format!("storage_endpoint {}", emulator.grpc_endpoint()),
+        _ => "wait_job_interval 0.1".to_owned(),
+    };
+    format!(
+        r#"
+<source>
+  @type forward
+  bind 127.0.0.1
+  port 0
+</source>
+<source>
+  @type prometheus
+  bind 127.0.0.1
+  port 0
+</source>
+<match app.**>
+  @type {output}
+  auth_method none
+  endpoint {endpoint}
+  {api}
+  project {PROJECT}
+  dataset {DATASET}
+  table {table}
+  schema_update_options ALLOW_FIELD_ADDITION
+  {extra}
+  <buffer>
+    {buffer}
+    flush_interval 0.2s
+    retry_wait 0.2s
+    retry_max_interval 1s
+    retry_forever true
+  </buffer>
+  <secondary>
+    @type file
+    path {{dir}}/dead/rejected
+    append true
+    <format>
+      @type json
+    </format>
+  </secondary>
+</match>
+"#,
+        endpoint = emulator.endpoint()
+    )
+}
+
+/// Plain records, then (once they landed) records with new fields of every kind, then a
+/// field that arrives as an integer and then as a float; checks every row's every value and
+/// the columns' types.
+fn records_gain_fields_and_land_with_every_value(
+    emulator: &Emulator,
+    server: &Server,
+    table: &str,
+) {
+    let metrics = metrics_port(server);
+    let plain: Vec<Value> = (0..20)
+        .map(|i| json!({"seq": i, "msg": format!("plain {i}")}))
+        .collect();
+    send(server, &plain);
+    let first = wait_for(20, || emulator.rows(PROJECT, DATASET, table));
+    assert_eq!(first.len(), 20, "dead letters: {:?}", dead_letters(server));
+    let mut rich: Vec<Value> = (20..40)
+        .map(|i| {
+            json!({
+                "seq": i, "msg": format!("rich {i}"),
+                "user": {"id": i, "name": format!("u{i}"), "geo": {"lat": 1.5}},
+                "tags": ["a", "b"],
+                "latency": 0.25,
+                "ok": i % 2 == 0,
+                "created_at": "2026-12-01T10:00:00Z",
+                "maybe": null,
+            })
+        })
+        .collect();
+    rich.extend((40..50).map(
+        |i| json!({"seq": i, "msg": "late", "ratio": if i < 45 { json!(2) } else { json!(2.5) }}),
+    ));
+    send(server, &rich);
+    let rows = by_seq(wait_for(50, || emulator.rows(PROJECT, DATASET, table)));
+    assert_eq!(rows.len(), 50, "dead letters: {:?}", dead_letters(server));
+    assert!(
+        dead_letters(server).is_empty(),
+        "{:?}",
+        dead_letters(server)
+    );
+    let cols = columns(emulator, table);
+    for (name, ty, mode) in [
+        ("user", "RECORD", "NULLABLE"),
+        ("user.id", "INTEGER", "NULLABLE"),
+        ("user.name", "STRING", "NULLABLE"),
+        ("user.geo", "RECORD", "NULLABLE"),
+        ("user.geo.lat", "FLOAT", "NULLABLE"),
+        ("tags", "STRING", "REPEATED"),
+        ("latency", "FLOAT", "NULLABLE"),
+        ("ok", "BOOLEAN", "NULLABLE"),
+        ("created_at", "TIMESTAMP", "NULLABLE"),
+        ("ratio", "FLOAT", "NULLABLE"),
+        ("logged", "TIMESTAMP", "NULLABLE"),
+    ] {
+        assert_eq!(column(&cols, name), (ty.into(), mode.into()), "{name}");
+    }
+    assert!(
+        !cols.iter().any(|(n, _, _)| n == "maybe"),
+        "a null makes no column: {cols:?}"
+    );
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["seq"], i.to_string(), "{row}");
+        let logged: f64 = row["logged"].as_str().unwrap_or("0").parse().unwrap();
+        assert!(logged > 1.7e9, "{row}");
+        if i < 20 {
+            assert_eq!(row["msg"], format!("plain {i}"));
+            assert!(row["user"].is_null() && row["ratio"].is_null(), "{row}");
+        } else if i < 40 {
+            assert_eq!(row["msg"], format!("rich {i}"));
+            assert_eq!(row["user"]["id"], i.to_string(), "{row}");
+            assert_eq!(row["user"]["name"], format!("u{i}"), "{row}");
+            assert_eq!(row["user"]["geo"]["lat"], "1.5", "{row}");
+            assert_eq!(row["tags"], json!(["a", "b"]), "{row}");
+            assert_eq!(row["latency"], "0.25", "{row}");
+            assert_eq!(row["ok"], (i % 2 == 0).to_string(), "{row}");
+            let created: f64 = row["created_at"].as_str().unwrap().parse().unwrap();
+            assert_eq!(created, 1_796_119_200.0, "{row}");
+        } else {
+            let ratio: f64 = row["ratio"].as_str().unwrap().parse().unwrap();
+            assert_eq!(ratio, if i < 45 { 2.0 } else { 2.5 }, "{row}");
+        }
+    }
+    // logged, user (a RECORD counts once), tags, latency, ok, created_at, ratio. (A load
+    // job's columns count once bqforward saw the job done, which may be after its rows show.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let added = metric(
+            metrics,
+            "bqforward_bigquery_columns_added_total",
+            &[("table", &format!("{PROJECT}.{DATASET}.{table}"))],
+        );
+        if added == Some(7.0) || Instant::now() > deadline {
+            assert_eq!(added, Some(7.0), "added columns metric");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const TYPES_AND_INJECT: &str =
+    "schema_update_types {\"*_at\": \"TIMESTAMP\"}\n  <inject>\n    time_key logged\n  </inject>";
+
+#[test]
+fn storage_write_default_stream_lands_records_gaining_fields_with_every_field() {
+    let emulator = Emulator::start_grpc(&["--schema-update-delay-ms", "0"]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(PROJECT, DATASET, "sw", base_schema());
+    let server = Server::start(&output_config(
+        &emulator,
+        "bigquery_storage_write",
+        "sw",
+        TYPES_AND_INJECT,
+        "",
+    ));
+    records_gain_fields_and_land_with_every_value(&emulator, &server, "sw");
+}
+
+#[test]
+fn storage_write_exactly_once_lands_records_gaining_fields_with_every_field() {
+    let emulator = Emulator::start_grpc(&["--schema-update-delay-ms", "0"]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(PROJECT, DATASET, "swx", base_schema());
+    let server = Server::start(&output_config(
+        &emulator,
+        "bigquery_storage_write",
+        "swx",
+        &format!("exactly_once true\n  {TYPES_AND_INJECT}"),
+        "@type file\n    path {dir}/buffer",
+    ));
+    records_gain_fields_and_land_with_every_value(&emulator, &server, "swx");
+}
+
+#[test]
+fn load_jobs_land_records_gaining_fields_with_every_field() {
+    let emulator = Emulator::start(&["--job-delay-ms", "50"]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(PROJECT, DATASET, "ld", base_schema());
+    let server = Server::start(&output_config(
+        &emulator,
+        "bigquery_load",
+        "ld",
+        TYPES_AND_INJECT,
+        "@type memory\n    flush_thread_interval 0.1s",
+    ));
+    records_gain_fields_and_land_with_every_value(&emulator, &server, "ld");
+    // The columns came with the jobs' schemas (schemaUpdateOptions), not from autodetect.
+    let (status, answer) = emulator.call(
+        "GET",
+        &format!("/bigquery/v2/projects/{PROJECT}/jobs"),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let jobs = answer["jobs"].as_array().cloned().unwrap_or_default();
+    let grew: Vec<&Value> = jobs
+        .iter()
+        .filter(|j| j["configuration"]["load"]["schema"].is_object())
+        .collect();
+    assert!(!grew.is_empty(), "no job carried a schema: {answer}");
+    for job in &grew {
+        let load = &job["configuration"]["load"];
+        assert_eq!(
+            load["schemaUpdateOptions"],
+            json!(["ALLOW_FIELD_ADDITION"]),
+            "{load}"
+        );
+        assert!(load.get("autodetect").is_none_or(|a| a == false), "{load}");
+    }
+}

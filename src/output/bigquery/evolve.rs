@@ -510,6 +510,10 @@ fn probe_rows(schema: &Schema, rows: &mut Rows<'_>, rules: &TypeRules) -> Vec<Ro
 pub struct Plan {
     /// The table's schema, with the columns added now: the rows are converted with it.
     pub schema: Option<Arc<Schema>>,
+    /// `schema` without the columns the streaming system may not see yet (`fresh`): what
+    /// `ready` rows need, and all a Storage Write writer schema for them may name (BigQuery
+    /// refuses a writer schema with a column its write path does not see yet).
+    pub settled: Option<Arc<Schema>>,
     /// Rows to send at once.
     pub ready: Vec<u32>,
     /// Rows carrying a column that insertAll may not see yet: send them in their own
@@ -524,6 +528,30 @@ pub struct Plan {
     /// Rows whose columns could not be added now (a transient failure): they wait.
     pub waiting: Vec<u32>,
     pub wait: Option<Waiting>,
+}
+
+/// What a load job does with its rows (`Evolution::plan_job`).
+#[derive(Debug)]
+pub struct JobPlan {
+    /// The table's schema with the new columns: the rows are converted with it.
+    pub schema: Arc<Schema>,
+    /// The same as the job's `schema.fields`: the table's fields as given, the new ones added.
+    pub fields: Vec<Value>,
+    /// Rows to load.
+    pub ready: Vec<u32>,
+    /// Rows that cannot land as they are (`schema_conflict`, `schema_limit`).
+    pub dead: Vec<Rejected>,
+    /// The columns the job adds (`path TYPE`), for the log and the metric once it loaded.
+    pub added: Vec<String>,
+    /// REQUIRED columns the job makes NULLABLE (ALLOW_FIELD_RELAXATION), dotted paths.
+    pub relaxed: Vec<String>,
+}
+
+impl JobPlan {
+    /// Whether the job's schema differs from the table's (and must be sent).
+    pub fn changes_schema(&self) -> bool {
+        !self.added.is_empty() || !self.relaxed.is_empty()
+    }
 }
 
 /// The table's schema as this process knows it.
@@ -627,6 +655,7 @@ impl Evolution {
         {
             return Ok(Plan {
                 schema: Some(Arc::clone(&table.schema)),
+                settled: Some(settled),
                 ready: probes.iter().map(|p| p.index).collect(),
                 ..Plan::default()
             });
@@ -649,6 +678,7 @@ impl Evolution {
             }
         }
         let schema = Arc::clone(&table.schema);
+        plan.settled = Some(without(&schema, &table.fresh));
         let fresh: Vec<String> = table.fresh.iter().map(|(p, _)| p.clone()).collect();
         drop(state);
         // The rows again, against the table as it is now: what still fails to convert
@@ -728,28 +758,173 @@ impl Evolution {
             }
         }
         plan.waiting = waiting;
-        if plan.dead.iter().any(|d| d.reason.starts_with("schema_")) {
-            let mut reasons: Vec<(&str, u64)> = Vec::new();
-            for d in plan.dead.iter().filter(|d| d.reason.starts_with("schema_")) {
-                match reasons.iter_mut().find(|(r, _)| *r == d.reason) {
-                    Some((_, n)) => *n += 1,
-                    None => reasons.push((d.reason.as_str(), 1)),
-                }
-            }
-            events::SchemaConflicts {
-                output: &self.id,
-                table: &table_name(key),
-                reasons: &reasons,
-                first: plan
-                    .dead
-                    .iter()
-                    .find(|d| d.reason.starts_with("schema_"))
-                    .map_or("", |d| d.message.as_str()),
-            }
-            .emit(&self.detail);
-        }
+        self.conflicts(key, &plan.dead);
         plan.schema = Some(schema);
         Ok(plan)
+    }
+
+    /// Counts and logs the dead letters that are schema conflicts or limits.
+    fn conflicts(&self, key: &TableKey, dead: &[Rejected]) {
+        if !dead.iter().any(|d| d.reason.starts_with("schema_")) {
+            return;
+        }
+        let mut reasons: Vec<(&str, u64)> = Vec::new();
+        for d in dead.iter().filter(|d| d.reason.starts_with("schema_")) {
+            match reasons.iter_mut().find(|(r, _)| *r == d.reason) {
+                Some((_, n)) => *n += 1,
+                None => reasons.push((d.reason.as_str(), 1)),
+            }
+        }
+        events::SchemaConflicts {
+            output: &self.id,
+            table: &table_name(key),
+            reasons: &reasons,
+            first: dead
+                .iter()
+                .find(|d| d.reason.starts_with("schema_"))
+                .map_or("", |d| d.message.as_str()),
+        }
+        .emit(&self.detail);
+    }
+
+    /// A load job's plan: the fields `rows` bring that the table lacks become columns of the
+    /// job's schema (BigQuery adds them when the job commits, `schemaUpdateOptions`
+    /// ALLOW_FIELD_ADDITION), typed, merged and limited as `plan` adds them, with the same
+    /// conflict rule. `fields`: the table's `schema.fields` as tables.get gave them (or the
+    /// schema a job creating the table gives it). `add` (ALLOW_FIELD_ADDITION): new fields
+    /// become columns (else they stay unknown keys). `relax` (ALLOW_FIELD_RELAXATION): a
+    /// REQUIRED column a row has no value for becomes NULLABLE in the job's schema instead
+    /// of the row being refused. Sends nothing.
+    pub fn plan_job(
+        &self,
+        key: &TableKey,
+        fields: &[Value],
+        add: bool,
+        relax: bool,
+        mut rows: Rows<'_>,
+    ) -> Result<JobPlan, String> {
+        let name = table_name(key);
+        let schema = Schema::from_json(&serde_json::json!({ "fields": fields }))
+            .map_err(|e| format!("schema of {name}: {e}"))?;
+        let probes = probe_rows(&schema, &mut rows, &self.rules);
+        let (additions, refused) = if add {
+            self.additions(&schema, &probes)
+        } else {
+            (Vec::new(), HashMap::new())
+        };
+        let mut refused: HashMap<String, (String, String)> = refused
+            .into_iter()
+            .map(|(path, why)| (path, ("schema_limit".to_owned(), why)))
+            .collect();
+        let mut columns = count_fields(&schema.fields);
+        let mut job_fields = fields.to_vec();
+        let mut added = Vec::new();
+        for (path, field) in additions {
+            let n = 1 + count_fields(&field.fields);
+            if columns + n > MAX_COLUMNS {
+                refused.insert(
+                    path.join(".").to_ascii_lowercase(),
+                    (
+                        "schema_limit".into(),
+                        format!(
+                            "adding column '{}' ({n} columns) to {name} would pass BigQuery's {MAX_COLUMNS} columns (it has {columns})",
+                            path.join(".")
+                        ),
+                    ),
+                );
+                continue;
+            }
+            columns += n;
+            added.push(format!(
+                "{} {}{}",
+                path.join("."),
+                mode_prefix(&field),
+                field.field_type.as_str()
+            ));
+            insert_raw(&mut job_fields, &path, field_json(&field));
+        }
+        let mut grown = Schema::from_json(&serde_json::json!({ "fields": job_fields }))
+            .map_err(|e| format!("schema of {name} with the new fields: {e}"))?;
+        // The rows again, against the schema the job gives the table: what still fails to
+        // convert conflicts with its column.
+        let mut again = probe_rows(&grown, &mut rows, &self.rules);
+        let mut relaxed = Vec::new();
+        if relax {
+            for p in &again {
+                if let Some(err) = p
+                    .error
+                    .as_ref()
+                    .filter(|e| e.reason == "missing required field")
+                {
+                    let path: Vec<String> = column_path(&err.field);
+                    let dotted = path.join(".");
+                    if !relaxed.contains(&dotted) && relax_raw(&mut job_fields, &path) {
+                        relaxed.push(dotted);
+                    }
+                }
+            }
+            if !relaxed.is_empty() {
+                grown = Schema::from_json(&serde_json::json!({ "fields": job_fields }))
+                    .map_err(|e| format!("schema of {name} relaxed: {e}"))?;
+                again = probe_rows(&grown, &mut rows, &self.rules);
+            }
+        }
+        let mut plan = JobPlan {
+            schema: Arc::new(grown),
+            fields: job_fields,
+            ready: Vec::new(),
+            dead: Vec::new(),
+            added,
+            relaxed,
+        };
+        for (p, before) in again.iter().zip(&probes) {
+            if let Some(err) = &p.error {
+                let reason = if err.reason == "missing required field" {
+                    "conversion_error"
+                } else {
+                    "schema_conflict"
+                };
+                plan.dead.push(Rejected {
+                    index: p.index,
+                    reason: reason.into(),
+                    location: err.field.clone(),
+                    message: err.to_string(),
+                });
+                continue;
+            }
+            let not_added = before.found.iter().find_map(|f| {
+                refused
+                    .get(&f.path.join(".").to_ascii_lowercase())
+                    .map(|(reason, why)| (reason.clone(), f.path.join("."), why.clone()))
+            });
+            match not_added {
+                Some((reason, location, message)) => plan.dead.push(Rejected {
+                    index: p.index,
+                    reason,
+                    location,
+                    message,
+                }),
+                None => plan.ready.push(p.index),
+            }
+        }
+        self.conflicts(key, &plan.dead);
+        Ok(plan)
+    }
+
+    /// A load job that carried `plan_job`'s schema loaded: its columns are the table's now.
+    pub fn job_added(&self, key: &TableKey, plan: &JobPlan) {
+        if !plan.relaxed.is_empty() {
+            tracing::info!(output = %self.id, table = %table_name(key), columns = ?plan.relaxed, "REQUIRED columns made NULLABLE (ALLOW_FIELD_RELAXATION)");
+        }
+        if plan.added.is_empty() {
+            return;
+        }
+        events::ColumnsAdded {
+            output: &self.id,
+            table: &table_name(key),
+            columns: &plan.added,
+        }
+        .emit(&self.detail);
     }
 
     /// The fields `rows` bring that `schema` lacks, merged and widened across rows as `plan`
@@ -1070,6 +1245,49 @@ fn insert_raw(fields: &mut Vec<Value>, path: &[String], field: Value) {
     }
     if let Some(sub) = record["fields"].as_array_mut() {
         insert_raw(sub, rest, field);
+    }
+}
+
+/// A row error's field (`a.b`, `items[2].x`) as the column path (`a`, `b` / `items`, `x`).
+fn column_path(field: &str) -> Vec<String> {
+    let mut dotted = String::with_capacity(field.len());
+    let mut in_index = false;
+    for c in field.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            c if !in_index => dotted.push(c),
+            _ => {}
+        }
+    }
+    dotted.split('.').map(str::to_owned).collect()
+}
+
+/// Makes the REQUIRED field at `path` NULLABLE in a table resource's fields; whether it was
+/// REQUIRED there.
+fn relax_raw(fields: &mut [Value], path: &[String]) -> bool {
+    let [first, rest @ ..] = path else {
+        return false;
+    };
+    let Some(field) = fields.iter_mut().find(|f| {
+        f["name"]
+            .as_str()
+            .is_some_and(|n| n.eq_ignore_ascii_case(first))
+    }) else {
+        return false;
+    };
+    if rest.is_empty() {
+        let required = field["mode"]
+            .as_str()
+            .is_some_and(|m| m.eq_ignore_ascii_case("REQUIRED"));
+        if required {
+            field["mode"] = "NULLABLE".into();
+        }
+        return required;
+    }
+    match field["fields"].as_array_mut() {
+        Some(sub) => relax_raw(sub, rest),
+        None => false,
     }
 }
 

@@ -18,6 +18,7 @@ use crate::metrics::{RequestOutcome, SinkDetail};
 use crate::output::bigquery::convert::Conversion;
 use crate::output::bigquery::dead_letter::{DeadLetters, Rejected, reject};
 use crate::output::bigquery::destination::TableKey;
+use crate::output::bigquery::evolve::{self, Evolution, Rows};
 use crate::output::bigquery::schema::Schema;
 use crate::output::bigquery::service::{BigQueryClient, Connection};
 use crate::output::bigquery::tables::{SchemaSource, Tables, Waiting};
@@ -58,12 +59,19 @@ pub struct StorageWriteSink {
     pub detail: Arc<SinkDetail>,
     /// When each table's schema was last read again for rows with unknown keys.
     pub refreshed: Mutex<HashMap<String, Instant>>,
+    /// `schema_update_options ALLOW_FIELD_ADDITION`: new fields become columns first.
+    pub evolution: Option<Evolution>,
 }
 
 /// Rows serialized for one AppendRows request, and the chunk entries they came from.
 struct Batch {
     indices: Vec<u32>,
     rows: Vec<Bytes>,
+    /// Written against the table's whole schema (`Ready::schema`), not the settled one.
+    full: bool,
+    /// Rows carrying a column the write path may not see yet (schema evolution): refused
+    /// for it, they are held, not dead-lettered.
+    carriers: bool,
 }
 
 impl Batch {
@@ -81,7 +89,11 @@ impl Batch {
             .filter(|(i, _)| !positions.contains(i))
             .map(|(_, pair)| pair)
             .unzip();
-        Batch { indices, rows }
+        Batch {
+            indices,
+            rows,
+            ..self
+        }
     }
 
     fn split(mut self) -> (Batch, Batch) {
@@ -89,6 +101,8 @@ impl Batch {
         let second = Batch {
             indices: self.indices.split_off(half),
             rows: self.rows.split_off(half),
+            full: self.full,
+            carriers: self.carriers,
         };
         (self, second)
     }
@@ -111,6 +125,8 @@ struct Run {
     keep: Vec<u32>,
     dead: Vec<Rejected>,
     waiting: Option<Waiting>,
+    /// Rows held for a column the write path does not see yet: the others go on.
+    hold: Option<Waiting>,
 }
 
 impl Run {
@@ -134,10 +150,26 @@ struct Ready<'a> {
     key: &'a TableKey,
     rest: &'a BigQueryClient,
     grpc: &'a WriteClient,
+    /// The table's schema (with schema evolution, with the columns just added) and its
+    /// writer schema.
     schema: Arc<Schema>,
     descriptor: DescriptorProto,
+    /// Schema evolution: the schema without the columns the write path may not see yet, and
+    /// its writer schema, for the rows that carry none of them.
+    settled: Option<(Arc<Schema>, DescriptorProto)>,
+    /// The fresh columns the carriers carry (`evolve::Plan::carried`).
+    carried: Vec<String>,
     /// `projects/P/datasets/D/tables/T`.
     parent: String,
+}
+
+impl Ready<'_> {
+    fn writer(&self, full: bool) -> (&Schema, &DescriptorProto) {
+        match &self.settled {
+            Some((schema, descriptor)) if !full => (schema, descriptor),
+            _ => (&self.schema, &self.descriptor),
+        }
+    }
 }
 
 impl StorageWriteSink {
@@ -178,6 +210,8 @@ impl StorageWriteSink {
             grpc,
             descriptor: descriptor(&schema),
             schema,
+            settled: None,
+            carried: Vec::new(),
             // A partition decorator is dropped: rows land in the partition their partitioning
             // column (or, for ingestion-time partitioning, the time they arrive) gives.
             parent: format!(
@@ -196,6 +230,7 @@ impl StorageWriteSink {
             keep: Vec::new(),
             dead: Vec::new(),
             waiting: None,
+            hold: None,
         };
         if let Some(why) = key.invalid() {
             run.dead = reject(&chunk.pending_indices(), "invalid_destination", &why);
@@ -210,7 +245,7 @@ impl StorageWriteSink {
             );
             return self.settle(chunk, run).await;
         }
-        let ready = match self.prepare(key).await {
+        let mut ready = match self.prepare(key).await {
             Ok(ready) => ready,
             Err((reason, error)) => {
                 run.keep(&self.detail, &chunk.pending_indices(), reason);
@@ -223,18 +258,28 @@ impl StorageWriteSink {
             }
         };
         match &self.exactly_once {
-            None => self.deliver_default(chunk, &ready, &mut run).await,
-            Some(eo) => self.deliver_exactly_once(eo, chunk, &ready, &mut run).await,
+            None => self.deliver_default(chunk, &mut ready, &mut run).await,
+            Some(eo) => {
+                self.deliver_exactly_once(eo, chunk, &mut ready, &mut run)
+                    .await
+            }
         }
         self.settle(chunk, run).await
     }
 
     /// At least once: every batch to the table's `_default` stream.
-    async fn deliver_default(&self, chunk: &Chunk<TableKey>, ready: &Ready<'_>, run: &mut Run) {
+    async fn deliver_default(&self, chunk: &Chunk<TableKey>, ready: &mut Ready<'_>, run: &mut Run) {
         let stream = format!("{}/streams/_default", ready.parent);
-        let (batches, rejected) = self.encode(chunk, &ready.schema, &chunk.pending_indices());
-        run.dead.extend(rejected);
-        let mut work: VecDeque<Batch> = batches.into();
+        let groups = self
+            .evolve(chunk, ready, chunk.pending_indices(), run)
+            .await;
+        let ready = &*ready;
+        let mut work: VecDeque<Batch> = VecDeque::new();
+        for group in groups {
+            let (batches, rejected) = self.encode(chunk, ready, &group);
+            run.dead.extend(rejected);
+            work.extend(batches);
+        }
         while let Some(batch) = work.pop_front() {
             if run.waiting.is_some() {
                 run.keep(&self.detail, &batch.indices, "deferred");
@@ -244,6 +289,79 @@ impl StorageWriteSink {
             self.settle_batch(ready, run, batch, answer, &mut work)
                 .await;
         }
+    }
+
+    /// Schema evolution's plan for `indices` (new fields added as columns by tables.patch,
+    /// `evolve::Evolution::plan`): `ready` takes the table's schema with them; returns the
+    /// rows to send in groups (the plain rows, then those carrying a column the write path
+    /// may not see yet, sent apart). Dead and waiting rows go to `run`. Without schema
+    /// evolution: every row, in one group.
+    async fn evolve(
+        &self,
+        chunk: &Chunk<TableKey>,
+        ready: &mut Ready<'_>,
+        indices: Vec<u32>,
+        run: &mut Run,
+    ) -> Vec<Group> {
+        let Some(evolution) = &self.evolution else {
+            return vec![Group {
+                indices,
+                full: true,
+                carriers: false,
+            }];
+        };
+        if indices.is_empty() {
+            return Vec::new();
+        }
+        let mut inject = self.inject.clone();
+        let rows = Rows {
+            entries: &chunk.entries,
+            indices: &indices,
+            inject: &mut inject,
+            conversion: self.conversion,
+        };
+        let plan = match evolution
+            .plan(ready.rest, ready.key, Some(Arc::clone(&ready.schema)), rows)
+            .await
+        {
+            Ok(plan) => plan,
+            Err(wait) => {
+                run.keep(&self.detail, &indices, "schema_update");
+                run.wait(wait);
+                return Vec::new();
+            }
+        };
+        run.dead.extend(plan.dead);
+        if let Some(wait) = plan.wait {
+            run.keep(&self.detail, &plan.waiting, "schema_update");
+            run.hold.get_or_insert(wait);
+        }
+        if let Some(schema) = plan.schema
+            && !Arc::ptr_eq(&schema, &ready.schema)
+        {
+            ready.descriptor = descriptor(&schema);
+            ready.schema = schema;
+        }
+        ready.settled = plan
+            .settled
+            .filter(|settled| **settled != *ready.schema)
+            .map(|settled| {
+                let d = descriptor(&settled);
+                (settled, d)
+            });
+        ready.carried = plan.carried;
+        vec![
+            Group {
+                indices: plan.ready,
+                full: false,
+                carriers: false,
+            },
+            Group {
+                indices: plan.carriers,
+                full: true,
+                carriers: true,
+            },
+        ]
     }
 
     /// What an answer makes of a batch sent without an offset; batches to send again go to
@@ -278,6 +396,10 @@ impl StorageWriteSink {
 
     async fn landed(&self, ready: &Ready<'_>, run: &Run, batch: &Batch, updated_schema: bool) {
         self.tables.dataset_found(ready.key);
+        if let (true, Some(evolution)) = (batch.carriers, &self.evolution) {
+            // The write path sees the columns these rows carried.
+            evolution.columns_seen(ready.key, &ready.carried);
+        }
         events::RowsInserted {
             table: &run.table,
             rows: batch.indices.len() as u64,
@@ -366,6 +488,25 @@ impl StorageWriteSink {
                     None => run.dead.extend(reject(&batch.indices, "not_found", &error)),
                 }
             }
+            AppendVerdict::RefreshSchema if batch.carriers => {
+                // The table has the columns (tables.patch answered), the write path does not
+                // see them yet: "Input schema has more fields than BigQuery schema" until the
+                // change propagates. The rows wait; the others of the chunk go on.
+                events::RowsHeldForSchema {
+                    table: &run.table,
+                    rows: batch.indices.len() as u64,
+                }
+                .emit(&self.detail);
+                run.keep(&self.detail, &batch.indices, "schema_update");
+                run.hold.get_or_insert(Waiting {
+                    error: format!(
+                        "rows wait until the Storage Write API sees the new columns of {}",
+                        run.table
+                    ),
+                    after: Some(evolve::HOLD),
+                    quiet: true,
+                });
+            }
             AppendVerdict::RefreshSchema => {
                 self.tables.forget_schema(ready.key).await;
                 run.keep(&self.detail, &batch.indices, "schema_mismatch");
@@ -395,7 +536,7 @@ impl StorageWriteSink {
             .grpc
             .append(Append {
                 stream,
-                descriptor: &ready.descriptor,
+                descriptor: ready.writer(batch.full).1,
                 rows: batch.rows.clone(),
                 offset,
             })
@@ -470,10 +611,15 @@ impl StorageWriteSink {
     fn encode(
         &self,
         chunk: &Chunk<TableKey>,
-        schema: &Schema,
-        indices: &[u32],
+        ready: &Ready<'_>,
+        group: &Group,
     ) -> (Vec<Batch>, Vec<Rejected>) {
+        let indices = &group.indices[..];
+        let (schema, _) = ready.writer(group.full);
         let mut writer = ProtoRowWriter::new(schema, self.conversion, self.ignore_unknown);
+        if self.evolution.is_some() {
+            writer.drop_untyped_unknown();
+        }
         let mut inject = self.inject.clone();
         let mut scratch = String::new();
         let mut batches = Vec::new();
@@ -528,6 +674,10 @@ impl StorageWriteSink {
         }
         if !taken.is_empty() {
             batches.push(finish(&mut buf, &mut ends, taken));
+        }
+        for batch in &mut batches {
+            batch.full = group.full;
+            batch.carriers = group.carriers;
         }
         (batches, rejected)
     }
@@ -593,6 +743,7 @@ impl StorageWriteSink {
         run.keep.dedup();
         let waiting = run
             .waiting
+            .or(run.hold)
             .unwrap_or_else(|| Waiting::backoff(String::new()));
         Outcome::Retry {
             keep: Some(run.keep),
@@ -638,7 +789,19 @@ fn finish(buf: &mut Vec<u8>, ends: &mut Vec<usize>, indices: Vec<u32>) -> Batch 
             row
         })
         .collect();
-    Batch { indices, rows }
+    Batch {
+        indices,
+        rows,
+        full: true,
+        carriers: false,
+    }
+}
+
+/// Rows encoded and sent together: with the whole schema or the settled one, carriers or not.
+struct Group {
+    indices: Vec<u32>,
+    full: bool,
+    carriers: bool,
 }
 
 // ---- exactly once ------------------------------------------------------------------------
@@ -652,12 +815,27 @@ impl StorageWriteSink {
         &self,
         eo: &ExactlyOnce,
         chunk: &Chunk<TableKey>,
-        ready: &Ready<'_>,
+        ready: &mut Ready<'_>,
         run: &mut Run,
     ) {
         let pending = chunk.pending_indices();
         let pending_set: HashSet<u32> = pending.iter().copied().collect();
         let mut ticket = eo.load(&chunk.id);
+        // Schema evolution plans the rows no recorded append holds: a recorded append is
+        // sent again as it was (its columns existed then), whatever the table says now.
+        let recorded: HashSet<u32> = ticket
+            .batches
+            .iter()
+            .filter(|b| !b.rows.is_empty() && b.rows.iter().all(|i| pending_set.contains(i)))
+            .flat_map(|b| b.rows.iter().copied())
+            .collect();
+        let unrecorded: Vec<u32> = pending
+            .iter()
+            .copied()
+            .filter(|i| !recorded.contains(i))
+            .collect();
+        let mut groups = self.evolve(chunk, ready, unrecorded, run).await;
+        let ready = &*ready;
         let mut in_ticket: HashSet<u32> = HashSet::new();
         // 1. Replay: batches whose rows are still pending.
         for b in 0..ticket.batches.len() {
@@ -677,24 +855,39 @@ impl StorageWriteSink {
                 Replayed::Orphaned => {}
             }
         }
-        // 2. Rows no ticket batch holds.
-        let fresh: Vec<u32> = pending
+        // 2. Rows no ticket batch holds: the planned groups, and the rows of recorded appends
+        // whose stream is gone (written with the whole schema, as they were).
+        let mut orphaned: Vec<u32> = recorded
             .iter()
             .copied()
             .filter(|i| !in_ticket.contains(i))
             .collect();
-        if fresh.is_empty() {
+        orphaned.sort_unstable();
+        if !orphaned.is_empty() {
+            groups.push(Group {
+                indices: orphaned,
+                full: true,
+                carriers: self.evolution.is_some(),
+            });
+        }
+        groups.retain(|g| !g.indices.is_empty());
+        if groups.is_empty() {
             return;
         }
         if run.waiting.is_some() {
-            run.keep(&self.detail, &fresh, "deferred");
+            for g in &groups {
+                run.keep(&self.detail, &g.indices, "deferred");
+            }
             return;
         }
-        let (batches, rejected) = self.encode(chunk, &ready.schema, &fresh);
-        run.dead.extend(rejected);
+        let mut work: VecDeque<Batch> = VecDeque::new();
+        for group in &groups {
+            let (batches, rejected) = self.encode(chunk, ready, group);
+            run.dead.extend(rejected);
+            work.extend(batches);
+        }
         let slot = eo.slot(&ready.parent);
         let mut current = slot.lock().await;
-        let mut work: VecDeque<Batch> = batches.into();
         let mut replacements = 0;
         while let Some(mut batch) = work.pop_front() {
             if run.waiting.is_some() {
@@ -814,7 +1007,12 @@ impl StorageWriteSink {
             offset,
             rows,
         } = ticket.batches[b].clone();
-        let (mut batches, rejected) = self.encode(chunk, &ready.schema, &rows);
+        let group = Group {
+            indices: rows.clone(),
+            full: true,
+            carriers: false,
+        };
+        let (mut batches, rejected) = self.encode(chunk, ready, &group);
         // One batch as first sent (the schema could have grown since: then more).
         let mut batch = match batches.len() {
             1 => batches.remove(0),
