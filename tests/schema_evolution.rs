@@ -737,3 +737,74 @@ fn load_jobs_land_records_gaining_fields_with_every_field() {
         assert!(load.get("autodetect").is_none_or(|a| a == false), "{load}");
     }
 }
+
+/// With `--schema-update-delay-ms`, the Storage Write API refuses a writer schema naming the
+/// new column ("Input schema has more fields than BigQuery schema") until the change reaches
+/// its write path, as BigQuery does for minutes: those rows are held, the chunk's others land.
+fn storage_write_holds_rows_carrying_a_new_column(exactly_once: bool) {
+    let emulator = Emulator::start_grpc(&["--schema-update-delay-ms", "3000"]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(PROJECT, DATASET, "held", base_schema());
+    let (extra, buffer) = if exactly_once {
+        ("exactly_once true", "@type file\n    path {dir}/buffer")
+    } else {
+        ("", "")
+    };
+    let server = Server::start(&output_config(
+        &emulator,
+        "bigquery_storage_write",
+        "held",
+        extra,
+        buffer,
+    ));
+    let metrics = metrics_port(&server);
+    let mut records: Vec<Value> = (0..10)
+        .map(|i| json!({"seq": i, "msg": "new", "region": format!("eu-{i}")}))
+        .collect();
+    records.extend((10..30).map(|i| json!({"seq": i, "msg": "plain"})));
+    send(&server, &records);
+
+    let first = wait_for(20, || emulator.rows(PROJECT, DATASET, "held"));
+    assert!(
+        first.len() >= 20 && first.iter().all(|r| r["msg"] == "plain"),
+        "rows with the new field landed before the write path could see it, or the plain ones did not land: {first:?}"
+    );
+    let rows = by_seq(wait_for(30, || emulator.rows(PROJECT, DATASET, "held")));
+    assert_eq!(
+        rows.len(),
+        30,
+        "dead letters: {:?}\n{}",
+        dead_letters(&server),
+        server.log()
+    );
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["seq"], i.to_string(), "{row}");
+        if i < 10 {
+            assert_eq!(row["region"], format!("eu-{i}"), "{row}");
+        } else {
+            assert!(row["region"].is_null(), "{row}");
+        }
+    }
+    assert!(
+        dead_letters(&server).is_empty(),
+        "{:?}",
+        dead_letters(&server)
+    );
+    let held = metric(
+        metrics,
+        "bqforward_bigquery_schema_rows_held_total",
+        &[("table", "proj.logs.held")],
+    )
+    .unwrap_or(0.0);
+    assert!(held >= 10.0, "rows held metric: {held}");
+}
+
+#[test]
+fn storage_write_holds_rows_carrying_a_new_column_until_the_default_stream_sees_it() {
+    storage_write_holds_rows_carrying_a_new_column(false);
+}
+
+#[test]
+fn storage_write_holds_rows_carrying_a_new_column_until_a_committed_stream_sees_it() {
+    storage_write_holds_rows_carrying_a_new_column(true);
+}

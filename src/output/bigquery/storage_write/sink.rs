@@ -286,7 +286,7 @@ impl StorageWriteSink {
                 continue;
             }
             let answer = self.append(ready, &stream, &batch, None).await;
-            self.settle_batch(ready, run, batch, answer, &mut work)
+            self.settle_batch(ready, &stream, run, batch, answer, &mut work)
                 .await;
         }
     }
@@ -369,6 +369,7 @@ impl StorageWriteSink {
     async fn settle_batch(
         &self,
         ready: &Ready<'_>,
+        stream: &str,
         run: &mut Run,
         batch: Batch,
         answer: Answer,
@@ -386,7 +387,7 @@ impl StorageWriteSink {
                 }
             }
             Answer::Failed(verdict, error) => {
-                if let Some(halves) = self.failed(ready, run, batch, verdict, error).await {
+                if let Some(halves) = self.failed(ready, stream, run, batch, verdict, error).await {
                     work.push_front(halves.1);
                     work.push_front(halves.0);
                 }
@@ -460,6 +461,7 @@ impl StorageWriteSink {
     async fn failed(
         &self,
         ready: &Ready<'_>,
+        stream: &str,
         run: &mut Run,
         batch: Batch,
         verdict: AppendVerdict,
@@ -491,7 +493,10 @@ impl StorageWriteSink {
             AppendVerdict::RefreshSchema if batch.carriers => {
                 // The table has the columns (tables.patch answered), the write path does not
                 // see them yet: "Input schema has more fields than BigQuery schema" until the
-                // change propagates. The rows wait; the others of the chunk go on.
+                // change propagates. The rows wait; the others of the chunk go on. The
+                // connection that bound the refused writer schema is dropped: the next try
+                // opens one that sends it again (as Google's clients reopen their writer).
+                ready.grpc.forget(stream);
                 events::RowsHeldForSchema {
                     table: &run.table,
                     rows: batch.indices.len() as u64,
@@ -508,6 +513,7 @@ impl StorageWriteSink {
                 });
             }
             AppendVerdict::RefreshSchema => {
+                ready.grpc.forget(stream);
                 self.tables.forget_schema(ready.key).await;
                 run.keep(&self.detail, &batch.indices, "schema_mismatch");
                 run.wait(Waiting::backoff(error));
@@ -911,7 +917,9 @@ impl StorageWriteSink {
                             AppendVerdict::NotFound => AppendVerdict::NotFound,
                             _ => AppendVerdict::Retry,
                         };
-                        let _ = self.failed(ready, run, batch, verdict, error).await;
+                        let _ = self
+                            .failed(ready, &ready.parent, run, batch, verdict, error)
+                            .await;
                         continue;
                     }
                 }
@@ -983,7 +991,9 @@ impl StorageWriteSink {
                     // landed at this offset.
                     ticket.batches.pop();
                     let _ = eo.save(&chunk.id, &ticket);
-                    if let Some(halves) = self.failed(ready, run, batch, verdict, error).await {
+                    if let Some(halves) =
+                        self.failed(ready, stream, run, batch, verdict, error).await
+                    {
                         work.push_front(halves.1);
                         work.push_front(halves.0);
                     }
