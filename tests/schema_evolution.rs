@@ -808,3 +808,165 @@ fn storage_write_holds_rows_carrying_a_new_column_until_the_default_stream_sees_
 fn storage_write_holds_rows_carrying_a_new_column_until_a_committed_stream_sees_it() {
     storage_write_holds_rows_carrying_a_new_column(true);
 }
+
+/// The conflict rule and the limits, as for bigquery_insert: a value its column cannot take
+/// and a field BigQuery cannot have go to `<secondary>` with the reason; the rest lands.
+fn conflicts_go_to_secondary_with_the_reason(output: &str, buffer: &str) {
+    let emulator = Emulator::start_grpc(&["--schema-update-delay-ms", "0", "--job-delay-ms", "50"]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(PROJECT, DATASET, "conflicts", base_schema());
+    let server = Server::start(&output_config(&emulator, output, "conflicts", "", buffer));
+    let metrics = metrics_port(&server);
+    let mut deep = json!({"leaf": 1});
+    for _ in 0..16 {
+        deep = json!({ "d": deep });
+    }
+    send(
+        &server,
+        &[
+            json!({"seq": 0, "msg": "ok", "level": 3}),
+            json!({"seq": 1, "msg": "conflict", "level": "high"}),
+            json!({"seq": "abc", "msg": "bad seq"}),
+            json!({"seq": 3, "msg": "deep", "deep": deep}),
+            json!({"seq": 4, "msg": "ok", "level": 5}),
+        ],
+    );
+    let rows = by_seq(wait_for(2, || emulator.rows(PROJECT, DATASET, "conflicts")));
+    let dead = wait_for(3, || dead_letters(&server));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["level"], "3");
+    assert_eq!(rows[1]["level"], "5");
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let find = |msg: &str| {
+        dead.iter()
+            .find(|d| d["record"]["msg"] == msg)
+            .unwrap_or_else(|| panic!("no dead letter for {msg}: {dead:?}"))
+            .clone()
+    };
+    let conflict = find("conflict");
+    assert_eq!(conflict["reason"], "schema_conflict", "{conflict}");
+    assert_eq!(conflict["location"], "level", "{conflict}");
+    assert_eq!(find("bad seq")["reason"], "schema_conflict");
+    let deep = find("deep");
+    assert_eq!(deep["reason"], "schema_limit", "{deep}");
+    assert_eq!(
+        column(&columns(&emulator, "conflicts"), "level").0,
+        "INTEGER"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let conflicts = metric(
+            metrics,
+            "bqforward_bigquery_schema_conflicts_total",
+            &[
+                ("table", "proj.logs.conflicts"),
+                ("reason", "schema_conflict"),
+            ],
+        );
+        if conflicts == Some(2.0) || Instant::now() > deadline {
+            assert_eq!(conflicts, Some(2.0));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn storage_write_conflicts_go_to_secondary_with_the_reason() {
+    conflicts_go_to_secondary_with_the_reason("bigquery_storage_write", "");
+}
+
+#[test]
+fn load_job_conflicts_go_to_secondary_with_the_reason() {
+    conflicts_go_to_secondary_with_the_reason(
+        "bigquery_load",
+        "@type memory\n    flush_thread_interval 0.1s",
+    );
+}
+
+#[test]
+fn check_names_bad_schema_update_settings_of_the_other_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = |output: &str| {
+        let api = if output == "bigquery_load" {
+            "  <buffer>\n    @type memory\n  </buffer>\n"
+        } else {
+            ""
+        };
+        format!(
+            "<match app.**>\n  @type {output}\n  auth_method none\n  endpoint http://127.0.0.1:9\n  project p\n  dataset d\n  table t\n{api}"
+        )
+    };
+    let cases = [
+        (
+            "bigquery_storage_write",
+            "schema_update_options ALLOW_FIELD_RELAXATION",
+            "ALLOW_FIELD_RELAXATION is a load-job option (bigquery_load)",
+        ),
+        (
+            "bigquery_storage_write",
+            "schema_update_options ALLOW_FIELD_ADDITION\n  ignore_unknown_values true",
+            "ALLOW_FIELD_ADDITION and ignore_unknown_values true do not go together",
+        ),
+        (
+            "bigquery_load",
+            "schema_update_options ALLOW_FIELD_ADDITION\n  ignore_unknown_values true",
+            "ALLOW_FIELD_ADDITION and ignore_unknown_values true do not go together",
+        ),
+        (
+            "bigquery_load",
+            "schema_update_options ALLOW_EVERYTHING",
+            "schema_update_options: unknown option 'ALLOW_EVERYTHING'; allowed: ALLOW_FIELD_ADDITION, ALLOW_FIELD_RELAXATION",
+        ),
+        (
+            "bigquery_load",
+            "schema_update_types {\"*_at\": \"TIMESTAMP\"}",
+            "schema_update_types needs schema_update_options ALLOW_FIELD_ADDITION",
+        ),
+        (
+            "bigquery_storage_write",
+            "schema_update_options ALLOW_FIELD_ADDITION\n  schema_update_types {\"*_at\": \"TIMESTMP\"}",
+            "schema_update_types: '*_at': unknown type 'TIMESTMP'",
+        ),
+    ];
+    for (output, extra, want) in cases {
+        let text = format!("{}  {extra}\n</match>\n", head(output));
+        let path = dir.path().join("bad.conf");
+        std::fs::write(&path, &text).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}");
+        assert!(err.contains(want), "{text}\nwant {want:?}\ngot {err}");
+    }
+    for (output, want) in [
+        (
+            "bigquery_storage_write",
+            "the writer schema is rebuilt from the patched table",
+        ),
+        (
+            "bigquery_load",
+            "new fields become NULLABLE columns of each load job's schema",
+        ),
+    ] {
+        let text = format!(
+            "{}  schema_update_options [\"ALLOW_FIELD_ADDITION\"]\n  schema_update_types created_at:TIMESTAMP\n</match>\n",
+            head(output)
+        );
+        let path = dir.path().join("good.conf");
+        std::fs::write(&path, &text).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}\n{all}");
+        assert!(all.contains(want), "{text}\n{all}");
+    }
+}
