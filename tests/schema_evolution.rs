@@ -970,3 +970,134 @@ fn check_names_bad_schema_update_settings_of_the_other_outputs() {
         assert!(all.contains(want), "{text}\n{all}");
     }
 }
+
+#[test]
+fn two_storage_write_instances_add_the_same_and_different_columns_without_losing_one() {
+    let emulator = Emulator::start_grpc(&["--schema-update-delay-ms", "0"]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(PROJECT, DATASET, "shared", base_schema());
+    let start = || {
+        Server::start(&output_config(
+            &emulator,
+            "bigquery_storage_write",
+            "shared",
+            "",
+            "",
+        ))
+    };
+    let (a, b) = (start(), start());
+    // Both read the table (and its etag) first.
+    send(&a, &[json!({"seq": 0, "msg": "a"})]);
+    send(&b, &[json!({"seq": 1, "msg": "b"})]);
+    wait_for(2, || emulator.rows(PROJECT, DATASET, "shared"));
+    // b adds columns; a's etag is stale, so its patch gets 412 and a keeps b's columns.
+    send(
+        &b,
+        &[json!({"seq": 2, "msg": "b", "only_b": true, "both": 1})],
+    );
+    wait_for(3, || emulator.rows(PROJECT, DATASET, "shared"));
+    send(
+        &a,
+        &[json!({"seq": 3, "msg": "a", "only_a": "x", "both": 2})],
+    );
+    wait_for(4, || emulator.rows(PROJECT, DATASET, "shared"));
+    // Then both at once, each with a column of its own and one they share.
+    let spawn = |server: &Server, who: &str, from: u64| {
+        let events: Vec<Value> = (from..from + 50)
+            .map(
+                |i| json!(["", {"seq": i, "msg": who, format!("late_{who}"): i, "late_both": "s"}]),
+            )
+            .collect();
+        spawn_client(
+            "fluent_logger_records.py",
+            &[
+                "--port",
+                &server.port.to_string(),
+                "--tag",
+                "app",
+                "--events",
+                &Value::Array(events).to_string(),
+            ],
+        )
+    };
+    let (ca, cb) = (spawn(&a, "a", 100), spawn(&b, "b", 200));
+    finish_client(ca);
+    finish_client(cb);
+    let rows = by_seq(wait_for(104, || emulator.rows(PROJECT, DATASET, "shared")));
+    let (dead_a, dead_b) = (dead_letters(&a), dead_letters(&b));
+    assert_eq!(rows.len(), 104, "dead letters: a {dead_a:?}, b {dead_b:?}");
+    assert!(
+        a.log().contains("another writer changed the table"),
+        "{}",
+        a.log()
+    );
+    let cols = columns(&emulator, "shared");
+    for (name, ty) in [
+        ("only_b", "BOOLEAN"),
+        ("only_a", "STRING"),
+        ("both", "INTEGER"),
+        ("late_a", "INTEGER"),
+        ("late_b", "INTEGER"),
+        ("late_both", "STRING"),
+    ] {
+        assert_eq!(column(&cols, name).0, ty, "{name} in {cols:?}");
+    }
+    assert_eq!(cols.len(), 8, "each column once: {cols:?}");
+    assert_eq!(rows[2]["only_b"], "true");
+    assert_eq!(rows[3]["only_a"], "x");
+    assert_eq!(rows[3]["both"], "2");
+    for row in &rows[4..] {
+        let seq: u64 = row["seq"].as_str().unwrap().parse().unwrap();
+        let who = if seq < 200 { "a" } else { "b" };
+        assert_eq!(row[format!("late_{who}")], seq.to_string(), "{row}");
+        assert_eq!(row["late_both"], "s", "{row}");
+    }
+    assert!(dead_a.is_empty() && dead_b.is_empty());
+}
+
+#[test]
+fn load_jobs_relax_a_required_column_rows_lack_with_allow_field_relaxation() {
+    let emulator = Emulator::start(&["--job-delay-ms", "50"]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(
+        PROJECT,
+        DATASET,
+        "strict",
+        json!([
+            {"name": "seq", "type": "INTEGER", "mode": "REQUIRED"},
+            {"name": "msg", "type": "STRING", "mode": "REQUIRED"},
+        ]),
+    );
+    let text = output_config(
+        &emulator,
+        "bigquery_load",
+        "strict",
+        "",
+        "@type memory\n    flush_thread_interval 0.1s",
+    )
+    .replace(
+        "schema_update_options ALLOW_FIELD_ADDITION",
+        "schema_update_options [\"ALLOW_FIELD_ADDITION\", \"ALLOW_FIELD_RELAXATION\"]",
+    );
+    let server = Server::start(&text);
+    send(
+        &server,
+        &[
+            json!({"seq": 0, "msg": "has it"}),
+            json!({"seq": 1, "region": "eu"}),
+        ],
+    );
+    let rows = by_seq(wait_for(2, || emulator.rows(PROJECT, DATASET, "strict")));
+    assert_eq!(rows.len(), 2, "dead letters: {:?}", dead_letters(&server));
+    assert_eq!(rows[0]["msg"], "has it");
+    assert!(rows[1]["msg"].is_null(), "{}", rows[1]);
+    assert_eq!(rows[1]["region"], "eu");
+    let cols = columns(&emulator, "strict");
+    assert_eq!(column(&cols, "msg"), ("STRING".into(), "NULLABLE".into()));
+    assert_eq!(column(&cols, "seq"), ("INTEGER".into(), "REQUIRED".into()));
+    assert_eq!(
+        column(&cols, "region"),
+        ("STRING".into(), "NULLABLE".into())
+    );
+    assert!(dead_letters(&server).is_empty());
+}

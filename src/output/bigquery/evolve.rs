@@ -1754,4 +1754,93 @@ mod tests {
         assert!(has_dotted(&schema, "R.Y".to_ascii_lowercase().as_str()));
         assert_eq!(count_fields(&schema.fields), 4);
     }
+
+    #[test]
+    fn a_load_jobs_schema_keeps_the_tables_fields_and_adds_relaxes_or_refuses() {
+        let fields = vec![
+            json!({"name": "seq", "type": "INTEGER", "mode": "REQUIRED", "description": "kept"}),
+            json!({"name": "user", "type": "RECORD", "fields": [
+                {"name": "id", "type": "INTEGER", "mode": "REQUIRED"}]}),
+        ];
+        let records = [
+            json!({"seq": 1, "user": {"id": 1, "email": "e"}, "level": 3}),
+            json!({"seq": 2, "user": {}}),
+            json!({"user": {"id": 3}, "created_at": "2026-12-01T10:00:00Z"}),
+            json!({"seq": 4, "user": {"id": 4}, "level": "high"}),
+        ];
+        let entries: Vec<Entry> = records
+            .iter()
+            .map(|r| Entry {
+                tag: "t".into(),
+                event: Event {
+                    time: EventTime::new(1, 0),
+                    record: msgpack(r).into(),
+                },
+            })
+            .collect();
+        let key = TableKey {
+            project: "p".into(),
+            dataset: "d".into(),
+            table: "t".into(),
+            template_suffix: None,
+            schema_path: None,
+            schema_table: None,
+        };
+        let rules = TypeRules::parse(&[("*_at".into(), "TIMESTAMP".into())]).unwrap();
+        let evolution = Evolution::new("o".into(), rules, Arc::default());
+        let plan_with = |add: bool, relax: bool| {
+            let mut inject = Inject::default();
+            let rows = Rows {
+                entries: &entries,
+                indices: &[0, 1, 2, 3],
+                inject: &mut inject,
+                conversion: Conversion::Strict,
+            };
+            evolution.plan_job(&key, &fields, add, relax, rows).unwrap()
+        };
+
+        let plan = plan_with(true, true);
+        // (serde_json writes the records' keys sorted.)
+        assert_eq!(
+            plan.added,
+            ["level INTEGER", "user.email STRING", "created_at TIMESTAMP"]
+        );
+        assert_eq!(plan.relaxed, ["user.id", "seq"]);
+        assert!(plan.changes_schema());
+        // The table's fields as given (description kept), relaxed, new ones after them.
+        assert_eq!(plan.fields[0]["description"], "kept");
+        assert_eq!(plan.fields[0]["mode"], "NULLABLE");
+        assert_eq!(plan.fields[1]["fields"][1]["name"], "email");
+        assert_eq!(plan.fields[2]["name"], "level");
+        assert_eq!(plan.ready, [0, 1, 2]);
+        assert_eq!(plan.dead.len(), 1);
+        assert_eq!(plan.dead[0].index, 3);
+        assert_eq!(plan.dead[0].reason, "schema_conflict");
+        assert_eq!(plan.dead[0].location, "level");
+        assert!(has_dotted(&plan.schema, "created_at"));
+
+        // Without ALLOW_FIELD_RELAXATION, a missing REQUIRED value is the row's own fault;
+        // without ALLOW_FIELD_ADDITION, nothing is added.
+        let plan = plan_with(false, false);
+        assert!(plan.added.is_empty() && plan.relaxed.is_empty() && !plan.changes_schema());
+        let reasons: Vec<(u32, &str)> = plan
+            .dead
+            .iter()
+            .map(|d| (d.index, d.reason.as_str()))
+            .collect();
+        assert_eq!(reasons, [(1, "conversion_error"), (2, "conversion_error")]);
+        assert_eq!(plan.ready, [0, 3]);
+    }
+
+    #[test]
+    fn row_error_fields_name_their_columns() {
+        assert_eq!(column_path("items[2].x"), ["items", "x"]);
+        assert_eq!(column_path("a"), ["a"]);
+        let mut fields = vec![json!({"name": "R", "type": "RECORD", "fields": [
+            {"name": "x", "type": "STRING", "mode": "REQUIRED"}]})];
+        assert!(relax_raw(&mut fields, &["r".into(), "X".into()]));
+        assert_eq!(fields[0]["fields"][0]["mode"], "NULLABLE");
+        assert!(!relax_raw(&mut fields, &["r".into(), "x".into()]));
+        assert!(!relax_raw(&mut fields, &["nope".into()]));
+    }
 }

@@ -117,6 +117,7 @@ mod tests {
             Some(&schema),
             &mut inject,
             Conversion::Strict,
+            false,
         )
         .unwrap();
         let mut text = String::new();
