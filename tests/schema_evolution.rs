@@ -1101,3 +1101,68 @@ fn load_jobs_relax_a_required_column_rows_lack_with_allow_field_relaxation() {
     );
     assert!(dead_letters(&server).is_empty());
 }
+
+#[test]
+fn two_load_instances_adding_different_columns_at_once_both_land() {
+    // Jobs run a second after they are made, against the table as it is then: both instances
+    // read the table before either job commits, so the second job's schema lacks the first's
+    // column and BigQuery fails it ("Field only_a is missing in new schema").
+    let emulator = Emulator::start(&["--job-delay-ms", "1000"]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(PROJECT, DATASET, "both", base_schema());
+    let start = || {
+        Server::start(&output_config(
+            &emulator,
+            "bigquery_load",
+            "both",
+            "",
+            "@type memory\n    flush_thread_interval 0.1s",
+        ))
+    };
+    let (a, b) = (start(), start());
+    let spawn = |server: &Server, who: &str| {
+        let events: Vec<Value> = (0..20)
+            .map(|i| json!(["", {"seq": i, "msg": who, format!("only_{who}"): format!("{who}{i}"), "shared": i}]))
+            .collect();
+        spawn_client(
+            "fluent_logger_records.py",
+            &[
+                "--port",
+                &server.port.to_string(),
+                "--tag",
+                "app",
+                "--events",
+                &Value::Array(events).to_string(),
+            ],
+        )
+    };
+    let (ca, cb) = (spawn(&a, "a"), spawn(&b, "b"));
+    finish_client(ca);
+    finish_client(cb);
+    let rows = wait_for(40, || emulator.rows(PROJECT, DATASET, "both"));
+    let (dead_a, dead_b) = (dead_letters(&a), dead_letters(&b));
+    assert_eq!(rows.len(), 40, "dead letters: a {dead_a:?}, b {dead_b:?}");
+    assert!(dead_a.is_empty() && dead_b.is_empty());
+    let raced = "another writer changed the table while the job ran";
+    assert!(
+        a.log().contains(raced) || b.log().contains(raced),
+        "neither job met the other's column:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    let cols = columns(&emulator, "both");
+    for (name, ty) in [
+        ("only_a", "STRING"),
+        ("only_b", "STRING"),
+        ("shared", "INTEGER"),
+    ] {
+        assert_eq!(column(&cols, name).0, ty, "{name} in {cols:?}");
+    }
+    assert_eq!(cols.len(), 5, "each column once: {cols:?}");
+    for row in &rows {
+        let who = row["msg"].as_str().unwrap();
+        let seq = row["seq"].as_str().unwrap();
+        assert_eq!(row[format!("only_{who}")], format!("{who}{seq}"), "{row}");
+        assert_eq!(row["shared"], seq, "{row}");
+    }
+}

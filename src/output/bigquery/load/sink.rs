@@ -201,7 +201,7 @@ impl LoadSink {
             match self
                 .finish(service, key, &job_id, found, None, None)
                 .await?
-                .map(|e| raced(&rows, e))
+                .map(|e| self.raced(table, &rows, e))
             {
                 Some(error) if error.retry && !was_done => {
                     self.set_generation(&chunk.id, generation + 1);
@@ -287,7 +287,7 @@ impl LoadSink {
         match self
             .finish(service, key, &job_id, job, Some(started), Some(&data))
             .await?
-            .map(|e| raced(&rows, e))
+            .map(|e| self.raced(table, &rows, e))
         {
             None => {
                 if let (Some(evolution), Some(plan)) = (&self.evolution, &rows.plan) {
@@ -550,6 +550,22 @@ impl LoadSink {
         }
     }
 
+    /// A job that changed the schema and failed because the table changed since it was read
+    /// (another writer added a column: "Field x is missing in new schema", or the same column
+    /// with another type) is loaded again after the table is read again, not dead-lettered.
+    fn raced(&self, table: &str, rows: &JobRows, mut error: JobError) -> JobError {
+        let grew = rows.plan.as_ref().is_some_and(JobPlan::changes_schema);
+        if grew
+            && (error.message.contains("is missing in new schema")
+                || error.message.contains("has changed type from"))
+        {
+            tracing::warn!(output = %self.id, table, error = %error.message,
+                "another writer changed the table while the job ran; loading again with its schema read again");
+            error.retry = true;
+        }
+        error
+    }
+
     fn generation(&self, chunk: &ChunkId) -> u32 {
         self.generations
             .lock()
@@ -569,20 +585,6 @@ impl LoadSink {
             g.remove(chunk);
         }
     }
-}
-
-/// A job that carried new columns and failed because the table changed since it was read
-/// (another writer added a column: "Field x is missing in new schema", or the same column
-/// with another type) is loaded again after the table is read again, not dead-lettered.
-fn raced(rows: &JobRows, mut error: JobError) -> JobError {
-    let grew = rows.plan.as_ref().is_some_and(JobPlan::changes_schema);
-    if grew
-        && (error.message.contains("is missing in new schema")
-            || error.message.contains("has changed type from"))
-    {
-        error.retry = true;
-    }
-    error
 }
 
 fn transient(failure: &Failure) -> Stop {
