@@ -1,7 +1,9 @@
 //! Schema evolution (`schema_update_options ALLOW_FIELD_ADDITION`): which fields of a chunk's
 //! records the table lacks, what column each becomes, adding them with tables.patch under the
 //! table's etag, and which rows must wait for BigQuery's streaming system to see them. Shared
-//! by the BigQuery outputs (see docs/schema-evolution.md for the hooks); sends no rows.
+//! by the BigQuery outputs: `plan` for insertAll and Storage Write (which patch the table),
+//! `plan_job` for load jobs (whose schema adds the columns); see docs/schema-evolution.md.
+//! Sends no rows.
 //!
 //! Limits: "Quotas and limits / Tables" (10,000 columns, nested and repeated ones included)
 //! and "Specifying nested and repeated columns" (15 levels of nesting).

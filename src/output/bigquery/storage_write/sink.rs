@@ -1,7 +1,9 @@
 //! `bigquery_storage_write`'s delivery of one buffered chunk to one table: prepare (clients,
-//! schema, writer schema), encode the pending rows to protobuf in requests under the size
-//! limit, append them (to the `_default` stream, or with `exactly_once` to an app-created
-//! COMMITTED stream at offsets recorded beforehand), then settle (dead letters, what waits).
+//! schema, writer schema; with schema evolution, new columns added first and the writer
+//! schema rebuilt from the patched table), encode the pending rows to protobuf in requests
+//! under the size limit, append them (to the `_default` stream, or with `exactly_once` to an
+//! app-created COMMITTED stream at offsets recorded beforehand), then settle (dead letters,
+//! what waits).
 //! Every row ends in BigQuery or in the dead letters with its reason; nothing is dropped
 //! silently.
 
