@@ -26,6 +26,7 @@ use crate::output::bigquery::service::{BigQueryClient, Connection};
 use crate::output::bigquery::tables::{SchemaSource, Tables, Waiting};
 use bq_storage_proto::prost_types::DescriptorProto;
 use bq_storage_proto::v1::append_rows_response::Response;
+use bq_storage_proto::v1::{TableFieldSchema, TableSchema};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::collections::{HashSet, VecDeque};
@@ -113,7 +114,9 @@ impl Batch {
 /// What one append came to.
 enum Answer {
     Landed {
-        updated_schema: bool,
+        /// The table's schema as the write path sees it now, when it changed
+        /// (`AppendRowsResponse.updated_schema`).
+        updated_schema: Option<TableSchema>,
     },
     /// The batch was refused for these rows (positions in the batch, BigQuery's message);
     /// none of its rows landed.
@@ -379,7 +382,8 @@ impl StorageWriteSink {
     ) {
         match answer {
             Answer::Landed { updated_schema } => {
-                self.landed(ready, run, &batch, updated_schema).await;
+                self.landed(ready, run, &batch, updated_schema.as_ref())
+                    .await;
             }
             Answer::RowErrors(errors) => {
                 let bad = self.row_errors(run, &batch, errors);
@@ -397,11 +401,24 @@ impl StorageWriteSink {
         }
     }
 
-    async fn landed(&self, ready: &Ready<'_>, run: &Run, batch: &Batch, updated_schema: bool) {
+    async fn landed(
+        &self,
+        ready: &Ready<'_>,
+        run: &Run,
+        batch: &Batch,
+        updated_schema: Option<&TableSchema>,
+    ) {
         self.tables.dataset_found(ready.key);
-        if let (true, Some(evolution)) = (batch.carriers, &self.evolution) {
-            // The write path sees the columns these rows carried.
-            evolution.columns_seen(ready.key, &ready.carried);
+        if let Some(evolution) = &self.evolution {
+            if batch.carriers {
+                // The write path sees the columns these rows carried.
+                evolution.columns_seen(ready.key, &ready.carried);
+            }
+            if let Some(updated) = updated_schema {
+                // "If backend detects a schema update, pass it to user so that user can use
+                // it to input new type of message": the columns it names are seen.
+                evolution.columns_seen(ready.key, &dotted_paths(&updated.fields));
+            }
         }
         events::RowsInserted {
             table: &run.table,
@@ -415,7 +432,7 @@ impl StorageWriteSink {
             bytes: batch.bytes(),
         }
         .emit(&self.detail);
-        if updated_schema && matches!(self.tables.schema, SchemaSource::Fetch { .. }) {
+        if updated_schema.is_some() && matches!(self.tables.schema, SchemaSource::Fetch { .. }) {
             // The table has changed: read its schema again for the next chunks. (A fixed
             // `schema` / `schema_path` stays what the rows are written with.)
             tracing::info!(output = %self.id, table = %run.table, "the table's schema changed (updated_schema); reading it again");
@@ -553,7 +570,7 @@ impl StorageWriteSink {
         let answer = match result {
             Ok(response) => match response.response {
                 Some(Response::AppendResult(_)) => Answer::Landed {
-                    updated_schema: response.updated_schema.is_some(),
+                    updated_schema: response.updated_schema,
                 },
                 Some(Response::Error(status)) if !response.row_errors.is_empty() => {
                     let errors = response
@@ -590,7 +607,7 @@ impl StorageWriteSink {
             Answer::Failed(AppendVerdict::Landed, error) => {
                 tracing::debug!(output = %self.id, stream, ?offset, %error, "rows already in the stream: counted as landed");
                 Answer::Landed {
-                    updated_schema: false,
+                    updated_schema: None,
                 }
             }
             other => other,
@@ -760,6 +777,19 @@ impl StorageWriteSink {
             quiet: waiting.quiet,
         }
     }
+}
+
+/// Lower-cased dotted paths of every field of an `updated_schema` (as `evolve` names columns).
+fn dotted_paths(fields: &[TableFieldSchema]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in fields {
+        let name = f.name.to_ascii_lowercase();
+        for sub in dotted_paths(&f.fields) {
+            out.push(format!("{name}.{sub}"));
+        }
+        out.push(name);
+    }
+    out
 }
 
 #[cold]
@@ -949,7 +979,8 @@ impl StorageWriteSink {
                     if let Some((_, next)) = current.as_mut() {
                         *next += batch.indices.len() as i64;
                     }
-                    self.landed(ready, run, &batch, updated_schema).await;
+                    self.landed(ready, run, &batch, updated_schema.as_ref())
+                        .await;
                 }
                 Answer::RowErrors(errors) => {
                     // Nothing of the batch landed: the rest goes at the same offset.
@@ -1045,7 +1076,8 @@ impl StorageWriteSink {
         loop {
             match self.append(ready, &stream, &batch, Some(offset)).await {
                 Answer::Landed { updated_schema } => {
-                    self.landed(ready, run, &batch, updated_schema).await;
+                    self.landed(ready, run, &batch, updated_schema.as_ref())
+                        .await;
                     return Replayed::Settled;
                 }
                 Answer::RowErrors(errors) => {
