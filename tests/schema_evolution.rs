@@ -570,6 +570,14 @@ fn output_config(
     )
 }
 
+/// At least `n` rows of `table`, read again once there are: `Emulator::rows` reads the schema,
+/// then the rows, and a load job commits its new columns and its rows at once, so a read
+/// that straddles the commit decodes the new rows with the old columns.
+fn landed_rows(emulator: &Emulator, table: &str, n: usize) -> Vec<Value> {
+    wait_for(n, || emulator.rows(PROJECT, DATASET, table));
+    by_seq(emulator.rows(PROJECT, DATASET, table))
+}
+
 /// Plain records, then (once they landed) records with new fields of every kind, then a
 /// field that arrives as an integer and then as a float; checks every row's every value and
 /// the columns' types.
@@ -602,7 +610,7 @@ fn records_gain_fields_and_land_with_every_value(
         |i| json!({"seq": i, "msg": "late", "ratio": if i < 45 { json!(2) } else { json!(2.5) }}),
     ));
     send(server, &rich);
-    let rows = by_seq(wait_for(50, || emulator.rows(PROJECT, DATASET, table)));
+    let rows = landed_rows(emulator, table, 50);
     assert_eq!(rows.len(), 50, "dead letters: {:?}", dead_letters(server));
     assert!(
         dead_letters(server).is_empty(),
@@ -831,7 +839,7 @@ fn conflicts_go_to_secondary_with_the_reason(output: &str, buffer: &str) {
             json!({"seq": 4, "msg": "ok", "level": 5}),
         ],
     );
-    let rows = by_seq(wait_for(2, || emulator.rows(PROJECT, DATASET, "conflicts")));
+    let rows = landed_rows(&emulator, "conflicts", 2);
     let dead = wait_for(3, || dead_letters(&server));
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(rows[0]["level"], "3");
@@ -1087,7 +1095,7 @@ fn load_jobs_relax_a_required_column_rows_lack_with_allow_field_relaxation() {
             json!({"seq": 1, "region": "eu"}),
         ],
     );
-    let rows = by_seq(wait_for(2, || emulator.rows(PROJECT, DATASET, "strict")));
+    let rows = landed_rows(&emulator, "strict", 2);
     assert_eq!(rows.len(), 2, "dead letters: {:?}", dead_letters(&server));
     assert_eq!(rows[0]["msg"], "has it");
     assert!(rows[1]["msg"].is_null(), "{}", rows[1]);
@@ -1104,10 +1112,10 @@ fn load_jobs_relax_a_required_column_rows_lack_with_allow_field_relaxation() {
 
 #[test]
 fn two_load_instances_adding_different_columns_at_once_both_land() {
-    // Jobs run a second after they are made, against the table as it is then: both instances
+    // Jobs run 3 s after they are made, against the table as it is then: both instances
     // read the table before either job commits, so the second job's schema lacks the first's
     // column and BigQuery fails it ("Field only_a is missing in new schema").
-    let emulator = Emulator::start(&["--job-delay-ms", "1000"]);
+    let emulator = Emulator::start(&["--job-delay-ms", "3000"]);
     emulator.create_dataset(PROJECT, DATASET);
     emulator.create_table(PROJECT, DATASET, "both", base_schema());
     let start = || {
@@ -1139,7 +1147,7 @@ fn two_load_instances_adding_different_columns_at_once_both_land() {
     let (ca, cb) = (spawn(&a, "a"), spawn(&b, "b"));
     finish_client(ca);
     finish_client(cb);
-    let rows = wait_for(40, || emulator.rows(PROJECT, DATASET, "both"));
+    let rows = landed_rows(&emulator, "both", 40);
     let (dead_a, dead_b) = (dead_letters(&a), dead_letters(&b));
     assert_eq!(rows.len(), 40, "dead letters: a {dead_a:?}, b {dead_b:?}");
     assert!(dead_a.is_empty() && dead_b.is_empty());
@@ -1165,4 +1173,48 @@ fn two_load_instances_adding_different_columns_at_once_both_land() {
         assert_eq!(row[format!("only_{who}")], format!("{who}{seq}"), "{row}");
         assert_eq!(row["shared"], seq, "{row}");
     }
+}
+
+#[test]
+fn storage_write_rows_without_another_writers_unseen_column_are_not_held_for_it() {
+    // The write path sees a new column 6 s after it is added.
+    let emulator = Emulator::start_grpc(&["--schema-update-delay-ms", "6000"]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(PROJECT, DATASET, "late", base_schema());
+    let config = output_config(&emulator, "bigquery_storage_write", "late", "", "");
+    let a = Server::start(&config);
+    send(&a, &[json!({"seq": 0, "msg": "a", "x": "from a"})]);
+    a.wait_log("added columns for new fields");
+    // b first reads the table with x in it: for b, x is not a column it just added, and its
+    // first writer schema names it; the Storage Write API refuses that ("extra fields: 'x'").
+    let b = Server::start(&config);
+    let mut records: Vec<Value> = (1..6)
+        .map(|i| json!({"seq": i, "msg": "b", "x": format!("x{i}")}))
+        .collect();
+    records.extend((6..16).map(|i| json!({"seq": i, "msg": "plain"})));
+    send(&b, &records);
+    let first = wait_for(10, || emulator.rows(PROJECT, DATASET, "late"));
+    assert!(
+        first.len() >= 10 && first.iter().all(|r| r["msg"] == "plain"),
+        "b's plain rows waited for a column they do not carry: {first:?}\n{}",
+        b.log()
+    );
+    let rows = by_seq(wait_for(16, || emulator.rows(PROJECT, DATASET, "late")));
+    assert_eq!(
+        rows.len(),
+        16,
+        "dead letters: a {:?}, b {:?}",
+        dead_letters(&a),
+        dead_letters(&b)
+    );
+    assert_eq!(rows[0]["x"], "from a");
+    for (i, row) in rows.iter().enumerate().skip(1) {
+        assert_eq!(row["seq"], i.to_string(), "{row}");
+        if i < 6 {
+            assert_eq!(row["x"], format!("x{i}"), "{row}");
+        } else {
+            assert!(row["x"].is_null(), "{row}");
+        }
+    }
+    assert!(dead_letters(&a).is_empty() && dead_letters(&b).is_empty());
 }

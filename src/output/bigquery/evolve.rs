@@ -1183,6 +1183,31 @@ impl Evolution {
             .is_some_and(|schema| has_dotted(&schema, &dotted))
     }
 
+    /// The streaming path refused columns the table has as unknown (Storage Write's "Input
+    /// schema has more fields than BigQuery schema, extra fields: 'a,b.c'"): another writer
+    /// added them lately, or they were read before it saw them. They count as fresh again,
+    /// so the next plan sends the rows that do not carry them without them. Returns whether
+    /// one was not fresh yet. (Skipped while another delivery holds the table.)
+    pub fn columns_unseen(&self, key: &TableKey, paths: &[String]) -> bool {
+        let slot = self.slot(key);
+        let Ok(mut state) = slot.try_lock() else {
+            return false;
+        };
+        let Some(table) = state.as_mut() else {
+            return false;
+        };
+        let now = Instant::now();
+        let mut marked = false;
+        for path in paths {
+            let path = path.to_ascii_lowercase();
+            if has_dotted(&table.schema, &path) && !table.fresh.iter().any(|(p, _)| *p == path) {
+                table.fresh.push((path, now));
+                marked = true;
+            }
+        }
+        marked
+    }
+
     /// Rows carrying the fresh columns `paths` (`Plan::carried`) landed: insertAll sees them
     /// now, so rows carrying them need not be sent apart any more. (Skipped while another
     /// delivery holds the table: they stay fresh a little longer, which costs nothing.)

@@ -41,6 +41,9 @@ pub const MAX_REQUEST_BYTES: usize = 9 * 1024 * 1024;
 const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Stream replacements one delivery may make before it waits for the backoff.
 const MAX_REPLACEMENTS: u32 = 3;
+/// How soon rows refused for a column another writer added go again, once that column counts
+/// as fresh (the next plan writes them without it).
+const UNSEEN_RETRY: Duration = Duration::from_secs(1);
 /// A schema read from the table is read again for rows with unknown keys at most this often.
 const UNKNOWN_KEY_REFRESH: Duration = Duration::from_secs(60);
 
@@ -509,13 +512,23 @@ impl StorageWriteSink {
                     None => run.dead.extend(reject(&batch.indices, "not_found", &error)),
                 }
             }
-            AppendVerdict::RefreshSchema if batch.carriers => {
-                // The table has the columns (tables.patch answered), the write path does not
-                // see them yet: "Input schema has more fields than BigQuery schema" until the
-                // change propagates. The rows wait; the others of the chunk go on. The
-                // connection that bound the refused writer schema is dropped: the next try
-                // opens one that sends it again (as Google's clients reopen their writer).
+            AppendVerdict::RefreshSchema if self.evolution.is_some() => {
+                // The table has the columns (tables.patch answered, or tables.get showed
+                // them), the write path does not see them yet: "Input schema has more fields
+                // than BigQuery schema" until the change propagates. The rows wait; the others
+                // of the chunk go on. The connection that bound the refused writer schema is
+                // dropped: the next try opens one that sends it again (as Google's clients
+                // reopen their writer).
                 ready.grpc.forget(stream);
+                // Rows without a column named here were refused for the writer schema alone
+                // (another writer's column, read before the write path saw it): the column
+                // counts as fresh, and they go again soon without it.
+                let unseen = extra_fields(&error);
+                let soon = !batch.carriers
+                    && self
+                        .evolution
+                        .as_ref()
+                        .is_some_and(|e| e.columns_unseen(ready.key, &unseen));
                 events::RowsHeldForSchema {
                     table: &run.table,
                     rows: batch.indices.len() as u64,
@@ -527,7 +540,7 @@ impl StorageWriteSink {
                         "rows wait until the Storage Write API sees the new columns of {}",
                         run.table
                     ),
-                    after: Some(evolve::HOLD),
+                    after: Some(if soon { UNSEEN_RETRY } else { evolve::HOLD }),
                     quiet: true,
                 });
             }
@@ -777,6 +790,21 @@ impl StorageWriteSink {
             quiet: waiting.quiet,
         }
     }
+}
+
+/// The columns a SCHEMA_MISMATCH_EXTRA_FIELDS answer names ("Input schema has more fields
+/// than BigQuery schema, extra fields: 'a,b.c'"), as dotted paths.
+fn extra_fields(message: &str) -> Vec<String> {
+    let Some((_, rest)) = message.split_once("extra fields: '") else {
+        return Vec::new();
+    };
+    let names = rest.split('\'').next().unwrap_or_default();
+    names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Lower-cased dotted paths of every field of an `updated_schema` (as `evolve` names columns).
@@ -1139,5 +1167,35 @@ impl Sink<TableKey> for StorageWriteSink {
                 .emit(&self.detail);
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_fields_are_read_from_the_answer() {
+        assert_eq!(
+            extra_fields(
+                "InvalidArgument: Input schema has more fields than BigQuery schema, extra fields: 'x,user.email' Entity: projects/p/datasets/d/tables/t/streams/_default"
+            ),
+            ["x", "user.email"]
+        );
+        assert!(extra_fields("The proto field mismatched with BigQuery field").is_empty());
+    }
+
+    #[test]
+    fn updated_schema_fields_are_dotted_paths() {
+        let field = |name: &str, fields: Vec<TableFieldSchema>| TableFieldSchema {
+            name: name.into(),
+            fields,
+            ..TableFieldSchema::default()
+        };
+        let fields = vec![
+            field("A", vec![field("B", Vec::new())]),
+            field("c", Vec::new()),
+        ];
+        assert_eq!(dotted_paths(&fields), ["a.b", "a", "c"]);
     }
 }
