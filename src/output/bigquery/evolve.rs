@@ -848,11 +848,11 @@ impl Evolution {
         let mut grown = Schema::from_json(&serde_json::json!({ "fields": job_fields }))
             .map_err(|e| format!("schema of {name} with the new fields: {e}"))?;
         // The rows again, against the schema the job gives the table: what still fails to
-        // convert conflicts with its column.
-        let mut again = probe_rows(&grown, &mut rows, &self.rules);
+        // convert conflicts with its column. (Without new columns, the first walk says it.)
+        let mut again = (!added.is_empty()).then(|| probe_rows(&grown, &mut rows, &self.rules));
         let mut relaxed = Vec::new();
         if relax {
-            for p in &again {
+            for p in again.as_deref().unwrap_or(&probes) {
                 if let Some(err) = p
                     .error
                     .as_ref()
@@ -868,9 +868,10 @@ impl Evolution {
             if !relaxed.is_empty() {
                 grown = Schema::from_json(&serde_json::json!({ "fields": job_fields }))
                     .map_err(|e| format!("schema of {name} relaxed: {e}"))?;
-                again = probe_rows(&grown, &mut rows, &self.rules);
+                again = Some(probe_rows(&grown, &mut rows, &self.rules));
             }
         }
+        let again = again.as_deref().unwrap_or(&probes);
         let mut plan = JobPlan {
             schema: Arc::new(grown),
             fields: job_fields,
