@@ -1209,6 +1209,19 @@ impl Evolution {
         marked
     }
 
+    /// The table's schema is read again by the next plan (a writer schema built from it was
+    /// refused for something other than a column not seen yet). (Skipped while another
+    /// delivery holds the table: it reads it when due anyway.)
+    pub fn read_again(&self, key: &TableKey) {
+        let slot = self.slot(key);
+        if let Ok(mut state) = slot.try_lock()
+            && let Some(table) = state.as_mut()
+            && let Some(past) = Instant::now().checked_sub(REFRESH * 2)
+        {
+            table.read_at = past;
+        }
+    }
+
     /// Rows carrying the fresh columns `paths` (`Plan::carried`) landed: insertAll sees them
     /// now, so rows carrying them need not be sent apart any more. (Skipped while another
     /// delivery holds the table: they stay fresh a little longer, which costs nothing.)

@@ -524,11 +524,18 @@ impl StorageWriteSink {
                 // (another writer's column, read before the write path saw it): the column
                 // counts as fresh, and they go again soon without it.
                 let unseen = extra_fields(&error);
-                let soon = !batch.carriers
-                    && self
-                        .evolution
-                        .as_ref()
-                        .is_some_and(|e| e.columns_unseen(ready.key, &unseen));
+                let soon = match &self.evolution {
+                    Some(evolution) if unseen.is_empty() => {
+                        // Not an unseen column ("The proto field mismatched with BigQuery
+                        // field"): the table is read again before the rows go again.
+                        evolution.read_again(ready.key);
+                        false
+                    }
+                    Some(evolution) => {
+                        !batch.carriers && evolution.columns_unseen(ready.key, &unseen)
+                    }
+                    None => false,
+                };
                 events::RowsHeldForSchema {
                     table: &run.table,
                     rows: batch.indices.len() as u64,
