@@ -79,8 +79,9 @@ struct Cli {
     /// Which requests faults apply to.
     #[arg(long, value_enum, default_value_t = FaultScope::InsertAll)]
     fault_scope: FaultScope,
-    /// Milliseconds after a schema change during which insertAll still checks rows against the
-    /// previous schema (BigQuery: "metadata changes are propagated within minutes").
+    /// Milliseconds after a schema change during which insertAll and Storage Write appends
+    /// still check rows against the previous schema (BigQuery: "metadata changes are
+    /// propagated within minutes").
     #[arg(long, default_value_t = DEFAULT_SCHEMA_UPDATE_DELAY.as_millis() as u64)]
     schema_update_delay_ms: u64,
     /// Milliseconds a job takes: PENDING for the first half, RUNNING for the second, then DONE

@@ -282,7 +282,7 @@ impl RowsHeldForSchema<'_> {
         detail.schema(SchemaCount::RowsHeld, self.table, "", self.rows);
         detail.rows(RowFate::Retried, self.table, "schema_update", self.rows);
         tracing::debug!(table = %self.table, rows = self.rows,
-            "rows held until insertAll sees the new columns");
+            "rows held until BigQuery's streaming path sees the new columns");
     }
 }
 

@@ -1,7 +1,9 @@
 //! Schema evolution (`schema_update_options ALLOW_FIELD_ADDITION`): which fields of a chunk's
 //! records the table lacks, what column each becomes, adding them with tables.patch under the
 //! table's etag, and which rows must wait for BigQuery's streaming system to see them. Shared
-//! by the BigQuery outputs (see docs/schema-evolution.md for the hooks); sends no rows.
+//! by the BigQuery outputs: `plan` for insertAll and Storage Write (which patch the table),
+//! `plan_job` for load jobs (whose schema adds the columns); see docs/schema-evolution.md.
+//! Sends no rows.
 //!
 //! Limits: "Quotas and limits / Tables" (10,000 columns, nested and repeated ones included)
 //! and "Specifying nested and repeated columns" (15 levels of nesting).
@@ -510,6 +512,10 @@ fn probe_rows(schema: &Schema, rows: &mut Rows<'_>, rules: &TypeRules) -> Vec<Ro
 pub struct Plan {
     /// The table's schema, with the columns added now: the rows are converted with it.
     pub schema: Option<Arc<Schema>>,
+    /// `schema` without the columns the streaming system may not see yet (`fresh`): what
+    /// `ready` rows need, and all a Storage Write writer schema for them may name (BigQuery
+    /// refuses a writer schema with a column its write path does not see yet).
+    pub settled: Option<Arc<Schema>>,
     /// Rows to send at once.
     pub ready: Vec<u32>,
     /// Rows carrying a column that insertAll may not see yet: send them in their own
@@ -524,6 +530,30 @@ pub struct Plan {
     /// Rows whose columns could not be added now (a transient failure): they wait.
     pub waiting: Vec<u32>,
     pub wait: Option<Waiting>,
+}
+
+/// What a load job does with its rows (`Evolution::plan_job`).
+#[derive(Debug)]
+pub struct JobPlan {
+    /// The table's schema with the new columns: the rows are converted with it.
+    pub schema: Arc<Schema>,
+    /// The same as the job's `schema.fields`: the table's fields as given, the new ones added.
+    pub fields: Vec<Value>,
+    /// Rows to load.
+    pub ready: Vec<u32>,
+    /// Rows that cannot land as they are (`schema_conflict`, `schema_limit`).
+    pub dead: Vec<Rejected>,
+    /// The columns the job adds (`path TYPE`), for the log and the metric once it loaded.
+    pub added: Vec<String>,
+    /// REQUIRED columns the job makes NULLABLE (ALLOW_FIELD_RELAXATION), dotted paths.
+    pub relaxed: Vec<String>,
+}
+
+impl JobPlan {
+    /// Whether the job's schema differs from the table's (and must be sent).
+    pub fn changes_schema(&self) -> bool {
+        !self.added.is_empty() || !self.relaxed.is_empty()
+    }
 }
 
 /// The table's schema as this process knows it.
@@ -627,6 +657,7 @@ impl Evolution {
         {
             return Ok(Plan {
                 schema: Some(Arc::clone(&table.schema)),
+                settled: Some(settled),
                 ready: probes.iter().map(|p| p.index).collect(),
                 ..Plan::default()
             });
@@ -649,6 +680,7 @@ impl Evolution {
             }
         }
         let schema = Arc::clone(&table.schema);
+        plan.settled = Some(without(&schema, &table.fresh));
         let fresh: Vec<String> = table.fresh.iter().map(|(p, _)| p.clone()).collect();
         drop(state);
         // The rows again, against the table as it is now: what still fails to convert
@@ -728,28 +760,174 @@ impl Evolution {
             }
         }
         plan.waiting = waiting;
-        if plan.dead.iter().any(|d| d.reason.starts_with("schema_")) {
-            let mut reasons: Vec<(&str, u64)> = Vec::new();
-            for d in plan.dead.iter().filter(|d| d.reason.starts_with("schema_")) {
-                match reasons.iter_mut().find(|(r, _)| *r == d.reason) {
-                    Some((_, n)) => *n += 1,
-                    None => reasons.push((d.reason.as_str(), 1)),
-                }
-            }
-            events::SchemaConflicts {
-                output: &self.id,
-                table: &table_name(key),
-                reasons: &reasons,
-                first: plan
-                    .dead
-                    .iter()
-                    .find(|d| d.reason.starts_with("schema_"))
-                    .map_or("", |d| d.message.as_str()),
-            }
-            .emit(&self.detail);
-        }
+        self.conflicts(key, &plan.dead);
         plan.schema = Some(schema);
         Ok(plan)
+    }
+
+    /// Counts and logs the dead letters that are schema conflicts or limits.
+    fn conflicts(&self, key: &TableKey, dead: &[Rejected]) {
+        if !dead.iter().any(|d| d.reason.starts_with("schema_")) {
+            return;
+        }
+        let mut reasons: Vec<(&str, u64)> = Vec::new();
+        for d in dead.iter().filter(|d| d.reason.starts_with("schema_")) {
+            match reasons.iter_mut().find(|(r, _)| *r == d.reason) {
+                Some((_, n)) => *n += 1,
+                None => reasons.push((d.reason.as_str(), 1)),
+            }
+        }
+        events::SchemaConflicts {
+            output: &self.id,
+            table: &table_name(key),
+            reasons: &reasons,
+            first: dead
+                .iter()
+                .find(|d| d.reason.starts_with("schema_"))
+                .map_or("", |d| d.message.as_str()),
+        }
+        .emit(&self.detail);
+    }
+
+    /// A load job's plan: the fields `rows` bring that the table lacks become columns of the
+    /// job's schema (BigQuery adds them when the job commits, `schemaUpdateOptions`
+    /// ALLOW_FIELD_ADDITION), typed, merged and limited as `plan` adds them, with the same
+    /// conflict rule. `fields`: the table's `schema.fields` as tables.get gave them (or the
+    /// schema a job creating the table gives it). `add` (ALLOW_FIELD_ADDITION): new fields
+    /// become columns (else they stay unknown keys). `relax` (ALLOW_FIELD_RELAXATION): a
+    /// REQUIRED column a row has no value for becomes NULLABLE in the job's schema instead
+    /// of the row being refused. Sends nothing.
+    pub fn plan_job(
+        &self,
+        key: &TableKey,
+        fields: &[Value],
+        add: bool,
+        relax: bool,
+        mut rows: Rows<'_>,
+    ) -> Result<JobPlan, String> {
+        let name = table_name(key);
+        let schema = Schema::from_json(&serde_json::json!({ "fields": fields }))
+            .map_err(|e| format!("schema of {name}: {e}"))?;
+        let probes = probe_rows(&schema, &mut rows, &self.rules);
+        let (additions, refused) = if add {
+            self.additions(&schema, &probes)
+        } else {
+            (Vec::new(), HashMap::new())
+        };
+        let mut refused: HashMap<String, (String, String)> = refused
+            .into_iter()
+            .map(|(path, why)| (path, ("schema_limit".to_owned(), why)))
+            .collect();
+        let mut columns = count_fields(&schema.fields);
+        let mut job_fields = fields.to_vec();
+        let mut added = Vec::new();
+        for (path, field) in additions {
+            let n = 1 + count_fields(&field.fields);
+            if columns + n > MAX_COLUMNS {
+                refused.insert(
+                    path.join(".").to_ascii_lowercase(),
+                    (
+                        "schema_limit".into(),
+                        format!(
+                            "adding column '{}' ({n} columns) to {name} would pass BigQuery's {MAX_COLUMNS} columns (it has {columns})",
+                            path.join(".")
+                        ),
+                    ),
+                );
+                continue;
+            }
+            columns += n;
+            added.push(format!(
+                "{} {}{}",
+                path.join("."),
+                mode_prefix(&field),
+                field.field_type.as_str()
+            ));
+            insert_raw(&mut job_fields, &path, field_json(&field));
+        }
+        let mut grown = Schema::from_json(&serde_json::json!({ "fields": job_fields }))
+            .map_err(|e| format!("schema of {name} with the new fields: {e}"))?;
+        // The rows again, against the schema the job gives the table: what still fails to
+        // convert conflicts with its column. (Without new columns, the first walk says it.)
+        let mut again = (!added.is_empty()).then(|| probe_rows(&grown, &mut rows, &self.rules));
+        let mut relaxed = Vec::new();
+        if relax {
+            for p in again.as_deref().unwrap_or(&probes) {
+                if let Some(err) = p
+                    .error
+                    .as_ref()
+                    .filter(|e| e.reason == "missing required field")
+                {
+                    let path: Vec<String> = column_path(&err.field);
+                    let dotted = path.join(".");
+                    if !relaxed.contains(&dotted) && relax_raw(&mut job_fields, &path) {
+                        relaxed.push(dotted);
+                    }
+                }
+            }
+            if !relaxed.is_empty() {
+                grown = Schema::from_json(&serde_json::json!({ "fields": job_fields }))
+                    .map_err(|e| format!("schema of {name} relaxed: {e}"))?;
+                again = Some(probe_rows(&grown, &mut rows, &self.rules));
+            }
+        }
+        let again = again.as_deref().unwrap_or(&probes);
+        let mut plan = JobPlan {
+            schema: Arc::new(grown),
+            fields: job_fields,
+            ready: Vec::new(),
+            dead: Vec::new(),
+            added,
+            relaxed,
+        };
+        for (p, before) in again.iter().zip(&probes) {
+            if let Some(err) = &p.error {
+                let reason = if err.reason == "missing required field" {
+                    "conversion_error"
+                } else {
+                    "schema_conflict"
+                };
+                plan.dead.push(Rejected {
+                    index: p.index,
+                    reason: reason.into(),
+                    location: err.field.clone(),
+                    message: err.to_string(),
+                });
+                continue;
+            }
+            let not_added = before.found.iter().find_map(|f| {
+                refused
+                    .get(&f.path.join(".").to_ascii_lowercase())
+                    .map(|(reason, why)| (reason.clone(), f.path.join("."), why.clone()))
+            });
+            match not_added {
+                Some((reason, location, message)) => plan.dead.push(Rejected {
+                    index: p.index,
+                    reason,
+                    location,
+                    message,
+                }),
+                None => plan.ready.push(p.index),
+            }
+        }
+        self.conflicts(key, &plan.dead);
+        Ok(plan)
+    }
+
+    /// A load job that carried `plan_job`'s schema loaded: its columns are the table's now.
+    pub fn job_added(&self, key: &TableKey, plan: &JobPlan) {
+        if !plan.relaxed.is_empty() {
+            tracing::info!(output = %self.id, table = %table_name(key), columns = ?plan.relaxed, "REQUIRED columns made NULLABLE (ALLOW_FIELD_RELAXATION)");
+        }
+        if plan.added.is_empty() {
+            return;
+        }
+        events::ColumnsAdded {
+            output: &self.id,
+            table: &table_name(key),
+            columns: &plan.added,
+        }
+        .emit(&self.detail);
     }
 
     /// The fields `rows` bring that `schema` lacks, merged and widened across rows as `plan`
@@ -1006,6 +1184,44 @@ impl Evolution {
             .is_some_and(|schema| has_dotted(&schema, &dotted))
     }
 
+    /// The streaming path refused columns the table has as unknown (Storage Write's "Input
+    /// schema has more fields than BigQuery schema, extra fields: 'a,b.c'"): another writer
+    /// added them lately, or they were read before it saw them. They count as fresh again,
+    /// so the next plan sends the rows that do not carry them without them. Returns whether
+    /// one was not fresh yet. (Skipped while another delivery holds the table.)
+    pub fn columns_unseen(&self, key: &TableKey, paths: &[String]) -> bool {
+        let slot = self.slot(key);
+        let Ok(mut state) = slot.try_lock() else {
+            return false;
+        };
+        let Some(table) = state.as_mut() else {
+            return false;
+        };
+        let now = Instant::now();
+        let mut marked = false;
+        for path in paths {
+            let path = path.to_ascii_lowercase();
+            if has_dotted(&table.schema, &path) && !table.fresh.iter().any(|(p, _)| *p == path) {
+                table.fresh.push((path, now));
+                marked = true;
+            }
+        }
+        marked
+    }
+
+    /// The table's schema is read again by the next plan (a writer schema built from it was
+    /// refused for something other than a column not seen yet). (Skipped while another
+    /// delivery holds the table: it reads it when due anyway.)
+    pub fn read_again(&self, key: &TableKey) {
+        let slot = self.slot(key);
+        if let Ok(mut state) = slot.try_lock()
+            && let Some(table) = state.as_mut()
+            && let Some(past) = Instant::now().checked_sub(REFRESH * 2)
+        {
+            table.read_at = past;
+        }
+    }
+
     /// Rows carrying the fresh columns `paths` (`Plan::carried`) landed: insertAll sees them
     /// now, so rows carrying them need not be sent apart any more. (Skipped while another
     /// delivery holds the table: they stay fresh a little longer, which costs nothing.)
@@ -1070,6 +1286,49 @@ fn insert_raw(fields: &mut Vec<Value>, path: &[String], field: Value) {
     }
     if let Some(sub) = record["fields"].as_array_mut() {
         insert_raw(sub, rest, field);
+    }
+}
+
+/// A row error's field (`a.b`, `items[2].x`) as the column path (`a`, `b` / `items`, `x`).
+fn column_path(field: &str) -> Vec<String> {
+    let mut dotted = String::with_capacity(field.len());
+    let mut in_index = false;
+    for c in field.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            c if !in_index => dotted.push(c),
+            _ => {}
+        }
+    }
+    dotted.split('.').map(str::to_owned).collect()
+}
+
+/// Makes the REQUIRED field at `path` NULLABLE in a table resource's fields; whether it was
+/// REQUIRED there.
+fn relax_raw(fields: &mut [Value], path: &[String]) -> bool {
+    let [first, rest @ ..] = path else {
+        return false;
+    };
+    let Some(field) = fields.iter_mut().find(|f| {
+        f["name"]
+            .as_str()
+            .is_some_and(|n| n.eq_ignore_ascii_case(first))
+    }) else {
+        return false;
+    };
+    if rest.is_empty() {
+        let required = field["mode"]
+            .as_str()
+            .is_some_and(|m| m.eq_ignore_ascii_case("REQUIRED"));
+        if required {
+            field["mode"] = "NULLABLE".into();
+        }
+        return required;
+    }
+    match field["fields"].as_array_mut() {
+        Some(sub) => relax_raw(sub, rest),
+        None => false,
     }
 }
 
@@ -1535,5 +1794,94 @@ mod tests {
         assert!(!has_dotted(&settled, "r.y"));
         assert!(has_dotted(&schema, "R.Y".to_ascii_lowercase().as_str()));
         assert_eq!(count_fields(&schema.fields), 4);
+    }
+
+    #[test]
+    fn a_load_jobs_schema_keeps_the_tables_fields_and_adds_relaxes_or_refuses() {
+        let fields = vec![
+            json!({"name": "seq", "type": "INTEGER", "mode": "REQUIRED", "description": "kept"}),
+            json!({"name": "user", "type": "RECORD", "fields": [
+                {"name": "id", "type": "INTEGER", "mode": "REQUIRED"}]}),
+        ];
+        let records = [
+            json!({"seq": 1, "user": {"id": 1, "email": "e"}, "level": 3}),
+            json!({"seq": 2, "user": {}}),
+            json!({"user": {"id": 3}, "created_at": "2026-12-01T10:00:00Z"}),
+            json!({"seq": 4, "user": {"id": 4}, "level": "high"}),
+        ];
+        let entries: Vec<Entry> = records
+            .iter()
+            .map(|r| Entry {
+                tag: "t".into(),
+                event: Event {
+                    time: EventTime::new(1, 0),
+                    record: msgpack(r).into(),
+                },
+            })
+            .collect();
+        let key = TableKey {
+            project: "p".into(),
+            dataset: "d".into(),
+            table: "t".into(),
+            template_suffix: None,
+            schema_path: None,
+            schema_table: None,
+        };
+        let rules = TypeRules::parse(&[("*_at".into(), "TIMESTAMP".into())]).unwrap();
+        let evolution = Evolution::new("o".into(), rules, Arc::default());
+        let plan_with = |add: bool, relax: bool| {
+            let mut inject = Inject::default();
+            let rows = Rows {
+                entries: &entries,
+                indices: &[0, 1, 2, 3],
+                inject: &mut inject,
+                conversion: Conversion::Strict,
+            };
+            evolution.plan_job(&key, &fields, add, relax, rows).unwrap()
+        };
+
+        let plan = plan_with(true, true);
+        // (serde_json writes the records' keys sorted.)
+        assert_eq!(
+            plan.added,
+            ["level INTEGER", "user.email STRING", "created_at TIMESTAMP"]
+        );
+        assert_eq!(plan.relaxed, ["user.id", "seq"]);
+        assert!(plan.changes_schema());
+        // The table's fields as given (description kept), relaxed, new ones after them.
+        assert_eq!(plan.fields[0]["description"], "kept");
+        assert_eq!(plan.fields[0]["mode"], "NULLABLE");
+        assert_eq!(plan.fields[1]["fields"][1]["name"], "email");
+        assert_eq!(plan.fields[2]["name"], "level");
+        assert_eq!(plan.ready, [0, 1, 2]);
+        assert_eq!(plan.dead.len(), 1);
+        assert_eq!(plan.dead[0].index, 3);
+        assert_eq!(plan.dead[0].reason, "schema_conflict");
+        assert_eq!(plan.dead[0].location, "level");
+        assert!(has_dotted(&plan.schema, "created_at"));
+
+        // Without ALLOW_FIELD_RELAXATION, a missing REQUIRED value is the row's own fault;
+        // without ALLOW_FIELD_ADDITION, nothing is added.
+        let plan = plan_with(false, false);
+        assert!(plan.added.is_empty() && plan.relaxed.is_empty() && !plan.changes_schema());
+        let reasons: Vec<(u32, &str)> = plan
+            .dead
+            .iter()
+            .map(|d| (d.index, d.reason.as_str()))
+            .collect();
+        assert_eq!(reasons, [(1, "conversion_error"), (2, "conversion_error")]);
+        assert_eq!(plan.ready, [0, 3]);
+    }
+
+    #[test]
+    fn row_error_fields_name_their_columns() {
+        assert_eq!(column_path("items[2].x"), ["items", "x"]);
+        assert_eq!(column_path("a"), ["a"]);
+        let mut fields = vec![json!({"name": "R", "type": "RECORD", "fields": [
+            {"name": "x", "type": "STRING", "mode": "REQUIRED"}]})];
+        assert!(relax_raw(&mut fields, &["r".into(), "X".into()]));
+        assert_eq!(fields[0]["fields"][0]["mode"], "NULLABLE");
+        assert!(!relax_raw(&mut fields, &["r".into(), "x".into()]));
+        assert!(!relax_raw(&mut fields, &["nope".into()]));
     }
 }

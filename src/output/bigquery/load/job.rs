@@ -53,6 +53,22 @@ pub struct LoadSettings {
     pub location: Option<String>,
 }
 
+impl LoadSettings {
+    /// ALLOW_FIELD_ADDITION: new fields become columns of the job's schema.
+    pub fn adds(&self) -> bool {
+        self.schema_update_options
+            .iter()
+            .any(|o| o == "ALLOW_FIELD_ADDITION")
+    }
+
+    /// ALLOW_FIELD_RELAXATION: REQUIRED columns rows lack become NULLABLE.
+    pub fn relaxes(&self) -> bool {
+        self.schema_update_options
+            .iter()
+            .any(|o| o == "ALLOW_FIELD_RELAXATION")
+    }
+}
+
 /// When the table does not exist and `auto_create_table` is on: the job creates it.
 pub struct Create<'a> {
     pub schema: &'a Schema,
@@ -62,14 +78,17 @@ pub struct Create<'a> {
 
 /// The Job resource for one chunk's NDJSON data, as fluent-plugin-bigquery builds it
 /// (writer.rb `create_load_job`): WRITE_APPEND; CREATE_NEVER for an existing table, else
-/// the schema, partitioning and clustering with CREATE_IF_NEEDED. With schema update
-/// options, BigQuery detects the data's columns (`autodetect`) so new ones are added.
+/// the schema, partitioning and clustering with CREATE_IF_NEEDED. `grown`: schema evolution's
+/// fields for an existing table (its own, as tables.get gave them, and the new columns),
+/// which BigQuery applies when the job commits as `schemaUpdateOptions` allow. No
+/// `autodetect`: the columns and their types are bqforward's (`evolve`), not a sample's.
 pub fn resource(
     key: &TableKey,
     job_id: &str,
     location: Option<&str>,
     settings: &LoadSettings,
     create: Option<Create<'_>>,
+    grown: Option<&[Value]>,
 ) -> Value {
     let mut load = json!({
         "destinationTable": {
@@ -95,8 +114,8 @@ pub fn resource(
         }
         None => {
             load["createDisposition"] = "CREATE_NEVER".into();
-            if !settings.schema_update_options.is_empty() {
-                load["autodetect"] = true.into();
+            if let Some(fields) = grown {
+                load["schema"] = json!({ "fields": fields });
             }
         }
     }
@@ -229,6 +248,7 @@ mod tests {
                 schema: &schema,
                 extra: &extra,
             }),
+            None,
         );
         let load = &r["configuration"]["load"];
         assert_eq!(
@@ -247,13 +267,25 @@ mod tests {
             schema_update_options: vec!["ALLOW_FIELD_ADDITION".into()],
             ..LoadSettings::default()
         };
-        let r = resource(&key("t"), "j", None, &settings, None);
+        let r = resource(&key("t"), "j", None, &settings, None, None);
         let load = &r["configuration"]["load"];
         assert_eq!(load["createDisposition"], "CREATE_NEVER");
         assert!(load.get("schema").is_none());
-        assert_eq!(load["autodetect"], true);
+        assert!(load.get("autodetect").is_none());
         assert_eq!(load["schemaUpdateOptions"], json!(["ALLOW_FIELD_ADDITION"]));
         assert!(r["jobReference"].get("location").is_none());
+
+        // Schema evolution: the table's fields as given, and the new column.
+        let grown = [
+            json!({"name": "a", "type": "INTEGER", "description": "kept"}),
+            json!({"name": "b", "type": "STRING", "mode": "NULLABLE"}),
+        ];
+        let r = resource(&key("t"), "j", None, &settings, None, Some(&grown));
+        let load = &r["configuration"]["load"];
+        assert_eq!(load["createDisposition"], "CREATE_NEVER");
+        assert_eq!(load["schema"]["fields"], json!(grown));
+        assert!(load.get("autodetect").is_none());
+        assert_eq!(load["schemaUpdateOptions"], json!(["ALLOW_FIELD_ADDITION"]));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod sink;
 use super::BigQueryOutput;
 use super::config::Common;
 use super::dead_letter::DeadLetters;
+use super::evolve::Evolution;
 use super::tables::Tables;
 use crate::buffer::{Buffer, BufferConfig, BufferKind, FlushMode};
 use crate::config::{ConfigError, Section};
@@ -38,8 +39,6 @@ const ACCEPTED: &[&str] = &[
     "private_key_passphrase",
 ];
 
-const SCHEMA_UPDATE_OPTIONS: &[&str] = &["ALLOW_FIELD_ADDITION", "ALLOW_FIELD_RELAXATION"];
-
 /// Reads a `bigquery_load` `<match>` section into a running output. `secondary` is the
 /// already-built `<secondary>`. Must be called inside a tokio runtime.
 pub fn from_config(
@@ -61,6 +60,7 @@ pub fn from_config(
         ));
     }
     let common = Common::read(&id, "bigquery_load", s, &buffer_config)?;
+    let evolving = common.allows_field_addition();
     let mut warnings = buffer_warnings;
     warnings.extend(common.warnings);
     // That note is about insertAll's buffer defaults (one request at a time, 1 GiB of memory).
@@ -92,20 +92,29 @@ pub fn from_config(
         }
         warnings.extend(f.finish(&[])?);
     }
-    let schema_update_options = s.array("schema_update_options")?.unwrap_or_default();
-    if let Some(bad) = schema_update_options
-        .iter()
-        .find(|o| !SCHEMA_UPDATE_OPTIONS.contains(&o.as_str()))
-    {
-        deferred.push(at(&format!(
-            "schema_update_options: unknown option '{bad}' (BigQuery's are {})",
-            SCHEMA_UPDATE_OPTIONS.join(", ")
-        )));
+    // `schema_update_options` and `schema_update_types` are read (and checked) by
+    // `Common::read`, as for every BigQuery output.
+    let ignore_unknown_values = s.bool("ignore_unknown_values")?.unwrap_or(false);
+    if evolving && ignore_unknown_values {
+        deferred.push(at(
+            "schema_update_options ALLOW_FIELD_ADDITION and ignore_unknown_values true do not go together: BigQuery would drop the new fields instead of adding their columns, silently",
+        ));
     }
+    if evolving {
+        notes.push(format!(
+            "{}: {id}: new fields become NULLABLE columns of each load job's schema (the table's with them), which BigQuery adds when the job commits (docs/schema-evolution.md)",
+            s.location()
+        ));
+    }
+    let no_schema_updates = common.schema_update_options.is_empty();
     let settings = LoadSettings {
         max_bad_records: s.int("max_bad_records")?.unwrap_or(0),
-        ignore_unknown_values: s.bool("ignore_unknown_values")?.unwrap_or(false),
-        schema_update_options,
+        ignore_unknown_values,
+        schema_update_options: common
+            .schema_update_options
+            .iter()
+            .map(|o| o.as_str().to_owned())
+            .collect(),
         location: common.location.clone(),
     };
     let wait_job_interval = s
@@ -157,6 +166,8 @@ pub fn from_config(
         settings,
         wait_job_interval,
         Arc::clone(&detail),
+        (!no_schema_updates)
+            .then(|| Evolution::new(id.clone(), common.schema_update_types, Arc::clone(&detail))),
     );
     let location = s.location().clone();
     let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink))

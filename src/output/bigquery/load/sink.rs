@@ -7,6 +7,7 @@
 use super::super::classify::{Failure, Verdict, classify};
 use super::super::dead_letter::{DeadLetters, Rejected, reject};
 use super::super::destination::TableKey;
+use super::super::evolve::{Evolution, JobPlan, Rows};
 use super::super::rows::Conversion;
 use super::super::schema::Schema;
 use super::super::service::{BigQueryClient, Connection, TableRef};
@@ -46,6 +47,9 @@ pub struct LoadSink {
     pub settings: LoadSettings,
     pub wait_job_interval: Duration,
     pub detail: Arc<SinkDetail>,
+    /// `schema_update_options ALLOW_FIELD_ADDITION`: new fields become columns of the job's
+    /// schema.
+    pub evolution: Option<Evolution>,
     /// Per chunk in flight: the generation of its next job id, so a retry does not walk its
     /// failed jobs again. Rebuilt by walking after a restart.
     generations: Mutex<HashMap<ChunkId, u32>>,
@@ -57,6 +61,19 @@ struct Destination {
     location: Option<String>,
     /// The table is missing and the job creates it.
     create: bool,
+    /// The table's `schema.fields` as tables.get gave them (an existing table).
+    fields: Option<Vec<Value>>,
+}
+
+/// The rows a job loads and the schema they are converted with.
+struct JobRows {
+    /// The chunk's pending rows less those schema evolution sent to the dead letters.
+    indices: Vec<u32>,
+    schema: Option<Arc<Schema>>,
+    /// Schema evolution's dead letters (conflicts, limits), written with the conversion's.
+    dead: Vec<Rejected>,
+    /// Schema evolution: the job's schema (the table's with the new columns).
+    plan: Option<JobPlan>,
 }
 
 /// Why a delivery stopped short of Done.
@@ -77,6 +94,7 @@ impl LoadSink {
         settings: LoadSettings,
         wait_job_interval: Duration,
         detail: Arc<SinkDetail>,
+        evolution: Option<Evolution>,
     ) -> Self {
         Self {
             id,
@@ -90,6 +108,7 @@ impl LoadSink {
             settings,
             wait_job_interval,
             detail,
+            evolution,
             generations: Mutex::new(HashMap::new()),
         }
     }
@@ -158,7 +177,12 @@ impl LoadSink {
         let destination = self
             .destination(service, client, key, schema.as_deref(), pending)
             .await?;
-        let location = self.settings.location.clone().or(destination.location);
+        let location = self
+            .settings
+            .location
+            .clone()
+            .or(destination.location.clone());
+        let mut rows = self.job_rows(chunk, pending, schema.clone(), &destination)?;
 
         // An earlier attempt (or process) may have made this chunk's job: walk its ids.
         let mut generation = self.generation(&chunk.id);
@@ -177,6 +201,7 @@ impl LoadSink {
             match self
                 .finish(service, key, &job_id, found, None, None)
                 .await?
+                .map(|e| self.raced(table, &rows, e))
             {
                 Some(error) if error.retry && !was_done => {
                     self.set_generation(&chunk.id, generation + 1);
@@ -190,13 +215,14 @@ impl LoadSink {
                     self.set_generation(&chunk.id, generation);
                 }
                 Some(error) => {
-                    return Err(self.job_rows_dead(chunk, pending, schema.as_deref(), &error));
+                    return Err(self.job_rows_dead(chunk, pending, &rows, &error));
                 }
                 None => return Ok(()),
             }
         };
 
-        let data = self.data(chunk, pending, schema.as_deref())?;
+        let mut data = self.data(chunk, &rows.indices, rows.schema.as_deref())?;
+        data.rejected.extend(std::mem::take(&mut rows.dead));
         if !data.rejected.is_empty() && !self.dead_letters.write(chunk, &data.rejected, table).await
         {
             return Err(Stop::Retry(Waiting::backoff(
@@ -207,11 +233,23 @@ impl LoadSink {
             return Ok(());
         }
         let auto = self.tables.auto_create.as_ref();
-        let create = match (destination.create, auto, schema.as_deref()) {
+        let create = match (destination.create, auto, rows.schema.as_deref()) {
             (true, Some(AutoCreate { extra }), Some(schema)) => Some(Create { schema, extra }),
             _ => None,
         };
-        let resource = job::resource(key, &job_id, location.as_deref(), &self.settings, create);
+        let grown = rows
+            .plan
+            .as_ref()
+            .filter(|plan| plan.changes_schema() && !destination.create)
+            .map(|plan| plan.fields.as_slice());
+        let resource = job::resource(
+            key,
+            &job_id,
+            location.as_deref(),
+            &self.settings,
+            create,
+            grown,
+        );
         let started = Instant::now();
         let job = match service
             .insert_job(&key.project, &resource, &data.gzipped)
@@ -249,8 +287,14 @@ impl LoadSink {
         match self
             .finish(service, key, &job_id, job, Some(started), Some(&data))
             .await?
+            .map(|e| self.raced(table, &rows, e))
         {
-            None => Ok(()),
+            None => {
+                if let (Some(evolution), Some(plan)) = (&self.evolution, &rows.plan) {
+                    evolution.job_added(key, plan);
+                }
+                Ok(())
+            }
             Some(error) if error.retry => {
                 self.set_generation(&chunk.id, generation + 1);
                 Err(Stop::Retry(Waiting::backoff(format!(
@@ -284,6 +328,12 @@ impl LoadSink {
                 return Ok(Destination {
                     location: table["location"].as_str().map(str::to_owned),
                     create: false,
+                    fields: Some(
+                        table["schema"]["fields"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default(),
+                    ),
                 });
             }
             Err(failure) => failure,
@@ -302,6 +352,7 @@ impl LoadSink {
                 Ok(Destination {
                     location: dataset["location"].as_str().map(str::to_owned),
                     create: true,
+                    fields: None,
                 })
             }
             Verdict::NotFound if self.tables.auto_create.is_some() => Err(Stop::Retry(
@@ -384,6 +435,58 @@ impl LoadSink {
         }
     }
 
+    /// The rows the job loads. With schema evolution, the fields the table lacks (the
+    /// schema a job that creates the table gives it) become new columns of the job's schema
+    /// (`Evolution::plan_job`); rows whose values conflict with a column, or whose field
+    /// BigQuery cannot have, go to the dead letters.
+    fn job_rows(
+        &self,
+        chunk: &Chunk<TableKey>,
+        pending: &[u32],
+        schema: Option<Arc<Schema>>,
+        destination: &Destination,
+    ) -> Result<JobRows, Stop> {
+        let plain = |schema| JobRows {
+            indices: pending.to_vec(),
+            schema,
+            dead: Vec::new(),
+            plan: None,
+        };
+        let Some(evolution) = &self.evolution else {
+            return Ok(plain(schema));
+        };
+        let fields = match (&destination.fields, &schema) {
+            (Some(fields), _) => fields.clone(),
+            (None, Some(schema)) => schema.to_json()["fields"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+            (None, None) => return Ok(plain(schema)),
+        };
+        let mut inject = self.inject.clone();
+        let rows = Rows {
+            entries: &chunk.entries,
+            indices: pending,
+            inject: &mut inject,
+            conversion: self.conversion,
+        };
+        let mut plan = evolution
+            .plan_job(
+                &chunk.key,
+                &fields,
+                self.settings.adds(),
+                self.settings.relaxes(),
+                rows,
+            )
+            .map_err(|e| Stop::Retry(Waiting::backoff(e)))?;
+        Ok(JobRows {
+            indices: std::mem::take(&mut plan.ready),
+            schema: Some(Arc::clone(&plan.schema)),
+            dead: std::mem::take(&mut plan.dead),
+            plan: Some(plan),
+        })
+    }
+
     /// The chunk's NDJSON, built on this worker thread (a 1 GiB chunk takes seconds).
     fn data(
         &self,
@@ -393,8 +496,17 @@ impl LoadSink {
     ) -> Result<LoadData, Stop> {
         let mut inject = self.inject.clone();
         let conversion = self.conversion;
-        let mut build =
-            move || ndjson::build(&chunk.entries, pending, schema, &mut inject, conversion);
+        let evolving = self.evolution.is_some() && self.settings.adds();
+        let mut build = move || {
+            ndjson::build(
+                &chunk.entries,
+                pending,
+                schema,
+                &mut inject,
+                conversion,
+                evolving,
+            )
+        };
         let built = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(build),
             _ => build(),
@@ -408,11 +520,15 @@ impl LoadSink {
         &self,
         chunk: &Chunk<TableKey>,
         pending: &[u32],
-        schema: Option<&Schema>,
+        rows: &JobRows,
         error: &JobError,
     ) -> Stop {
-        match self.data(chunk, pending, schema) {
-            Ok(data) => Stop::DeadLetter(job_rows(pending, &data.rejected, error)),
+        match self.data(chunk, &rows.indices, rows.schema.as_deref()) {
+            Ok(mut data) => {
+                // Conversion errors and conflicts went to `<secondary>` before the job.
+                data.rejected.extend(rows.dead.iter().cloned());
+                Stop::DeadLetter(job_rows(pending, &data.rejected, error))
+            }
             Err(stop) => stop,
         }
     }
@@ -432,6 +548,22 @@ impl LoadSink {
             }
             _ => transient(failure),
         }
+    }
+
+    /// A job that changed the schema and failed because the table changed since it was read
+    /// (another writer added a column: "Field x is missing in new schema", or the same column
+    /// with another type) is loaded again after the table is read again, not dead-lettered.
+    fn raced(&self, table: &str, rows: &JobRows, mut error: JobError) -> JobError {
+        let grew = rows.plan.as_ref().is_some_and(JobPlan::changes_schema);
+        if grew
+            && (error.message.contains("is missing in new schema")
+                || error.message.contains("has changed type from"))
+        {
+            tracing::warn!(output = %self.id, table, error = %error.message,
+                "another writer changed the table while the job ran; loading again with its schema read again");
+            error.retry = true;
+        }
+        error
     }
 
     fn generation(&self, chunk: &ChunkId) -> u32 {

@@ -70,6 +70,12 @@ impl<'a> ProtoRowWriter<'a> {
         }
     }
 
+    /// Keys the schema lacks are left out when null, `[]` or `{}` (schema evolution: such a
+    /// value makes no column).
+    pub fn drop_untyped_unknown(&mut self) {
+        self.converter.drop_untyped_unknown(true);
+    }
+
     /// One row's message appended to `out`; on error `out` is left as it was.
     pub fn write(
         &mut self,

@@ -15,6 +15,7 @@ use super::BigQueryOutput;
 use super::config::Common;
 use super::dead_letter::DeadLetters;
 use super::destination::Destinations;
+use super::evolve::{Evolution, SchemaUpdateOption};
 use super::tables::{SchemaSource, Tables};
 use crate::buffer::{Buffer, BufferConfig, BufferKind};
 use crate::config::{ConfigError, Section};
@@ -59,6 +60,15 @@ pub fn from_config(
             (buffer_defaults(), Vec::new())
         });
     let mut common = Common::read(&id, TYPE, s, &buffer_config)?;
+    let evolving = common.allows_field_addition();
+    if common
+        .schema_update_options
+        .contains(&SchemaUpdateOption::AllowFieldRelaxation)
+    {
+        return Err(at(format!(
+            "schema_update_options ALLOW_FIELD_RELAXATION is a load-job option (bigquery_load); {TYPE} adds columns (ALLOW_FIELD_ADDITION)"
+        )));
+    }
     let mut warnings = buffer_warnings;
     warnings.extend(std::mem::take(&mut common.warnings));
     let mut notes = std::mem::take(&mut common.notes);
@@ -89,6 +99,17 @@ pub fn from_config(
         ));
     }
     let ignore_unknown = s.bool("ignore_unknown_values")?.unwrap_or(false);
+    if evolving && ignore_unknown {
+        return Err(at(
+            "schema_update_options ALLOW_FIELD_ADDITION and ignore_unknown_values true do not go together: the new fields of rows written before their columns exist would be dropped, silently".into(),
+        ));
+    }
+    if evolving {
+        notes.push(format!(
+            "{}: {id}: new fields become NULLABLE columns (tables.get and tables.patch: the credentials need bigquery.tables.update), and the writer schema is rebuilt from the patched table; rows carrying a new column wait until the Storage Write API sees it (docs/schema-evolution.md)",
+            s.location()
+        ));
+    }
     let exactly_once = s.bool("exactly_once")?.unwrap_or(false);
     let storage_endpoint = s
         .str("storage_endpoint")
@@ -177,6 +198,8 @@ pub fn from_config(
         exactly_once,
         detail: Arc::clone(&detail),
         refreshed: Mutex::new(HashMap::new()),
+        evolution: evolving
+            .then(|| Evolution::new(id.clone(), common.schema_update_types, Arc::clone(&detail))),
     };
     let location = s.location().clone();
     let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink))

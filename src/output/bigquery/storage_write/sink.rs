@@ -1,7 +1,9 @@
 //! `bigquery_storage_write`'s delivery of one buffered chunk to one table: prepare (clients,
-//! schema, writer schema), encode the pending rows to protobuf in requests under the size
-//! limit, append them (to the `_default` stream, or with `exactly_once` to an app-created
-//! COMMITTED stream at offsets recorded beforehand), then settle (dead letters, what waits).
+//! schema, writer schema; with schema evolution, new columns added first and the writer
+//! schema rebuilt from the patched table), encode the pending rows to protobuf in requests
+//! under the size limit, append them (to the `_default` stream, or with `exactly_once` to an
+//! app-created COMMITTED stream at offsets recorded beforehand), then settle (dead letters,
+//! what waits).
 //! Every row ends in BigQuery or in the dead letters with its reason; nothing is dropped
 //! silently.
 
@@ -18,11 +20,13 @@ use crate::metrics::{RequestOutcome, SinkDetail};
 use crate::output::bigquery::convert::Conversion;
 use crate::output::bigquery::dead_letter::{DeadLetters, Rejected, reject};
 use crate::output::bigquery::destination::TableKey;
+use crate::output::bigquery::evolve::{self, Evolution, Rows};
 use crate::output::bigquery::schema::Schema;
 use crate::output::bigquery::service::{BigQueryClient, Connection};
 use crate::output::bigquery::tables::{SchemaSource, Tables, Waiting};
 use bq_storage_proto::prost_types::DescriptorProto;
 use bq_storage_proto::v1::append_rows_response::Response;
+use bq_storage_proto::v1::{TableFieldSchema, TableSchema};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::collections::{HashSet, VecDeque};
@@ -37,6 +41,9 @@ pub const MAX_REQUEST_BYTES: usize = 9 * 1024 * 1024;
 const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Stream replacements one delivery may make before it waits for the backoff.
 const MAX_REPLACEMENTS: u32 = 3;
+/// How soon rows refused for a column another writer added go again, once that column counts
+/// as fresh (the next plan writes them without it).
+const UNSEEN_RETRY: Duration = Duration::from_secs(1);
 /// A schema read from the table is read again for rows with unknown keys at most this often.
 const UNKNOWN_KEY_REFRESH: Duration = Duration::from_secs(60);
 
@@ -58,12 +65,19 @@ pub struct StorageWriteSink {
     pub detail: Arc<SinkDetail>,
     /// When each table's schema was last read again for rows with unknown keys.
     pub refreshed: Mutex<HashMap<String, Instant>>,
+    /// `schema_update_options ALLOW_FIELD_ADDITION`: new fields become columns first.
+    pub evolution: Option<Evolution>,
 }
 
 /// Rows serialized for one AppendRows request, and the chunk entries they came from.
 struct Batch {
     indices: Vec<u32>,
     rows: Vec<Bytes>,
+    /// Written against the table's whole schema (`Ready::schema`), not the settled one.
+    full: bool,
+    /// Rows carrying a column the write path may not see yet (schema evolution): refused
+    /// for it, they are held, not dead-lettered.
+    carriers: bool,
 }
 
 impl Batch {
@@ -81,7 +95,11 @@ impl Batch {
             .filter(|(i, _)| !positions.contains(i))
             .map(|(_, pair)| pair)
             .unzip();
-        Batch { indices, rows }
+        Batch {
+            indices,
+            rows,
+            ..self
+        }
     }
 
     fn split(mut self) -> (Batch, Batch) {
@@ -89,6 +107,8 @@ impl Batch {
         let second = Batch {
             indices: self.indices.split_off(half),
             rows: self.rows.split_off(half),
+            full: self.full,
+            carriers: self.carriers,
         };
         (self, second)
     }
@@ -97,7 +117,9 @@ impl Batch {
 /// What one append came to.
 enum Answer {
     Landed {
-        updated_schema: bool,
+        /// The table's schema as the write path sees it now, when it changed
+        /// (`AppendRowsResponse.updated_schema`).
+        updated_schema: Option<TableSchema>,
     },
     /// The batch was refused for these rows (positions in the batch, BigQuery's message);
     /// none of its rows landed.
@@ -111,6 +133,8 @@ struct Run {
     keep: Vec<u32>,
     dead: Vec<Rejected>,
     waiting: Option<Waiting>,
+    /// Rows held for a column the write path does not see yet: the others go on.
+    hold: Option<Waiting>,
 }
 
 impl Run {
@@ -134,10 +158,26 @@ struct Ready<'a> {
     key: &'a TableKey,
     rest: &'a BigQueryClient,
     grpc: &'a WriteClient,
+    /// The table's schema (with schema evolution, with the columns just added) and its
+    /// writer schema.
     schema: Arc<Schema>,
     descriptor: DescriptorProto,
+    /// Schema evolution: the schema without the columns the write path may not see yet, and
+    /// its writer schema, for the rows that carry none of them.
+    settled: Option<(Arc<Schema>, DescriptorProto)>,
+    /// The fresh columns the carriers carry (`evolve::Plan::carried`).
+    carried: Vec<String>,
     /// `projects/P/datasets/D/tables/T`.
     parent: String,
+}
+
+impl Ready<'_> {
+    fn writer(&self, full: bool) -> (&Schema, &DescriptorProto) {
+        match &self.settled {
+            Some((schema, descriptor)) if !full => (schema, descriptor),
+            _ => (&self.schema, &self.descriptor),
+        }
+    }
 }
 
 impl StorageWriteSink {
@@ -178,6 +218,8 @@ impl StorageWriteSink {
             grpc,
             descriptor: descriptor(&schema),
             schema,
+            settled: None,
+            carried: Vec::new(),
             // A partition decorator is dropped: rows land in the partition their partitioning
             // column (or, for ingestion-time partitioning, the time they arrive) gives.
             parent: format!(
@@ -196,6 +238,7 @@ impl StorageWriteSink {
             keep: Vec::new(),
             dead: Vec::new(),
             waiting: None,
+            hold: None,
         };
         if let Some(why) = key.invalid() {
             run.dead = reject(&chunk.pending_indices(), "invalid_destination", &why);
@@ -210,7 +253,7 @@ impl StorageWriteSink {
             );
             return self.settle(chunk, run).await;
         }
-        let ready = match self.prepare(key).await {
+        let mut ready = match self.prepare(key).await {
             Ok(ready) => ready,
             Err((reason, error)) => {
                 run.keep(&self.detail, &chunk.pending_indices(), reason);
@@ -223,27 +266,110 @@ impl StorageWriteSink {
             }
         };
         match &self.exactly_once {
-            None => self.deliver_default(chunk, &ready, &mut run).await,
-            Some(eo) => self.deliver_exactly_once(eo, chunk, &ready, &mut run).await,
+            None => self.deliver_default(chunk, &mut ready, &mut run).await,
+            Some(eo) => {
+                self.deliver_exactly_once(eo, chunk, &mut ready, &mut run)
+                    .await
+            }
         }
         self.settle(chunk, run).await
     }
 
     /// At least once: every batch to the table's `_default` stream.
-    async fn deliver_default(&self, chunk: &Chunk<TableKey>, ready: &Ready<'_>, run: &mut Run) {
+    async fn deliver_default(&self, chunk: &Chunk<TableKey>, ready: &mut Ready<'_>, run: &mut Run) {
         let stream = format!("{}/streams/_default", ready.parent);
-        let (batches, rejected) = self.encode(chunk, &ready.schema, &chunk.pending_indices());
-        run.dead.extend(rejected);
-        let mut work: VecDeque<Batch> = batches.into();
+        let groups = self
+            .evolve(chunk, ready, chunk.pending_indices(), run)
+            .await;
+        let ready = &*ready;
+        let mut work: VecDeque<Batch> = VecDeque::new();
+        for group in groups {
+            let (batches, rejected) = self.encode(chunk, ready, &group);
+            run.dead.extend(rejected);
+            work.extend(batches);
+        }
         while let Some(batch) = work.pop_front() {
             if run.waiting.is_some() {
                 run.keep(&self.detail, &batch.indices, "deferred");
                 continue;
             }
             let answer = self.append(ready, &stream, &batch, None).await;
-            self.settle_batch(ready, run, batch, answer, &mut work)
+            self.settle_batch(ready, &stream, run, batch, answer, &mut work)
                 .await;
         }
+    }
+
+    /// Schema evolution's plan for `indices` (new fields added as columns by tables.patch,
+    /// `evolve::Evolution::plan`): `ready` takes the table's schema with them; returns the
+    /// rows to send in groups (the plain rows, then those carrying a column the write path
+    /// may not see yet, sent apart). Dead and waiting rows go to `run`. Without schema
+    /// evolution: every row, in one group.
+    async fn evolve(
+        &self,
+        chunk: &Chunk<TableKey>,
+        ready: &mut Ready<'_>,
+        indices: Vec<u32>,
+        run: &mut Run,
+    ) -> Vec<Group> {
+        let Some(evolution) = &self.evolution else {
+            return vec![Group {
+                indices,
+                full: true,
+                carriers: false,
+            }];
+        };
+        if indices.is_empty() {
+            return Vec::new();
+        }
+        let mut inject = self.inject.clone();
+        let rows = Rows {
+            entries: &chunk.entries,
+            indices: &indices,
+            inject: &mut inject,
+            conversion: self.conversion,
+        };
+        let plan = match evolution
+            .plan(ready.rest, ready.key, Some(Arc::clone(&ready.schema)), rows)
+            .await
+        {
+            Ok(plan) => plan,
+            Err(wait) => {
+                run.keep(&self.detail, &indices, "schema_update");
+                run.wait(wait);
+                return Vec::new();
+            }
+        };
+        run.dead.extend(plan.dead);
+        if let Some(wait) = plan.wait {
+            run.keep(&self.detail, &plan.waiting, "schema_update");
+            run.hold.get_or_insert(wait);
+        }
+        if let Some(schema) = plan.schema
+            && !Arc::ptr_eq(&schema, &ready.schema)
+        {
+            ready.descriptor = descriptor(&schema);
+            ready.schema = schema;
+        }
+        ready.settled = plan
+            .settled
+            .filter(|settled| **settled != *ready.schema)
+            .map(|settled| {
+                let d = descriptor(&settled);
+                (settled, d)
+            });
+        ready.carried = plan.carried;
+        vec![
+            Group {
+                indices: plan.ready,
+                full: false,
+                carriers: false,
+            },
+            Group {
+                indices: plan.carriers,
+                full: true,
+                carriers: true,
+            },
+        ]
     }
 
     /// What an answer makes of a batch sent without an offset; batches to send again go to
@@ -251,6 +377,7 @@ impl StorageWriteSink {
     async fn settle_batch(
         &self,
         ready: &Ready<'_>,
+        stream: &str,
         run: &mut Run,
         batch: Batch,
         answer: Answer,
@@ -258,7 +385,8 @@ impl StorageWriteSink {
     ) {
         match answer {
             Answer::Landed { updated_schema } => {
-                self.landed(ready, run, &batch, updated_schema).await;
+                self.landed(ready, run, &batch, updated_schema.as_ref())
+                    .await;
             }
             Answer::RowErrors(errors) => {
                 let bad = self.row_errors(run, &batch, errors);
@@ -268,7 +396,7 @@ impl StorageWriteSink {
                 }
             }
             Answer::Failed(verdict, error) => {
-                if let Some(halves) = self.failed(ready, run, batch, verdict, error).await {
+                if let Some(halves) = self.failed(ready, stream, run, batch, verdict, error).await {
                     work.push_front(halves.1);
                     work.push_front(halves.0);
                 }
@@ -276,8 +404,25 @@ impl StorageWriteSink {
         }
     }
 
-    async fn landed(&self, ready: &Ready<'_>, run: &Run, batch: &Batch, updated_schema: bool) {
+    async fn landed(
+        &self,
+        ready: &Ready<'_>,
+        run: &Run,
+        batch: &Batch,
+        updated_schema: Option<&TableSchema>,
+    ) {
         self.tables.dataset_found(ready.key);
+        if let Some(evolution) = &self.evolution {
+            if batch.carriers {
+                // The write path sees the columns these rows carried.
+                evolution.columns_seen(ready.key, &ready.carried);
+            }
+            if let Some(updated) = updated_schema {
+                // "If backend detects a schema update, pass it to user so that user can use
+                // it to input new type of message": the columns it names are seen.
+                evolution.columns_seen(ready.key, &dotted_paths(&updated.fields));
+            }
+        }
         events::RowsInserted {
             table: &run.table,
             rows: batch.indices.len() as u64,
@@ -290,7 +435,7 @@ impl StorageWriteSink {
             bytes: batch.bytes(),
         }
         .emit(&self.detail);
-        if updated_schema && matches!(self.tables.schema, SchemaSource::Fetch { .. }) {
+        if updated_schema.is_some() && matches!(self.tables.schema, SchemaSource::Fetch { .. }) {
             // The table has changed: read its schema again for the next chunks. (A fixed
             // `schema` / `schema_path` stays what the rows are written with.)
             tracing::info!(output = %self.id, table = %run.table, "the table's schema changed (updated_schema); reading it again");
@@ -338,6 +483,7 @@ impl StorageWriteSink {
     async fn failed(
         &self,
         ready: &Ready<'_>,
+        stream: &str,
         run: &mut Run,
         batch: Batch,
         verdict: AppendVerdict,
@@ -366,7 +512,47 @@ impl StorageWriteSink {
                     None => run.dead.extend(reject(&batch.indices, "not_found", &error)),
                 }
             }
+            AppendVerdict::RefreshSchema if self.evolution.is_some() => {
+                // The table has the columns (tables.patch answered, or tables.get showed
+                // them), the write path does not see them yet: "Input schema has more fields
+                // than BigQuery schema" until the change propagates. The rows wait; the others
+                // of the chunk go on. The connection that bound the refused writer schema is
+                // dropped: the next try opens one that sends it again (as Google's clients
+                // reopen their writer).
+                ready.grpc.forget(stream);
+                // Rows without a column named here were refused for the writer schema alone
+                // (another writer's column, read before the write path saw it): the column
+                // counts as fresh, and they go again soon without it.
+                let unseen = extra_fields(&error);
+                let soon = match &self.evolution {
+                    Some(evolution) if unseen.is_empty() => {
+                        // Not an unseen column ("The proto field mismatched with BigQuery
+                        // field"): the table is read again before the rows go again.
+                        evolution.read_again(ready.key);
+                        false
+                    }
+                    Some(evolution) => {
+                        !batch.carriers && evolution.columns_unseen(ready.key, &unseen)
+                    }
+                    None => false,
+                };
+                events::RowsHeldForSchema {
+                    table: &run.table,
+                    rows: batch.indices.len() as u64,
+                }
+                .emit(&self.detail);
+                run.keep(&self.detail, &batch.indices, "schema_update");
+                run.hold.get_or_insert(Waiting {
+                    error: format!(
+                        "rows wait until the Storage Write API sees the new columns of {}",
+                        run.table
+                    ),
+                    after: Some(if soon { UNSEEN_RETRY } else { evolve::HOLD }),
+                    quiet: true,
+                });
+            }
             AppendVerdict::RefreshSchema => {
+                ready.grpc.forget(stream);
                 self.tables.forget_schema(ready.key).await;
                 run.keep(&self.detail, &batch.indices, "schema_mismatch");
                 run.wait(Waiting::backoff(error));
@@ -395,7 +581,7 @@ impl StorageWriteSink {
             .grpc
             .append(Append {
                 stream,
-                descriptor: &ready.descriptor,
+                descriptor: ready.writer(batch.full).1,
                 rows: batch.rows.clone(),
                 offset,
             })
@@ -404,7 +590,7 @@ impl StorageWriteSink {
         let answer = match result {
             Ok(response) => match response.response {
                 Some(Response::AppendResult(_)) => Answer::Landed {
-                    updated_schema: response.updated_schema.is_some(),
+                    updated_schema: response.updated_schema,
                 },
                 Some(Response::Error(status)) if !response.row_errors.is_empty() => {
                     let errors = response
@@ -441,7 +627,7 @@ impl StorageWriteSink {
             Answer::Failed(AppendVerdict::Landed, error) => {
                 tracing::debug!(output = %self.id, stream, ?offset, %error, "rows already in the stream: counted as landed");
                 Answer::Landed {
-                    updated_schema: false,
+                    updated_schema: None,
                 }
             }
             other => other,
@@ -470,10 +656,15 @@ impl StorageWriteSink {
     fn encode(
         &self,
         chunk: &Chunk<TableKey>,
-        schema: &Schema,
-        indices: &[u32],
+        ready: &Ready<'_>,
+        group: &Group,
     ) -> (Vec<Batch>, Vec<Rejected>) {
+        let indices = &group.indices[..];
+        let (schema, _) = ready.writer(group.full);
         let mut writer = ProtoRowWriter::new(schema, self.conversion, self.ignore_unknown);
+        if self.evolution.is_some() {
+            writer.drop_untyped_unknown();
+        }
         let mut inject = self.inject.clone();
         let mut scratch = String::new();
         let mut batches = Vec::new();
@@ -528,6 +719,10 @@ impl StorageWriteSink {
         }
         if !taken.is_empty() {
             batches.push(finish(&mut buf, &mut ends, taken));
+        }
+        for batch in &mut batches {
+            batch.full = group.full;
+            batch.carriers = group.carriers;
         }
         (batches, rejected)
     }
@@ -593,6 +788,7 @@ impl StorageWriteSink {
         run.keep.dedup();
         let waiting = run
             .waiting
+            .or(run.hold)
             .unwrap_or_else(|| Waiting::backoff(String::new()));
         Outcome::Retry {
             keep: Some(run.keep),
@@ -601,6 +797,34 @@ impl StorageWriteSink {
             quiet: waiting.quiet,
         }
     }
+}
+
+/// The columns a SCHEMA_MISMATCH_EXTRA_FIELDS answer names ("Input schema has more fields
+/// than BigQuery schema, extra fields: 'a,b.c'"), as dotted paths.
+fn extra_fields(message: &str) -> Vec<String> {
+    let Some((_, rest)) = message.split_once("extra fields: '") else {
+        return Vec::new();
+    };
+    let names = rest.split('\'').next().unwrap_or_default();
+    names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Lower-cased dotted paths of every field of an `updated_schema` (as `evolve` names columns).
+fn dotted_paths(fields: &[TableFieldSchema]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in fields {
+        let name = f.name.to_ascii_lowercase();
+        for sub in dotted_paths(&f.fields) {
+            out.push(format!("{name}.{sub}"));
+        }
+        out.push(name);
+    }
+    out
 }
 
 #[cold]
@@ -638,7 +862,19 @@ fn finish(buf: &mut Vec<u8>, ends: &mut Vec<usize>, indices: Vec<u32>) -> Batch 
             row
         })
         .collect();
-    Batch { indices, rows }
+    Batch {
+        indices,
+        rows,
+        full: true,
+        carriers: false,
+    }
+}
+
+/// Rows encoded and sent together: with the whole schema or the settled one, carriers or not.
+struct Group {
+    indices: Vec<u32>,
+    full: bool,
+    carriers: bool,
 }
 
 // ---- exactly once ------------------------------------------------------------------------
@@ -652,12 +888,27 @@ impl StorageWriteSink {
         &self,
         eo: &ExactlyOnce,
         chunk: &Chunk<TableKey>,
-        ready: &Ready<'_>,
+        ready: &mut Ready<'_>,
         run: &mut Run,
     ) {
         let pending = chunk.pending_indices();
         let pending_set: HashSet<u32> = pending.iter().copied().collect();
         let mut ticket = eo.load(&chunk.id);
+        // Schema evolution plans the rows no recorded append holds: a recorded append is
+        // sent again as it was (its columns existed then), whatever the table says now.
+        let recorded: HashSet<u32> = ticket
+            .batches
+            .iter()
+            .filter(|b| !b.rows.is_empty() && b.rows.iter().all(|i| pending_set.contains(i)))
+            .flat_map(|b| b.rows.iter().copied())
+            .collect();
+        let unrecorded: Vec<u32> = pending
+            .iter()
+            .copied()
+            .filter(|i| !recorded.contains(i))
+            .collect();
+        let mut groups = self.evolve(chunk, ready, unrecorded, run).await;
+        let ready = &*ready;
         let mut in_ticket: HashSet<u32> = HashSet::new();
         // 1. Replay: batches whose rows are still pending.
         for b in 0..ticket.batches.len() {
@@ -677,24 +928,39 @@ impl StorageWriteSink {
                 Replayed::Orphaned => {}
             }
         }
-        // 2. Rows no ticket batch holds.
-        let fresh: Vec<u32> = pending
+        // 2. Rows no ticket batch holds: the planned groups, and the rows of recorded appends
+        // whose stream is gone (written with the whole schema, as they were).
+        let mut orphaned: Vec<u32> = recorded
             .iter()
             .copied()
             .filter(|i| !in_ticket.contains(i))
             .collect();
-        if fresh.is_empty() {
+        orphaned.sort_unstable();
+        if !orphaned.is_empty() {
+            groups.push(Group {
+                indices: orphaned,
+                full: true,
+                carriers: self.evolution.is_some(),
+            });
+        }
+        groups.retain(|g| !g.indices.is_empty());
+        if groups.is_empty() {
             return;
         }
         if run.waiting.is_some() {
-            run.keep(&self.detail, &fresh, "deferred");
+            for g in &groups {
+                run.keep(&self.detail, &g.indices, "deferred");
+            }
             return;
         }
-        let (batches, rejected) = self.encode(chunk, &ready.schema, &fresh);
-        run.dead.extend(rejected);
+        let mut work: VecDeque<Batch> = VecDeque::new();
+        for group in &groups {
+            let (batches, rejected) = self.encode(chunk, ready, group);
+            run.dead.extend(rejected);
+            work.extend(batches);
+        }
         let slot = eo.slot(&ready.parent);
         let mut current = slot.lock().await;
-        let mut work: VecDeque<Batch> = batches.into();
         let mut replacements = 0;
         while let Some(mut batch) = work.pop_front() {
             if run.waiting.is_some() {
@@ -718,7 +984,9 @@ impl StorageWriteSink {
                             AppendVerdict::NotFound => AppendVerdict::NotFound,
                             _ => AppendVerdict::Retry,
                         };
-                        let _ = self.failed(ready, run, batch, verdict, error).await;
+                        let _ = self
+                            .failed(ready, &ready.parent, run, batch, verdict, error)
+                            .await;
                         continue;
                     }
                 }
@@ -746,7 +1014,8 @@ impl StorageWriteSink {
                     if let Some((_, next)) = current.as_mut() {
                         *next += batch.indices.len() as i64;
                     }
-                    self.landed(ready, run, &batch, updated_schema).await;
+                    self.landed(ready, run, &batch, updated_schema.as_ref())
+                        .await;
                 }
                 Answer::RowErrors(errors) => {
                     // Nothing of the batch landed: the rest goes at the same offset.
@@ -790,7 +1059,9 @@ impl StorageWriteSink {
                     // landed at this offset.
                     ticket.batches.pop();
                     let _ = eo.save(&chunk.id, &ticket);
-                    if let Some(halves) = self.failed(ready, run, batch, verdict, error).await {
+                    if let Some(halves) =
+                        self.failed(ready, stream, run, batch, verdict, error).await
+                    {
                         work.push_front(halves.1);
                         work.push_front(halves.0);
                     }
@@ -814,7 +1085,12 @@ impl StorageWriteSink {
             offset,
             rows,
         } = ticket.batches[b].clone();
-        let (mut batches, rejected) = self.encode(chunk, &ready.schema, &rows);
+        let group = Group {
+            indices: rows.clone(),
+            full: true,
+            carriers: false,
+        };
+        let (mut batches, rejected) = self.encode(chunk, ready, &group);
         // One batch as first sent (the schema could have grown since: then more).
         let mut batch = match batches.len() {
             1 => batches.remove(0),
@@ -835,7 +1111,8 @@ impl StorageWriteSink {
         loop {
             match self.append(ready, &stream, &batch, Some(offset)).await {
                 Answer::Landed { updated_schema } => {
-                    self.landed(ready, run, &batch, updated_schema).await;
+                    self.landed(ready, run, &batch, updated_schema.as_ref())
+                        .await;
                     return Replayed::Settled;
                 }
                 Answer::RowErrors(errors) => {
@@ -897,5 +1174,35 @@ impl Sink<TableKey> for StorageWriteSink {
                 .emit(&self.detail);
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_fields_are_read_from_the_answer() {
+        assert_eq!(
+            extra_fields(
+                "InvalidArgument: Input schema has more fields than BigQuery schema, extra fields: 'x,user.email' Entity: projects/p/datasets/d/tables/t/streams/_default"
+            ),
+            ["x", "user.email"]
+        );
+        assert!(extra_fields("The proto field mismatched with BigQuery field").is_empty());
+    }
+
+    #[test]
+    fn updated_schema_fields_are_dotted_paths() {
+        let field = |name: &str, fields: Vec<TableFieldSchema>| TableFieldSchema {
+            name: name.into(),
+            fields,
+            ..TableFieldSchema::default()
+        };
+        let fields = vec![
+            field("A", vec![field("B", Vec::new())]),
+            field("c", Vec::new()),
+        ];
+        assert_eq!(dotted_paths(&fields), ["a.b", "a", "c"]);
     }
 }
