@@ -261,7 +261,8 @@ pub fn wait_for<T>(n: usize, mut read: impl FnMut() -> Vec<T>) -> Vec<T> {
 
 /// The Python with fluent-logger and msgpack installed (`.ci/run` makes `.venv`).
 pub fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("BQFORWARD_TEST_PYTHON") {
+    // Set but empty counts as unset (a shell's `BQFORWARD_TEST_PYTHON=`).
+    if let Some(p) = std::env::var_os("BQFORWARD_TEST_PYTHON").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");

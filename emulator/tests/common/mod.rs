@@ -253,7 +253,8 @@ impl Drop for Emulator {
 /// The Python with the pinned clients of `tests/clients/requirements.txt` (`scripts/test.sh`
 /// makes `.venv` at the workspace root); `BQFORWARD_TEST_PYTHON` overrides it.
 pub fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("BQFORWARD_TEST_PYTHON") {
+    // Set but empty counts as unset (a shell's `BQFORWARD_TEST_PYTHON=`).
+    if let Some(p) = std::env::var_os("BQFORWARD_TEST_PYTHON").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
