@@ -455,6 +455,22 @@ struct RowProbe {
     error: Option<RowError>,
 }
 
+/// A row the grown schema still cannot take, with its reason: a missing REQUIRED value is the
+/// row's own fault (`conversion_error`), anything else a type disagreement (`schema_conflict`).
+fn row_rejected(index: u32, err: &RowError) -> Rejected {
+    let reason = if err.reason == "missing required field" {
+        "conversion_error"
+    } else {
+        "schema_conflict"
+    };
+    Rejected {
+        index,
+        reason: reason.into(),
+        location: err.field.clone(),
+        message: err.to_string(),
+    }
+}
+
 fn probe_rows(schema: &Schema, rows: &mut Rows<'_>, rules: &TypeRules) -> Vec<RowProbe> {
     let mut converter: RowConverter<'_, Rc<str>> = RowConverter::new(schema, rows.conversion);
     let mut scratch = String::new();
@@ -706,18 +722,7 @@ impl Evolution {
             .zip(probes.iter().filter(|p| !waiting.contains(&p.index)))
         {
             if let Some(err) = &p.error {
-                // A missing REQUIRED value is the row's own fault, not a type disagreement.
-                let reason = if err.reason == "missing required field" {
-                    "conversion_error"
-                } else {
-                    "schema_conflict"
-                };
-                plan.dead.push(Rejected {
-                    index: p.index,
-                    reason: reason.into(),
-                    location: err.field.clone(),
-                    message: err.to_string(),
-                });
+                plan.dead.push(row_rejected(p.index, err));
                 continue;
             }
             let not_added = p.found.iter().find_map(|f| {
@@ -882,17 +887,7 @@ impl Evolution {
         };
         for (p, before) in again.iter().zip(&probes) {
             if let Some(err) = &p.error {
-                let reason = if err.reason == "missing required field" {
-                    "conversion_error"
-                } else {
-                    "schema_conflict"
-                };
-                plan.dead.push(Rejected {
-                    index: p.index,
-                    reason: reason.into(),
-                    location: err.field.clone(),
-                    message: err.to_string(),
-                });
+                plan.dead.push(row_rejected(p.index, err));
                 continue;
             }
             let not_added = before.found.iter().find_map(|f| {

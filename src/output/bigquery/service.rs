@@ -96,11 +96,7 @@ impl BigQueryClient {
     /// A 401 means the token was refused (revoked, or expired early): the next request fetches
     /// a new one instead of the cached one. `generation` was read before the request.
     async fn answered<T>(&self, generation: u64, answer: Result<T, BQError>) -> Result<T, Failure> {
-        let answer = answer.map_err(failure);
-        if let Err(Failure::Http { status: 401, .. }) = &answer {
-            self.credentials.refused(generation).await;
-        }
-        answer
+        self.answered_raw(generation, answer.map_err(failure)).await
     }
 
     /// tabledata.insertAll with a body that is already JSON and gzipped.
@@ -208,7 +204,7 @@ impl BigQueryClient {
         self.answered_raw(generation, answer).await
     }
 
-    /// `answered` for the calls made here directly.
+    /// `answered` for the calls made here directly (and the one place a 401 drops the token).
     async fn answered_raw<T>(
         &self,
         generation: u64,
