@@ -83,6 +83,10 @@ fn jobs_go_pending_running_done_and_rows_land_only_when_done() {
     assert!(job["statistics"].get("startTime").is_none(), "{job}");
     let mut seen = vec!["PENDING".to_string()];
     loop {
+        // The count is read before the state: rows counted while the job, read after them,
+        // is still not DONE were visible before it was done. (Read the other way round, a
+        // job finishing between the two reads looked like that.)
+        let count = emu.count("t");
         let (_, job) = emu.get_job("slow");
         let state = job["status"]["state"].as_str().unwrap().to_string();
         if seen.last() != Some(&state) {
@@ -92,7 +96,7 @@ fn jobs_go_pending_running_done_and_rows_land_only_when_done() {
             assert_eq!(job["statistics"]["load"]["outputRows"], "3");
             break;
         }
-        assert_eq!(emu.count("t"), 0, "rows visible before the job is done");
+        assert_eq!(count, 0, "rows visible before the job is done");
         std::thread::sleep(Duration::from_millis(25));
     }
     assert_eq!(seen, ["PENDING", "RUNNING", "DONE"]);
