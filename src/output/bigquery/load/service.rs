@@ -9,6 +9,7 @@
 use super::super::classify::Failure;
 use super::super::credentials::Credentials;
 use super::super::service::{Connection, TableRef};
+use bytes::Bytes;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,9 +169,9 @@ impl LoadService {
         loop {
             let end = (offset + UPLOAD_PIECE).min(data.len());
             let last = end == data.len();
-            let piece = &data[offset..end];
+            let piece = Bytes::copy_from_slice(&data[offset..end]);
             if let Some(job) = self
-                .send_piece(&session, offset as u64, piece, last)
+                .send_piece(&session, offset as u64, &piece, last)
                 .await?
             {
                 return Ok(job);
@@ -216,11 +217,13 @@ impl LoadService {
     /// failed, or that arrived in part, is sent again from where the upload got (asked with a
     /// status query); the upload creates its job only when its last byte arrives, so nothing
     /// is loaded twice. HTTP errors are returned as they are.
+    /// The request bodies are slices of `piece` (no copy); once this returns, the caller
+    /// holds its only handle again (reqwest drops its own with the request).
     pub async fn send_piece(
         &self,
         session: &str,
         offset: u64,
-        piece: &[u8],
+        piece: &Bytes,
         last: bool,
     ) -> Result<Option<Value>, Failure> {
         let end = offset + piece.len() as u64;
@@ -232,7 +235,7 @@ impl LoadService {
         let mut at = offset;
         let mut failures = 0u32;
         loop {
-            let rest = &piece[(at - offset) as usize..];
+            let rest = piece.slice((at - offset) as usize..);
             let range = if rest.is_empty() {
                 format!("bytes */{total}")
             } else {
@@ -242,7 +245,7 @@ impl LoadService {
                 .http
                 .put(session)
                 .header("Content-Range", range)
-                .body(rest.to_vec());
+                .body(rest);
             let progress = match self.send(request).await {
                 Ok(response) => progress(response).await?,
                 Err(e) => {
