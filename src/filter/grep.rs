@@ -7,14 +7,37 @@ use crate::config::{ConfigError, Element, Section};
 use crate::event::Event;
 use crate::fluentd::accessor::{KeyPath, to_text};
 use crate::fluentd::pattern::Pattern;
+use memchr::memmem;
 
 struct Expression {
     key: KeyPath,
     pattern: Pattern,
+    /// For a pattern a value matches only by being one of a few strings that only a string
+    /// value can read as (`^debug$`): those strings, searched for in the record's bytes. A
+    /// record that contains none of them cannot match, and is not walked to the key.
+    needles: Option<Vec<memmem::Finder<'static>>>,
+}
+
+/// Whether `text` is the Ruby `to_s` of nothing but a string (or binary) value, whose bytes
+/// are the text itself: not of nil (""), a boolean, a number (digits, `.`, `+`, `-`, `e`,
+/// `E`, `Infinity`, `NaN`), an array or map (JSON, from `[` or `{`) or an extension type (a
+/// number or a quoted string). ASCII only, so that no invalid byte read as U+FFFD is in it.
+fn only_a_string_reads_as(text: &[u8]) -> bool {
+    !text.is_empty()
+        && text.is_ascii()
+        && !matches!(text[0], b'[' | b'{' | b'"')
+        && text != b"true"
+        && text != b"false"
+        && text.iter().any(|b| !b"0123456789.+-eEInfityNa".contains(b))
 }
 
 impl Expression {
     fn matches(&self, record: &[u8]) -> bool {
+        if let Some(needles) = &self.needles
+            && !needles.iter().any(|n| n.find(record).is_some())
+        {
+            return false;
+        }
         let value = self.key.get(record).map(to_text).unwrap_or_default();
         self.pattern.is_match(&value)
     }
@@ -40,9 +63,19 @@ impl Expression {
     }
 
     fn new(key: &str, pattern: &str) -> Result<Self, String> {
+        let pattern = Pattern::new(pattern)?;
+        let needles = pattern
+            .exact()
+            .filter(|set| set.iter().all(|s| only_a_string_reads_as(s)))
+            .map(|set| {
+                set.iter()
+                    .map(|s| memmem::Finder::new(&**s).into_owned())
+                    .collect()
+            });
         Ok(Self {
             key: KeyPath::parse(key)?,
-            pattern: Pattern::new(pattern)?,
+            pattern,
+            needles,
         })
     }
 
@@ -264,5 +297,50 @@ mod tests {
         let g = grep("regexp1 message foo\nexclude1 message bar\n");
         assert!(keeps(&g, json!({"message": "foo"})));
         assert!(!keeps(&g, json!({"message": "foobar"})));
+    }
+
+    #[test]
+    fn only_string_values_can_equal_the_searched_strings() {
+        for text in ["debug", "1.5e+3x", "error.log", "GET"] {
+            assert!(only_a_string_reads_as(text.as_bytes()), "{text}");
+        }
+        for text in [
+            "", "true", "false", "12", "-1.0e+20", "Infinity", "NaN", "[1]", "{}", "\"a\"", "é",
+        ] {
+            assert!(!only_a_string_reads_as(text.as_bytes()), "{text}");
+        }
+    }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        /// The search for a pattern's strings in the record's bytes never changes what an
+        /// expression answers: against the value read and matched every time.
+        #[test]
+        fn searching_the_record_first_answers_as_reading_the_value(
+            pattern in proptest::sample::select(vec!["^debug$", "^(debug|trace)$", "^12$", "^true$", "^$", "^1.5$"]),
+            level in proptest::prop_oneof![
+                proptest::sample::select(vec!["debug", "trace", "info", "xdebug", "debugx", "12", "true", ""])
+                    .prop_map(|s| json!(s)),
+                proptest::prelude::any::<i8>().prop_map(|n| json!(n)),
+                proptest::prelude::any::<bool>().prop_map(|b| json!(b)),
+                proptest::strategy::Just(json!(1.5)),
+                proptest::strategy::Just(json!(null)),
+                proptest::strategy::Just(json!(["debug"])),
+                proptest::strategy::Just(json!({"debug": "debug"})),
+            ],
+            other in proptest::sample::select(vec!["", "debug", "trace", "12"]),
+            has_level in proptest::prelude::any::<bool>(),
+        ) {
+            let x = Expression::new("level", pattern).unwrap();
+            let record = if has_level {
+                json!({"msg": other, "level": level})
+            } else {
+                json!({"msg": other})
+            };
+            let bytes = rmp_serde::to_vec(&record).unwrap();
+            let value = x.key.get(&bytes).map(to_text).unwrap_or_default();
+            proptest::prop_assert_eq!(x.matches(&bytes), x.pattern.is_match(&value), "{} on {}", pattern, record);
+        }
     }
 }

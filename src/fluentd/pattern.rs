@@ -53,6 +53,15 @@ impl Pattern {
         }
     }
 
+    /// The strings a value must equal for the pattern to match (`^debug$`), if it is one of
+    /// those patterns.
+    pub fn exact(&self) -> Option<&[Box<[u8]>]> {
+        match &self.literal {
+            Some(Literal::Exact(set)) => Some(set),
+            _ => None,
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         self.regex.as_str()
     }
