@@ -16,6 +16,27 @@ const FRAME_HEAD: usize = 8;
 /// No frame is larger than this (a record is at most a Forward message).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 
+/// A chunk file's write buffer above this size is not kept between appends.
+const KEPT_WRITE_BUFFER: usize = 1024 * 1024;
+
+/// A chunk's file, open for appending while the chunk is staged (so an append is one
+/// `write`, not an open, a write and a close), with the buffer its frames are encoded in.
+#[derive(Debug)]
+pub struct ChunkFile {
+    file: File,
+    out: Vec<u8>,
+    /// Bytes in the file that are whole frames.
+    len: u64,
+}
+
+/// About how many bytes `entries` take as frames.
+fn entries_len(entries: &[Entry]) -> usize {
+    entries
+        .iter()
+        .map(|e| FRAME_HEAD + 2 + e.tag.len() + 12 + e.event.record.len())
+        .sum()
+}
+
 #[derive(Debug)]
 pub struct FileStore {
     dir: PathBuf,
@@ -155,33 +176,84 @@ impl FileStore {
         self.dir.join(format!("chunk-{}.meta", id.hex()))
     }
 
-    /// Appends entries to a chunk's file (creating it with its header first). Returns once
-    /// the bytes are written (and, with `fsync`, on disk).
+    /// Creates a chunk's file with its header (naming the destination `key`) and its first
+    /// entries, in one write. Returns once the bytes are written (and, with `fsync`, on disk,
+    /// the directory entry too), with the file kept open for the chunk's next appends.
+    pub fn create(
+        &self,
+        id: &ChunkId,
+        key: &serde_json::Value,
+        entries: &[Entry],
+    ) -> io::Result<ChunkFile> {
+        let mut out = Vec::with_capacity(entries_len(entries) + 256);
+        let header = serde_json::json!({"version": 1, "id": id.hex(), "key": key});
+        frame(&mut out, |out| {
+            out.extend_from_slice(header.to_string().as_bytes())
+        });
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.chunk_path(id))?;
+        let mut chunk = ChunkFile { file, out, len: 0 };
+        self.write(&mut chunk, entries)?;
+        if self.fsync {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(chunk)
+    }
+
+    /// Opens an existing chunk's file for appending (its handle was not kept).
+    pub fn reopen(&self, id: &ChunkId) -> io::Result<ChunkFile> {
+        let file = OpenOptions::new().append(true).open(self.chunk_path(id))?;
+        let len = file.metadata()?.len();
+        Ok(ChunkFile {
+            file,
+            out: Vec::new(),
+            len,
+        })
+    }
+
+    /// Appends entries to a chunk's open file. Returns once the bytes are written (and, with
+    /// `fsync`, on disk).
+    pub fn append_to(&self, chunk: &mut ChunkFile, entries: &[Entry]) -> io::Result<()> {
+        chunk.out.clear();
+        chunk.out.reserve(entries_len(entries));
+        self.write(chunk, entries)
+    }
+
+    /// Encodes `entries` after what `chunk.out` holds and writes it all. A write that fails
+    /// part-way is cut off again, so that the next append does not follow a torn frame
+    /// (which recovery would take for corruption).
+    fn write(&self, chunk: &mut ChunkFile, entries: &[Entry]) -> io::Result<()> {
+        entries.iter().for_each(|e| encode_entry(&mut chunk.out, e));
+        let written = chunk.file.write_all(&chunk.out);
+        let len = chunk.out.len() as u64;
+        if chunk.out.capacity() > KEPT_WRITE_BUFFER {
+            chunk.out = Vec::new();
+        }
+        if let Err(err) = written {
+            let _ = chunk.file.set_len(chunk.len);
+            return Err(err);
+        }
+        chunk.len += len;
+        if self.fsync {
+            chunk.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Appends entries to a chunk's file, creating it with its header if it does not exist.
     pub fn append(
         &self,
         id: &ChunkId,
         key: &serde_json::Value,
         entries: &[Entry],
     ) -> io::Result<()> {
-        let path = self.chunk_path(id);
-        let new = !path.exists();
-        let mut out = Vec::with_capacity(entries.iter().map(|e| e.event.record.len() + 40).sum());
-        if new {
-            let header = serde_json::json!({"version": 1, "id": id.hex(), "key": key});
-            frame(&mut out, |out| {
-                out.extend_from_slice(header.to_string().as_bytes())
-            });
+        if self.chunk_path(id).exists() {
+            self.append_to(&mut self.reopen(id)?, entries)
+        } else {
+            self.create(id, key, entries).map(drop)
         }
-        entries.iter().for_each(|e| encode_entry(&mut out, e));
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-        file.write_all(&out)?;
-        if self.fsync {
-            file.sync_data()?;
-            if new {
-                File::open(&self.dir)?.sync_all()?;
-            }
-        }
-        Ok(())
     }
 
     /// Records which entries are still pending (atomically: write then rename).
