@@ -22,7 +22,8 @@
 #        BENCH_ONLY=storage scripts/bench.sh   only bigquery_insert against bigquery_storage_write
 #        (memory buffer, file buffer, exactly_once), taking turns; the emulator serves gRPC on --grpc-port too
 #        (BENCH_STORAGE_KINDS="storage storage-file" runs only those of insert storage storage-file
-#        storage-once; BENCH_PROFILE=storage-file records `perf` samples of that kind's first run)
+#        storage-once, and insert-file: bigquery_insert with a file buffer, not run by default;
+#        BENCH_PROFILE=storage-file records `perf` samples of that kind's first run)
 #        BENCH_ONLY=load scripts/bench.sh   only PackedForward + ack -> bigquery_load with a file
 #        buffer, until the emulator's load jobs loaded every row (BENCH_LOAD_EVENTS, default
 #        1000000: the emulator stores loaded rows, null mode is for insertAll only)
@@ -295,10 +296,11 @@ fi
 # BENCH_REPEAT times; then the medians and their ratios.
 if [ "${BENCH_ONLY:-}" = storage ]; then
   repeats=${BENCH_REPEAT:-3}
-  rows_insert= rows_storage= rows_storage_file= rows_storage_once=
+  rows_insert= rows_insert_file= rows_storage= rows_storage_file= rows_storage_once=
   for run in $(seq "$repeats"); do
     for kind in ${BENCH_STORAGE_KINDS:-insert storage storage-file storage-once}; do
       conf=bigquery.conf label="bigquery_insert (gzip)"
+      [ "$kind" = insert-file ] && conf=bigquery-file.conf label="bigquery_insert (gzip), file buffer"
       [ "$kind" = storage ] && conf=storage.conf label="bigquery_storage_write (default stream)"
       [ "$kind" = storage-file ] && conf=storage-file.conf label="bigquery_storage_write, file buffer"
       [ "$kind" = storage-once ] && conf=storage-once.conf label="bigquery_storage_write, exactly_once (file buffer)"
@@ -315,6 +317,7 @@ if [ "${BENCH_ONLY:-}" = storage ]; then
       stop_server
       case $kind in
         insert) rows_insert+="$row"$'\n' ;;
+        insert-file) rows_insert_file+="$row"$'\n' ;;
         storage) rows_storage+="$row"$'\n' ;;
         storage-file) rows_storage_file+="$row"$'\n' ;;
         storage-once) rows_storage_once+="$row"$'\n' ;;
@@ -331,6 +334,7 @@ if [ "${BENCH_ONLY:-}" = storage ]; then
     echo
     echo "Medians of $repeats runs, each column on its own (M events per CPU-s / events per s / peak RSS MiB):"
     echo "  bigquery_insert:                     $(line "$rows_insert")"
+    [ -n "$rows_insert_file" ] && echo "  bigquery_insert, file buffer:        $(line "$rows_insert_file")"
     echo "  bigquery_storage_write:              $(line "$rows_storage") (target >= 1.5 M events per CPU-s)"
     echo "  bigquery_storage_write, file buffer: $(line "$rows_storage_file")"
     echo "  ... exactly_once (file buffer):      $(line "$rows_storage_once")"

@@ -35,7 +35,7 @@ const STAGED_IN_MEMORY_MAX: usize = 16 * 1024 * 1024;
 /// those of all queued chunks together stay under this; chunks queued beyond it leave them
 /// on disk until delivery reads them back. Below it a queued chunk is delivered without
 /// reading its file; above it (a backlog during an outage) memory stays bounded.
-const QUEUED_IN_MEMORY_MAX: usize = 32 * 1024 * 1024;
+const QUEUED_IN_MEMORY_MAX: usize = 64 * 1024 * 1024;
 /// At most this many staged chunks of a file buffer keep their file open between appends
 /// (one per destination being filled); beyond it an append opens and closes the file.
 const OPEN_CHUNK_FILES_MAX: usize = 64;
@@ -210,8 +210,10 @@ struct State<K> {
     queue: VecDeque<Chunk<K>>,
     in_flight: usize,
     bytes: usize,
-    /// Bytes of queued file-buffer chunks whose entries are also in memory.
+    /// Bytes of queued file-buffer chunks whose entries are also in memory, and their bound
+    /// (`QUEUED_IN_MEMORY_MAX`; tests lower it).
     queued_in_memory: usize,
+    queued_in_memory_max: usize,
     /// Staged chunks holding their file open.
     open_files: usize,
     closing: bool,
@@ -275,6 +277,7 @@ where
                 in_flight: 0,
                 bytes: 0,
                 queued_in_memory: 0,
+                queued_in_memory_max: QUEUED_IN_MEMORY_MAX,
                 open_files: 0,
                 closing: false,
                 deadline: None,
@@ -644,7 +647,7 @@ where
         if !chunk.on_disk || chunk.entries.is_empty() {
             return;
         }
-        if state.queued_in_memory + chunk.bytes <= QUEUED_IN_MEMORY_MAX {
+        if state.queued_in_memory + chunk.bytes <= state.queued_in_memory_max {
             state.queued_in_memory += chunk.bytes;
             chunk.held = true;
         } else {
