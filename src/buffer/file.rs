@@ -2,19 +2,26 @@
 //! entries) and an optional `chunk-<id>.meta` with the entries still pending after a partial
 //! delivery. Recovery keeps every complete frame, trims a torn tail, and copies a chunk with a
 //! corrupt frame aside before keeping its good prefix. The directory is locked per process.
+//! A delivered chunk's file is emptied and kept as a spare (`spare-<n>`) that the next new
+//! chunk is renamed from: creating and deleting an inode per chunk was most of the file
+//! buffer's kernel time.
 
 use super::{ChunkId, Entry};
 use crate::event::{Event, EventTime};
 use bytes::Bytes;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const FRAME_HEAD: usize = 8;
 /// No frame is larger than this (a record is at most a Forward message).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// At most this many emptied chunk files are kept for new chunks.
+const SPARE_FILES_MAX: usize = 16;
 
 /// A chunk file's write buffer above this size is not kept between appends.
 const KEPT_WRITE_BUFFER: usize = 1024 * 1024;
@@ -43,6 +50,9 @@ pub struct FileStore {
     fsync: bool,
     _lock: File,
     pub corrupt_chunks: AtomicU64,
+    /// Emptied files of delivered chunks, for new chunks to take.
+    spares: Mutex<Vec<PathBuf>>,
+    spare_names: AtomicU64,
 }
 
 /// A chunk found on disk at start.
@@ -156,11 +166,19 @@ impl FileStore {
                 ),
             )
         })?;
+        // Spares a previous run left: empty or not, they hold nothing to deliver.
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            if entry.file_name().to_str().is_some_and(|n| n.starts_with("spare-")) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             fsync,
             _lock: lock,
             corrupt_chunks: AtomicU64::new(0),
+            spares: Mutex::new(Vec::new()),
+            spare_names: AtomicU64::new(0),
         })
     }
 
@@ -190,10 +208,11 @@ impl FileStore {
         frame(&mut out, |out| {
             out.extend_from_slice(header.to_string().as_bytes())
         });
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.chunk_path(id))?;
+        let path = self.chunk_path(id);
+        let file = match self.take_spare(&path) {
+            Some(file) => file,
+            None => OpenOptions::new().create(true).append(true).open(&path)?,
+        };
         let mut chunk = ChunkFile { file, out, len: 0 };
         self.write(&mut chunk, entries)?;
         if self.fsync {
@@ -233,6 +252,7 @@ impl FileStore {
         }
         if let Err(err) = written {
             let _ = chunk.file.set_len(chunk.len);
+            let _ = chunk.file.seek(io::SeekFrom::Start(chunk.len));
             return Err(err);
         }
         chunk.len += len;
@@ -271,9 +291,52 @@ impl FileStore {
         std::fs::rename(tmp, self.meta_path(id))
     }
 
+    /// The chunk is done with: its files go (the chunk file is kept as an empty spare while
+    /// there are fewer than `SPARE_FILES_MAX`).
     pub fn remove(&self, id: &ChunkId) {
         let _ = std::fs::remove_file(self.meta_path(id));
-        let _ = std::fs::remove_file(self.chunk_path(id));
+        let path = self.chunk_path(id);
+        if !self.keep_spare(&path) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Empties a done chunk's file and renames it to a spare. Emptied through an open and a
+    /// close of its own: ext4 flushes a file truncated to zero when it is next closed
+    /// (`auto_da_alloc`), which here finds nothing to write; the new chunk's data written
+    /// later is then not forced to disk when its file closes.
+    fn keep_spare(&self, path: &Path) -> bool {
+        let Ok(mut spares) = self.spares.lock() else {
+            return false;
+        };
+        if spares.len() >= SPARE_FILES_MAX {
+            return false;
+        }
+        let emptied = OpenOptions::new().write(true).truncate(true).open(path);
+        if emptied.is_err() {
+            return false;
+        }
+        drop(emptied);
+        let n = self.spare_names.fetch_add(1, Ordering::Relaxed);
+        let spare = self.dir.join(format!("spare-{n}"));
+        if std::fs::rename(path, &spare).is_err() {
+            return false;
+        }
+        spares.push(spare);
+        true
+    }
+
+    /// An emptied spare renamed to `path` and open for writing at its start, if there is one.
+    fn take_spare(&self, path: &Path) -> Option<File> {
+        let spare = self.spares.lock().ok()?.pop()?;
+        let file = OpenOptions::new().write(true).open(&spare).ok();
+        match file {
+            Some(file) if std::fs::rename(&spare, path).is_ok() => Some(file),
+            _ => {
+                let _ = std::fs::remove_file(&spare);
+                None
+            }
+        }
     }
 
     /// Reads a chunk's entries back.
