@@ -13,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -52,6 +53,9 @@ pub struct FileStore {
     pub corrupt_chunks: AtomicU64,
     /// Emptied files of delivered chunks, for new chunks to take.
     spares: Mutex<Vec<PathBuf>>,
+    /// Chunks that have a `.meta` file (most never do: removing one that is not there costs
+    /// a path lookup per chunk).
+    metas: Mutex<HashSet<ChunkId>>,
     spare_names: AtomicU64,
 }
 
@@ -178,6 +182,7 @@ impl FileStore {
             _lock: lock,
             corrupt_chunks: AtomicU64::new(0),
             spares: Mutex::new(Vec::new()),
+            metas: Mutex::new(HashSet::new()),
             spare_names: AtomicU64::new(0),
         })
     }
@@ -288,13 +293,18 @@ impl FileStore {
         if self.fsync {
             file.sync_data()?;
         }
+        if let Ok(mut metas) = self.metas.lock() {
+            metas.insert(*id);
+        }
         std::fs::rename(tmp, self.meta_path(id))
     }
 
     /// The chunk is done with: its files go (the chunk file is kept as an empty spare while
     /// there are fewer than `SPARE_FILES_MAX`).
     pub fn remove(&self, id: &ChunkId) {
-        let _ = std::fs::remove_file(self.meta_path(id));
+        if self.metas.lock().map_or(true, |mut metas| metas.remove(id)) {
+            let _ = std::fs::remove_file(self.meta_path(id));
+        }
         let path = self.chunk_path(id);
         if !self.keep_spare(&path) {
             let _ = std::fs::remove_file(path);
@@ -400,8 +410,13 @@ impl FileStore {
             file.set_len(good as u64).map_err(|e| e.to_string())?;
         }
         let entries = decode_entries(payloads.iter().skip(1));
-        let pending = std::fs::read(self.meta_path(&id))
-            .ok()
+        let meta = std::fs::read(self.meta_path(&id)).ok();
+        if meta.is_some()
+            && let Ok(mut metas) = self.metas.lock()
+        {
+            metas.insert(id);
+        }
+        let pending = meta
             .and_then(|m| serde_json::from_slice::<serde_json::Value>(&m).ok())
             .and_then(|m| serde_json::from_value::<Vec<u32>>(m["pending"].clone()).ok())
             .map(|p| {
@@ -517,6 +532,41 @@ mod tests {
         assert_eq!(found[0].pending, Some(vec![1, 4]));
         store.remove(&id);
         assert!(store.recover().unwrap().is_empty());
+    }
+
+    /// A done chunk's file becomes an empty spare, the next chunk is written into it from its
+    /// start (nothing of the old chunk left behind it), and a restart removes spares.
+    #[test]
+    fn done_chunk_files_are_emptied_and_reused_by_new_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path(), false).unwrap();
+        let key = serde_json::json!({"table": "t"});
+        let (old, new) = (ChunkId::new(), ChunkId::new());
+        store.append(&old, &key, &entries(50)).unwrap();
+        store.remove(&old);
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n != ".lock")
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(), ["spare-0"]);
+        assert_eq!(std::fs::metadata(dir.path().join("spare-0")).unwrap().len(), 0);
+        let mut file = store.create(&new, &key, &entries(2)).unwrap();
+        store.append_to(&mut file, &entries(3)[2..]).unwrap();
+        drop(file);
+        assert_eq!(names(), [format!("chunk-{}.log", new.hex())]);
+        assert!(same(&store.load(&new).unwrap(), &entries(3)));
+        let found = store.recover().unwrap();
+        assert_eq!((found.len(), found[0].entries), (1, 3));
+        assert_eq!(store.corrupt_chunks.load(Ordering::Relaxed), 0);
+        store.remove(&new);
+        drop(store);
+        FileStore::open(dir.path(), false).unwrap();
+        assert!(names().is_empty());
     }
 
     #[test]
