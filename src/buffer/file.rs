@@ -9,11 +9,11 @@
 use super::{ChunkId, Entry};
 use crate::event::{Event, EventTime};
 use bytes::Bytes;
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -172,7 +172,11 @@ impl FileStore {
         })?;
         // Spares a previous run left: empty or not, they hold nothing to deliver.
         for entry in std::fs::read_dir(dir)?.flatten() {
-            if entry.file_name().to_str().is_some_and(|n| n.starts_with("spare-")) {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("spare-"))
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -554,7 +558,10 @@ mod tests {
             names
         };
         assert_eq!(names(), ["spare-0"]);
-        assert_eq!(std::fs::metadata(dir.path().join("spare-0")).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("spare-0")).unwrap().len(),
+            0
+        );
         let mut file = store.create(&new, &key, &entries(2)).unwrap();
         store.append_to(&mut file, &entries(3)[2..]).unwrap();
         drop(file);
