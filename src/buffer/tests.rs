@@ -530,3 +530,15 @@ async fn staged_chunk_files_stay_open_up_to_the_limit_and_every_append_is_on_dis
         assert_eq!(*write, want);
     }
 }
+
+#[test]
+fn chunk_ids_are_written_as_lowercase_hex_and_read_back() {
+    let id = ChunkId([
+        0x00, 0x01, 0x0a, 0x10, 0x7f, 0x80, 0xab, 0xff, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde,
+        0xf0,
+    ]);
+    assert_eq!(id.hex(), "00010a107f80abff123456789abcdef0");
+    assert_eq!(ChunkId::from_hex(&id.hex()), Some(id));
+    let random = ChunkId::new();
+    assert_eq!(ChunkId::from_hex(&random.hex()), Some(random));
+}
