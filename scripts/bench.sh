@@ -26,7 +26,9 @@
 #        BENCH_PROFILE=storage-file records `perf` samples of that kind's first run)
 #        BENCH_ONLY=load scripts/bench.sh   only PackedForward + ack -> bigquery_load with a file
 #        buffer, until the emulator's load jobs loaded every row (BENCH_LOAD_EVENTS, default
-#        1000000: the emulator stores loaded rows, null mode is for insertAll only)
+#        1000000: the emulator stores loaded rows, null mode is for insertAll only); plain
+#        NDJSON (the default) and `<buffer> compress gzip` take turns BENCH_REPEAT times
+#        (BENCH_PROFILE=load: `perf` samples of the first plain run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -190,6 +192,9 @@ cat > "$out/bigquery-load.conf" <<EOF
   </buffer>
 </match>
 EOF
+# The same with `<buffer> compress gzip`: the upload gzipped (level 1), into its own tables.
+sed -e 's|^    path .*load-buffer$|&-gzip\n    compress gzip|' -e 's|table load_|table load_gz_|' \
+  "$out/bigquery-load.conf" > "$out/bigquery-load-gzip.conf"
 api=$emulator/bigquery/v2/projects/bench
 curl -fsS -X POST "$api/datasets" -d '{"datasetReference": {"datasetId": "logs"}}' > /dev/null
 jq '{tableReference: {tableId: "access_log"}, schema: {fields: .}}' "$out/schema.json" \
@@ -355,24 +360,46 @@ if [ "${BENCH_ONLY:-}" = storage ]; then
 fi
 
 load_events=${BENCH_LOAD_EVENTS:-$((events < 1000000 ? events : 1000000))}
-# BENCH_PROFILE=load records `perf` samples of the run.
+# run_load CONFIG LABEL: one load-job run on a fresh bqforward; sets $row. BENCH_PROFILE=load
+# records `perf` samples of the first run.
 run_load() {
   local perf_pid=
-  start_bqforward packed-load bigquery-load.conf
-  if [ "${BENCH_PROFILE:-}" = load ]; then
+  start_bqforward "packed-load-$1" "$1"
+  if [ "${BENCH_PROFILE:-}" = load ] && [ ! -e "$out/perf.data" ]; then
     perf record -F 499 --call-graph dwarf,16384 -o "$out/perf.data" -p "$server_pid" \
       2> "$out/perf.log" &
     perf_pid=$!
   fi
-  load "bqforward: PackedForward + ack -> bigquery_load, file buffer (64 MiB jobs)" \
-    --mode packed --ack --until rows --rows-counter rows_loaded --events "$load_events"
+  row=$(load "bqforward: PackedForward + ack -> bigquery_load, file buffer (64 MiB jobs)$2" \
+    --mode packed --ack --until rows --rows-counter rows_loaded --events "$load_events")
+  echo "$row"
   [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
   stop_server
 }
 if [ "${BENCH_ONLY:-}" = load ]; then
-  run_load
+  # The plugin's upload (plain NDJSON) and `<buffer> compress gzip` take turns, BENCH_REPEAT
+  # times (default 3); then the medians.
+  repeats=${BENCH_REPEAT:-3}
+  rows_plain= rows_gzip=
+  for run in $(seq "$repeats"); do
+    run_load bigquery-load.conf ", plain NDJSON, run $run/$repeats"
+    rows_plain+="$row"$'\n'
+    run_load bigquery-load-gzip.conf ", compress gzip, run $run/$repeats"
+    rows_gzip+="$row"$'\n'
+  done
+  med() {
+    awk -F'|' -v c="$2" 'NF > 5 {gsub(/[ k]/, "", $c); print $c}' <<< "$1" | sort -n \
+      | sed -n "$(( (repeats + 1) / 2 ))p"
+  }
+  line() { echo "$(med "$1" 7) / $(med "$1" 4)k / $(med "$1" 8)"; }
+  {
+    echo
+    echo "Medians of $repeats runs, each column on its own (M events per CPU-s / events per s / peak RSS MiB):"
+    echo "  bigquery_load, plain NDJSON:   $(line "$rows_plain") (target >= 2 M events per CPU-s)"
+    echo "  bigquery_load, compress gzip:  $(line "$rows_gzip")"
+  } | tee -a "$out/table.md"
   if [ "${BENCH_PROFILE:-}" = load ]; then
-    echo "Profile ($out/perf.data), self time:"
+    echo "Profile of the first plain run ($out/perf.data), self time:"
     { perf report -i "$out/perf.data" --no-children --sort symbol --stdio -g none 2> /dev/null \
       | grep '%' | head -n 25 | sed 's/[[:space:]-]*$//'; } || true
   fi
@@ -488,7 +515,7 @@ if [ -n "$full" ]; then
     --mode packed --ack --until rows --rate $((max_file / 2))
   stop_server
 
-  run_load
+  run_load bigquery-load.conf ", plain NDJSON"
 
   for mode in forward compressed; do
     start_bqforward "$mode-bq" bigquery.conf

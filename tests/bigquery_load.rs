@@ -223,6 +223,12 @@ fn chunks_become_load_jobs_with_ids_derived_from_the_chunk() {
         10_000.0
     );
     assert!(sample("bqforward_bigquery_load_bytes_total", &table) > 10_000.0 * 40.0);
+    // The default upload is the NDJSON as written (fluent-plugin-bigquery's): as many bytes
+    // went up as were loaded.
+    assert_eq!(
+        sample("bqforward_bigquery_load_bytes_total", &table),
+        uploaded_bytes(&emulator) as f64
+    );
     assert_eq!(
         sample("bqforward_bigquery_load_job_duration_seconds_count", &[]),
         jobs.len() as f64
@@ -282,6 +288,49 @@ fn resumable_upload(emulator: &Emulator) {
     assert_all_acked_landed_once(emulator, "big", &[14_000]);
     let stats = emulator.stats();
     assert_eq!(stats["jobs_inserted"], 1, "{stats}");
+}
+
+/// The bytes each job was uploaded with (its `statistics.load.inputFileBytes`).
+fn uploaded_bytes(emulator: &Emulator) -> u64 {
+    jobs(emulator)
+        .iter()
+        .map(|j| {
+            j["statistics"]["load"]["inputFileBytes"]
+                .as_str()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no inputFileBytes in {j}"))
+        })
+        .sum()
+}
+
+#[test]
+fn compress_gzip_uploads_the_data_gzipped_and_check_says_so() {
+    let emulator = emulator_with_table(&[], "gz");
+    let text = config(&emulator, "gz", "", "compress gzip");
+    let (ok, stderr) = check(&text);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("<buffer> compress gzip: each load job's NDJSON is uploaded gzipped"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("'compress'"), "{stderr}");
+    let (ok, stderr) = check(&config(&emulator, "gz", "", "compress zstd"));
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("compress"), "{stderr}");
+
+    let server = Server::start(&text);
+    let summary = send(&server, "app.gz", 5000, &["--pad", "500"]);
+    assert_eq!(acked(&summary), [5000], "{summary}");
+    assert_eq!(
+        wait_rows(&emulator, "gz", 5000, 60),
+        5000,
+        "{}",
+        server.log()
+    );
+    assert_all_acked_landed_once(&emulator, "gz", &[5000]);
+    // Each row holds 500 bytes of padding: 2.5 MB of NDJSON, far less once gzipped.
+    let uploaded = uploaded_bytes(&emulator);
+    assert!(uploaded < 500_000, "{uploaded} bytes uploaded");
 }
 
 fn check(text: &str) -> (bool, String) {

@@ -56,6 +56,9 @@ pub struct FileStore {
     /// Chunks that have a `.meta` file (most never do: removing one that is not there costs
     /// a path lookup per chunk).
     metas: Mutex<HashSet<ChunkId>>,
+    /// Chunks `load` read back mapped: their files are unlinked, never emptied and reused,
+    /// as records may still point into the mapping.
+    mapped: Mutex<HashSet<ChunkId>>,
     spare_names: AtomicU64,
 }
 
@@ -103,11 +106,18 @@ fn encode_entry(out: &mut Vec<u8>, entry: &Entry) {
 fn decode_entries<'a>(payloads: impl Iterator<Item = &'a Bytes>) -> Vec<Entry> {
     let mut last_tag: Option<Arc<str>> = None;
     payloads
-        .filter_map(|payload| decode_entry(payload, &mut last_tag))
+        .filter_map(|payload| decode_entry(payload, 0, payload.len(), &mut last_tag))
         .collect()
 }
 
-fn decode_entry(payload: &Bytes, last_tag: &mut Option<Arc<str>>) -> Option<Entry> {
+/// The entry in `data[start..end]` (a frame's payload); its record is a slice of `data`.
+fn decode_entry(
+    data: &Bytes,
+    start: usize,
+    end: usize,
+    last_tag: &mut Option<Arc<str>>,
+) -> Option<Entry> {
+    let payload = data.get(start..end)?;
     let tag_len = usize::from(u16::from_be_bytes([*payload.first()?, *payload.get(1)?]));
     let tag = std::str::from_utf8(payload.get(2..2 + tag_len)?).ok()?;
     let at = 2 + tag_len;
@@ -121,9 +131,37 @@ fn decode_entry(payload: &Bytes, last_tag: &mut Option<Arc<str>>) -> Option<Entr
         tag,
         event: Event {
             time: EventTime::new(secs, nanos),
-            record: payload.slice(at + 12..),
+            record: data.slice(start + at + 12..end),
         },
     })
+}
+
+/// A chunk file's entries (the frames after the header) in one pass: each frame checked and
+/// decoded in place, up to the first frame that is not whole and sound (as `frames` reads).
+fn decode_chunk(data: &Bytes) -> Vec<Entry> {
+    // Room for entries of 128 bytes and up; a chunk of smaller ones grows it.
+    let mut entries = Vec::with_capacity(data.len() / 128);
+    let mut last_tag: Option<Arc<str>> = None;
+    let mut pos = 0;
+    let mut header = true;
+    while let Some(head) = data.get(pos..pos + FRAME_HEAD) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let sum = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        let start = pos + FRAME_HEAD;
+        let end = start + len;
+        let Some(payload) = data.get(start..end).filter(|_| len <= MAX_FRAME) else {
+            break;
+        };
+        if crc(payload) != sum {
+            break;
+        }
+        if !header && let Some(entry) = decode_entry(data, start, end, &mut last_tag) {
+            entries.push(entry);
+        }
+        header = false;
+        pos = end;
+    }
+    entries
 }
 
 /// Splits a chunk file into frame payloads; the second value is the length of the good
@@ -187,6 +225,7 @@ impl FileStore {
             corrupt_chunks: AtomicU64::new(0),
             spares: Mutex::new(Vec::new()),
             metas: Mutex::new(HashSet::new()),
+            mapped: Mutex::new(HashSet::new()),
             spare_names: AtomicU64::new(0),
         })
     }
@@ -304,13 +343,17 @@ impl FileStore {
     }
 
     /// The chunk is done with: its files go (the chunk file is kept as an empty spare while
-    /// there are fewer than `SPARE_FILES_MAX`).
+    /// there are fewer than `SPARE_FILES_MAX`, unless it was read back mapped).
     pub fn remove(&self, id: &ChunkId) {
         if self.metas.lock().map_or(true, |mut metas| metas.remove(id)) {
             let _ = std::fs::remove_file(self.meta_path(id));
         }
         let path = self.chunk_path(id);
-        if !self.keep_spare(&path) {
+        let mapped = self
+            .mapped
+            .lock()
+            .map_or(true, |mut mapped| mapped.remove(id));
+        if mapped || !self.keep_spare(&path) {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -353,11 +396,17 @@ impl FileStore {
         }
     }
 
-    /// Reads a chunk's entries back.
+    /// Reads a chunk's entries back (their records are slices of the file's bytes, mapped
+    /// when the file is large: see `read_back`).
     pub fn load(&self, id: &ChunkId) -> io::Result<Vec<Entry>> {
-        let data = read(&self.chunk_path(id))?;
-        let (payloads, _, _) = frames(&data);
-        Ok(decode_entries(payloads.iter().skip(1)))
+        let data = read_back(&self.chunk_path(id))?;
+        if data.len() as u64 >= MAP_MIN
+            && let Ok(mut mapped) = self.mapped.lock()
+        {
+            // Its entries may outlive `remove`: the file must be unlinked, not reused.
+            mapped.insert(*id);
+        }
+        Ok(decode_chunk(&data))
     }
 
     /// Every chunk left by a previous run, repaired as needed. Unreadable chunks are moved to
@@ -452,6 +501,27 @@ impl FileStore {
         tracing::error!(chunk = %path.display(), moved_to = %target.display(), %reason, copied = copied.is_ok(),
             "corrupt buffer chunk set aside");
     }
+}
+
+/// Chunk files from this size on are mapped rather than read when delivered.
+const MAP_MIN: u64 = 1024 * 1024;
+
+/// A chunk file's bytes for delivery. A large one is mapped, its pages populated at once: the
+/// page cache's pages serve the records, with no copy into fresh (zeroed) memory and nothing
+/// to free but the mapping once the last entry is dropped (a 64 MiB chunk read into a `Vec`
+/// cost more CPU than its conversion to JSON).
+fn read_back(path: &Path) -> io::Result<Bytes> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() < MAP_MIN {
+        return read(path);
+    }
+    // SAFETY: the mapping is read-only and the file is not changed while it lives: a chunk
+    // is read back only once it is queued, when nothing appends to its file any more; the
+    // only truncation (`recover_one`, of a torn tail) runs at start, before any delivery;
+    // the directory is locked against other processes; `remove` unlinks a chunk `load`
+    // mapped (never empties it into a spare), which leaves a mapping's pages in place.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
+    Ok(Bytes::from_owner(map))
 }
 
 fn read(path: &Path) -> io::Result<Bytes> {
@@ -574,6 +644,35 @@ mod tests {
         drop(store);
         FileStore::open(dir.path(), false).unwrap();
         assert!(names().is_empty());
+    }
+
+    /// A chunk past `MAP_MIN` is read back mapped, with the same entries; a torn tail ends
+    /// it as recovery would trim it.
+    #[test]
+    fn large_chunks_are_read_back_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path(), false).unwrap();
+        let id = ChunkId::new();
+        let key = serde_json::json!("k");
+        let all = entries(60_000);
+        store.append(&id, &key, &all).unwrap();
+        let size = std::fs::metadata(store.chunk_path(&id)).unwrap().len();
+        assert!(size >= MAP_MIN, "{size}");
+        assert!(same(&store.load(&id).unwrap(), &all));
+        let mut partial = Vec::new();
+        encode_entry(&mut partial, &all[0]);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(store.chunk_path(&id))
+            .unwrap();
+        f.write_all(&partial[..partial.len() - 1]).unwrap();
+        let loaded = store.load(&id).unwrap();
+        assert!(same(&loaded, &all));
+        // Its records point into the mapping: the file is unlinked, not emptied for reuse.
+        store.remove(&id);
+        assert!(same(&loaded, &all));
+        let left = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(left, 1, "only .lock is left");
     }
 
     #[test]

@@ -5,12 +5,12 @@
 use super::{Filter, RecordError};
 use crate::config::{ConfigError, Element, Section};
 use crate::event::Event;
-use crate::fluentd::accessor::{KeyPath, compile_regexp, to_text};
-use regex::Regex;
+use crate::fluentd::accessor::{KeyPath, to_text};
+use crate::fluentd::pattern::Pattern;
 
 struct Expression {
     key: KeyPath,
-    pattern: Regex,
+    pattern: Pattern,
 }
 
 impl Expression {
@@ -42,7 +42,7 @@ impl Expression {
     fn new(key: &str, pattern: &str) -> Result<Self, String> {
         Ok(Self {
             key: KeyPath::parse(key)?,
-            pattern: compile_regexp(pattern)?,
+            pattern: Pattern::new(pattern)?,
         })
     }
 

@@ -3,5 +3,6 @@
 //! coercions of values. Pure functions; no I/O, no stage logic.
 
 pub mod accessor;
+pub mod pattern;
 pub mod ruby;
 pub mod template;

@@ -197,7 +197,7 @@ impl Destinations {
                 if last.table == table
                     && last.secs == secs
                     && (Arc::ptr_eq(&last.tag, tag) || *last.tag == **tag)
-                    && last.values == self.values =>
+                    && (self.keys.is_empty() || last.values == self.values) =>
             {
                 last
             }

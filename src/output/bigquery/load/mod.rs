@@ -1,7 +1,8 @@
 //! `@type bigquery_load`: fluent-plugin-bigquery's load-job output, configured the same way.
 //! Events are keyed by destination at emit and buffered (a file buffer by default, flushed
 //! hourly); each chunk becomes one load job (`sink`) whose id is derived from the chunk
-//! (`job`), with the chunk's rows as gzipped NDJSON (`ndjson`) uploaded by `service`.
+//! (`job`), with the chunk's rows as NDJSON (`ndjson`; plain as the plugin uploads it, or
+//! gzipped with `<buffer> compress gzip`) uploaded by `service`.
 //! Shares destinations, schemas, conversion, `<inject>` and dead letters with
 //! `bigquery_insert`; must not hold insertAll logic.
 
@@ -16,11 +17,12 @@ use super::dead_letter::DeadLetters;
 use super::evolve::Evolution;
 use super::tables::Tables;
 use crate::buffer::{Buffer, BufferConfig, BufferKind, FlushMode};
-use crate::config::{ConfigError, Section};
+use crate::config::{ConfigError, Element, Section};
 use crate::fluentd::template::TIME_SLICE;
 use crate::metrics::SinkDetail;
 use crate::output::Output;
 use job::LoadSettings;
+use ndjson::Encoding;
 use sink::LoadSink;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,12 +50,15 @@ pub fn from_config(
 ) -> Result<(BigQueryOutput, Vec<String>, Vec<String>), ConfigError> {
     let at = |e: &str| ConfigError::at(s.location(), e);
     let mut deferred = Vec::new();
-    let (buffer_config, buffer_warnings) =
-        BufferConfig::from_config(s.section("buffer")?, BufferConfig::bigquery_load_defaults())
-            .unwrap_or_else(|e| {
-                deferred.push(e);
-                (BufferConfig::bigquery_load_defaults(), Vec::new())
-            });
+    let (encoding, buffer_section) = upload_encoding(s.section("buffer")?)?;
+    let (buffer_config, buffer_warnings) = BufferConfig::from_config(
+        buffer_section.as_ref(),
+        BufferConfig::bigquery_load_defaults(),
+    )
+    .unwrap_or_else(|e| {
+        deferred.push(e);
+        (BufferConfig::bigquery_load_defaults(), Vec::new())
+    });
     if matches!(&buffer_config.kind, BufferKind::File { path } if path.as_os_str().is_empty()) {
         deferred.push(at(
             "bigquery_load buffers chunks in files by default: give <buffer> a 'path' (a directory), or @type memory",
@@ -100,6 +105,16 @@ pub fn from_config(
             "schema_update_options ALLOW_FIELD_ADDITION and ignore_unknown_values true do not go together: BigQuery would drop the new fields instead of adding their columns, silently",
         ));
     }
+    notes.push(match encoding {
+        Encoding::Gzip => format!(
+            "{}: {id}: <buffer> compress gzip: each load job's NDJSON is uploaded gzipped (level 1: about 5 times fewer bytes on log rows, and 0.3-0.5 µs more CPU per row; docs/bigquery-load.md); chunks stay uncompressed in the buffer",
+            s.location()
+        ),
+        Encoding::Plain => format!(
+            "{}: {id}: load jobs upload plain NDJSON, as fluent-plugin-bigquery does; <buffer> compress gzip uploads it gzipped (about 5 times fewer bytes to send, for more CPU; docs/bigquery-load.md)",
+            s.location()
+        ),
+    });
     if evolving {
         notes.push(format!(
             "{}: {id}: new fields become NULLABLE columns of each load job's schema (the table's with them), which BigQuery adds when the job commits (docs/schema-evolution.md)",
@@ -166,6 +181,7 @@ pub fn from_config(
         settings,
         wait_job_interval,
         Arc::clone(&detail),
+        encoding,
         (!no_schema_updates)
             .then(|| Evolution::new(id.clone(), common.schema_update_types, Arc::clone(&detail))),
     );
@@ -180,6 +196,23 @@ pub fn from_config(
         detail,
     );
     Ok((output, warnings, notes))
+}
+
+/// `<buffer> compress`: fluentd compresses its chunks with it; bqforward keeps chunks as they
+/// are and gzips the load job's upload instead (`text`, the default, uploads plain NDJSON as
+/// fluent-plugin-bigquery does). Returns the `<buffer>` without it for the buffer's reader,
+/// which would call it ignored.
+fn upload_encoding(buffer: Option<&Element>) -> Result<(Encoding, Option<Element>), ConfigError> {
+    let Some(buffer) = buffer else {
+        return Ok((Encoding::Plain, None));
+    };
+    let encoding = match Section::new(buffer).one_of("compress", &["text", "gzip"])? {
+        Some("gzip") => Encoding::Gzip,
+        _ => Encoding::Plain,
+    };
+    let mut rest = buffer.clone();
+    rest.params.retain(|p| p.key != "compress");
+    Ok((encoding, Some(rest)))
 }
 
 /// Load jobs a day per table the flush settings make at most (`None`: no bound), counting

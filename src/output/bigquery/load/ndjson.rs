@@ -1,7 +1,8 @@
 //! A chunk as a load job's data: one JSON row per line (newline-delimited JSON), written by
-//! the shared converter and JSON encoder (`rows.rs`, as insertAll rows are), gzipped as it is
-//! written so a 1 GiB chunk never sits uncompressed in memory. Rows the converter refuses are
-//! returned as dead letters; the others are the job's.
+//! the shared converter and JSON encoder (`rows.rs`, as insertAll rows are). Plain by default,
+//! as fluent-plugin-bigquery uploads it; with `<buffer> compress gzip` gzipped as it is
+//! written (in blocks, so the uncompressed NDJSON never sits whole in memory). Rows the
+//! converter refuses are returned as dead letters; the others are the job's.
 
 use super::super::dead_letter::Rejected;
 use super::super::rows::{Conversion, RowWriter};
@@ -12,13 +13,25 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use std::io::Write;
 
-/// Rows are gathered to this size before they go through the compressor.
+/// Gzip: rows are gathered to this size before they go through the compressor.
 const BLOCK: usize = 1024 * 1024;
+
+/// How the NDJSON is uploaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// As written (fluent-plugin-bigquery's upload): no CPU beyond the conversion, about
+    /// 5 times the bytes of gzip on the wire (docs/bigquery-load.md).
+    #[default]
+    Plain,
+    /// `<buffer> compress gzip`: level 1.
+    Gzip,
+}
 
 /// A chunk's load data.
 #[derive(Debug)]
 pub struct LoadData {
-    pub gzipped: Vec<u8>,
+    /// The upload: NDJSON, gzipped with `Encoding::Gzip`.
+    pub body: Vec<u8>,
     /// Uncompressed NDJSON bytes.
     pub raw_len: u64,
     /// Rows in the data.
@@ -27,62 +40,169 @@ pub struct LoadData {
     pub rejected: Vec<Rejected>,
 }
 
+/// A chunk's rows written as the upload's bytes a piece at a time, so a large chunk's upload
+/// never sits whole in memory (`sink` sends each piece as it is written).
+pub struct Ndjson<'a> {
+    entries: &'a [Entry],
+    indices: std::slice::Iter<'a, u32>,
+    writer: RowWriter<'a>,
+    inject: Inject,
+    scratch: String,
+    /// `Encoding::Gzip`: the compressor (writing into its own `Vec`, emptied into the
+    /// caller's after each block) and the block of rows it takes next.
+    gzip: Option<(GzEncoder<Vec<u8>>, Vec<u8>)>,
+    finished: bool,
+    /// Uncompressed NDJSON bytes written so far.
+    pub raw_len: u64,
+    /// Rows written so far.
+    pub rows: u64,
+    /// Entries that could not be converted so far: dead letters.
+    pub rejected: Vec<Rejected>,
+}
+
+impl<'a> Ndjson<'a> {
+    pub fn new(
+        entries: &'a [Entry],
+        indices: &'a [u32],
+        schema: Option<&'a Schema>,
+        inject: Inject,
+        conversion: Conversion,
+        drop_untyped_unknown: bool,
+        encoding: Encoding,
+    ) -> Self {
+        let mut writer = RowWriter::new(schema, conversion);
+        if drop_untyped_unknown {
+            // Schema evolution: a key without a typed value makes no column (see `evolve`).
+            writer.drop_untyped_unknown();
+        }
+        let gzip = (encoding == Encoding::Gzip).then(|| {
+            (
+                // Level 1: the benchmark's log rows compress about 5.5 to 1 at it.
+                GzEncoder::new(Vec::with_capacity(BLOCK / 4), Compression::fast()),
+                Vec::with_capacity(BLOCK + BLOCK / 4),
+            )
+        });
+        Self {
+            entries,
+            indices: indices.iter(),
+            writer,
+            inject,
+            scratch: String::new(),
+            gzip,
+            finished: false,
+            raw_len: 0,
+            rows: 0,
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Appends the upload's next bytes to `out` until it holds more than `want` bytes or the
+    /// rows (and, gzipped, the stream) have ended: then `true`, and every later call adds
+    /// nothing and answers `true`.
+    pub fn fill(&mut self, out: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
+        while out.len() <= want && !self.finished {
+            let Some(&index) = self.indices.next() else {
+                if let Some((gz, block)) = &mut self.gzip {
+                    self.raw_len += block.len() as u64;
+                    gz.write_all(block)?;
+                    block.clear();
+                    gz.try_finish()?;
+                    out.append(gz.get_mut());
+                }
+                self.finished = true;
+                break;
+            };
+            let Some(entry) = self.entries.get(index as usize) else {
+                continue;
+            };
+            let mut extras = Extras::default();
+            self.inject
+                .extras_into(&entry.tag, entry.event.time, &mut self.scratch, &mut extras);
+            let rows = match &mut self.gzip {
+                Some((_, block)) => block,
+                None => &mut *out,
+            };
+            let before = rows.len();
+            match self.writer.write(&entry.event.record, &extras, rows) {
+                Ok(()) => {
+                    rows.push(b'\n');
+                    self.rows += 1;
+                }
+                Err(err) => self.rejected.push(Rejected {
+                    index,
+                    reason: "conversion_error".into(),
+                    location: err.field.clone(),
+                    message: err.to_string(),
+                }),
+            }
+            match &mut self.gzip {
+                Some((gz, block)) => {
+                    if block.len() >= BLOCK {
+                        self.raw_len += block.len() as u64;
+                        gz.write_all(block)?;
+                        block.clear();
+                        out.append(gz.get_mut());
+                    }
+                }
+                None => self.raw_len += (out.len() - before) as u64,
+            }
+        }
+        Ok(self.finished)
+    }
+
+    /// Converts the rest without keeping it: what `rows`, `raw_len` and `rejected` count in
+    /// the end (a job made by an earlier attempt is judged against them).
+    pub fn drain(&mut self) -> std::io::Result<()> {
+        let mut sink = Vec::new();
+        while !self.fill(&mut sink, BLOCK)? {
+            sink.clear();
+        }
+        Ok(())
+    }
+
+    /// What was written, with `body` as the upload.
+    pub fn into_data(self, body: Vec<u8>) -> LoadData {
+        LoadData {
+            body,
+            raw_len: self.raw_len,
+            rows: self.rows,
+            rejected: self.rejected,
+        }
+    }
+}
+
+/// A chunk's whole load data at once.
 pub fn build(
     entries: &[Entry],
     indices: &[u32],
     schema: Option<&Schema>,
-    inject: &mut Inject,
+    inject: &Inject,
     conversion: Conversion,
     drop_untyped_unknown: bool,
+    encoding: Encoding,
 ) -> std::io::Result<LoadData> {
     let records: usize = indices
         .iter()
         .filter_map(|&i| entries.get(i as usize))
         .map(|e| e.event.record.len())
         .sum();
-    // Level 1: log lines compress about 8 to 1 at it, and the CPU is the aggregator's.
-    let mut gz = GzEncoder::new(Vec::with_capacity(records / 4 + 64), Compression::fast());
-    let mut writer = RowWriter::new(schema, conversion);
-    if drop_untyped_unknown {
-        // Schema evolution: a key without a typed value makes no column (see `evolve`).
-        writer.drop_untyped_unknown();
-    }
-    let mut block = Vec::with_capacity(BLOCK + BLOCK / 4);
-    let mut scratch = String::new();
-    let mut data = LoadData {
-        gzipped: Vec::new(),
-        raw_len: 0,
-        rows: 0,
-        rejected: Vec::new(),
+    let mut body = match encoding {
+        // JSON of a typical msgpack record is about 1.3 times its size, plus the injected
+        // fields; a body that outgrows it doubles once.
+        Encoding::Plain => Vec::with_capacity(records + records / 2 + indices.len() * 64),
+        Encoding::Gzip => Vec::with_capacity(records / 4 + 64),
     };
-    for &index in indices {
-        let Some(entry) = entries.get(index as usize) else {
-            continue;
-        };
-        let mut extras = Extras::default();
-        inject.extras_into(&entry.tag, entry.event.time, &mut scratch, &mut extras);
-        match writer.write(&entry.event.record, &extras, &mut block) {
-            Ok(()) => {
-                block.push(b'\n');
-                data.rows += 1;
-            }
-            Err(err) => data.rejected.push(Rejected {
-                index,
-                reason: "conversion_error".into(),
-                location: err.field.clone(),
-                message: err.to_string(),
-            }),
-        }
-        if block.len() >= BLOCK {
-            data.raw_len += block.len() as u64;
-            gz.write_all(&block)?;
-            block.clear();
-        }
-    }
-    data.raw_len += block.len() as u64;
-    gz.write_all(&block)?;
-    data.gzipped = gz.finish()?;
-    Ok(data)
+    let mut ndjson = Ndjson::new(
+        entries,
+        indices,
+        schema,
+        inject.clone(),
+        conversion,
+        drop_untyped_unknown,
+        encoding,
+    );
+    ndjson.fill(&mut body, usize::MAX)?;
+    Ok(ndjson.into_data(body))
 }
 
 #[cfg(test)]
@@ -106,24 +226,85 @@ mod tests {
 
     #[test]
     fn lines_are_rows_and_unconvertible_records_are_rejected() {
+        for encoding in [Encoding::Plain, Encoding::Gzip] {
+            rows_of(encoding);
+        }
+    }
+
+    /// Written a piece at a time, the upload is the same bytes as written at once, and every
+    /// piece but the last holds more than it was asked for.
+    #[test]
+    fn pieces_make_the_same_upload() {
+        // About 2.5 MiB of NDJSON: gzip writes its output a 1 MiB block of rows at a time.
+        let entries: Vec<Entry> = (0..50_000)
+            .map(|i| {
+                entry(&json!({"n": i, "text": format!("line {i} of some log {}", i * 7919 % 1000)}))
+            })
+            .collect();
+        let indices: Vec<u32> = (0..entries.len() as u32).collect();
+        for encoding in [Encoding::Plain, Encoding::Gzip] {
+            let inject = Inject::default();
+            let whole = build(
+                &entries,
+                &indices,
+                None,
+                &inject,
+                Conversion::Strict,
+                false,
+                encoding,
+            )
+            .unwrap();
+            let mut ndjson = Ndjson::new(
+                &entries,
+                &indices,
+                None,
+                inject,
+                Conversion::Strict,
+                false,
+                encoding,
+            );
+            let (mut upload, mut piece, mut pieces) = (Vec::new(), Vec::new(), 0);
+            loop {
+                let done = ndjson.fill(&mut piece, 4096).unwrap();
+                assert!(done || piece.len() > 4096);
+                upload.append(&mut piece);
+                pieces += 1;
+                if done {
+                    break;
+                }
+            }
+            assert!(ndjson.fill(&mut piece, 4096).unwrap() && piece.is_empty());
+            assert!(pieces > 2, "{pieces}");
+            assert_eq!(upload, whole.body, "{encoding:?}");
+            assert_eq!((ndjson.rows, ndjson.raw_len), (whole.rows, whole.raw_len));
+        }
+    }
+
+    fn rows_of(encoding: Encoding) {
         let schema = Schema::from_json(&json!([{"name": "n", "type": "INTEGER"}])).unwrap();
         let mut entries: Vec<Entry> = (0..30_000).map(|i| entry(&json!({"n": i}))).collect();
         entries.push(entry(&json!({"n": "not a number"})));
         let indices: Vec<u32> = (0..entries.len() as u32).filter(|i| i % 3 != 1).collect();
-        let mut inject = Inject::default();
+        let inject = Inject::default();
         let data = build(
             &entries,
             &indices,
             Some(&schema),
-            &mut inject,
+            &inject,
             Conversion::Strict,
             false,
+            encoding,
         )
         .unwrap();
         let mut text = String::new();
-        GzDecoder::new(&data.gzipped[..])
-            .read_to_string(&mut text)
-            .unwrap();
+        match encoding {
+            Encoding::Gzip => {
+                GzDecoder::new(&data.body[..])
+                    .read_to_string(&mut text)
+                    .unwrap();
+            }
+            Encoding::Plain => text = String::from_utf8(data.body.clone()).unwrap(),
+        }
         assert_eq!(text.len() as u64, data.raw_len);
         let rows: Vec<Value> = text
             .lines()
@@ -138,5 +319,7 @@ mod tests {
         assert_eq!(data.rejected.len(), 1);
         assert_eq!(data.rejected[0].index, 30_000);
         assert_eq!(data.rejected[0].reason, "conversion_error");
+        let gzipped = data.body.starts_with(&[0x1f, 0x8b]);
+        assert_eq!(gzipped, encoding == Encoding::Gzip);
     }
 }

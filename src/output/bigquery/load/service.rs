@@ -9,6 +9,7 @@
 use super::super::classify::Failure;
 use super::super::credentials::Credentials;
 use super::super::service::{Connection, TableRef};
+use bytes::Bytes;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,7 +130,7 @@ impl LoadService {
         if data.len() <= MULTIPART_MAX {
             self.multipart(&url, job, data).await
         } else {
-            self.resumable(&url, job, data).await
+            self.resumable(project, job, data).await
         }
     }
 
@@ -161,68 +162,131 @@ impl LoadService {
         answer(self.send(request).await?).await
     }
 
-    /// The resumable protocol: a session for the job, then the data in pieces; a piece whose
-    /// answer was lost is followed by asking how far the upload got.
-    async fn resumable(&self, url: &str, job: &Value, data: &[u8]) -> Result<Value, Failure> {
+    /// The resumable protocol for data in memory: a session, then the data in pieces.
+    async fn resumable(&self, project: &str, job: &Value, data: &[u8]) -> Result<Value, Failure> {
+        let session = self.open_session(project, job).await?;
+        let mut offset = 0;
+        loop {
+            let end = (offset + UPLOAD_PIECE).min(data.len());
+            let last = end == data.len();
+            let piece = Bytes::copy_from_slice(&data[offset..end]);
+            if let Some(job) = self
+                .send_piece(&session, offset as u64, &piece, last)
+                .await?
+            {
+                return Ok(job);
+            }
+            if last {
+                return Err(Failure::Unreadable(
+                    "the upload's last piece was not answered with the job".into(),
+                ));
+            }
+            offset = end;
+        }
+    }
+
+    /// Opens a resumable upload session for `job`, its data's size not told (it is written
+    /// as it is sent): the session URI. A job id that exists may be refused here (409).
+    pub async fn open_session(&self, project: &str, job: &Value) -> Result<String, Failure> {
         let request = self
             .http
-            .post(format!("{url}?uploadType=resumable"))
+            .post(format!(
+                "{}/upload/bigquery/v2/projects/{project}/jobs?uploadType=resumable",
+                self.base
+            ))
             .header("Content-Type", "application/json; charset=UTF-8")
             .header("X-Upload-Content-Type", "application/octet-stream")
-            .header("X-Upload-Content-Length", data.len().to_string())
             .body(job.to_string());
         let response = self.send(request).await?;
         if !response.status().is_success() {
-            return answer(response).await;
+            answer(response).await?;
+            return Err(Failure::Unreadable(
+                "resumable upload refused without an error".into(),
+            ));
         }
-        let session = response
+        response
             .headers()
             .get("Location")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
-            .ok_or_else(|| Failure::Unreadable("resumable upload without a Location".into()))?;
-        let total = data.len();
-        let mut offset = 0usize;
+            .ok_or_else(|| Failure::Unreadable("resumable upload without a Location".into()))
+    }
+
+    /// Sends `piece`, the upload's bytes from `offset`: a multiple of 256 KiB unless `last`
+    /// (the upload ends with it, and the answer is the job: `Some`). A piece whose request
+    /// failed, or that arrived in part, is sent again from where the upload got (asked with a
+    /// status query); the upload creates its job only when its last byte arrives, so nothing
+    /// is loaded twice. HTTP errors are returned as they are.
+    /// The request bodies are slices of `piece` (no copy); once this returns, the caller
+    /// holds its only handle again (reqwest drops its own with the request).
+    pub async fn send_piece(
+        &self,
+        session: &str,
+        offset: u64,
+        piece: &Bytes,
+        last: bool,
+    ) -> Result<Option<Value>, Failure> {
+        let end = offset + piece.len() as u64;
+        let total = if last {
+            end.to_string()
+        } else {
+            "*".to_owned()
+        };
+        let mut at = offset;
         let mut failures = 0u32;
         loop {
-            let end = (offset + UPLOAD_PIECE).min(total);
-            let range = if total == 0 {
-                "bytes */0".to_owned()
+            let rest = piece.slice((at - offset) as usize..);
+            let range = if rest.is_empty() {
+                format!("bytes */{total}")
             } else {
-                format!("bytes {offset}-{}/{total}", end - 1)
+                format!("bytes {at}-{}/{total}", end - 1)
             };
             let request = self
                 .http
-                .put(&session)
+                .put(session)
                 .header("Content-Range", range)
-                .body(data[offset..end].to_vec());
-            let response = match self.send(request).await {
-                Ok(r) => r,
+                .body(rest);
+            let progress = match self.send(request).await {
+                Ok(response) => progress(response).await?,
                 Err(e) => {
                     failures += 1;
                     if failures >= PIECE_TRIES {
                         return Err(e);
                     }
-                    match self.upload_status(&session, total).await {
-                        Ok(Progress::Received(n)) => offset = n,
-                        Ok(Progress::Done(job)) => return Ok(job),
-                        Err(_) => {}
+                    match self.upload_status(session, &total).await {
+                        Ok(progress) => progress,
+                        Err(_) => continue,
                     }
-                    continue;
                 }
             };
-            match progress(response).await? {
-                Progress::Received(n) => {
-                    failures = 0;
-                    offset = n;
+            match progress {
+                Progress::Done(job) => return Ok(Some(job)),
+                Progress::Received(n) if (n as u64) < offset => {
+                    return Err(Failure::Transport(format!(
+                        "the upload has {n} bytes, fewer than the {offset} it acknowledged"
+                    )));
                 }
-                Progress::Done(job) => return Ok(job),
+                Progress::Received(n) if n as u64 >= end && !last => return Ok(None),
+                Progress::Received(n) => {
+                    let n = (n as u64).min(end);
+                    if n > at {
+                        failures = 0;
+                    } else {
+                        failures += 1;
+                        if failures >= PIECE_TRIES {
+                            return Err(Failure::Transport(format!(
+                                "the upload does not get past byte {n}"
+                            )));
+                        }
+                    }
+                    at = n;
+                }
             }
         }
     }
 
-    /// "How far did you get": `bytes */TOTAL` with no data.
-    async fn upload_status(&self, session: &str, total: usize) -> Result<Progress, Failure> {
+    /// "How far did you get": `bytes */TOTAL` (`*` while unknown) with no data.
+    async fn upload_status(&self, session: &str, total: &str) -> Result<Progress, Failure> {
         let request = self
             .http
             .put(session)

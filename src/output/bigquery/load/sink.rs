@@ -1,6 +1,7 @@
 //! `bigquery_load`'s delivery of one buffered chunk: one load job. Steps: the table (exists?
 //! where? created by the job?), the chunk's job if an earlier attempt or process made one
-//! (found by its derived id), else the chunk written as gzipped NDJSON and uploaded with
+//! (found by its derived id), else the chunk written as NDJSON (gzipped with `<buffer>
+//! compress gzip`) and uploaded with
 //! jobs.insert; then jobs.get every `wait_job_interval` until DONE. The chunk leaves the
 //! buffer only when its job is DONE without error, or its rows are in `<secondary>`.
 
@@ -13,13 +14,14 @@ use super::super::schema::Schema;
 use super::super::service::{BigQueryClient, Connection, TableRef};
 use super::super::tables::{AutoCreate, Tables, Waiting};
 use super::job::{self, Create, JobError, JobState, LoadSettings};
-use super::ndjson::{self, LoadData};
-use super::service::LoadService;
+use super::ndjson::{self, Encoding, LoadData, Ndjson};
+use super::service::{LoadService, MULTIPART_MAX, UPLOAD_PIECE};
 use crate::buffer::{Chunk, ChunkId, Outcome, Sink};
 use crate::event::BoxFuture;
 use crate::format::Inject;
 use crate::internal_events::bigquery as events;
 use crate::metrics::SinkDetail;
+use bytes::Bytes;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,6 +49,8 @@ pub struct LoadSink {
     pub settings: LoadSettings,
     pub wait_job_interval: Duration,
     pub detail: Arc<SinkDetail>,
+    /// Plain NDJSON, or gzipped (`<buffer> compress gzip`).
+    pub encoding: Encoding,
     /// `schema_update_options ALLOW_FIELD_ADDITION`: new fields become columns of the job's
     /// schema.
     pub evolution: Option<Evolution>,
@@ -94,6 +98,7 @@ impl LoadSink {
         settings: LoadSettings,
         wait_job_interval: Duration,
         detail: Arc<SinkDetail>,
+        encoding: Encoding,
         evolution: Option<Evolution>,
     ) -> Self {
         Self {
@@ -108,6 +113,7 @@ impl LoadSink {
             settings,
             wait_job_interval,
             detail,
+            encoding,
             evolution,
             generations: Mutex::new(HashMap::new()),
         }
@@ -221,17 +227,6 @@ impl LoadSink {
             }
         };
 
-        let mut data = self.data(chunk, &rows.indices, rows.schema.as_deref())?;
-        data.rejected.extend(std::mem::take(&mut rows.dead));
-        if !data.rejected.is_empty() && !self.dead_letters.write(chunk, &data.rejected, table).await
-        {
-            return Err(Stop::Retry(Waiting::backoff(
-                "secondary output did not accept dead letters".into(),
-            )));
-        }
-        if data.rows == 0 {
-            return Ok(());
-        }
         let auto = self.tables.auto_create.as_ref();
         let create = match (destination.create, auto, rows.schema.as_deref()) {
             (true, Some(AutoCreate { extra }), Some(schema)) => Some(Create { schema, extra }),
@@ -251,10 +246,16 @@ impl LoadSink {
             grown,
         );
         let started = Instant::now();
-        let job = match service
-            .insert_job(&key.project, &resource, &data.gzipped)
-            .await
+        let dead = std::mem::take(&mut rows.dead);
+        let (data, answer) = match self
+            .upload(service, chunk, &rows, dead, &resource, table)
+            .await?
         {
+            Some(uploaded) => uploaded,
+            // Every row was refused (and is in `<secondary>`): no job.
+            None => return Ok(()),
+        };
+        let job = match answer {
             Ok(job) => {
                 events::LoadJobStarted {
                     output: &self.id,
@@ -304,6 +305,118 @@ impl LoadSink {
             }
             Some(error) => Err(Stop::DeadLetter(job_rows(pending, &data.rejected, &error))),
         }
+    }
+
+    /// The job's rows written as NDJSON while they are uploaded with jobs.insert: up to
+    /// `MULTIPART_MAX` bytes in one multipart request, a larger upload in `UPLOAD_PIECE`
+    /// pieces of a resumable session, each sent as soon as it is written (one piece in memory,
+    /// not the chunk's whole NDJSON). Rows conversion refused, and schema evolution's `dead`,
+    /// go to `<secondary>` before the last byte is sent, which is what creates the job: the
+    /// order a crash cannot undo. `None`: no row to load (no job); else the data's account and
+    /// jobs.insert's answer.
+    async fn upload(
+        &self,
+        service: &LoadService,
+        chunk: &Chunk<TableKey>,
+        rows: &JobRows,
+        dead: Vec<Rejected>,
+        resource: &Value,
+        table: &str,
+    ) -> Result<Option<(LoadData, Result<Value, Failure>)>, Stop> {
+        let project = &chunk.key.project;
+        let evolving = self.evolution.is_some() && self.settings.adds();
+        let mut ndjson = Ndjson::new(
+            &chunk.entries,
+            &rows.indices,
+            rows.schema.as_deref(),
+            self.inject.clone(),
+            self.conversion,
+            evolving,
+            self.encoding,
+        );
+        let mut dead = Some(dead);
+        let mut body = Vec::with_capacity(UPLOAD_PIECE + UPLOAD_PIECE / 8);
+        let mut spare = Vec::new();
+        if fill(&mut ndjson, &mut body, MULTIPART_MAX)? {
+            self.dead_letters_first(chunk, &mut ndjson, &mut dead, table)
+                .await?;
+            if ndjson.rows == 0 {
+                return Ok(None);
+            }
+            let answer = service.insert_job(project, resource, &body).await;
+            return Ok(Some((ndjson.into_data(Vec::new()), answer)));
+        }
+        // What a refused upload is judged against: every row's conversion.
+        let refused = |mut ndjson: Ndjson<'_>, dead: Option<Vec<Rejected>>, failure| {
+            blocking(|| ndjson.drain())
+                .map_err(|e| Stop::Retry(Waiting::backoff(format!("load data: {e}"))))?;
+            ndjson.rejected.extend(dead.into_iter().flatten());
+            Ok(Some((ndjson.into_data(Vec::new()), Err(failure))))
+        };
+        let session = match service.open_session(project, resource).await {
+            Ok(session) => session,
+            Err(failure) => return refused(ndjson, dead, failure),
+        };
+        let mut offset = 0u64;
+        let mut finished = false;
+        loop {
+            while body.len() <= UPLOAD_PIECE && !finished {
+                finished = fill(&mut ndjson, &mut body, UPLOAD_PIECE)?;
+            }
+            if body.len() > UPLOAD_PIECE {
+                // More follows: a piece of exactly UPLOAD_PIECE (a multiple of 256 KiB). The
+                // bytes past it move to the spare buffer, which becomes the one written next;
+                // the piece is sent without a copy and its buffer taken back as the spare
+                // (memory already faulted in, not fresh pages for every piece).
+                spare.clear();
+                spare.reserve(UPLOAD_PIECE + UPLOAD_PIECE / 8);
+                spare.extend_from_slice(&body[UPLOAD_PIECE..]);
+                body.truncate(UPLOAD_PIECE);
+                std::mem::swap(&mut body, &mut spare);
+                let piece = Bytes::from(std::mem::take(&mut spare));
+                let sent = service.send_piece(&session, offset, &piece, false).await;
+                spare = piece.try_into_mut().map(Vec::from).unwrap_or_default();
+                if let Err(failure) = sent {
+                    return refused(ndjson, dead, failure);
+                }
+                offset += UPLOAD_PIECE as u64;
+                continue;
+            }
+            self.dead_letters_first(chunk, &mut ndjson, &mut dead, table)
+                .await?;
+            let answer = service
+                .send_piece(&session, offset, &Bytes::from(body), true)
+                .await
+                .and_then(|job| {
+                    job.ok_or_else(|| {
+                        Failure::Unreadable("the upload ended without the job".into())
+                    })
+                });
+            return Ok(Some((ndjson.into_data(Vec::new()), answer)));
+        }
+    }
+
+    /// Writes the rows conversion refused, with schema evolution's `dead`, to `<secondary>`
+    /// (once the conversion has ended); they stay counted in `ndjson.rejected`.
+    async fn dead_letters_first(
+        &self,
+        chunk: &Chunk<TableKey>,
+        ndjson: &mut Ndjson<'_>,
+        dead: &mut Option<Vec<Rejected>>,
+        table: &str,
+    ) -> Result<(), Stop> {
+        ndjson.rejected.extend(dead.take().into_iter().flatten());
+        if !ndjson.rejected.is_empty()
+            && !self
+                .dead_letters
+                .write(chunk, &ndjson.rejected, table)
+                .await
+        {
+            return Err(Stop::Retry(Waiting::backoff(
+                "secondary output did not accept dead letters".into(),
+            )));
+        }
+        Ok(())
     }
 
     /// tables.get: the table's location, or whether the job should create it. A missing
@@ -494,24 +607,19 @@ impl LoadSink {
         pending: &[u32],
         schema: Option<&Schema>,
     ) -> Result<LoadData, Stop> {
-        let mut inject = self.inject.clone();
-        let conversion = self.conversion;
         let evolving = self.evolution.is_some() && self.settings.adds();
-        let mut build = move || {
+        let build = || {
             ndjson::build(
                 &chunk.entries,
                 pending,
                 schema,
-                &mut inject,
-                conversion,
+                &self.inject,
+                self.conversion,
                 evolving,
+                self.encoding,
             )
         };
-        let built = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(build),
-            _ => build(),
-        };
-        built.map_err(|e| Stop::Retry(Waiting::backoff(format!("load data: {e}"))))
+        blocking(build).map_err(|e| Stop::Retry(Waiting::backoff(format!("load data: {e}"))))
     }
 
     /// A job found failed for good by an earlier attempt: its rows (the chunk's, less those
@@ -585,6 +693,21 @@ impl LoadSink {
             g.remove(chunk);
         }
     }
+}
+
+/// Runs CPU-bound conversion from async code: on a multi-threaded runtime the worker thread
+/// is handed over meanwhile (a 1 GiB chunk takes seconds), elsewhere it simply runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// `Ndjson::fill` on this worker thread.
+fn fill(ndjson: &mut Ndjson<'_>, body: &mut Vec<u8>, want: usize) -> Result<bool, Stop> {
+    blocking(|| ndjson.fill(body, want))
+        .map_err(|e| Stop::Retry(Waiting::backoff(format!("load data: {e}"))))
 }
 
 fn transient(failure: &Failure) -> Stop {
