@@ -21,6 +21,9 @@
 #        BENCH_SOAK_SECONDS=600 scripts/bench.sh   only the 10-minute overload soak (RSS over time)
 #        BENCH_ONLY=storage scripts/bench.sh   only bigquery_insert against bigquery_storage_write
 #        (memory buffer, file buffer, exactly_once), taking turns; the emulator serves gRPC on --grpc-port too
+#        (BENCH_STORAGE_KINDS="storage storage-file" runs only those of insert storage storage-file
+#        storage-once, and insert-file: bigquery_insert with a file buffer, not run by default;
+#        BENCH_PROFILE=storage-file records `perf` samples of that kind's first run)
 #        BENCH_ONLY=load scripts/bench.sh   only PackedForward + ack -> bigquery_load with a file
 #        buffer, until the emulator's load jobs loaded every row (BENCH_LOAD_EVENTS, default
 #        1000000: the emulator stores loaded rows, null mode is for insertAll only); plain
@@ -298,19 +301,28 @@ fi
 # BENCH_REPEAT times; then the medians and their ratios.
 if [ "${BENCH_ONLY:-}" = storage ]; then
   repeats=${BENCH_REPEAT:-3}
-  rows_insert= rows_storage= rows_storage_file= rows_storage_once=
+  rows_insert= rows_insert_file= rows_storage= rows_storage_file= rows_storage_once=
   for run in $(seq "$repeats"); do
-    for kind in insert storage storage-file storage-once; do
+    for kind in ${BENCH_STORAGE_KINDS:-insert storage storage-file storage-once}; do
       conf=bigquery.conf label="bigquery_insert (gzip)"
+      [ "$kind" = insert-file ] && conf=bigquery-file.conf label="bigquery_insert (gzip), file buffer"
       [ "$kind" = storage ] && conf=storage.conf label="bigquery_storage_write (default stream)"
       [ "$kind" = storage-file ] && conf=storage-file.conf label="bigquery_storage_write, file buffer"
       [ "$kind" = storage-once ] && conf=storage-once.conf label="bigquery_storage_write, exactly_once (file buffer)"
       start_bqforward "packed-$kind-$run" "$conf"
+      perf_pid=
+      if [ "${BENCH_PROFILE:-}" = "$kind" ] && [ "$run" = 1 ]; then
+        perf record -F 499 --call-graph dwarf,16384 -o "$out/perf.data" -p "$server_pid" \
+          2> "$out/perf.log" &
+        perf_pid=$!
+      fi
       row=$(load "bqforward: PackedForward + ack -> $label, run $run/$repeats" --mode packed --ack --until rows)
       echo "$row"
+      [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
       stop_server
       case $kind in
         insert) rows_insert+="$row"$'\n' ;;
+        insert-file) rows_insert_file+="$row"$'\n' ;;
         storage) rows_storage+="$row"$'\n' ;;
         storage-file) rows_storage_file+="$row"$'\n' ;;
         storage-once) rows_storage_once+="$row"$'\n' ;;
@@ -327,13 +339,23 @@ if [ "${BENCH_ONLY:-}" = storage ]; then
     echo
     echo "Medians of $repeats runs, each column on its own (M events per CPU-s / events per s / peak RSS MiB):"
     echo "  bigquery_insert:                     $(line "$rows_insert")"
+    [ -n "$rows_insert_file" ] && echo "  bigquery_insert, file buffer:        $(line "$rows_insert_file")"
     echo "  bigquery_storage_write:              $(line "$rows_storage") (target >= 1.5 M events per CPU-s)"
     echo "  bigquery_storage_write, file buffer: $(line "$rows_storage_file")"
     echo "  ... exactly_once (file buffer):      $(line "$rows_storage_once")"
     awk -v a="$(med "$rows_storage" 7)" -v b="$(med "$rows_insert" 7)" \
       -v f="$(med "$rows_storage_file" 4)" -v m="$(med "$rows_storage" 4)" \
-      'BEGIN { printf "  storage write / insertAll per CPU-s: %.2f x; file / memory buffer events/s: %.2f x (target >= 0.8)\n", a / b, f / m }'
+      'BEGIN { printf "  storage write / insertAll per CPU-s: %.2f x; file / memory buffer events/s: %.2f x (target >= 0.8)\n", (b > 0 ? a / b : 0), (m > 0 ? f / m : 0) }'
+    echo "  file / memory buffer events/s, run by run: $(paste -d' ' \
+      <(awk -F'|' 'NF > 5 {gsub(/[ k]/, "", $4); print $4}' <<< "$rows_storage_file") \
+      <(awk -F'|' 'NF > 5 {gsub(/[ k]/, "", $4); print $4}' <<< "$rows_storage") \
+      | awk '$2 > 0 {printf "%s%.2f", (NR > 1 ? " " : ""), $1 / $2}')"
   } | tee -a "$out/table.md"
+  if [ -f "$out/perf.data" ]; then
+    echo "Profile of the first $BENCH_PROFILE run ($out/perf.data), self time:"
+    { perf report -i "$out/perf.data" --no-children --sort symbol --stdio -g none 2> /dev/null \
+      | grep '%' | head -n 30 | sed 's/[[:space:]-]*$//'; } || true
+  fi
   exit 0
 fi
 

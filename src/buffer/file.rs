@@ -2,19 +2,48 @@
 //! entries) and an optional `chunk-<id>.meta` with the entries still pending after a partial
 //! delivery. Recovery keeps every complete frame, trims a torn tail, and copies a chunk with a
 //! corrupt frame aside before keeping its good prefix. The directory is locked per process.
+//! A delivered chunk's file is emptied and kept as a spare (`spare-<n>`) that the next new
+//! chunk is renamed from: creating and deleting an inode per chunk was most of the file
+//! buffer's kernel time.
 
 use super::{ChunkId, Entry};
 use crate::event::{Event, EventTime};
 use bytes::Bytes;
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const FRAME_HEAD: usize = 8;
 /// No frame is larger than this (a record is at most a Forward message).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// At most this many emptied chunk files are kept for new chunks.
+const SPARE_FILES_MAX: usize = 16;
+
+/// A chunk file's write buffer above this size is not kept between appends.
+const KEPT_WRITE_BUFFER: usize = 1024 * 1024;
+
+/// A chunk's file, open for appending while the chunk is staged (so an append is one
+/// `write`, not an open, a write and a close), with the buffer its frames are encoded in.
+#[derive(Debug)]
+pub struct ChunkFile {
+    file: File,
+    out: Vec<u8>,
+    /// Bytes in the file that are whole frames.
+    len: u64,
+}
+
+/// About how many bytes `entries` take as frames.
+fn entries_len(entries: &[Entry]) -> usize {
+    entries
+        .iter()
+        .map(|e| FRAME_HEAD + 2 + e.tag.len() + 12 + e.event.record.len())
+        .sum()
+}
 
 #[derive(Debug)]
 pub struct FileStore {
@@ -22,6 +51,15 @@ pub struct FileStore {
     fsync: bool,
     _lock: File,
     pub corrupt_chunks: AtomicU64,
+    /// Emptied files of delivered chunks, for new chunks to take.
+    spares: Mutex<Vec<PathBuf>>,
+    /// Chunks that have a `.meta` file (most never do: removing one that is not there costs
+    /// a path lookup per chunk).
+    metas: Mutex<HashSet<ChunkId>>,
+    /// Chunks `load` read back mapped: their files are unlinked, never emptied and reused,
+    /// as records may still point into the mapping.
+    mapped: Mutex<HashSet<ChunkId>>,
+    spare_names: AtomicU64,
 }
 
 /// A chunk found on disk at start.
@@ -170,11 +208,25 @@ impl FileStore {
                 ),
             )
         })?;
+        // Spares a previous run left: empty or not, they hold nothing to deliver.
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("spare-"))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             fsync,
             _lock: lock,
             corrupt_chunks: AtomicU64::new(0),
+            spares: Mutex::new(Vec::new()),
+            metas: Mutex::new(HashSet::new()),
+            mapped: Mutex::new(HashSet::new()),
+            spare_names: AtomicU64::new(0),
         })
     }
 
@@ -190,33 +242,86 @@ impl FileStore {
         self.dir.join(format!("chunk-{}.meta", id.hex()))
     }
 
-    /// Appends entries to a chunk's file (creating it with its header first). Returns once
-    /// the bytes are written (and, with `fsync`, on disk).
+    /// Creates a chunk's file with its header (naming the destination `key`) and its first
+    /// entries, in one write. Returns once the bytes are written (and, with `fsync`, on disk,
+    /// the directory entry too), with the file kept open for the chunk's next appends.
+    pub fn create(
+        &self,
+        id: &ChunkId,
+        key: &serde_json::Value,
+        entries: &[Entry],
+    ) -> io::Result<ChunkFile> {
+        let mut out = Vec::with_capacity(entries_len(entries) + 256);
+        let header = serde_json::json!({"version": 1, "id": id.hex(), "key": key});
+        frame(&mut out, |out| {
+            out.extend_from_slice(header.to_string().as_bytes())
+        });
+        let path = self.chunk_path(id);
+        let file = match self.take_spare(&path) {
+            Some(file) => file,
+            None => OpenOptions::new().create(true).append(true).open(&path)?,
+        };
+        let mut chunk = ChunkFile { file, out, len: 0 };
+        self.write(&mut chunk, entries)?;
+        if self.fsync {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(chunk)
+    }
+
+    /// Opens an existing chunk's file for appending (its handle was not kept).
+    pub fn reopen(&self, id: &ChunkId) -> io::Result<ChunkFile> {
+        let file = OpenOptions::new().append(true).open(self.chunk_path(id))?;
+        let len = file.metadata()?.len();
+        Ok(ChunkFile {
+            file,
+            out: Vec::new(),
+            len,
+        })
+    }
+
+    /// Appends entries to a chunk's open file. Returns once the bytes are written (and, with
+    /// `fsync`, on disk).
+    pub fn append_to(&self, chunk: &mut ChunkFile, entries: &[Entry]) -> io::Result<()> {
+        chunk.out.clear();
+        chunk.out.reserve(entries_len(entries));
+        self.write(chunk, entries)
+    }
+
+    /// Encodes `entries` after what `chunk.out` holds and writes it all. A write that fails
+    /// part-way is cut off again, so that the next append does not follow a torn frame
+    /// (which recovery would take for corruption).
+    fn write(&self, chunk: &mut ChunkFile, entries: &[Entry]) -> io::Result<()> {
+        entries.iter().for_each(|e| encode_entry(&mut chunk.out, e));
+        let written = chunk.file.write_all(&chunk.out);
+        let len = chunk.out.len() as u64;
+        if chunk.out.capacity() > KEPT_WRITE_BUFFER {
+            chunk.out = Vec::new();
+        }
+        if let Err(err) = written {
+            let _ = chunk.file.set_len(chunk.len);
+            let _ = chunk.file.seek(io::SeekFrom::Start(chunk.len));
+            return Err(err);
+        }
+        chunk.len += len;
+        if self.fsync {
+            chunk.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Appends entries to a chunk's file, creating it with its header if it does not exist.
     pub fn append(
         &self,
         id: &ChunkId,
         key: &serde_json::Value,
         entries: &[Entry],
     ) -> io::Result<()> {
-        let path = self.chunk_path(id);
-        let new = !path.exists();
-        let mut out = Vec::with_capacity(entries.iter().map(|e| e.event.record.len() + 40).sum());
-        if new {
-            let header = serde_json::json!({"version": 1, "id": id.hex(), "key": key});
-            frame(&mut out, |out| {
-                out.extend_from_slice(header.to_string().as_bytes())
-            });
+        if self.chunk_path(id).exists() {
+            self.append_to(&mut self.reopen(id)?, entries)
+        } else {
+            self.create(id, key, entries).map(drop)
         }
-        entries.iter().for_each(|e| encode_entry(&mut out, e));
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-        file.write_all(&out)?;
-        if self.fsync {
-            file.sync_data()?;
-            if new {
-                File::open(&self.dir)?.sync_all()?;
-            }
-        }
-        Ok(())
     }
 
     /// Records which entries are still pending (atomically: write then rename).
@@ -231,18 +336,76 @@ impl FileStore {
         if self.fsync {
             file.sync_data()?;
         }
+        if let Ok(mut metas) = self.metas.lock() {
+            metas.insert(*id);
+        }
         std::fs::rename(tmp, self.meta_path(id))
     }
 
+    /// The chunk is done with: its files go (the chunk file is kept as an empty spare while
+    /// there are fewer than `SPARE_FILES_MAX`, unless it was read back mapped).
     pub fn remove(&self, id: &ChunkId) {
-        let _ = std::fs::remove_file(self.meta_path(id));
-        let _ = std::fs::remove_file(self.chunk_path(id));
+        if self.metas.lock().map_or(true, |mut metas| metas.remove(id)) {
+            let _ = std::fs::remove_file(self.meta_path(id));
+        }
+        let path = self.chunk_path(id);
+        let mapped = self
+            .mapped
+            .lock()
+            .map_or(true, |mut mapped| mapped.remove(id));
+        if mapped || !self.keep_spare(&path) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Empties a done chunk's file and renames it to a spare. Emptied through an open and a
+    /// close of its own: ext4 flushes a file truncated to zero when it is next closed
+    /// (`auto_da_alloc`), which here finds nothing to write; the new chunk's data written
+    /// later is then not forced to disk when its file closes.
+    fn keep_spare(&self, path: &Path) -> bool {
+        let Ok(mut spares) = self.spares.lock() else {
+            return false;
+        };
+        if spares.len() >= SPARE_FILES_MAX {
+            return false;
+        }
+        let emptied = OpenOptions::new().write(true).truncate(true).open(path);
+        if emptied.is_err() {
+            return false;
+        }
+        drop(emptied);
+        let n = self.spare_names.fetch_add(1, Ordering::Relaxed);
+        let spare = self.dir.join(format!("spare-{n}"));
+        if std::fs::rename(path, &spare).is_err() {
+            return false;
+        }
+        spares.push(spare);
+        true
+    }
+
+    /// An emptied spare renamed to `path` and open for writing at its start, if there is one.
+    fn take_spare(&self, path: &Path) -> Option<File> {
+        let spare = self.spares.lock().ok()?.pop()?;
+        let file = OpenOptions::new().write(true).open(&spare).ok();
+        match file {
+            Some(file) if std::fs::rename(&spare, path).is_ok() => Some(file),
+            _ => {
+                let _ = std::fs::remove_file(&spare);
+                None
+            }
+        }
     }
 
     /// Reads a chunk's entries back (their records are slices of the file's bytes, mapped
     /// when the file is large: see `read_back`).
     pub fn load(&self, id: &ChunkId) -> io::Result<Vec<Entry>> {
         let data = read_back(&self.chunk_path(id))?;
+        if data.len() as u64 >= MAP_MIN
+            && let Ok(mut mapped) = self.mapped.lock()
+        {
+            // Its entries may outlive `remove`: the file must be unlinked, not reused.
+            mapped.insert(*id);
+        }
         Ok(decode_chunk(&data))
     }
 
@@ -300,8 +463,13 @@ impl FileStore {
             file.set_len(good as u64).map_err(|e| e.to_string())?;
         }
         let entries = decode_entries(payloads.iter().skip(1));
-        let pending = std::fs::read(self.meta_path(&id))
-            .ok()
+        let meta = std::fs::read(self.meta_path(&id)).ok();
+        if meta.is_some()
+            && let Ok(mut metas) = self.metas.lock()
+        {
+            metas.insert(id);
+        }
+        let pending = meta
             .and_then(|m| serde_json::from_slice::<serde_json::Value>(&m).ok())
             .and_then(|m| serde_json::from_value::<Vec<u32>>(m["pending"].clone()).ok())
             .map(|p| {
@@ -350,8 +518,8 @@ fn read_back(path: &Path) -> io::Result<Bytes> {
     // SAFETY: the mapping is read-only and the file is not changed while it lives: a chunk
     // is read back only once it is queued, when nothing appends to its file any more; the
     // only truncation (`recover_one`, of a torn tail) runs at start, before any delivery;
-    // the directory is locked against other processes; `remove` unlinks, which leaves a
-    // mapping's pages in place.
+    // the directory is locked against other processes; `remove` unlinks a chunk `load`
+    // mapped (never empties it into a spare), which leaves a mapping's pages in place.
     let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
     Ok(Bytes::from_owner(map))
 }
@@ -440,6 +608,44 @@ mod tests {
         assert!(store.recover().unwrap().is_empty());
     }
 
+    /// A done chunk's file becomes an empty spare, the next chunk is written into it from its
+    /// start (nothing of the old chunk left behind it), and a restart removes spares.
+    #[test]
+    fn done_chunk_files_are_emptied_and_reused_by_new_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path(), false).unwrap();
+        let key = serde_json::json!({"table": "t"});
+        let (old, new) = (ChunkId::new(), ChunkId::new());
+        store.append(&old, &key, &entries(50)).unwrap();
+        store.remove(&old);
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n != ".lock")
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(), ["spare-0"]);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("spare-0")).unwrap().len(),
+            0
+        );
+        let mut file = store.create(&new, &key, &entries(2)).unwrap();
+        store.append_to(&mut file, &entries(3)[2..]).unwrap();
+        drop(file);
+        assert_eq!(names(), [format!("chunk-{}.log", new.hex())]);
+        assert!(same(&store.load(&new).unwrap(), &entries(3)));
+        let found = store.recover().unwrap();
+        assert_eq!((found.len(), found[0].entries), (1, 3));
+        assert_eq!(store.corrupt_chunks.load(Ordering::Relaxed), 0);
+        store.remove(&new);
+        drop(store);
+        FileStore::open(dir.path(), false).unwrap();
+        assert!(names().is_empty());
+    }
+
     /// A chunk past `MAP_MIN` is read back mapped, with the same entries; a torn tail ends
     /// it as recovery would trim it.
     #[test]
@@ -460,7 +666,13 @@ mod tests {
             .open(store.chunk_path(&id))
             .unwrap();
         f.write_all(&partial[..partial.len() - 1]).unwrap();
-        assert!(same(&store.load(&id).unwrap(), &all));
+        let loaded = store.load(&id).unwrap();
+        assert!(same(&loaded, &all));
+        // Its records point into the mapping: the file is unlinked, not emptied for reuse.
+        store.remove(&id);
+        assert!(same(&loaded, &all));
+        let left = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(left, 1, "only .lock is left");
     }
 
     #[test]

@@ -31,6 +31,14 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// File-buffer chunks whose `chunk_limit_size` is above this are not kept in memory while
 /// staged (their entries are read back from the file at delivery).
 const STAGED_IN_MEMORY_MAX: usize = 16 * 1024 * 1024;
+/// Queued file-buffer chunks keep their entries in memory (as well as in their files) while
+/// those of all queued chunks together stay under this; chunks queued beyond it leave them
+/// on disk until delivery reads them back. Below it a queued chunk is delivered without
+/// reading its file; above it (a backlog during an outage) memory stays bounded.
+const QUEUED_IN_MEMORY_MAX: usize = 64 * 1024 * 1024;
+/// At most this many staged chunks of a file buffer keep their file open between appends
+/// (one per destination being filled); beyond it an append opens and closes the file.
+const OPEN_CHUNK_FILES_MAX: usize = 64;
 /// A flush slower than this counts as slow (fluentd's `slow_flush_log_threshold` default).
 const SLOW_FLUSH: Duration = Duration::from_secs(20);
 
@@ -85,7 +93,13 @@ impl ChunkId {
     }
 
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = String::with_capacity(32);
+        for b in self.0 {
+            hex.push(char::from(DIGITS[usize::from(b >> 4)]));
+            hex.push(char::from(DIGITS[usize::from(b & 15)]));
+        }
+        hex
     }
 }
 
@@ -99,6 +113,10 @@ pub struct Chunk<K> {
     len: usize,
     /// The chunk has a file in the store; its entries may be unloaded to save memory.
     on_disk: bool,
+    /// While staged: the chunk's file, kept open for the next append.
+    file: Option<file::ChunkFile>,
+    /// Queued with its entries in memory, counted in `State::queued_in_memory`.
+    held: bool,
     bytes: usize,
     created: Instant,
     /// The oldest event time staged (Unix seconds), and when (Unix seconds) the timekey
@@ -121,6 +139,8 @@ impl<K> Chunk<K> {
             pending: None,
             len: 0,
             on_disk: false,
+            file: None,
+            held: false,
             bytes: 0,
             created: now,
             oldest: i64::MAX,
@@ -196,6 +216,12 @@ struct State<K> {
     queue: VecDeque<Chunk<K>>,
     in_flight: usize,
     bytes: usize,
+    /// Bytes of queued file-buffer chunks whose entries are also in memory, and their bound
+    /// (`QUEUED_IN_MEMORY_MAX`; tests lower it).
+    queued_in_memory: usize,
+    queued_in_memory_max: usize,
+    /// Staged chunks holding their file open.
+    open_files: usize,
     closing: bool,
     /// At shutdown: workers start no delivery after this.
     deadline: Option<Instant>,
@@ -256,6 +282,9 @@ where
                 queue: VecDeque::new(),
                 in_flight: 0,
                 bytes: 0,
+                queued_in_memory: 0,
+                queued_in_memory_max: QUEUED_IN_MEMORY_MAX,
+                open_files: 0,
                 closing: false,
                 deadline: None,
             }),
@@ -441,8 +470,9 @@ where
                         return Err(BufferError::Overflow(limit));
                     }
                     OverflowAction::DropOldestChunk => {
-                        if let Some(oldest) = state.queue.pop_front() {
+                        if let Some(mut oldest) = state.queue.pop_front() {
                             state.bytes -= oldest.bytes;
+                            Self::unhold(&mut state, &mut oldest);
                             drop(state);
                             self.drop_chunk(oldest);
                             continue;
@@ -497,7 +527,7 @@ where
                 .or_insert_with(|| Chunk::new(Arc::clone(&key)));
             let room = self.room(chunk, &rest);
             if self.persist {
-                self.write_entries(chunk, &rest[..room])?;
+                self.write_entries(chunk, &rest[..room], &mut state.open_files)?;
             }
             // Large chunks of a file buffer are read back from their file when delivered
             // rather than held in memory while they fill: bigquery_load's default 1 GiB
@@ -555,28 +585,86 @@ where
                 .is_some_and(|limit| chunk.len >= limit)
     }
 
-    fn write_entries(&self, chunk: &mut Chunk<K>, entries: &[Entry]) -> Result<(), BufferError> {
+    /// Writes entries to the chunk's file: the first ones create it (with the destination in
+    /// its header), the next ones go to the handle kept open while it is staged. Buffered
+    /// writes to the page cache take microseconds and run in place; with `fsync` each write
+    /// waits for the disk, so the runtime worker is handed over meanwhile.
+    fn write_entries(
+        &self,
+        chunk: &mut Chunk<K>,
+        entries: &[Entry],
+        open_files: &mut usize,
+    ) -> Result<(), BufferError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let key = serde_json::to_value(&*chunk.key)
-            .map_err(|e| BufferError::Store(std::io::Error::other(e)))?;
-        blocking(|| store.append(&chunk.id, &key, entries)).map_err(BufferError::Store)?;
+        // Returns the file when it was opened here.
+        let mut write = || -> std::io::Result<Option<file::ChunkFile>> {
+            match (&mut chunk.file, chunk.on_disk) {
+                (Some(file), _) => store.append_to(file, entries).map(|()| None),
+                (None, true) => {
+                    let mut file = store.reopen(&chunk.id)?;
+                    store.append_to(&mut file, entries)?;
+                    Ok(Some(file))
+                }
+                (None, false) => {
+                    let key = serde_json::to_value(&*chunk.key).map_err(std::io::Error::other)?;
+                    store.create(&chunk.id, &key, entries).map(Some)
+                }
+            }
+        };
+        let opened = if self.config.fsync {
+            blocking(write)
+        } else {
+            write()
+        }
+        .map_err(BufferError::Store)?;
         chunk.on_disk = true;
+        if let Some(file) = opened
+            && *open_files < OPEN_CHUNK_FILES_MAX
+        {
+            chunk.file = Some(file);
+            *open_files += 1;
+        }
         Ok(())
     }
 
-    /// Moves a staged chunk to the queue; a chunk on disk leaves its entries there.
+    /// Moves a staged chunk to the queue, closing its file. A chunk on disk keeps its entries
+    /// in memory too while the queued ones' stay under `QUEUED_IN_MEMORY_MAX`, and otherwise
+    /// leaves them in its file.
     fn enqueue_staged(&self, state: &mut State<K>, key: &Arc<K>) -> bool {
-        match state.staged.remove(key) {
-            Some(mut chunk) if chunk.len > 0 => {
-                if chunk.on_disk {
-                    chunk.entries = Vec::new();
-                }
-                state.queue.push_back(chunk);
-                true
-            }
-            _ => false,
+        let Some(mut chunk) = state.staged.remove(key) else {
+            return false;
+        };
+        if chunk.file.take().is_some() {
+            state.open_files -= 1;
+        }
+        if chunk.len == 0 {
+            return false;
+        }
+        Self::hold(state, &mut chunk);
+        state.queue.push_back(chunk);
+        true
+    }
+
+    /// A file-buffer chunk going into the queue: counts its entries as held in memory, or
+    /// drops them (delivery reads them back) when the queue holds enough already.
+    fn hold(state: &mut State<K>, chunk: &mut Chunk<K>) {
+        if !chunk.on_disk || chunk.entries.is_empty() {
+            return;
+        }
+        if state.queued_in_memory + chunk.bytes <= state.queued_in_memory_max {
+            state.queued_in_memory += chunk.bytes;
+            chunk.held = true;
+        } else {
+            chunk.entries = Vec::new();
+        }
+    }
+
+    /// A chunk leaves the queue (to be delivered, or dropped).
+    fn unhold(state: &mut State<K>, chunk: &mut Chunk<K>) {
+        if std::mem::take(&mut chunk.held) {
+            state.queued_in_memory -= chunk.bytes;
         }
     }
 
@@ -632,7 +720,8 @@ where
             return Err(None);
         }
         let due = state.queue.iter().position(|c| c.next_try <= now);
-        if let Some(chunk) = due.and_then(|pos| state.queue.remove(pos)) {
+        if let Some(mut chunk) = due.and_then(|pos| state.queue.remove(pos)) {
+            Self::unhold(&mut state, &mut chunk);
             state.in_flight += 1;
             if state.queue.iter().any(|c| c.next_try <= now) {
                 // More are due: the next idle worker takes one.
@@ -747,6 +836,7 @@ where
             };
         let mut state = self.lock();
         state.in_flight -= 1;
+        Self::hold(&mut state, &mut chunk);
         state.queue.push_back(chunk);
     }
 
@@ -814,6 +904,8 @@ where
         let leftovers: Vec<Chunk<K>> = {
             let mut state = self.lock();
             let staged: Vec<Chunk<K>> = state.staged.drain().map(|(_, c)| c).collect();
+            state.open_files = 0;
+            state.queued_in_memory = 0;
             state.queue.drain(..).chain(staged).collect()
         };
         let mut undelivered = 0;

@@ -428,3 +428,117 @@ async fn large_file_buffer_chunks_fill_on_disk_and_are_read_back_to_deliver() {
         (0..200).collect::<Vec<u64>>()
     );
 }
+
+fn file_config(dir: &std::path::Path) -> BufferConfig {
+    BufferConfig {
+        kind: BufferKind::File {
+            path: dir.to_path_buf(),
+        },
+        chunk_limit_records: Some(5),
+        flush_interval: Duration::from_secs(3600),
+        ..config()
+    }
+}
+
+fn chunk_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_str().unwrap().ends_with(".log")
+        })
+        .count()
+}
+
+/// Queued chunks of a file buffer keep their entries in memory up to the cap, so delivery
+/// does not read their files; the ones queued past it are read back, and every chunk is
+/// delivered whole and in order either way.
+#[tokio::test]
+async fn queued_file_chunks_are_held_in_memory_up_to_the_cap_and_the_rest_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let s = sink(Box::new(|_, _| Outcome::Done), Some(Arc::clone(&gate)));
+    let buffer = Buffer::start("t".into(), file_config(dir.path()), s.clone()).unwrap();
+    let chunk_bytes = 5 * (1000 + ENTRY_OVERHEAD);
+    buffer.lock().queued_in_memory_max = 3 * chunk_bytes;
+    // Six full chunks, all queued within one append.
+    buffer
+        .append(vec![(key("a"), entries(0..30, 1000))])
+        .await
+        .unwrap();
+    assert_eq!(chunk_files(dir.path()), 6);
+    // The one worker takes the first chunk (and waits at the gate): it no longer counts.
+    wait_until(|| buffer.lock().in_flight == 1).await;
+    {
+        let state = buffer.lock();
+        let held: Vec<usize> = state.queue.iter().map(|c| c.entries.len()).collect();
+        assert_eq!(held, [5, 5, 0, 0, 0]);
+        assert_eq!(state.queued_in_memory, 2 * chunk_bytes);
+    }
+    gate.add_permits(100);
+    wait_until(|| s.writes.lock().unwrap().len() == 6).await;
+    let writes = s.writes.lock().unwrap().clone();
+    assert_eq!(writes.concat(), (0..30).collect::<Vec<u64>>());
+    assert!(writes.iter().all(|w| w.len() == 5));
+    wait_until(|| buffer.bytes() == 0).await;
+    assert_eq!(buffer.lock().queued_in_memory, 0);
+    assert_eq!(chunk_files(dir.path()), 0);
+}
+
+/// A staged chunk's file stays open between appends (up to `OPEN_CHUNK_FILES_MAX` chunks;
+/// the others open it per append), and either way every append is in the file in order:
+/// the next start delivers each chunk whole.
+#[tokio::test]
+async fn staged_chunk_files_stay_open_up_to_the_limit_and_every_append_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = BufferConfig {
+        chunk_limit_records: Some(1000),
+        flush_at_shutdown: false,
+        ..file_config(dir.path())
+    };
+    let first = sink(Box::new(|_, _| Outcome::Done), None);
+    let buffer = Buffer::start("t".into(), c.clone(), first.clone()).unwrap();
+    let keys = OPEN_CHUNK_FILES_MAX + 6;
+    for round in 0..3u64 {
+        let groups = (0..keys)
+            .map(|k| {
+                let base = k as u64 * 100 + round * 10;
+                (key(&format!("k{k:03}")), entries(base..base + 4, 20))
+            })
+            .collect();
+        buffer.append(groups).await.unwrap();
+    }
+    {
+        let state = buffer.lock();
+        assert_eq!(state.open_files, OPEN_CHUNK_FILES_MAX);
+        let open = state.staged.values().filter(|c| c.file.is_some()).count();
+        assert_eq!(open, OPEN_CHUNK_FILES_MAX);
+    }
+    assert_eq!(buffer.shutdown(Instant::now()).await, 0);
+    assert!(first.writes.lock().unwrap().is_empty());
+    drop(buffer);
+    let second = sink(Box::new(|_, _| Outcome::Done), None);
+    let _reopened = Buffer::start("t".into(), c, second.clone()).unwrap();
+    wait_until(|| second.writes.lock().unwrap().len() == keys).await;
+    let mut writes = second.writes.lock().unwrap().clone();
+    writes.sort();
+    for (k, write) in writes.iter().enumerate() {
+        let base = k as u64 * 100;
+        let want: Vec<u64> = (0..3)
+            .flat_map(|round| base + round * 10..base + round * 10 + 4)
+            .collect();
+        assert_eq!(*write, want);
+    }
+}
+
+#[test]
+fn chunk_ids_are_written_as_lowercase_hex_and_read_back() {
+    let id = ChunkId([
+        0x00, 0x01, 0x0a, 0x10, 0x7f, 0x80, 0xab, 0xff, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde,
+        0xf0,
+    ]);
+    assert_eq!(id.hex(), "00010a107f80abff123456789abcdef0");
+    assert_eq!(ChunkId::from_hex(&id.hex()), Some(id));
+    let random = ChunkId::new();
+    assert_eq!(ChunkId::from_hex(&random.hex()), Some(random));
+}
