@@ -449,6 +449,40 @@ fn kill_9_while_a_job_is_uploaded_loads_every_acked_event_once() {
     kill_9_then_restart(&emulator, "uploaded", "upload_requests");
 }
 
+#[test]
+fn an_upload_whose_answer_does_not_come_times_out_is_retried_and_loads_once() {
+    // Uploads are answered after 4 s; the request may take 1 s: each upload times out (the
+    // emulator, as BigQuery, still carries out the ones it received whole) and is retried
+    // with backoff, logged; jobs.get then finds the job an attempt made, so nothing is loaded
+    // twice.
+    let emulator = emulator_with_table(&[], "slow");
+    emulator.set_faults(json!({"latency_ms": 4000, "scope": "upload", "job_delay_ms": 200}));
+    let text = config(&emulator, "slow", "request_timeout_sec 1", "");
+    let server = Server::start(&text);
+    let summary = send(&server, "app.slow", 2000, &[]);
+    assert_eq!(acked(&summary), [2000], "{summary}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.log().contains("request timed out") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        server.log().contains("chunk will be retried")
+            && server.log().contains("request timed out"),
+        "{}",
+        server.log()
+    );
+    emulator.set_faults(json!({"job_delay_ms": 200}));
+    assert_eq!(
+        wait_rows(&emulator, "slow", 2000, 60),
+        2000,
+        "{}",
+        server.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(emulator.count(PROJECT, DATASET, "slow"), 2000);
+    assert_all_acked_landed_once(&emulator, "slow", &[2000]);
+}
+
 const SECONDARY: &str =
     "<secondary>\n    @type secondary_file\n    directory {dir}/dead\n  </secondary>";
 

@@ -51,7 +51,14 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
                     Ok::<_, Dropped>(resp)
                 }
             });
+            // A client that closes its side once it has sent a request (a client killed, or
+            // one that timed out, while it waits for the answer) still has that request
+            // carried out, as BigQuery does with a request it received in full: without
+            // half-close, hyper ends the connection at that EOF and drops the request's
+            // handler wherever it is (a multipart upload dropped before or after its job was
+            // made, at random).
             let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection closed");

@@ -82,7 +82,32 @@ pub fn resume(app: &AppState) {
 
 /// jobs.insert with data (multipart, or the last chunk of a resumable upload): creates the job
 /// and returns it as BigQuery answers. With `job_delay_ms` 0 the job is done before the answer.
+/// Runs to its end even when the request is given up meanwhile (see `detached`): a job that is
+/// in the store is always scheduled, so it finishes whatever became of its client.
 pub async fn create(
+    app: &AppState,
+    prepared: Prepared,
+    data: Vec<u8>,
+) -> Result<JobRecord, ApiError> {
+    let app = app.clone();
+    detached(async move { create_now(&app, prepared, data).await }).await
+}
+
+/// Runs `work` in its own task and waits for it. A request's future is dropped when its client
+/// disconnects before the answer (kill -9, a client timeout): work that changes the store in
+/// several steps must not stop half-way then, as BigQuery carries out a jobs.insert whose data
+/// it received whether or not anyone reads the answer. (A job inserted by the blocking step of
+/// `create_now` but never scheduled, because the request was dropped between the two, stayed
+/// PENDING until the emulator restarted.)
+pub async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}
+
+async fn create_now(
     app: &AppState,
     prepared: Prepared,
     data: Vec<u8>,

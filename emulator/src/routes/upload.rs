@@ -17,7 +17,7 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::jobs::create;
+use super::jobs::{create, detached};
 use super::params;
 use super::tables::parse_json;
 use super::{ApiBase, AppState};
@@ -218,17 +218,29 @@ pub async fn chunk(
         Progress::Incomplete(received) => Ok(resume_incomplete(received)),
         Progress::Finished(Finished::Job(key)) => job_answer(&app, &key, &base),
         Progress::Finished(Finished::Refused(e)) => Err(e),
-        Progress::Complete(prepared, data) => match create(&app, *prepared, data).await {
-            Ok(record) => {
-                let key = record.key();
-                app.uploads.finish(&upload_id, Finished::Job(key.clone()));
-                job_answer(&app, &key, &base)
-            }
-            Err(e) => {
-                app.uploads.finish(&upload_id, Finished::Refused(e.clone()));
-                Err(e)
-            }
-        },
+        Progress::Complete(prepared, data) => {
+            // The session has handed its data over: the job is made and the session marked
+            // finished even if this request is given up meanwhile, so a status query after a
+            // lost answer finds the job (not a session that lost its bytes).
+            let owned = app.clone();
+            let key = detached(async move {
+                match create(&owned, *prepared, data).await {
+                    Ok(record) => {
+                        let key = record.key();
+                        owned.uploads.finish(&upload_id, Finished::Job(key.clone()));
+                        Ok(key)
+                    }
+                    Err(e) => {
+                        owned
+                            .uploads
+                            .finish(&upload_id, Finished::Refused(e.clone()));
+                        Err(e)
+                    }
+                }
+            })
+            .await?;
+            job_answer(&app, &key, &base)
+        }
     }
 }
 

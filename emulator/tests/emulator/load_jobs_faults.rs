@@ -155,3 +155,83 @@ fn jobs_scope_faults_jobs_get_and_dropped_polls_can_be_retried() {
     assert_eq!(stats["faults_500"], 2, "{stats}");
     assert_eq!(stats["faults_dropped"], 1, "{stats}");
 }
+
+/// Rows enough that creating their job takes a while: the client is gone before it is made.
+fn many_rows() -> Vec<u8> {
+    (0..60_000)
+        .flat_map(|i| {
+            format!("{{\"msg\": \"row {i:08} of a client that hung up\"}}\n").into_bytes()
+        })
+        .collect()
+}
+
+/// Sends `head` and `body` on a connection of its own and closes it without reading the answer,
+/// as a client killed (kill -9) or timed out while it waits does.
+fn send_and_hang_up(emu: &Emulator, head: String, body: &[u8]) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", emu.port)).expect("connect");
+    stream.write_all(head.as_bytes()).expect("head");
+    stream.write_all(body).expect("body");
+    stream.flush().expect("flush");
+    drop(stream);
+}
+
+/// Polls jobs.get until the job exists and is DONE (BigQuery runs a job it received, whatever
+/// became of the connection that brought it).
+fn wait_done(emu: &Emulator, job_id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, job) = emu.get_job(job_id);
+        if status == 200 && job["status"]["state"] == "DONE" {
+            return job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {job_id} not DONE 30 s after its client hung up: {status} {job}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_job_whose_client_hung_up_before_the_answer_still_runs() {
+    let emu = Emulator::start(&["--job-delay-ms", "200"]);
+    emu.with_table(fields());
+    let data = many_rows();
+    let (content_type, body) =
+        Emulator::multipart_body(&load_job("orphan", ndjson(fields())), &data);
+    let head = format!(
+        "POST /upload/bigquery/v2/projects/{PROJECT}/jobs?uploadType=multipart HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    send_and_hang_up(&emu, head, &body);
+    let job = wait_done(&emu, "orphan");
+    assert!(job["status"].get("errorResult").is_none(), "{job}");
+    assert_eq!(emu.count("t"), 60_000);
+
+    // The last piece of a resumable upload: the job runs, and the session, asked again after
+    // the lost answer, answers with it.
+    let session = emu
+        .resumable_session(&load_job("orphan-2", ndjson(fields())), None)
+        .unwrap();
+    let path = session
+        .split_once("127.0.0.1")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, path)| format!("/{path}"))
+        .unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t\r\nContent-Range: bytes 0-{}/{}\r\nContent-Length: {}\r\n\r\n",
+        data.len() - 1,
+        data.len(),
+        data.len()
+    );
+    send_and_hang_up(&emu, head, &data);
+    wait_done(&emu, "orphan-2");
+    let (status, _, job) = emu.put_chunk(&session, Some(&format!("bytes */{}", data.len())), &[]);
+    assert_eq!(
+        (status, &job["jobReference"]["jobId"]),
+        (200, &json!("orphan-2")),
+        "{job}"
+    );
+    assert_eq!(emu.count("t"), 120_000);
+}

@@ -32,13 +32,28 @@ impl Authenticator for RestAuth {
     }
 }
 
+/// How long one HTTP request (its answer included) may take when `request_timeout_sec` is not
+/// set: an answer that never comes fails as a timeout and the chunk is retried with backoff,
+/// instead of holding its delivery forever (fluent-plugin-bigquery's default is no limit).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How to reach BigQuery: credentials, endpoint, timeouts.
 pub struct Connection {
     /// Shared with every client of the output (REST here, Storage Write over gRPC).
     pub credentials: Arc<Credentials>,
     pub endpoint: Option<String>,
+    /// `request_timeout_sec`; `None`: not set (REST clients then use
+    /// `DEFAULT_REQUEST_TIMEOUT`, see `request_timeout()`).
     pub request_timeout: Option<Duration>,
     pub open_timeout: Duration,
+}
+
+impl Connection {
+    /// How long one REST request may take: `request_timeout_sec`, else
+    /// `DEFAULT_REQUEST_TIMEOUT`. Never unbounded.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT)
+    }
 }
 
 pub struct BigQueryClient {
@@ -62,15 +77,17 @@ impl BigQueryClient {
             request_timeout,
             open_timeout,
         } = connection;
-        let (endpoint, request_timeout, open_timeout) =
-            (endpoint.as_deref(), *request_timeout, *open_timeout);
-        let mut http = reqwest::Client::builder()
+        let (endpoint, request_timeout, open_timeout) = (
+            endpoint.as_deref(),
+            request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            *open_timeout,
+        );
+        let http = reqwest::Client::builder()
             .connect_timeout(open_timeout)
-            .pool_idle_timeout(Duration::from_secs(60));
-        if let Some(timeout) = request_timeout {
-            http = http.timeout(timeout);
-        }
-        let http = http.build().map_err(|e| format!("HTTP client: {e}"))?;
+            .pool_idle_timeout(Duration::from_secs(60))
+            .timeout(request_timeout)
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
         let rest = Rest::new(http.clone(), endpoint, Arc::clone(credentials));
         let mut builder = ClientBuilder::new();
         builder.with_client(http);

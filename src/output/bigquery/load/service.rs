@@ -28,19 +28,23 @@ pub struct LoadService {
     http: reqwest::Client,
     base: String,
     credentials: Arc<Credentials>,
+    /// Bounds every request (answer included) and the token fetch before it: a hang fails as
+    /// `Failure::Timeout`, which the delivery retries with backoff (logged).
+    timeout: Duration,
 }
 
 impl LoadService {
     pub async fn connect(connection: &Connection) -> Result<Self, String> {
-        let mut http = reqwest::Client::builder()
+        let timeout = connection.request_timeout();
+        let http = reqwest::Client::builder()
             // 308 is the resumable protocol's "resume incomplete", never a redirect.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connection.open_timeout)
-            .pool_idle_timeout(Duration::from_secs(60));
-        if let Some(timeout) = connection.request_timeout {
-            http = http.timeout(timeout);
-        }
-        let http = http.build().map_err(|e| format!("HTTP client: {e}"))?;
+            .pool_idle_timeout(Duration::from_secs(60))
+            // Every request, an upload piece's included (8 MiB in 120 s is 0.6 Mbit/s).
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
         let base = connection
             .endpoint
             .as_deref()
@@ -51,6 +55,7 @@ impl LoadService {
             http,
             base,
             credentials: Arc::clone(&connection.credentials),
+            timeout,
         })
     }
 
@@ -74,10 +79,9 @@ impl LoadService {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, Failure> {
-        let token = self
-            .credentials
-            .token()
+        let token = tokio::time::timeout(self.timeout, self.credentials.token())
             .await
+            .map_err(|_| Failure::Timeout)?
             .map_err(|e| Failure::Transport(e.to_string()))?;
         request.bearer_auth(token).send().await.map_err(transport)
     }
