@@ -147,10 +147,10 @@ impl ProtoEncoder<'_, '_> {
     }
 
     /// A proto `string` must be UTF-8: a record's invalid bytes are replaced, as the JSON
-    /// writer does.
+    /// writer does. The check is simdutf8's (SIMD): std's was 9 % of a Storage Write profile.
     #[inline(always)]
     fn string(&mut self, s: &[u8]) {
-        match std::str::from_utf8(s) {
+        match simdutf8::basic::from_utf8(s) {
             Ok(_) => self.len_delimited(s),
             Err(_) => {
                 let text = String::from_utf8_lossy(s).into_owned();
@@ -749,6 +749,26 @@ mod tests {
         );
         let err = encode(&schema, json!({"ts": "10000-01-01"}), Conversion::Strict).unwrap_err();
         assert_eq!(err.field, "ts");
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_string_is_replaced_and_valid_text_kept_whole() {
+        let schema = all_types();
+        let mut writer = ProtoRowWriter::new(&schema, Conversion::Strict, false);
+        // {"s": <bytes>}: a fixmap of one entry, a fixstr key, a str8 value.
+        let mut row = |value: &[u8]| {
+            let mut record = vec![0x81, 0xa1, b's', 0xd9, value.len() as u8];
+            record.extend_from_slice(value);
+            let mut out = Vec::new();
+            writer.write(&record, &[], &mut out).unwrap();
+            Row::decode(out.as_slice()).unwrap().s
+        };
+        let long = "héllo wörld, ".repeat(8);
+        assert_eq!(row(long.as_bytes()).as_deref(), Some(long.as_str()));
+        assert_eq!(
+            row(b"ok \xff\xfe end").as_deref(),
+            Some("ok \u{fffd}\u{fffd} end")
+        );
     }
 
     #[test]
