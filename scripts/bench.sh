@@ -267,6 +267,14 @@ load() {
     | tee -a "$out/table.md"
 }
 
+# med ROWS COLUMN: the median of one column of table rows (over $repeats runs); line ROWS:
+# M events per CPU-s / events per s / peak RSS, each column's median on its own.
+med() {
+  awk -F'|' -v c="$2" 'NF > 5 {gsub(/[ k]/, "", $c); print $c}' <<< "$1" | sort -n \
+    | sed -n "$(( (repeats + 1) / 2 ))p"
+}
+line() { echo "$(med "$1" 7) / $(med "$1" 4)k / $(med "$1" 8)"; }
+
 # BENCH_SOAK_SECONDS=600: only the overload soak. PackedForward with acks as fast as bqforward
 # takes it, so its 64 MiB buffer stays full and `overflow_action block` holds the senders; its
 # RSS (VmRSS) is sampled every 10 s and the run ends with the usual row plus the samples.
@@ -329,12 +337,6 @@ if [ "${BENCH_ONLY:-}" = storage ]; then
       esac
     done
   done
-  # The median of each column on its own (M events per CPU-s, events/s, peak RSS).
-  med() {
-    awk -F'|' -v c="$2" 'NF > 5 {gsub(/[ k]/, "", $c); print $c}' <<< "$1" | sort -n \
-      | sed -n "$(( (repeats + 1) / 2 ))p"
-  }
-  line() { echo "$(med "$1" 7) / $(med "$1" 4)k / $(med "$1" 8)"; }
   {
     echo
     echo "Medians of $repeats runs, each column on its own (M events per CPU-s / events per s / peak RSS MiB):"
@@ -387,11 +389,6 @@ if [ "${BENCH_ONLY:-}" = load ]; then
     run_load bigquery-load-gzip.conf ", compress gzip, run $run/$repeats"
     rows_gzip+="$row"$'\n'
   done
-  med() {
-    awk -F'|' -v c="$2" 'NF > 5 {gsub(/[ k]/, "", $c); print $c}' <<< "$1" | sort -n \
-      | sed -n "$(( (repeats + 1) / 2 ))p"
-  }
-  line() { echo "$(med "$1" 7) / $(med "$1" 4)k / $(med "$1" 8)"; }
   {
     echo
     echo "Medians of $repeats runs, each column on its own (M events per CPU-s / events per s / peak RSS MiB):"

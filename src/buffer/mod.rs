@@ -20,9 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-/// Runs short blocking file I/O from async code: on a multi-threaded runtime the worker
-/// thread is handed over meanwhile, elsewhere it simply runs.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+/// Runs blocking work (file I/O, a long conversion) from async code: on a multi-threaded
+/// runtime the worker thread is handed over meanwhile, elsewhere it simply runs.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),

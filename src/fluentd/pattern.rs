@@ -134,32 +134,22 @@ fn strings(hir: &Hir) -> Option<Vec<Box<[u8]>>> {
             }
             Some(out)
         }
-        HirKind::Class(Class::Unicode(class)) => {
-            let mut out = Vec::new();
-            for range in class.iter() {
-                for c in range.start()..=range.end() {
-                    if out.len() == MAX_STRINGS {
-                        return None;
-                    }
-                    out.push(Box::from(c.encode_utf8(&mut [0; 4]).as_bytes()));
-                }
-            }
-            Some(out)
-        }
-        HirKind::Class(Class::Bytes(class)) => {
-            let mut out = Vec::new();
-            for range in class.iter() {
-                for b in range.start()..=range.end() {
-                    if out.len() == MAX_STRINGS {
-                        return None;
-                    }
-                    out.push(Box::from([b].as_slice()));
-                }
-            }
-            Some(out)
-        }
+        HirKind::Class(Class::Unicode(class)) => few(class
+            .iter()
+            .flat_map(|r| r.start()..=r.end())
+            .map(|c| Box::from(c.encode_utf8(&mut [0; 4]).as_bytes()))),
+        HirKind::Class(Class::Bytes(class)) => few(class
+            .iter()
+            .flat_map(|r| r.start()..=r.end())
+            .map(|b| Box::from([b].as_slice()))),
         HirKind::Look(_) | HirKind::Repetition(_) => None,
     }
+}
+
+/// A class's members as strings, when there are at most `MAX_STRINGS` of them.
+fn few(members: impl Iterator<Item = Box<[u8]>>) -> Option<Vec<Box<[u8]>>> {
+    let out: Vec<_> = members.take(MAX_STRINGS + 1).collect();
+    (out.len() <= MAX_STRINGS).then_some(out)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use super::super::tables::{AutoCreate, Tables, Waiting};
 use super::job::{self, Create, JobError, JobState, LoadSettings};
 use super::ndjson::{self, Encoding, LoadData, Ndjson};
 use super::service::{LoadService, MULTIPART_MAX, UPLOAD_PIECE};
-use crate::buffer::{Chunk, ChunkId, Outcome, Sink};
+use crate::buffer::{Chunk, ChunkId, Outcome, Sink, blocking};
 use crate::event::BoxFuture;
 use crate::format::Inject;
 use crate::internal_events::bigquery as events;
@@ -692,15 +692,6 @@ impl LoadSink {
         if let Ok(mut g) = self.generations.lock() {
             g.remove(chunk);
         }
-    }
-}
-
-/// Runs CPU-bound conversion from async code: on a multi-threaded runtime the worker thread
-/// is handed over meanwhile (a 1 GiB chunk takes seconds), elsewhere it simply runs.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
     }
 }
 
