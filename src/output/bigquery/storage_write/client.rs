@@ -416,8 +416,8 @@ pub fn code_of(status: &bq_storage_proto::rpc::Status) -> Code {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bq_storage_proto::v1::append_rows_request::{ProtoData, Rows};
     use bq_storage_proto::v1::ProtoRows;
+    use bq_storage_proto::v1::append_rows_request::{ProtoData, Rows};
 
     /// `RowsRequest` is on the wire the `AppendRowsRequest` the generated type writes.
     #[test]

@@ -82,6 +82,8 @@ struct Batch {
     rows: Bytes,
     /// Where each row's field ends in `rows`.
     ends: Vec<usize>,
+    /// The rows' own bytes (without their fields' keys and lengths), for the metrics.
+    row_bytes: u64,
     /// Written against the table's whole schema (`Ready::schema`), not the settled one.
     full: bool,
     /// Rows carrying a column the write path may not see yet (schema evolution): refused
@@ -102,9 +104,13 @@ impl Batch {
 
     /// The rows' own bytes (without their fields' keys and lengths).
     fn bytes(&self) -> u64 {
-        self.fields()
-            .map(|(_, field)| row_len(field) as u64)
-            .sum()
+        self.row_bytes
+    }
+
+    /// `row_bytes` counted again from the fields (a batch cut down or split).
+    fn counted(mut self) -> Batch {
+        self.row_bytes = self.fields().map(|(_, field)| row_len(field) as u64).sum();
+        self
     }
 
     /// Leaves out the rows at these positions (of this batch).
@@ -125,6 +131,7 @@ impl Batch {
             ends,
             ..self
         }
+        .counted()
     }
 
     fn split(mut self) -> (Batch, Batch) {
@@ -136,12 +143,18 @@ impl Batch {
         let second = Batch {
             indices: self.indices.split_off(half),
             rows: self.rows.slice(mid..),
-            ends: self.ends.split_off(half).iter().map(|end| end - mid).collect(),
+            ends: self
+                .ends
+                .split_off(half)
+                .iter()
+                .map(|end| end - mid)
+                .collect(),
+            row_bytes: 0,
             full: self.full,
             carriers: self.carriers,
         };
         self.rows.truncate(mid);
-        (self, second)
+        (self.counted(), second.counted())
     }
 }
 
@@ -775,11 +788,15 @@ impl StorageWriteSink {
         let mut batches = Vec::new();
         let mut rejected = Vec::new();
         let max = self.max_request_bytes;
-        let size: usize = indices
+        // The rows, and the room the last one is first written into (`ProtoRowWriter`).
+        let (size, largest) = indices
             .iter()
             .filter_map(|&i| chunk.entries.get(i as usize))
-            .map(|e| e.event.record.len() + 64)
-            .sum();
+            .map(|e| e.event.record.len())
+            .fold((0, 0), |(size, largest), len| {
+                (size + len + 48, largest.max(len))
+            });
+        let size = size + 2 * largest + 256;
         let mut buf = self.buffers.take(size.min(max + max / 8));
         let mut ends: Vec<usize> = Vec::new();
         let mut taken: Vec<u32> = Vec::new();
@@ -828,7 +845,7 @@ impl StorageWriteSink {
             if !taken.is_empty() && raw + 8 * (taken.len() + 1) + len > max {
                 let row = buf[field..].to_vec();
                 buf.truncate(field);
-                batches.push(finish(&mut buf, &mut ends, std::mem::take(&mut taken)));
+                batches.push(finish(&mut buf, &mut ends, std::mem::take(&mut taken), raw));
                 buf = self.buffers.take(size.min(max + max / 8));
                 buf.extend_from_slice(&row);
                 raw = 0;
@@ -838,7 +855,7 @@ impl StorageWriteSink {
             taken.push(index);
         }
         if !taken.is_empty() {
-            batches.push(finish(&mut buf, &mut ends, taken));
+            batches.push(finish(&mut buf, &mut ends, taken, raw));
         }
         for batch in &mut batches {
             batch.full = group.full;
@@ -972,11 +989,12 @@ fn row_errors_or_status(
 
 /// The row fields written into `buf` (ending at `ends`) as one batch; `buf` and `ends` are
 /// left empty.
-fn finish(buf: &mut Vec<u8>, ends: &mut Vec<usize>, indices: Vec<u32>) -> Batch {
+fn finish(buf: &mut Vec<u8>, ends: &mut Vec<usize>, indices: Vec<u32>, row_bytes: usize) -> Batch {
     Batch {
         indices,
         rows: Bytes::from(std::mem::take(buf)),
         ends: std::mem::take(ends),
+        row_bytes: row_bytes as u64,
         full: true,
         carriers: false,
     }
@@ -1311,7 +1329,8 @@ mod tests {
             last = row.len();
             ends.push(buf.len());
         }
-        finish(&mut buf, &mut ends, (0..rows.len() as u32).collect())
+        let total = rows.iter().map(Vec::len).sum();
+        finish(&mut buf, &mut ends, (0..rows.len() as u32).collect(), total)
     }
 
     fn decoded(batch: &Batch) -> Vec<Vec<u8>> {
@@ -1340,10 +1359,16 @@ mod tests {
         assert_eq!(first.indices, [0, 1, 2, 3, 4]);
         assert_eq!(decoded(&second), rows[5..]);
         assert_eq!(second.indices, [5, 6, 7, 8, 9]);
-        assert_eq!(second.bytes(), rows[5..].iter().map(|r| r.len() as u64).sum::<u64>());
+        assert_eq!(
+            second.bytes(),
+            rows[5..].iter().map(|r| r.len() as u64).sum::<u64>()
+        );
         let rest = second.without(&HashSet::from([0, 3]));
         assert_eq!(rest.indices, [6, 7, 9]);
-        assert_eq!(decoded(&rest), [rows[6].clone(), rows[7].clone(), rows[9].clone()]);
+        assert_eq!(
+            decoded(&rest),
+            [rows[6].clone(), rows[7].clone(), rows[9].clone()]
+        );
         assert_eq!(rest.ends.len(), 3);
         let (one, none) = batch_of(&rows[..1]).split();
         assert!(one.indices.is_empty() && one.rows.is_empty());
