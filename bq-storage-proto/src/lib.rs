@@ -38,4 +38,4 @@ pub mod server {
     ));
 }
 
-pub use {prost, prost_types, tonic};
+pub use {prost, prost_types, tonic, tonic_prost};

@@ -331,6 +331,16 @@ impl<'a> Room<'a> {
         Ok(())
     }
 
+    /// Puts `bytes` in at `at` (a position already written), moving what follows.
+    pub fn insert(&mut self, at: usize, bytes: &[u8]) -> Result<(), Full> {
+        let end = self.at;
+        let at = at.min(end);
+        self.next(bytes.len())?;
+        self.buf.copy_within(at..end, at + bytes.len());
+        self.buf[at..at + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+
     /// Overwrites a byte already written.
     pub fn set(&mut self, at: usize, b: u8) {
         if at < self.at {

@@ -3,19 +3,25 @@
 //! stream and reused (one request in flight on each, so one per flush worker at most),
 //! CreateWriteStream for exactly-once streams. Turns no answer into a verdict (`classify`
 //! does) and retries nothing.
+//!
+//! AppendRows requests go through the generic gRPC client with `RowsRequest`, an
+//! `AppendRowsRequest` whose rows arrive already serialized as one `ProtoRows` message body
+//! (`encoder::RowsBuffer`): no `Bytes` per row to clone, count and drop, and the request is
+//! one copy of that body into the HTTP/2 buffer.
 
 use crate::output::bigquery::credentials::Credentials;
+use bq_storage_proto::prost::{self, DecodeError, Message as _};
 use bq_storage_proto::prost_types::DescriptorProto;
 use bq_storage_proto::tonic::codec::Streaming;
-use bq_storage_proto::tonic::{self, Code, Status};
-use bq_storage_proto::v1::append_rows_request::{ProtoData, Rows};
+use bq_storage_proto::tonic::codegen::http::uri::PathAndQuery;
+use bq_storage_proto::tonic::{self, Code, GrpcMethod, Status};
+use bq_storage_proto::tonic_prost::ProstCodec;
 use bq_storage_proto::v1::big_query_write_client::BigQueryWriteClient;
 use bq_storage_proto::v1::write_stream::Type as StreamType;
 use bq_storage_proto::v1::{
-    AppendRowsRequest, AppendRowsResponse, CreateWriteStreamRequest, ProtoRows, ProtoSchema,
-    WriteStream,
+    AppendRowsRequest, AppendRowsResponse, CreateWriteStreamRequest, ProtoSchema, WriteStream,
 };
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,8 +34,14 @@ pub const DEFAULT_ENDPOINT: &str = "https://bigquerystorage.googleapis.com";
 /// Idle AppendRows connections kept per stream.
 const IDLE_PER_STREAM: usize = 16;
 
+/// The AppendRows method, as the generated client names it.
+const SERVICE: &str = "google.cloud.bigquery.storage.v1.BigQueryWrite";
+const APPEND_ROWS: &str = "/google.cloud.bigquery.storage.v1.BigQueryWrite/AppendRows";
+
 pub struct WriteClient {
     client: BigQueryWriteClient<tonic::transport::Channel>,
+    /// The same channel for AppendRows with `RowsRequest` messages.
+    grpc: tonic::client::Grpc<tonic::transport::Channel>,
     /// The output's credentials, shared with its REST client.
     credentials: Arc<Credentials>,
     timeout: Option<Duration>,
@@ -38,7 +50,7 @@ pub struct WriteClient {
 
 /// One open AppendRows call.
 struct AppendConnection {
-    requests: mpsc::Sender<AppendRowsRequest>,
+    requests: mpsc::Sender<RowsRequest>,
     responses: Streaming<AppendRowsResponse>,
     /// The writer schema this call has been given (rows after it are read with it).
     descriptor: DescriptorProto,
@@ -50,7 +62,8 @@ struct AppendConnection {
 pub struct Append<'a> {
     pub stream: &'a str,
     pub descriptor: &'a DescriptorProto,
-    pub rows: Vec<Bytes>,
+    /// The rows as the body of a `ProtoRows` message: each one a `serialized_rows` field.
+    pub rows: Bytes,
     /// Only for app-created streams (the default stream refuses offsets).
     pub offset: Option<i64>,
 }
@@ -74,12 +87,17 @@ impl WriteClient {
                 .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
                 .map_err(|e| format!("storage_endpoint {endpoint}: TLS: {e}"))?;
         }
-        let client = BigQueryWriteClient::new(channel.connect_lazy())
-            // An answer carries at most a schema and row errors; requests are capped at 10 MB.
+        let channel = channel.connect_lazy();
+        // An answer carries at most a schema and row errors; requests are capped at 10 MB.
+        let grpc = tonic::client::Grpc::new(channel.clone())
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024);
+        let client = BigQueryWriteClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(16 * 1024 * 1024);
         Ok(Self {
             client,
+            grpc,
             credentials,
             timeout,
             idle: Mutex::new(HashMap::new()),
@@ -157,21 +175,19 @@ impl WriteClient {
             .lock()
             .ok()
             .and_then(|mut idle| idle.get_mut(stream).and_then(Vec::pop));
-        let message = AppendRowsRequest {
-            write_stream: stream.to_owned(),
-            offset,
-            rows: Some(Rows::ProtoRows(ProtoData {
-                writer_schema: None,
-                rows: Some(ProtoRows {
-                    serialized_rows: rows,
-                }),
-            })),
-            ..AppendRowsRequest::default()
+        let message = RowsRequest {
+            header: AppendRowsRequest {
+                write_stream: stream.to_owned(),
+                offset,
+                ..AppendRowsRequest::default()
+            },
+            writer_schema: None,
+            rows,
         };
         let Some(connection) = reused else {
             return self.send(None, stream, descriptor, message).await;
         };
-        // Rows are `Bytes`: the copy shares them.
+        // The rows are `Bytes`: the copy shares them.
         let again = message.clone();
         match self
             .send(Some(connection), stream, descriptor, message)
@@ -192,25 +208,25 @@ impl WriteClient {
         connection: Option<AppendConnection>,
         stream: &str,
         descriptor: &DescriptorProto,
-        mut message: AppendRowsRequest,
+        mut message: RowsRequest,
     ) -> Result<AppendRowsResponse, Status> {
         let mut connection = match connection {
             Some(mut connection) => {
                 if connection.descriptor != *descriptor {
-                    set_schema(&mut message, descriptor);
+                    message.set_schema(descriptor);
                     connection.descriptor = descriptor.clone();
                 }
                 if let Err(mpsc::error::SendError(back)) = connection.requests.send(message).await {
                     // The call had ended while idle: open another.
                     message = back;
-                    set_schema(&mut message, descriptor);
+                    message.set_schema(descriptor);
                     self.open(stream, descriptor, message).await?
                 } else {
                     connection
                 }
             }
             None => {
-                set_schema(&mut message, descriptor);
+                message.set_schema(descriptor);
                 self.open(stream, descriptor, message).await?
             }
         };
@@ -250,7 +266,7 @@ impl WriteClient {
         &self,
         stream: &str,
         descriptor: &DescriptorProto,
-        first: AppendRowsRequest,
+        first: RowsRequest,
     ) -> Result<AppendConnection, Status> {
         let (requests, rx) = mpsc::channel(1);
         // The first request is queued before the call opens: servers may answer headers only
@@ -260,9 +276,19 @@ impl WriteClient {
             .await
             .map_err(|_| Status::internal("request queue closed"))?;
         let generation = self.credentials.generation();
-        let request = self.request(ReceiverStream::new(rx), stream).await?;
-        let mut client = self.client.clone();
-        let call = client.append_rows(request);
+        let mut request = self.request(ReceiverStream::new(rx), stream).await?;
+        request
+            .extensions_mut()
+            .insert(GrpcMethod::new(SERVICE, "AppendRows"));
+        let mut grpc = self.grpc.clone();
+        let call = async move {
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
+            let codec = ProstCodec::<RowsRequest, AppendRowsResponse>::default();
+            grpc.streaming(request, PathAndQuery::from_static(APPEND_ROWS), codec)
+                .await
+        };
         let opened = match self.timeout {
             Some(t) => tokio::time::timeout(t, call)
                 .await
@@ -301,15 +327,136 @@ fn stale(status: &Status) -> bool {
         )
 }
 
-fn set_schema(message: &mut AppendRowsRequest, descriptor: &DescriptorProto) {
-    if let Some(Rows::ProtoRows(data)) = &mut message.rows {
-        data.writer_schema = Some(ProtoSchema {
+/// An `AppendRowsRequest` with `proto_rows` (`ProtoData`) whose `rows` (`ProtoRows`) are
+/// given as their serialized body: on the wire the same message as the generated type's.
+/// Only ever encoded.
+#[derive(Clone, Debug, Default)]
+struct RowsRequest {
+    /// Every field but `proto_rows` (its `rows` is `None`).
+    header: AppendRowsRequest,
+    /// `ProtoData.writer_schema`.
+    writer_schema: Option<ProtoSchema>,
+    /// The body of `ProtoData.rows`.
+    rows: Bytes,
+}
+
+/// Field keys (number << 3 | wire type 2, length-delimited) of the fields `RowsRequest`
+/// writes itself: `AppendRowsRequest.proto_rows` = 4, `ProtoData.writer_schema` = 1,
+/// `ProtoData.rows` = 2.
+const PROTO_ROWS_KEY: u8 = 4 << 3 | 2;
+const WRITER_SCHEMA_KEY: u8 = 1 << 3 | 2;
+const ROWS_KEY: u8 = 2 << 3 | 2;
+
+impl RowsRequest {
+    fn set_schema(&mut self, descriptor: &DescriptorProto) {
+        self.writer_schema = Some(ProtoSchema {
             proto_descriptor: Some(descriptor.clone()),
         });
+    }
+
+    /// The length of the `ProtoData` body.
+    fn data_len(&self) -> usize {
+        let schema = self.writer_schema.as_ref().map_or(0, |schema| {
+            let len = schema.encoded_len();
+            1 + prost::length_delimiter_len(len) + len
+        });
+        schema + 1 + prost::length_delimiter_len(self.rows.len()) + self.rows.len()
+    }
+}
+
+fn put_varint(buf: &mut impl BufMut, mut v: u64) {
+    while v >= 0x80 {
+        buf.put_u8(v as u8 | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
+
+impl prost::Message for RowsRequest {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        self.header.encode_raw(buf);
+        buf.put_u8(PROTO_ROWS_KEY);
+        put_varint(buf, self.data_len() as u64);
+        if let Some(schema) = &self.writer_schema {
+            buf.put_u8(WRITER_SCHEMA_KEY);
+            put_varint(buf, schema.encoded_len() as u64);
+            schema.encode_raw(buf);
+        }
+        buf.put_u8(ROWS_KEY);
+        put_varint(buf, self.rows.len() as u64);
+        buf.put_slice(&self.rows);
+    }
+
+    /// Never decoded; a decode would read into the header.
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), DecodeError> {
+        self.header.merge_field(tag, wire_type, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        let data = self.data_len();
+        self.header.encoded_len() + 1 + prost::length_delimiter_len(data) + data
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
     }
 }
 
 /// The gRPC code of a status the server sent in an `AppendRowsResponse.error`.
 pub fn code_of(status: &bq_storage_proto::rpc::Status) -> Code {
     Code::from_i32(status.code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bq_storage_proto::v1::ProtoRows;
+    use bq_storage_proto::v1::append_rows_request::{ProtoData, Rows};
+
+    /// `RowsRequest` is on the wire the `AppendRowsRequest` the generated type writes.
+    #[test]
+    fn a_rows_request_is_the_generated_request_byte_for_byte() {
+        let rows = [b"first".to_vec(), Vec::new(), vec![3; 300]];
+        let mut body = Vec::new();
+        for row in &rows {
+            body.push(1 << 3 | 2);
+            put_varint(&mut body, row.len() as u64);
+            body.extend_from_slice(row);
+        }
+        let descriptor = DescriptorProto {
+            name: Some("row".into()),
+            ..DescriptorProto::default()
+        };
+        for (offset, schema) in [(None, None), (Some(42), Some(&descriptor))] {
+            let mut ours = RowsRequest {
+                header: AppendRowsRequest {
+                    write_stream: "projects/p/datasets/d/tables/t/streams/_default".into(),
+                    offset,
+                    ..AppendRowsRequest::default()
+                },
+                writer_schema: None,
+                rows: Bytes::from(body.clone()),
+            };
+            if let Some(descriptor) = schema {
+                ours.set_schema(descriptor);
+            }
+            let generated = AppendRowsRequest {
+                rows: Some(Rows::ProtoRows(ProtoData {
+                    writer_schema: ours.writer_schema.clone(),
+                    rows: Some(ProtoRows {
+                        serialized_rows: rows.iter().map(|r| Bytes::from(r.clone())).collect(),
+                    }),
+                })),
+                ..ours.header.clone()
+            };
+            assert_eq!(ours.encoded_len(), generated.encoded_len());
+            assert_eq!(ours.encode_to_vec(), generated.encode_to_vec());
+        }
+    }
 }

@@ -21,7 +21,7 @@ use crate::buffer::{Buffer, BufferConfig, BufferKind};
 use crate::config::{ConfigError, Section};
 use crate::metrics::SinkDetail;
 use crate::output::Output;
-use sink::{MAX_REQUEST_BYTES, StorageWriteSink};
+use sink::{MAX_REQUEST_BYTES, RowBuffers, StorageWriteSink};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -200,6 +200,7 @@ pub fn from_config(
         refreshed: Mutex::new(HashMap::new()),
         evolution: evolving
             .then(|| Evolution::new(id.clone(), common.schema_update_types, Arc::clone(&detail))),
+        buffers: RowBuffers::default(),
     };
     let location = s.location().clone();
     let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink))
