@@ -365,6 +365,66 @@ fn oversized_requests_are_split_until_they_fit() {
     assert!(server.log().contains("request too large; split in two"));
 }
 
+/// A Forward Message-mode event with an EventTime (seconds and nanoseconds) and an ack.
+fn event_time_message(tag: &str, secs: u32, nanos: u32, record: &Value, chunk: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    rmp::encode::write_array_len(&mut out, 4).unwrap();
+    rmp::encode::write_str(&mut out, tag).unwrap();
+    rmp::encode::write_ext_meta(&mut out, 8, 0).unwrap();
+    out.extend_from_slice(&secs.to_be_bytes());
+    out.extend_from_slice(&nanos.to_be_bytes());
+    out.extend(rmp_serde::to_vec(record).unwrap());
+    out.extend(rmp_serde::to_vec(&json!({ "chunk": chunk })).unwrap());
+    out
+}
+
+/// fluent-plugin-bigquery's README injects the time as a string: each row's text (with nine
+/// fraction digits, the same but for them within a second) lands as its TIMESTAMP, cut to
+/// microseconds.
+#[test]
+fn injected_string_times_land_as_their_timestamps() {
+    let emulator = Emulator::start(&[]);
+    emulator.create_dataset(PROJECT, DATASET);
+    emulator.create_table(
+        PROJECT,
+        DATASET,
+        "strtime",
+        json!([{"name": "seq", "type": "INTEGER"}, {"name": "time", "type": "TIMESTAMP"}, {"name": "tag", "type": "STRING"}]),
+    );
+    let conf = config(&emulator, "strtime", "fetch_schema true", "").replace(
+        "    time_key time\n",
+        "    time_key time\n    time_type string\n    time_format %Y-%m-%dT%H:%M:%S.%NZ\n    utc true\n",
+    );
+    assert!(conf.contains("time_format"), "{conf}");
+    let server = Server::start(&conf);
+    let times: [(u32, u32); 6] = [
+        (1_764_000_000, 123_456_789),
+        (1_764_000_000, 987_654_321),
+        (1_764_000_000, 5_000),
+        (1_764_000_001, 1),
+        (1_764_000_061, 999_999_999),
+        (1_764_000_061, 0),
+    ];
+    let mut stream = server.connect();
+    for (seq, (secs, nanos)) in times.iter().enumerate() {
+        let chunk = format!("c{seq}");
+        send(
+            &mut stream,
+            &event_time_message("app.s", *secs, *nanos, &json!({ "seq": seq }), &chunk),
+        );
+        assert_eq!(read_ack(&mut stream).unwrap(), chunk);
+    }
+    let mut rows = wait_for(times.len(), || emulator.rows(PROJECT, DATASET, "strtime"));
+    assert_eq!(rows.len(), times.len(), "{:?}", dead_letters(&server));
+    rows.sort_by_key(|r| r["seq"].as_str().unwrap().parse::<usize>().unwrap());
+    for (row, (secs, nanos)) in rows.iter().zip(times) {
+        let got: f64 = row["time"].as_str().unwrap().parse().unwrap();
+        let want = f64::from(secs) + f64::from(nanos / 1_000) / 1e6;
+        assert!((got - want).abs() < 5e-7, "{row} against {want}");
+    }
+    assert!(dead_letters(&server).is_empty());
+}
+
 #[test]
 fn fetched_schema_drives_conversion() {
     let emulator = Emulator::start(&[]);

@@ -15,6 +15,7 @@ use crate::fluentd::ruby;
 use crate::format::json::{self, Extra, Full};
 use base64::Engine;
 use std::fmt::Write as _;
+use std::ops::Range;
 
 /// How values that do not match their column type are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -285,6 +286,10 @@ struct ExtraSlot<K> {
     name: Key,
     field: Option<usize>,
     encoded: K,
+    /// The last text checked as a DATE / TIME / DATETIME / TIMESTAMP (an injected time,
+    /// formatted per event: its text changes in the fraction every event, elsewhere once a
+    /// second).
+    civil: CivilMemo,
 }
 
 /// A key to compare record keys against: keys of up to 32 bytes as the words `key_words`
@@ -792,11 +797,12 @@ impl Rules {
                     name: Key::new(name.as_bytes()),
                     field,
                     encoded: enc.make_key(name.as_bytes(), target),
+                    civil: CivilMemo::default(),
                 };
                 slots.truncate(position);
                 slots.push(slot);
             }
-            let slot = &slots[position];
+            let slot = &mut slots[position];
             enc.key(&slot.encoded)?;
             let Some(i) = slot.field else {
                 unknown_extra(extra, enc, raw)?;
@@ -808,6 +814,23 @@ impl Rules {
                 && let Some(Cell::Seconds { secs, nanos }) = exact_seconds(field, *time)
             {
                 enc.seconds_value(field, secs, nanos)?;
+                continue;
+            }
+            // A formatted time into a civil column: its shape as the last one's when only the
+            // fraction's digits differ. A text that fails the check goes the usual way (a
+            // number of epoch seconds, or the error).
+            if let Extra::Str(text) = extra
+                && !self.compat
+                && field.mode != FieldMode::Repeated
+                && let Some(cut) = slot.civil.shape(field.field_type, text.as_bytes())
+            {
+                enc.value(
+                    field,
+                    Cell::Civil {
+                        text: text.as_bytes(),
+                        cut,
+                    },
+                )?;
                 continue;
             }
             let val = Val::from_extra(extra);
@@ -1550,16 +1573,16 @@ fn date_at(s: &[u8], pos: usize) -> Option<usize> {
     (month >= 1 && day >= 1).then_some(p)
 }
 
-/// `[H]H:[M]M:[S]S[.F...]`; returns the end and the fraction digits beyond microseconds,
-/// which are cut (BigQuery keeps microseconds; the data-types page allows up to six digits).
-fn time_at(s: &[u8], pos: usize) -> Option<(usize, Option<(usize, usize)>)> {
+/// `[H]H:[M]M:[S]S[.F...]`; returns the end and the fraction's digits (empty when there is
+/// none).
+fn time_at(s: &[u8], pos: usize) -> Option<(usize, Range<usize>)> {
     let (_, p) = num(s, pos, 1, 2, 23)?;
     let p = byte(s, p, b':')?;
     let (_, p) = num(s, p, 1, 2, 59)?;
     let p = byte(s, p, b':')?;
     let (_, p) = num(s, p, 1, 2, 60)?;
     let Some(frac_start) = byte(s, p, b'.') else {
-        return Some((p, None));
+        return Some((p, p..p));
     };
     let digits = s[frac_start..]
         .iter()
@@ -1569,8 +1592,13 @@ fn time_at(s: &[u8], pos: usize) -> Option<(usize, Option<(usize, usize)>)> {
         return None;
     }
     let end = frac_start + digits;
-    let cut = (digits > 6).then_some((frac_start + 6, end));
-    Some((end, cut))
+    Some((end, frac_start..end))
+}
+
+/// The fraction digits beyond microseconds, which are cut (BigQuery keeps microseconds; the
+/// data-types page allows up to six digits).
+fn cut_of(fraction: Range<usize>) -> Option<(usize, usize)> {
+    (fraction.len() > 6).then_some((fraction.start + 6, fraction.end))
 }
 
 /// A time zone after a timestamp: `Z`, `UTC`, `[+-]H[H][[:]MM]`, or a tz database name,
@@ -1597,24 +1625,68 @@ fn zone_ok(z: &[u8]) -> bool {
 /// Whether `s` has the text form of `ty` (by shape; day 31 of February passes, BigQuery
 /// decides); `Some(cut)` gives fraction digits to drop.
 pub fn shape(ty: FieldType, s: &[u8]) -> Option<Option<(usize, usize)>> {
+    fraction(ty, s).map(cut_of)
+}
+
+/// Whether `s` has the text form of `ty`, and where its fraction's digits are (an empty range
+/// when it has none).
+fn fraction(ty: FieldType, s: &[u8]) -> Option<Range<usize>> {
     match ty {
-        FieldType::Date => (date_at(s, 0)? == s.len()).then_some(None),
+        FieldType::Date => (date_at(s, 0)? == s.len()).then_some(0..0),
         FieldType::Time => {
-            let (end, cut) = time_at(s, 0)?;
-            (end == s.len()).then_some(cut)
+            let (end, fraction) = time_at(s, 0)?;
+            (end == s.len()).then_some(fraction)
         }
         FieldType::DateTime | FieldType::Timestamp => {
             let p = date_at(s, 0)?;
-            let (p, cut) = match s.get(p) {
+            let (p, fraction) = match s.get(p) {
                 Some(b' ' | b'T' | b't') if s.get(p + 1).is_some_and(u8::is_ascii_digit) => {
                     time_at(s, p + 1)?
                 }
-                _ => (p, None),
+                _ => (p, 0..0),
             };
             let zoned = ty == FieldType::Timestamp && zone_ok(&s[p..]);
-            (p == s.len() || zoned).then_some(cut)
+            (p == s.len() || zoned).then_some(fraction)
         }
         _ => None,
+    }
+}
+
+/// The last text that had the shape of a civil type, and where its fraction's digits are. A
+/// text of the same length that differs from it only within those digits, and has digits
+/// there, has the same shape: only the fraction's length and place decide it, and the cut.
+#[derive(Default)]
+struct CivilMemo {
+    ty: Option<FieldType>,
+    text: Vec<u8>,
+    fraction: Range<usize>,
+}
+
+impl CivilMemo {
+    /// `shape(ty, s)`, remembered; `None` for a text without the shape (not remembered).
+    #[inline]
+    fn shape(&mut self, ty: FieldType, s: &[u8]) -> Option<Option<(usize, usize)>> {
+        let Range { start, end } = self.fraction;
+        if self.ty == Some(ty)
+            && s.len() == self.text.len()
+            && s[..start] == self.text[..start]
+            && s[end..] == self.text[end..]
+            && s[start..end].iter().all(u8::is_ascii_digit)
+        {
+            return Some(cut_of(start..end));
+        }
+        if !matches!(
+            ty,
+            FieldType::Date | FieldType::Time | FieldType::DateTime | FieldType::Timestamp
+        ) {
+            return None;
+        }
+        let fraction = fraction(ty, s)?;
+        self.ty = Some(ty);
+        self.text.clear();
+        self.text.extend_from_slice(s);
+        self.fraction = fraction.clone();
+        Some(cut_of(fraction))
     }
 }
 
@@ -1635,6 +1707,82 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Texts near the civil forms: the formats `<inject>` writes, with digits, separators and
+    /// zones varied, so that a run of them has texts that differ in and out of the fraction.
+    fn civil_text() -> impl Strategy<Value = String> {
+        let digit =
+            || proptest::sample::select(vec!["0", "1", "2", "5", "9", "10", "23", "60", "99"]);
+        (
+            proptest::sample::select(vec!["2026", "1970", "999", "x"]),
+            digit(),
+            digit(),
+            proptest::sample::select(vec!["T", " ", "", "t", "_"]),
+            digit(),
+            digit(),
+            digit(),
+            proptest::sample::select(vec!["", ".", ".1", ".123456", ".123456789", ".12a"]),
+            proptest::sample::select(vec!["", "Z", " UTC", "+09:00", "-0130", "Asia/Tokyo", "?"]),
+        )
+            .prop_map(|(y, mo, d, sep, h, mi, se, frac, zone)| {
+                if sep.is_empty() {
+                    format!("{y}-{mo}-{d}{zone}")
+                } else {
+                    format!("{y}-{mo}-{d}{sep}{h}:{mi}:{se}{frac}{zone}")
+                }
+            })
+    }
+
+    proptest! {
+        /// The remembered shape is the shape of every text, one after another (one memo per
+        /// type, as an injected field keeps one).
+        #[test]
+        fn remembered_civil_shapes_are_the_shapes(texts in proptest::collection::vec(civil_text(), 1..40)) {
+            for ty in [FieldType::Timestamp, FieldType::DateTime, FieldType::Date, FieldType::Time] {
+                let mut memo = CivilMemo::default();
+                for text in &texts {
+                    // Each text also with its fraction's digits changed (same length).
+                    let other: String = text
+                        .char_indices()
+                        .map(|(i, c)| if i > 19 && c.is_ascii_digit() { char::from(b'0' + (i % 10) as u8) } else { c })
+                        .collect();
+                    for t in [text.as_str(), other.as_str()] {
+                        prop_assert_eq!(memo.shape(ty, t.as_bytes()), shape(ty, t.as_bytes()), "{:?} {}", ty, t);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn remembered_civil_shape_rechecks_what_is_outside_the_fraction() {
+        let mut memo = CivilMemo::default();
+        let ts = FieldType::Timestamp;
+        assert_eq!(
+            memo.shape(ts, b"2026-12-03T10:00:00.123456789Z"),
+            Some(Some((26, 29)))
+        );
+        assert_eq!(
+            memo.shape(ts, b"2026-12-03T10:00:00.987654321Z"),
+            Some(Some((26, 29)))
+        );
+        // A digit outside the fraction (the month) makes it a new text, checked again.
+        assert_eq!(memo.shape(ts, b"2026-13-03T10:00:00.987654321Z"), None);
+        // Not a digit inside it.
+        assert_eq!(memo.shape(ts, b"2026-12-03T10:00:00.98765432?Z"), None);
+        assert_eq!(
+            memo.shape(ts, b"2026-12-03T10:00:01.000000001Z"),
+            Some(Some((26, 29)))
+        );
+        assert_eq!(
+            memo.shape(FieldType::String, b"2026-12-03T10:00:01.000000001Z"),
+            None
+        );
+        assert_eq!(memo.shape(FieldType::Date, b"2026-12-03"), Some(None));
+        assert_eq!(memo.shape(FieldType::Date, b"2026-12-04"), Some(None));
+        assert_eq!(memo.shape(FieldType::Date, b"2026-12-4x"), None);
+    }
 
     /// The word compares of remembered keys see a difference at every position of every length.
     #[test]

@@ -212,7 +212,19 @@ impl JsonEncoder<'_, '_> {
             Cell::EventTime { secs, nanos } => {
                 self.via(|v| write_event_time(ty, secs, nanos, v))?
             }
-            Cell::Civil { text, cut } => self.via(|v| write_cut(text, cut, v))?,
+            // The text has the type's shape: digits, separators and a zone's name, nothing
+            // JSON escapes.
+            Cell::Civil { text, cut } => {
+                self.out.byte(b'"')?;
+                match cut {
+                    Some((from, to)) => {
+                        self.out.bytes(&text[..from])?;
+                        self.out.bytes(&text[to..])?;
+                    }
+                    None => self.out.bytes(text)?,
+                }
+                self.out.byte(b'"')?;
+            }
             Cell::Raw(raw) => {
                 self.scratch.clear();
                 json::write_value(&mut Cursor::new(raw), self.scratch, DEFAULT_MAX_DEPTH)?;
@@ -375,19 +387,6 @@ fn write_base64(b: &[u8], out: &mut Vec<u8>) {
         .encode_slice(b, &mut out[start..])
         .unwrap_or(0);
     out.truncate(start + written);
-    out.push(b'"');
-}
-
-/// A validated (ASCII, escape-free) string, without the `cut` range.
-fn write_cut(s: &[u8], cut: Option<(usize, usize)>, out: &mut Vec<u8>) {
-    out.push(b'"');
-    match cut {
-        Some((from, to)) => {
-            out.extend_from_slice(&s[..from]);
-            out.extend_from_slice(&s[to..]);
-        }
-        None => out.extend_from_slice(s),
-    }
     out.push(b'"');
 }
 
