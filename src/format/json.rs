@@ -428,13 +428,17 @@ fn needs_no_escaping(bytes: &[u8]) -> bool {
     }
     let n = bytes.len();
     if n >= STEP {
-        // `chunks_exact` and the last 16 bytes give blocks of exactly STEP bytes.
-        let block = |s: &[u8]| <&[u8; STEP]>::try_from(s).is_ok_and(plain_block);
-        let mut blocks = bytes.chunks_exact(STEP);
-        if !(&mut blocks).all(block) {
-            return false;
+        let (blocks, rest) = bytes.as_chunks::<STEP>();
+        for block in blocks {
+            if !plain_block(block) {
+                return false;
+            }
         }
-        return blocks.remainder().is_empty() || block(&bytes[n - STEP..]);
+        // The last 16 bytes, overlapping the block before.
+        return match bytes.last_chunk::<STEP>() {
+            Some(last) if !rest.is_empty() => plain_block(last),
+            _ => true,
+        };
     }
     if n >= 8 {
         return plain_word(u64::from_ne_bytes(word(bytes, 0)))
