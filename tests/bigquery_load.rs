@@ -248,10 +248,10 @@ fn metrics_port(server: &Server) -> u16 {
 
 #[test]
 fn a_job_left_pending_or_running_is_warned_about_while_it_is_polled() {
-    // Jobs take 4 s (PENDING for 2, then RUNNING); warnings every second instead of every
+    // Jobs take 6 s (PENDING for 3, then RUNNING); warnings every second instead of every
     // minute: the log names the job, the table, its state and how long it has been polled,
     // and the `slow` count says how many jobs were slow. The job still loads, once.
-    let emulator = emulator_with_table(&["--job-delay-ms", "4000"], "sluggish");
+    let emulator = emulator_with_table(&["--job-delay-ms", "6000"], "sluggish");
     let text = config(&emulator, "sluggish", "", "");
     let server = Server::start_env(&text, &[], &[("BQFORWARD_LOAD_JOB_WARN_AFTER", "1")]);
     let summary = send(&server, "app.sluggish", 1000, &[]);
@@ -270,7 +270,7 @@ fn a_job_left_pending_or_running_is_warned_about_while_it_is_polled() {
     let jobs = jobs(&emulator);
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     let id = jobs[0]["jobReference"]["jobId"].as_str().unwrap();
-    assert!(warnings.len() >= 2, "a warning a second for 4 s:\n{log}");
+    assert!(warnings.len() >= 2, "a warning a second for 6 s:\n{log}");
     for line in &warnings {
         assert!(
             line.contains("WARN")
