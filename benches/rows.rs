@@ -1,10 +1,14 @@
 //! msgpack record → BigQuery JSON row transcoding, without a schema (the `<format> json`
 //! mapping) and with the benchmark's table schema (strict conversion), with `<inject>` extras;
-//! and the same records → protobuf rows for the Storage Write API (`proto`).
+//! and the same records → protobuf rows for the Storage Write API (`proto`); and a chunk of
+//! them → `bigquery_load`'s NDJSON upload (`load_ndjson`: plain and gzipped, no `<inject>`).
 
 mod common;
 
+use bqforward::buffer::Entry;
+use bqforward::format::Inject;
 use bqforward::format::json::Extra;
+use bqforward::output::bigquery::load::ndjson::{self, Encoding};
 use bqforward::output::bigquery::rows::{Conversion, RowWriter};
 use bqforward::output::bigquery::schema::Schema;
 use bqforward::output::bigquery::storage_write::encoder::ProtoRowWriter;
@@ -53,5 +57,45 @@ fn rows(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rows);
+/// A chunk of 20,000 events (about 6 MB of NDJSON) written as one load job's upload. Without
+/// `<inject>` the records carry no `time`: the schema's REQUIRED is relaxed, so every row
+/// converts (a refused row would measure the dead-letter path instead).
+fn load_ndjson(c: &mut Criterion) {
+    let relaxed = common::SCHEMA_JSON.replace("REQUIRED", "NULLABLE");
+    let schema = Schema::from_json(&serde_json::from_str(&relaxed).unwrap()).unwrap();
+    let tag: std::sync::Arc<str> = std::sync::Arc::from("app.web");
+    let entries: Vec<Entry> = common::events(0, 0, 20_000, common::time())
+        .into_iter()
+        .map(|event| Entry {
+            tag: tag.clone(),
+            event,
+        })
+        .collect();
+    let indices: Vec<u32> = (0..entries.len() as u32).collect();
+    let inject = Inject::default();
+    let mut group = c.benchmark_group("load_ndjson");
+    group.throughput(Throughput::Elements(entries.len() as u64));
+    group.sample_size(20);
+    for (name, encoding) in [("plain", Encoding::Plain), ("gzip", Encoding::Gzip)] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let data = ndjson::build(
+                    &entries,
+                    &indices,
+                    Some(&schema),
+                    &inject,
+                    Conversion::Strict,
+                    false,
+                    encoding,
+                )
+                .expect("rows convert");
+                assert!(data.rejected.is_empty());
+                black_box(data.body.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, rows, load_ndjson);
 criterion_main!(benches);

@@ -247,6 +247,59 @@ fn metrics_port(server: &Server) -> u16 {
 }
 
 #[test]
+fn a_job_left_pending_or_running_is_warned_about_while_it_is_polled() {
+    // Jobs take 6 s (PENDING for 3, then RUNNING); warnings every second instead of every
+    // minute: the log names the job, the table, its state and how long it has been polled,
+    // and the `slow` count says how many jobs were slow. The job still loads, once.
+    let emulator = emulator_with_table(&["--job-delay-ms", "6000"], "sluggish");
+    let text = config(&emulator, "sluggish", "", "");
+    let server = Server::start_env(&text, &[], &[("BQFORWARD_LOAD_JOB_WARN_AFTER", "1")]);
+    let summary = send(&server, "app.sluggish", 1000, &[]);
+    assert_eq!(acked(&summary), [1000], "{summary}");
+    assert_eq!(
+        wait_rows(&emulator, "sluggish", 1000, 60),
+        1000,
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("load job not done yet"))
+        .collect();
+    let jobs = jobs(&emulator);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let id = jobs[0]["jobReference"]["jobId"].as_str().unwrap();
+    assert!(warnings.len() >= 2, "a warning a second for 6 s:\n{log}");
+    for line in &warnings {
+        assert!(
+            line.contains("WARN")
+                && line.contains(&format!("job={id}"))
+                && line.contains("table=proj.logs.sluggish")
+                && line.contains("waited_s="),
+            "{line}"
+        );
+    }
+    assert!(
+        warnings.iter().any(|l| l.contains("state=PENDING"))
+            && warnings.iter().any(|l| l.contains("state=RUNNING")),
+        "{warnings:?}"
+    );
+    let (status, body) = http(metrics_port(&server), "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let metrics = body.as_str().unwrap_or_default();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bqforward_bigquery_load_jobs_total")
+                && l.contains("event=\"slow\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert_all_acked_landed_once(&emulator, "sluggish", &[1000]);
+}
+
+#[test]
 fn a_chunk_larger_than_a_multipart_request_is_uploaded_resumably_in_pieces() {
     let emulator = emulator_with_table(&["--job-delay-ms", "100"], "big");
     resumable_upload(&emulator);

@@ -406,31 +406,65 @@ impl<'a> Room<'a> {
 }
 
 /// True when every byte is printable ASCII other than `"` and `\\`: such bytes are valid
-/// UTF-8 and stand for themselves in a JSON string. Checks 8 bytes per step with the
-/// "has a byte less than n" word tricks (each exact, no false positives).
+/// UTF-8 and stand for themselves in a JSON string. Strings of 16 bytes and more are checked
+/// 16 bytes per step with no branch inside the step, which the compiler turns into vector
+/// compares (SSE2 on any x86-64), the last step overlapping the one before; shorter ones as
+/// two overlapping 8-byte words ("has a byte less than n" word tricks, each exact), or byte
+/// by byte below 8. No copy to a padded buffer: its small stores read back as one wide load
+/// stall the CPU (11 % of the conversion in a profile).
 #[inline(always)]
 fn needs_no_escaping(bytes: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // A byte of `x` is below `n` (n <= 128, all bytes of `x` below 128).
-    let any_below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        let x = u64::from_ne_bytes(w);
-        if x & HIGH != 0
+    const STEP: usize = 16;
+    #[inline(always)]
+    fn plain_block(block: &[u8; STEP]) -> bool {
+        let mut bad = 0u8;
+        for &b in block {
+            // Below 0x20 or 0x80 and above: outside 0..0x60 once 0x20 is taken off.
+            bad |=
+                u8::from(b.wrapping_sub(0x20) >= 0x60) | u8::from(b == b'"') | u8::from(b == b'\\');
+        }
+        bad == 0
+    }
+    #[inline(always)]
+    fn plain_word(x: u64) -> bool {
+        const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+        const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+        // A byte of `x` is below `n` (n <= 128, all bytes of `x` below 128).
+        let any_below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
+        !(x & HIGH != 0
             || any_below(x, 0x20)
             || any_below(x ^ (ONES * u64::from(b'"')), 1)
-            || any_below(x ^ (ONES * u64::from(b'\\')), 1)
-        {
-            return false;
-        }
+            || any_below(x ^ (ONES * u64::from(b'\\')), 1))
     }
-    words
-        .remainder()
+    let n = bytes.len();
+    if n >= STEP {
+        let (blocks, rest) = bytes.as_chunks::<STEP>();
+        for block in blocks {
+            if !plain_block(block) {
+                return false;
+            }
+        }
+        // The last 16 bytes, overlapping the block before.
+        return match bytes.last_chunk::<STEP>() {
+            Some(last) if !rest.is_empty() => plain_block(last),
+            _ => true,
+        };
+    }
+    if n >= 8 {
+        return plain_word(u64::from_ne_bytes(word(bytes, 0)))
+            && plain_word(u64::from_ne_bytes(word(bytes, n - 8)));
+    }
+    bytes
         .iter()
         .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// The 8 bytes of `s` at `at`.
+#[inline(always)]
+fn word(s: &[u8], at: usize) -> [u8; 8] {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&s[at..at + 8]);
+    w
 }
 
 #[cfg(test)]
@@ -488,6 +522,23 @@ mod tests {
             got,
             json!({"1": "hi", "t": 1_700_000_000, "x": "AQID", "bad": "\u{fffd}"})
         );
+    }
+
+    /// Every byte value, at every position of strings up to three steps long, is judged as
+    /// the byte-at-a-time rule judges it.
+    #[test]
+    fn the_plain_check_agrees_with_the_byte_rule_everywhere() {
+        let plain = |b: u8| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\';
+        for len in 0..48 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    assert_eq!(needs_no_escaping(&s), plain(b), "{len} {at} {b:#x}");
+                }
+            }
+            assert!(needs_no_escaping(&vec![b'~'; len]));
+        }
     }
 
     #[test]

@@ -225,6 +225,31 @@ impl LoadJobDone<'_> {
     }
 }
 
+/// A chunk's load job is still PENDING or RUNNING after `waited` of polling: warned about
+/// every minute (`BQFORWARD_LOAD_JOB_WARN_AFTER`) while it is, counted once per attempt
+/// (`first`). The chunk stays in the buffer; after 30 minutes the delivery hands it back and
+/// a later attempt finds the same job.
+pub struct LoadJobSlow<'a> {
+    pub output: &'a str,
+    pub table: &'a str,
+    pub job_id: &'a str,
+    /// The job's `status.state` as jobs.get last gave it.
+    pub state: &'a str,
+    pub waited: Duration,
+    pub first: bool,
+}
+
+impl LoadJobSlow<'_> {
+    pub fn emit(self, detail: &SinkDetail) {
+        if self.first {
+            detail.load_job(self.table, LoadJobEvent::Slow);
+        }
+        tracing::warn!(output = %self.output, table = %self.table, job = %self.job_id,
+            state = %self.state, waited_s = self.waited.as_secs(),
+            "load job not done yet; still polling it (jobs.get), the chunk waits in the buffer");
+    }
+}
+
 /// A chunk's load job ended with an error: `retry` loads the chunk again later under a new
 /// job id, otherwise its rows go to `<secondary>`.
 pub struct LoadJobFailed<'a> {

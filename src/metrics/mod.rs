@@ -183,7 +183,7 @@ const STREAM_REPLACEMENTS: Def = counter(
 );
 const LOAD_JOBS: Def = counter(
     "bqforward_bigquery_load_jobs_total",
-    "bigquery_load jobs per table: started (data uploaded), done (loaded), failed (retried under a new job id or dead-lettered). BigQuery allows 1,500 load jobs per table per day.",
+    "bigquery_load jobs per table: started (data uploaded), done (loaded), failed (retried under a new job id or dead-lettered), slow (still PENDING or RUNNING after a minute of polling, warned about in the log; once per delivery attempt). BigQuery allows 1,500 load jobs per table per day.",
 );
 const LOAD_BYTES: Def = counter(
     "bqforward_bigquery_load_bytes_total",
@@ -731,6 +731,8 @@ pub enum LoadJobEvent {
     Started,
     Done,
     Failed,
+    /// Still PENDING or RUNNING after a minute of polling.
+    Slow,
 }
 
 impl LoadJobEvent {
@@ -739,6 +741,7 @@ impl LoadJobEvent {
             Self::Started => "started",
             Self::Done => "done",
             Self::Failed => "failed",
+            Self::Slow => "slow",
         }
     }
 }

@@ -75,39 +75,56 @@ impl<'a> RowWriter<'a> {
         out: &mut Vec<u8>,
     ) -> Result<(), RowError> {
         let start = out.len();
+        match self.write_at(record, extras, out, start) {
+            Ok(end) => {
+                out.truncate(end);
+                Ok(())
+            }
+            Err(err) => {
+                out.truncate(start);
+                Err(err)
+            }
+        }
+    }
+
+    /// One row written into `buf` at `at` (at most `buf.len()`), whose bytes past `at` are
+    /// free to overwrite: returns where the row ends, and leaves what lies past it as it
+    /// pleases. `buf` only grows (zero-filled) by what the row's room lacks, so a caller that
+    /// writes many rows into one buffer and keeps its length (as `load::ndjson` does) fills
+    /// each byte with zeros once, not the room of every row.
+    pub fn write_at(
+        &mut self,
+        record: &[u8],
+        extras: &[(&str, Extra<'_>)],
+        buf: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<usize, RowError> {
         let Some(converter) = &mut self.converter else {
             let Head::Map(_) = Cursor::new(record).head()? else {
                 return Err(RowError::leaf("record is not a msgpack map"));
             };
-            let result = json::write_record(record, extras, out);
-            if result.is_err() {
-                out.truncate(start);
-            }
-            return Ok(result?);
+            buf.truncate(at);
+            json::write_record(record, extras, buf)?;
+            return Ok(buf.len());
         };
         // Room for the usual row (JSON is rarely twice its msgpack); a row that needs more is
         // written again into twice the room.
         let mut room = record.len() * 2 + 64 * extras.len() + 64;
         loop {
-            out.resize(start + room, 0);
+            if buf.len() < at + room {
+                buf.resize(at + room, 0);
+            }
             let mut enc = JsonEncoder {
-                out: Room::new(&mut out[start..]),
+                out: Room::new(&mut buf[at..]),
                 open: 0,
                 scratch: &mut self.scratch,
                 marks: &mut self.marks,
             };
             enc.marks.clear();
             match converter.convert(record, extras, &mut enc) {
-                Ok(()) => {
-                    let written = enc.out.len();
-                    out.truncate(start + written);
-                    return Ok(());
-                }
-                Err(Stop::Full) => room *= 2,
-                Err(Stop::Row(err)) => {
-                    out.truncate(start);
-                    return Err(err);
-                }
+                Ok(()) => return Ok(at + enc.out.len()),
+                Err(Stop::Full) => room = (buf.len() - at) * 2,
+                Err(Stop::Row(err)) => return Err(err),
             }
         }
     }

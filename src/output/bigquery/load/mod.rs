@@ -160,7 +160,11 @@ pub fn from_config(
     ConfigError::gather(deferred)?;
 
     let detail = Arc::new(SinkDetail::default());
-    let sink = LoadSink::new(
+    let slow_job_warning = sink::slow_job_warning().unwrap_or_else(|e| {
+        warnings.push(format!("{id}: {e}"));
+        sink::SLOW_JOB_WARNING
+    });
+    let mut sink = LoadSink::new(
         id.clone(),
         common.connection,
         Tables::new(
@@ -185,6 +189,7 @@ pub fn from_config(
         (!no_schema_updates)
             .then(|| Evolution::new(id.clone(), common.schema_update_types, Arc::clone(&detail))),
     );
+    sink.slow_job_warning = slow_job_warning;
     let location = s.location().clone();
     let buffer = Buffer::start(id.clone(), buffer_config, Arc::new(sink))
         .map_err(|e| ConfigError::at(&location, e.to_string()))?;

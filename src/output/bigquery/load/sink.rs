@@ -35,6 +35,33 @@ const POLL_LIMIT: Duration = Duration::from_secs(1800);
 const POLL_FAILURES: u32 = 5;
 /// A chunk's jobs that failed transiently, at most (each retry takes the next job id).
 const MAX_GENERATIONS: u32 = 10_000;
+/// How often a job still PENDING or RUNNING is warned about while it is polled.
+pub const SLOW_JOB_WARNING: Duration = Duration::from_secs(60);
+/// Overrides `SLOW_JOB_WARNING` (seconds, a decimal number above 0): for tests, and for
+/// operators whose jobs are always slow.
+pub const SLOW_JOB_WARNING_ENV: &str = "BQFORWARD_LOAD_JOB_WARN_AFTER";
+
+/// `SLOW_JOB_WARNING`, or `BQFORWARD_LOAD_JOB_WARN_AFTER` when set: `Err` says why a value set
+/// is not taken (the default is then used).
+pub fn slow_job_warning() -> Result<Duration, String> {
+    let Some(text) = std::env::var(SLOW_JOB_WARNING_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+    else {
+        return Ok(SLOW_JOB_WARNING);
+    };
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            format!(
+                "{SLOW_JOB_WARNING_ENV}={text:?} is not a number of seconds above 0; load jobs still running are warned about every {}s",
+                SLOW_JOB_WARNING.as_secs()
+            )
+        })
+}
 
 pub struct LoadSink {
     pub id: String,
@@ -54,6 +81,8 @@ pub struct LoadSink {
     /// `schema_update_options ALLOW_FIELD_ADDITION`: new fields become columns of the job's
     /// schema.
     pub evolution: Option<Evolution>,
+    /// A job still PENDING or RUNNING is warned about this often while it is polled.
+    pub slow_job_warning: Duration,
     /// Per chunk in flight: the generation of its next job id, so a retry does not walk its
     /// failed jobs again. Rebuilt by walking after a restart.
     generations: Mutex<HashMap<ChunkId, u32>>,
@@ -115,6 +144,7 @@ impl LoadSink {
             detail,
             encoding,
             evolution,
+            slow_job_warning: SLOW_JOB_WARNING,
             generations: Mutex::new(HashMap::new()),
         }
     }
@@ -489,6 +519,7 @@ impl LoadSink {
     ) -> Result<Option<JobError>, Stop> {
         let table = key.to_string();
         let polling = Instant::now();
+        let mut warned = 0u32;
         let mut failures = 0;
         let location = job::location(&job);
         loop {
@@ -520,7 +551,22 @@ impl LoadSink {
                 }
                 JobState::Running => {}
             }
-            if polling.elapsed() >= POLL_LIMIT {
+            let waited = polling.elapsed();
+            if waited >= self.slow_job_warning.saturating_mul(warned + 1) {
+                // Counted from when this attempt began to poll: a job found running by a
+                // later attempt (or process) says how long it has run in `creationTime`.
+                events::LoadJobSlow {
+                    output: &self.id,
+                    table: &table,
+                    job_id,
+                    state: job["status"]["state"].as_str().unwrap_or("unknown"),
+                    waited,
+                    first: warned == 0,
+                }
+                .emit(&self.detail);
+                warned = (waited.as_secs_f64() / self.slow_job_warning.as_secs_f64()) as u32;
+            }
+            if waited >= POLL_LIMIT {
                 return Err(Stop::Retry(Waiting {
                     error: format!("load job {job_id} not done after {POLL_LIMIT:?}"),
                     after: Some(self.wait_job_interval),

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# A/B of bqforward binaries on bench.sh's bigquery_load scenario (PackedForward + ack ->
+# bigquery_load, file buffer, 64 MiB chunks, 4 flush threads, until the emulator's jobs have
+# loaded every row): each binary in turn, ROUNDS times, on one emulator, a fresh buffer per
+# run; one loadgen table row per run. Only ratios within a round mean much on a shared machine.
+# Usage: scripts/ab-load.sh ROUNDS EVENTS BIN...   (after scripts/bench.sh or a release build)
+#        GZIP=1 ...   the same with <buffer> compress gzip
+#        PERF=1 ...   `perf record -g` of the first run into target/ab-load/perf.data
+set -u
+rounds=$1 events=$2; shift 2
+rel=$PWD/target/release
+d=$PWD/target/ab-load
+rm -rf "$d"; mkdir -p "$d"
+"$rel/bigquery-emulator" --port 0 --null-mode > "$d/emulator.log" 2>&1 & emu=$!
+trap 'kill $emu 2>/dev/null' EXIT
+sleep 1; port=$(grep -o '127.0.0.1:[0-9]*' "$d/emulator.log" | head -1)
+curl -fsS -X POST "http://$port/bigquery/v2/projects/bench/datasets" \
+  -d '{"datasetReference": {"datasetId": "logs"}}' > /dev/null
+"$rel/bqforward-loadgen" --print-schema > "$d/schema.json"
+fwd=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+compress=; [ "${GZIP:-}" = 1 ] && compress="compress gzip"
+cat > "$d/load.conf" <<EOC
+<source>
+  @type forward
+  bind 127.0.0.1
+  port $fwd
+</source>
+<match app.**>
+  @type bigquery_load
+  auth_method none
+  endpoint http://$port
+  project bench
+  dataset logs
+  table load_\${tag[1]}_%Y%m%d
+  schema_path $d/schema.json
+  auto_create_table true
+  wait_job_interval 0.2
+  <inject>
+    time_key time
+    tag_key tag
+  </inject>
+  <buffer>
+    @type file
+    path $d/buffer
+    $compress
+    flush_interval 1s
+    chunk_limit_size 64m
+    flush_thread_count 4
+    total_limit_size 1g
+    overflow_action block
+    timekey_use_utc true
+  </buffer>
+</match>
+EOC
+profile=${PERF:-}
+for r in $(seq "$rounds"); do
+  for b in "$@"; do
+    rm -rf "$d/buffer"
+    "$b" run -c "$d/load.conf" > "$d/bqforward.log" 2>&1 & pid=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$fwd") 2>/dev/null && break; sleep 0.1; done
+    perf_pid=
+    if [ "$profile" = 1 ]; then
+      perf record -F 3999 -g -o "$d/perf.data" -p $pid 2> "$d/perf.log" & perf_pid=$!
+      profile=
+    fi
+    "$rel/bqforward-loadgen" --port "$fwd" --pid $pid --emulator "http://$port" --events "$events" \
+      --mode packed --ack --until rows --rows-counter rows_loaded --timeout 300 \
+      --label "$b, round $r" 2>> "$d/loadgen.log"
+    [ -n "$perf_pid" ] && { kill -INT $perf_pid; wait $perf_pid; }
+    kill -TERM $pid; wait $pid 2>/dev/null
+  done
+done
