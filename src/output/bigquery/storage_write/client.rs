@@ -364,26 +364,18 @@ impl RowsRequest {
     }
 }
 
-fn put_varint(buf: &mut impl BufMut, mut v: u64) {
-    while v >= 0x80 {
-        buf.put_u8(v as u8 | 0x80);
-        v >>= 7;
-    }
-    buf.put_u8(v as u8);
-}
-
 impl prost::Message for RowsRequest {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         self.header.encode_raw(buf);
         buf.put_u8(PROTO_ROWS_KEY);
-        put_varint(buf, self.data_len() as u64);
+        prost::encoding::encode_varint(self.data_len() as u64, buf);
         if let Some(schema) = &self.writer_schema {
             buf.put_u8(WRITER_SCHEMA_KEY);
-            put_varint(buf, schema.encoded_len() as u64);
+            prost::encoding::encode_varint(schema.encoded_len() as u64, buf);
             schema.encode_raw(buf);
         }
         buf.put_u8(ROWS_KEY);
-        put_varint(buf, self.rows.len() as u64);
+        prost::encoding::encode_varint(self.rows.len() as u64, buf);
         buf.put_slice(&self.rows);
     }
 
@@ -426,7 +418,7 @@ mod tests {
         let mut body = Vec::new();
         for row in &rows {
             body.push(1 << 3 | 2);
-            put_varint(&mut body, row.len() as u64);
+            prost::encoding::encode_varint(row.len() as u64, &mut body);
             body.extend_from_slice(row);
         }
         let descriptor = DescriptorProto {

@@ -122,19 +122,20 @@ struct ProtoEncoder<'o, 's> {
 }
 
 #[inline(always)]
-fn varint(out: &mut Room<'_>, mut v: u64) -> Result<(), Full> {
+fn varint(out: &mut Room<'_>, v: u64) -> Result<(), Full> {
     if v < 0x80 {
         return out.byte(v as u8);
     }
     let mut bytes = [0u8; 10];
-    let mut n = 0;
-    while v >= 0x80 {
-        bytes[n] = v as u8 | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    bytes[n] = v as u8;
-    out.bytes(&bytes[..=n])
+    out.bytes(varint_bytes(v, &mut bytes))
+}
+
+/// `v` as a varint in `bytes`: the bytes it takes.
+fn varint_bytes(v: u64, bytes: &mut [u8; 10]) -> &[u8] {
+    let mut free = &mut bytes[..];
+    bq_storage_proto::prost::encoding::encode_varint(v, &mut free);
+    let used = 10 - free.len();
+    &bytes[..used]
 }
 
 impl ProtoEncoder<'_, '_> {
@@ -367,15 +368,8 @@ impl Encoder for ProtoEncoder<'_, '_> {
             return Err(Stop::Row(RowError::leaf("unbalanced record")));
         };
         let mut len = [0u8; 10];
-        let mut v = (self.out.len() - start) as u64;
-        let mut n = 0;
-        while v >= 0x80 {
-            len[n] = v as u8 | 0x80;
-            v >>= 7;
-            n += 1;
-        }
-        len[n] = v as u8;
-        Ok(self.out.insert(start, &len[..=n])?)
+        let len = varint_bytes((self.out.len() - start) as u64, &mut len);
+        Ok(self.out.insert(start, len)?)
     }
 
     fn begin_array(&mut self, _field: &Field) -> Result<(), Stop> {

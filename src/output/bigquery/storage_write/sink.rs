@@ -160,14 +160,8 @@ impl Batch {
 
 /// The length of the row in a `serialized_rows` field (key, varint length, row).
 fn row_len(field: &[u8]) -> usize {
-    let mut len = 0usize;
-    for (i, &b) in field.iter().skip(1).take(10).enumerate() {
-        len |= usize::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            break;
-        }
-    }
-    len
+    let mut length = field.get(1..).unwrap_or_default();
+    bq_storage_proto::prost::encoding::decode_varint(&mut length).map_or(0, |len| len as usize)
 }
 
 /// Writes the length of the row that follows the field's key at `field` and `guess` bytes
@@ -183,16 +177,15 @@ fn seal_row(buf: &mut Vec<u8>, field: usize, guess: usize) {
         buf.copy_within(start..start + len, start - (guess - need));
         buf.truncate(buf.len() - (guess - need));
     }
-    let mut n = len;
-    for byte in &mut buf[field + 1..field + 1 + need] {
-        *byte = n as u8 & 0x7f | if n >= 0x80 { 0x80 } else { 0 };
-        n >>= 7;
-    }
+    bq_storage_proto::prost::encoding::encode_varint(
+        len as u64,
+        &mut &mut buf[field + 1..field + 1 + need],
+    );
 }
 
 /// How many bytes `n` takes as a varint.
 fn varint_len(n: usize) -> usize {
-    (usize::BITS - (n | 1).leading_zeros()).div_ceil(7) as usize
+    bq_storage_proto::prost::encoding::encoded_len_varint(n as u64)
 }
 
 /// Buffers of requests that were answered, for the next requests' rows: a request's rows
