@@ -3,7 +3,6 @@
 
 mod common;
 
-use bqforward::buffer::Entry;
 use bqforward::config::parse_str;
 use bqforward::format::Inject;
 use bqforward::metrics::SinkDetail;
@@ -30,14 +29,7 @@ fn inject() -> Inject {
 }
 
 fn request(c: &mut Criterion) {
-    let tag: Arc<str> = Arc::from("app.web");
-    let entries: Vec<Entry> = common::events(0, 0, common::CHUNK, common::time())
-        .into_iter()
-        .map(|event| Entry {
-            tag: tag.clone(),
-            event,
-        })
-        .collect();
+    let entries = common::entries(common::CHUNK);
     let indices: Vec<u32> = (0..entries.len() as u32).collect();
     let schema = Schema::from_json(&serde_json::from_str(common::SCHEMA_JSON).unwrap()).unwrap();
     let options = RequestOptions {

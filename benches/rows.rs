@@ -5,7 +5,6 @@
 
 mod common;
 
-use bqforward::buffer::Entry;
 use bqforward::format::Inject;
 use bqforward::format::json::Extra;
 use bqforward::output::bigquery::load::ndjson::{self, Encoding};
@@ -63,14 +62,7 @@ fn rows(c: &mut Criterion) {
 fn load_ndjson(c: &mut Criterion) {
     let relaxed = common::SCHEMA_JSON.replace("REQUIRED", "NULLABLE");
     let schema = Schema::from_json(&serde_json::from_str(&relaxed).unwrap()).unwrap();
-    let tag: std::sync::Arc<str> = std::sync::Arc::from("app.web");
-    let entries: Vec<Entry> = common::events(0, 0, 20_000, common::time())
-        .into_iter()
-        .map(|event| Entry {
-            tag: tag.clone(),
-            event,
-        })
-        .collect();
+    let entries = common::entries(20_000);
     let indices: Vec<u32> = (0..entries.len() as u32).collect();
     let inject = Inject::default();
     let mut group = c.benchmark_group("load_ndjson");

@@ -8,9 +8,11 @@ mod records;
 
 pub use records::{SCHEMA_JSON, events};
 
+use bqforward::buffer::Entry;
 use bqforward::codec::Mode;
 use bqforward::codec::encode::write_message;
 use bqforward::event::{Event, EventTime};
+use std::sync::Arc;
 
 /// Events per chunk, as fluentd's and Fluent Bit's forward outputs commonly send.
 pub const CHUNK: usize = 500;
@@ -32,4 +34,16 @@ pub fn stream(packing: Mode, chunks: usize) -> (Vec<u8>, usize) {
         }
     }
     (out, chunks * CHUNK)
+}
+
+/// `count` events of the tag `app.web` as an output's chunk holds them.
+pub fn entries(count: usize) -> Vec<Entry> {
+    let tag: Arc<str> = Arc::from("app.web");
+    events(0, 0, count, time())
+        .into_iter()
+        .map(|event| Entry {
+            tag: tag.clone(),
+            event,
+        })
+        .collect()
 }
