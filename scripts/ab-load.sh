@@ -3,7 +3,7 @@
 # bigquery_load, file buffer, 64 MiB chunks, 4 flush threads, until the emulator's jobs have
 # loaded every row): each binary in turn, ROUNDS times, on one emulator, a fresh buffer per
 # run; one loadgen table row per run. Only ratios within a round mean much on a shared machine.
-# Usage: scripts/ab-load.sh ROUNDS EVENTS BIN...   (after scripts/bench.sh or a release build)
+# Usage: scripts/ab-load.sh ROUNDS EVENTS BIN...   (after scripts/bench.sh: its configs and build)
 #        GZIP=1 ...   the same with <buffer> compress gzip
 #        PERF=1 ...   `perf record -g` of the first run into target/ab-load/perf.data
 set -u
@@ -18,40 +18,17 @@ curl -fsS -X POST "http://$port/bigquery/v2/projects/bench/datasets" \
   -d '{"datasetReference": {"datasetId": "logs"}}' > /dev/null
 "$rel/bqforward-loadgen" --print-schema > "$d/schema.json"
 fwd=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-compress=; [ "${GZIP:-}" = 1 ] && compress="compress gzip"
-cat > "$d/load.conf" <<EOC
-<source>
-  @type forward
-  bind 127.0.0.1
-  port $fwd
-</source>
-<match app.**>
-  @type bigquery_load
-  auth_method none
-  endpoint http://$port
-  project bench
-  dataset logs
-  table load_\${tag[1]}_%Y%m%d
-  schema_path $d/schema.json
-  auto_create_table true
-  wait_job_interval 0.2
-  <inject>
-    time_key time
-    tag_key tag
-  </inject>
-  <buffer>
-    @type file
-    path $d/buffer
-    $compress
-    flush_interval 1s
-    chunk_limit_size 64m
-    flush_thread_count 4
-    total_limit_size 1g
-    overflow_action block
-    timekey_use_utc true
-  </buffer>
-</match>
-EOC
+# bench.sh's own config for the scenario (it writes every config into target/bench-out before
+# it runs anything), pointed at this emulator, port and buffer.
+conf=$PWD/target/bench-out/bigquery-load.conf
+[ "${GZIP:-}" = 1 ] && conf=$PWD/target/bench-out/bigquery-load-gzip.conf
+if [ ! -f "$conf" ]; then
+  echo "ab-load.sh: no $conf: run scripts/bench.sh first (BENCH_ONLY=load is enough)" >&2
+  exit 1
+fi
+sed -e "s|endpoint http://[0-9.:]*|endpoint http://$port|" -e "s|^  port 0$|  port $fwd|" \
+  -e "s|^    path .*|    path $d/buffer|" -e "s|schema_path .*|schema_path $d/schema.json|" \
+  "$conf" > "$d/load.conf"
 profile=${PERF:-}
 for r in $(seq "$rounds"); do
   for b in "$@"; do
