@@ -174,6 +174,93 @@ fn kill_9_with_a_file_buffer_loses_no_acked_event() {
     );
 }
 
+/// A delivered chunk's file is kept and the next chunk written over it from its start: killed
+/// while that chunk is being filled (its file still holding the earlier chunk's bytes after
+/// its own), the next start sends exactly its acked events, none of the earlier chunk's
+/// again, and sees nothing torn or corrupt.
+#[test]
+fn kill_9_while_a_chunk_is_written_over_a_spare_file_sends_exactly_its_events() {
+    let emulator = emulator_with_table("first");
+    emulator.create_table(
+        PROJECT,
+        DATASET,
+        "second",
+        json!([
+            {"name": "conn", "type": "INTEGER"}, {"name": "seq", "type": "INTEGER"},
+            {"name": "msg", "type": "STRING"}, {"name": "level", "type": "STRING"},
+        ]),
+    );
+    let config = config(
+        &emulator,
+        "${tag[1]}",
+        "@type file\n    path {dir}/buffer\n    chunk_limit_records 500",
+    )
+    .replace("flush_interval 0.2s", "flush_interval 60s");
+    let server = Server::start(&config);
+    let buffer = server.path("buffer");
+    let files = |prefix: &str| {
+        std::fs::read_dir(&buffer)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_str().unwrap().starts_with(prefix)
+            })
+            .count()
+    };
+    let send = |tag: &str, events: &str, chunk: &str, pad: &str| {
+        let args = [
+            "--port",
+            &server.port.to_string(),
+            "--mode",
+            "packed",
+            "--tag",
+            tag,
+            "--events",
+            events,
+            "--chunk",
+            chunk,
+            "--pad",
+            pad,
+            "--ack",
+        ];
+        let out = run_client("forward_send.py", &args);
+        assert!(out.contains(&format!("\"acked\": {events}")), "{out}");
+    };
+    // Four full chunks of long events delivered: their files are kept.
+    send("app.first", "2000", "500", "200");
+    assert_eq!(
+        wait_rows(&emulator, "first", 2000, 30),
+        2000,
+        "{}",
+        server.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while files("spare-") < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(files("spare-"), 4, "{}", server.log());
+    // A chunk of fewer, shorter events, acked and staged in one of those files.
+    send("app.second", "300", "100", "10");
+    assert_eq!((files("spare-"), files("chunk-")), (3, 1));
+    let mut server = server;
+    server.kill();
+
+    let server = server.restart(&[]);
+    assert_eq!(
+        wait_rows(&emulator, "second", 300, 30),
+        300,
+        "{}",
+        server.log()
+    );
+    server.wait_log("recovered buffered chunks from a previous run");
+    assert_all_acked_landed(&emulator, "second", &[300]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(emulator.count(PROJECT, DATASET, "second"), 300);
+    assert_eq!(emulator.count(PROJECT, DATASET, "first"), 2000);
+    let log = server.log();
+    assert!(!log.contains("corrupt") && !log.contains("torn"), "{log}");
+}
+
 #[test]
 fn bigquery_outage_blocks_senders_with_bounded_memory_then_delivers_everything() {
     let emulator = emulator_with_table("outage");

@@ -115,6 +115,9 @@ pub struct Chunk<K> {
     on_disk: bool,
     /// While staged: the chunk's file, kept open for the next append.
     file: Option<file::ChunkFile>,
+    /// While staged: how many bytes of its file are the chunk's (where a reopened file is
+    /// written on from).
+    file_len: u64,
     /// Queued with its entries in memory, counted in `State::queued_in_memory`.
     held: bool,
     bytes: usize,
@@ -140,6 +143,7 @@ impl<K> Chunk<K> {
             len: 0,
             on_disk: false,
             file: None,
+            file_len: 0,
             held: false,
             bytes: 0,
             created: now,
@@ -603,7 +607,7 @@ where
             match (&mut chunk.file, chunk.on_disk) {
                 (Some(file), _) => store.append_to(file, entries).map(|()| None),
                 (None, true) => {
-                    let mut file = store.reopen(&chunk.id)?;
+                    let mut file = store.reopen(&chunk.id, chunk.file_len)?;
                     store.append_to(&mut file, entries)?;
                     Ok(Some(file))
                 }
@@ -620,6 +624,9 @@ where
         }
         .map_err(BufferError::Store)?;
         chunk.on_disk = true;
+        if let Some(file) = opened.as_ref().or(chunk.file.as_ref()) {
+            chunk.file_len = file.written();
+        }
         if let Some(file) = opened
             && *open_files < OPEN_CHUNK_FILES_MAX
         {
@@ -947,12 +954,13 @@ where
         let Ok(key) = serde_json::to_value(&*chunk.key) else {
             return false;
         };
-        let written = store
-            .append(&chunk.id, &key, &chunk.entries)
-            .and_then(|()| match &chunk.pending {
-                Some(pending) => store.write_pending(&chunk.id, pending),
-                None => Ok(()),
-            });
+        let written =
+            store
+                .create(&chunk.id, &key, &chunk.entries)
+                .and_then(|_| match &chunk.pending {
+                    Some(pending) => store.write_pending(&chunk.id, pending),
+                    None => Ok(()),
+                });
         match written {
             Ok(()) => {
                 events::ChunkSpilled {
