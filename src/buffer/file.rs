@@ -14,9 +14,10 @@
 use super::{ChunkId, Entry};
 use crate::event::{Event, EventTime};
 use bytes::Bytes;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -104,6 +105,9 @@ pub struct FileStore {
     fsync: bool,
     _lock: File,
     pub corrupt_chunks: AtomicU64,
+    /// Each chunk's file: named after the chunk it was created for, which a file written
+    /// over is not.
+    files: Mutex<HashMap<ChunkId, PathBuf>>,
     /// Files of delivered chunks, for new chunks to take.
     spares: Mutex<Spares>,
     /// Chunks that have a `.meta` file (most never do: removing one that is not there costs
@@ -112,15 +116,26 @@ pub struct FileStore {
     /// Chunks `load` read back mapped: their files are unlinked, never written over, as
     /// records may still point into the mapping.
     mapped: Mutex<HashSet<ChunkId>>,
-    spare_names: AtomicU64,
 }
 
-/// Done chunks' files (`spare-<n>`) with their lengths, and those lengths' sum.
+/// Done chunks' files (their headers marked `DONE`), open, with their lengths, and those
+/// lengths' sum.
 #[derive(Debug, Default)]
 struct Spares {
-    files: Vec<(PathBuf, u64)>,
+    files: Vec<Spare>,
     bytes: u64,
 }
+
+#[derive(Debug)]
+struct Spare {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+/// Written over the length of a delivered chunk's header frame, the file kept to be written
+/// over: no frame is this long, so it holds no chunk, and a start removes it.
+pub(super) const DONE: [u8; 4] = [0xff; 4];
 
 /// A chunk found on disk at start.
 #[derive(Debug)]
@@ -368,7 +383,8 @@ impl FileStore {
                 ),
             )
         })?;
-        // Spares a previous run left: empty or not, they hold nothing to deliver.
+        // Spares that versions before format 2 left: empty or not, they hold nothing to
+        // deliver (the spares of format 2 are chunk files marked `DONE`).
         for entry in std::fs::read_dir(dir)?.flatten() {
             if entry
                 .file_name()
@@ -383,10 +399,10 @@ impl FileStore {
             fsync,
             _lock: lock,
             corrupt_chunks: AtomicU64::new(0),
+            files: Mutex::new(HashMap::new()),
             spares: Mutex::new(Spares::default()),
             metas: Mutex::new(HashSet::new()),
             mapped: Mutex::new(HashSet::new()),
-            spare_names: AtomicU64::new(0),
         })
     }
 
@@ -394,8 +410,18 @@ impl FileStore {
         &self.dir
     }
 
-    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        self.dir.join(format!("chunk-{}.log", id.hex()))
+    /// The file of a chunk on disk.
+    fn chunk_path(&self, id: &ChunkId) -> io::Result<PathBuf> {
+        let files = self
+            .files
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?;
+        files.get(id).cloned().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("chunk {} has no file", id.hex()),
+            )
+        })
     }
 
     fn meta_path(&self, id: &ChunkId) -> PathBuf {
@@ -413,17 +439,17 @@ impl FileStore {
     ) -> io::Result<ChunkFile> {
         let header = serde_json::json!({"version": VERSION, "id": id.hex(), "key": key});
         let header = header.to_string();
-        let path = self.chunk_path(id);
-        let (file, spare_len) = match self.take_spare(&path) {
-            Some(spare) => spare,
-            None => (
-                OpenOptions::new()
+        let (path, file, spare_len) = match self.take_spare() {
+            Some(spare) => (spare.path, spare.file, spare.len),
+            None => {
+                let path = self.dir.join(format!("chunk-{}.log", id.hex()));
+                let file = OpenOptions::new()
                     .create(true)
                     .write(true)
                     .truncate(true)
-                    .open(&path)?,
-                0,
-            ),
+                    .open(&path)?;
+                (path, file, 0)
+            }
         };
         let mut chunk = ChunkFile {
             file,
@@ -431,7 +457,13 @@ impl FileStore {
             len: 0,
             spare_len,
         };
-        self.write(&mut chunk, Some(header.as_bytes()), entries)?;
+        if let Err(err) = self.write(&mut chunk, Some(header.as_bytes()), entries) {
+            let _ = std::fs::remove_file(&path);
+            return Err(err);
+        }
+        if let Ok(mut files) = self.files.lock() {
+            files.insert(*id, path);
+        }
         if self.fsync {
             File::open(&self.dir)?.sync_all()?;
         }
@@ -441,7 +473,7 @@ impl FileStore {
     /// Opens a chunk's file again to write on after its first `len` bytes, the chunk's
     /// frames (its handle was not kept).
     pub fn reopen(&self, id: &ChunkId, len: u64) -> io::Result<ChunkFile> {
-        let mut file = OpenOptions::new().write(true).open(self.chunk_path(id))?;
+        let mut file = OpenOptions::new().write(true).open(self.chunk_path(id)?)?;
         file.seek(io::SeekFrom::Start(len))?;
         Ok(ChunkFile {
             file,
@@ -517,7 +549,9 @@ impl FileStore {
         if self.metas.lock().map_or(true, |mut metas| metas.remove(id)) {
             let _ = std::fs::remove_file(self.meta_path(id));
         }
-        let path = self.chunk_path(id);
+        let Some(path) = self.files.lock().ok().and_then(|mut f| f.remove(id)) else {
+            return;
+        };
         let mapped = self
             .mapped
             .lock()
@@ -527,52 +561,48 @@ impl FileStore {
         }
     }
 
-    /// Renames a done chunk's file to a spare, its bytes left in place: the next chunk
-    /// written over them finds their pages in the page cache, where emptying the file would
-    /// free them and the next chunk's writes allocate them again (and ext4 would force the
-    /// next chunk's data to disk when the emptied file is closed, `auto_da_alloc`).
+    /// Keeps a done chunk's file, open, as a spare: its header marked `DONE`, its bytes left
+    /// in place. The next chunk written over them finds their pages in the page cache, where
+    /// emptying the file would free them and the next chunk's writes allocate them again
+    /// (and ext4 would force the next chunk's data to disk when the emptied file is closed,
+    /// `auto_da_alloc`); and no file is renamed, created or deleted per chunk.
     fn keep_spare(&self, path: &Path) -> bool {
         let Ok(mut spares) = self.spares.lock() else {
             return false;
         };
-        let Ok(len) = std::fs::metadata(path).map(|m| m.len()) else {
+        if spares.files.len() >= SPARE_FILES_MAX {
+            return false;
+        }
+        let Ok(file) = OpenOptions::new().write(true).open(path) else {
             return false;
         };
-        if spares.files.len() >= SPARE_FILES_MAX || spares.bytes + len > SPARE_BYTES_MAX {
+        let Ok(len) = file.metadata().map(|m| m.len()) else {
+            return false;
+        };
+        if spares.bytes + len > SPARE_BYTES_MAX || file.write_all_at(&DONE, 0).is_err() {
             return false;
         }
-        let n = self.spare_names.fetch_add(1, Ordering::Relaxed);
-        let spare = self.dir.join(format!("spare-{n}"));
-        if std::fs::rename(path, &spare).is_err() {
-            return false;
-        }
-        spares.files.push((spare, len));
+        spares.files.push(Spare {
+            path: path.to_path_buf(),
+            file,
+            len,
+        });
         spares.bytes += len;
         true
     }
 
-    /// A spare renamed to `path`, open for writing at its start, and its length (its earlier
-    /// chunk's bytes), if there is one.
-    fn take_spare(&self, path: &Path) -> Option<(File, u64)> {
-        let (spare, len) = {
-            let mut spares = self.spares.lock().ok()?;
-            let (spare, len) = spares.files.pop()?;
-            spares.bytes -= len;
-            (spare, len)
-        };
-        match OpenOptions::new().write(true).open(&spare) {
-            Ok(file) if std::fs::rename(&spare, path).is_ok() => Some((file, len)),
-            _ => {
-                let _ = std::fs::remove_file(&spare);
-                None
-            }
-        }
+    /// A spare, open for writing at its start, if there is one.
+    fn take_spare(&self) -> Option<Spare> {
+        let mut spares = self.spares.lock().ok()?;
+        let spare = spares.files.pop()?;
+        spares.bytes -= spare.len;
+        Some(spare)
     }
 
     /// Reads a chunk's entries back (their records are slices of the file's bytes, mapped
     /// when the file is large: see `read_back`).
     pub fn load(&self, id: &ChunkId) -> io::Result<Vec<Entry>> {
-        let data = read_back(&self.chunk_path(id))?;
+        let data = read_back(&self.chunk_path(id)?)?;
         if data.len() as u64 >= MAP_MIN
             && let Ok(mut mapped) = self.mapped.lock()
         {
@@ -613,6 +643,11 @@ impl FileStore {
 
     fn recover_one(&self, path: &Path) -> Result<Option<Recovered>, String> {
         let data = read(path).map_err(|e| e.to_string())?;
+        if data.starts_with(&DONE) {
+            // A delivered chunk's file kept as a spare.
+            let _ = std::fs::remove_file(path);
+            return Ok(None);
+        }
         let (header, start) = match header_frame(&data) {
             Ok(header) => header,
             Err(Tail::Corrupt) => return Err("no readable header".into()),
@@ -625,6 +660,13 @@ impl FileStore {
         let header: serde_json::Value =
             serde_json::from_slice(header).map_err(|e| format!("bad header: {e}"))?;
         let (id, mark) = header_id(&header)?;
+        let other_file = self
+            .files
+            .lock()
+            .map_or(true, |files| files.get(&id).is_some_and(|p| p != path));
+        if other_file {
+            return Err(format!("a second file for chunk {}", id.hex()));
+        }
         let (entries, good, tail) = decode_entries(&data, start, mark);
         match tail {
             Tail::None => {}
@@ -662,6 +704,9 @@ impl FileStore {
                     .collect()
             });
         let bytes = entries.iter().map(Entry::size).sum();
+        if let Ok(mut files) = self.files.lock() {
+            files.insert(id, path.to_path_buf());
+        }
         Ok(Some(Recovered {
             id,
             key: header["key"].clone(),
@@ -840,7 +885,7 @@ mod tests {
 
         let new = ChunkId::new();
         write_chunk(&store, &new, &[&all]);
-        let data = std::fs::read(store.chunk_path(&new)).unwrap();
+        let data = std::fs::read(store.chunk_path(&new).unwrap()).unwrap();
         let (header, _) = header_frame(&data).unwrap();
         let header: serde_json::Value = serde_json::from_slice(header).unwrap();
         assert_eq!(header["version"], 2);
@@ -867,10 +912,11 @@ mod tests {
         assert!(store.recover().unwrap().is_empty());
     }
 
-    /// A done chunk's file becomes a spare with its bytes in place; the next chunk is written
-    /// over it from its start, reads back as only its own entries while its file still holds
-    /// the earlier chunk's bytes past them, has them cut off when its file is closed, and a
-    /// chunk reopened after its handle was dropped is written on after its own entries.
+    /// A done chunk's file becomes a spare, marked `DONE`, with its bytes in place; the next
+    /// chunk is written over it from its start (the file keeps its name), reads back as only
+    /// its own entries while its file still holds the earlier chunk's bytes past them, has
+    /// them cut off when its file is closed, and a chunk reopened after its handle was
+    /// dropped is written on after its own entries. A start removes spares.
     #[test]
     fn done_chunk_files_are_written_over_by_new_chunks() {
         let dir = tempfile::tempdir().unwrap();
@@ -878,21 +924,25 @@ mod tests {
         let key = serde_json::json!({"table": "t"});
         let (old, new) = (ChunkId::new(), ChunkId::new());
         write_chunk(&store, &old, &[&entries(50)]);
-        let old_len = file_len(&store.chunk_path(&old));
+        let path = store.chunk_path(&old).unwrap();
+        let old_len = file_len(&path);
         store.remove(&old);
-        assert_eq!(names(dir.path()), ["spare-0"]);
-        assert_eq!(file_len(&dir.path().join("spare-0")), old_len);
+        let file_name = format!("chunk-{}.log", old.hex());
+        assert_eq!(names(dir.path()), std::slice::from_ref(&file_name));
+        assert_eq!(file_len(&path), old_len);
+        assert_eq!(std::fs::read(&path).unwrap()[..4], DONE);
 
         let all = entries(3);
         let mut file = store.create(&new, &key, &all[..2]).unwrap();
-        assert_eq!(names(dir.path()), [format!("chunk-{}.log", new.hex())]);
-        assert_eq!(file_len(&store.chunk_path(&new)), old_len);
+        assert_eq!(names(dir.path()), std::slice::from_ref(&file_name));
+        assert_eq!(store.chunk_path(&new).unwrap(), path);
+        assert_eq!(file_len(&path), old_len);
         assert!(same(&store.load(&new).unwrap(), &all[..2]));
         store.append_to(&mut file, &all[2..]).unwrap();
         assert!(same(&store.load(&new).unwrap(), &all));
         let len = file.written();
         drop(file);
-        assert_eq!(file_len(&store.chunk_path(&new)), len);
+        assert_eq!(file_len(&store.chunk_path(&new).unwrap()), len);
         let more = entries(5);
         let mut file = store.reopen(&new, len).unwrap();
         store.append_to(&mut file, &more[3..]).unwrap();
@@ -903,8 +953,10 @@ mod tests {
         assert_eq!((found.len(), found[0].entries), (1, 5));
         assert_eq!(store.corrupt_chunks.load(Ordering::Relaxed), 0);
         store.remove(&new);
+        assert_eq!(names(dir.path()), [file_name]);
         drop(store);
-        FileStore::open(dir.path(), false).unwrap();
+        let store = FileStore::open(dir.path(), false).unwrap();
+        assert!(store.recover().unwrap().is_empty());
         assert!(names(dir.path()).is_empty(), "a start removes spares");
     }
 
@@ -935,7 +987,7 @@ mod tests {
             store.append_to(&mut file, &five[3..]).unwrap();
             let len = file.written();
             std::mem::forget(file);
-            let path = store.chunk_path(&new);
+            let path = store.chunk_path(&new).unwrap();
             assert!(file_len(&path) > len);
             (path, len)
         };
@@ -997,14 +1049,14 @@ mod tests {
         let id = ChunkId::new();
         let all = entries(60_000);
         write_chunk(&store, &id, &[&all]);
-        let size = file_len(&store.chunk_path(&id));
+        let size = file_len(&store.chunk_path(&id).unwrap());
         assert!(size >= MAP_MIN, "{size}");
         assert!(same(&store.load(&id).unwrap(), &all));
         let mut partial = Vec::new();
         encode_entries(&mut partial, mark(&id), &all[..1]);
         let mut f = OpenOptions::new()
             .append(true)
-            .open(store.chunk_path(&id))
+            .open(store.chunk_path(&id).unwrap())
             .unwrap();
         f.write_all(&partial[..partial.len() - 1]).unwrap();
         let loaded = store.load(&id).unwrap();
@@ -1038,11 +1090,11 @@ mod tests {
         // Torn: half of a fourth frame.
         let mut partial = Vec::new();
         encode_entries(&mut partial, mark(&torn), &entries(4)[3..]);
-        let torn_path = store.chunk_path(&torn);
+        let torn_path = store.chunk_path(&torn).unwrap();
         let mut f = OpenOptions::new().append(true).open(&torn_path).unwrap();
         f.write_all(&partial[..partial.len() / 2]).unwrap();
         // Corrupt: flip a byte inside the second entry's payload.
-        let corrupt_path = store.chunk_path(&corrupt);
+        let corrupt_path = store.chunk_path(&corrupt).unwrap();
         let mut data = std::fs::read(&corrupt_path).unwrap();
         // Walk to the third frame (header, entry 0, entry 1) and flip a payload byte.
         let mut pos = 0;
@@ -1065,7 +1117,11 @@ mod tests {
         frame(&mut data, None, |out| {
             out.extend_from_slice(header.to_string().as_bytes())
         });
-        std::fs::write(store.chunk_path(&future), &data).unwrap();
+        std::fs::write(
+            dir.path().join(format!("chunk-{}.log", future.hex())),
+            &data,
+        )
+        .unwrap();
 
         let mut found = store.recover().unwrap();
         found.sort_by_key(|c| c.entries);

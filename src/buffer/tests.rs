@@ -440,12 +440,16 @@ fn file_config(dir: &std::path::Path) -> BufferConfig {
     }
 }
 
+/// Files in `dir` that hold a chunk (not a done chunk's file kept to be written over).
 fn chunk_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
         .filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            name.to_str().unwrap().ends_with(".log")
+            let entry = e.as_ref().unwrap();
+            entry.file_name().to_str().unwrap().ends_with(".log")
+                && !std::fs::read(entry.path())
+                    .unwrap()
+                    .starts_with(&file::DONE)
         })
         .count()
 }
