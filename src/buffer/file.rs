@@ -3,13 +3,14 @@
 //! Recovery keeps every complete frame, trims a torn tail, and copies a chunk with a corrupt
 //! frame aside before keeping its good prefix. The directory is locked per process.
 //!
-//! A delivered chunk's file is kept as a spare (`spare-<n>`, its bytes left in place) that the
-//! next new chunk is renamed from and written over from its start: creating and deleting an
-//! inode per chunk, and then emptying and refilling the page cache behind each file, was most
-//! of the file buffer's kernel time. So that the bytes of the file's earlier chunk, past the
-//! new chunk's last entry, are never read as the new chunk's, each frame of entries carries
-//! the chunk's mark (4 bytes of its id) since format version 2, which also frames the entries
-//! of one append together (one CRC per write, not per entry); version 1 files (a frame per
+//! A delivered chunk's file is kept open as a spare, its header marked `DONE` and its bytes
+//! left in place, and the next new chunk is written over it from its start (the file keeps
+//! its name: files are found by chunk id through a map): creating, renaming and deleting a
+//! file per chunk, and emptying and refilling the page cache behind each, was most of the
+//! file buffer's kernel time. So that the bytes of the file's earlier chunk, past the new
+//! chunk's last entry, are never read as the new chunk's, each frame of entries carries the
+//! chunk's mark (4 bytes of its id) since format version 2, which also frames the entries of
+//! one append together (one CRC per write, not per entry); version 1 files (a frame per
 //! entry, no mark, never written over) are still read.
 use super::{ChunkId, Entry};
 use crate::event::{Event, EventTime};
