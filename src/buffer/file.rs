@@ -4,18 +4,17 @@
 //! frame aside before keeping its good prefix. The directory is locked per process.
 //!
 //! A delivered chunk's file is kept open as a spare, its header marked `DONE` and its bytes
-//! left in place, and the next new chunk is written over it from its start (the file keeps
-//! its name: files are found by chunk id through a map): creating, renaming and deleting a
-//! file per chunk, and emptying and refilling the page cache behind each, was most of the
-//! file buffer's kernel time. So that the bytes of the file's earlier chunk, past the new
-//! chunk's last entry, are never read as the new chunk's, each frame of entries carries the
-//! chunk's mark (4 bytes of its id) since format version 2, which also frames the entries of
-//! one append together (one CRC per write, not per entry); version 1 files (a frame per
-//! entry, no mark, never written over) are still read.
+//! left in place, and the next new chunk's file is a spare renamed and written over from its
+//! start: creating and deleting a file per chunk, and emptying and refilling the page cache
+//! behind each, was most of the file buffer's kernel time. So that the bytes of the file's
+//! earlier chunk, past the new chunk's last entry, are never read as the new chunk's, each
+//! frame of entries carries the chunk's mark (4 bytes of its id) since format version 2,
+//! which also frames the entries of one append together (one CRC per write, not per entry);
+//! version 1 files (a frame per entry, no mark, never written over) are still read.
 use super::{ChunkId, Entry};
 use crate::event::{Event, EventTime};
 use bytes::Bytes;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
@@ -106,9 +105,6 @@ pub struct FileStore {
     fsync: bool,
     _lock: File,
     pub corrupt_chunks: AtomicU64,
-    /// Each chunk's file: named after the chunk it was created for, which a file written
-    /// over is not.
-    files: Mutex<HashMap<ChunkId, PathBuf>>,
     /// Files of delivered chunks, for new chunks to take.
     spares: Mutex<Spares>,
     /// Chunks that have a `.meta` file (most never do: removing one that is not there costs
@@ -400,7 +396,6 @@ impl FileStore {
             fsync,
             _lock: lock,
             corrupt_chunks: AtomicU64::new(0),
-            files: Mutex::new(HashMap::new()),
             spares: Mutex::new(Spares::default()),
             metas: Mutex::new(HashSet::new()),
             mapped: Mutex::new(HashSet::new()),
@@ -411,18 +406,9 @@ impl FileStore {
         &self.dir
     }
 
-    /// The file of a chunk on disk.
-    fn chunk_path(&self, id: &ChunkId) -> io::Result<PathBuf> {
-        let files = self
-            .files
-            .lock()
-            .map_err(|_| io::Error::other("poisoned"))?;
-        files.get(id).cloned().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("chunk {} has no file", id.hex()),
-            )
-        })
+    /// A chunk's file (Storage Write's exactly-once tickets are kept while it exists).
+    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        self.dir.join(format!("chunk-{}.log", id.hex()))
     }
 
     fn meta_path(&self, id: &ChunkId) -> PathBuf {
@@ -440,17 +426,17 @@ impl FileStore {
     ) -> io::Result<ChunkFile> {
         let header = serde_json::json!({"version": VERSION, "id": id.hex(), "key": key});
         let header = header.to_string();
-        let (path, file, spare_len) = match self.take_spare() {
-            Some(spare) => (spare.path, spare.file, spare.len),
-            None => {
-                let path = self.dir.join(format!("chunk-{}.log", id.hex()));
-                let file = OpenOptions::new()
+        let path = self.chunk_path(id);
+        let (file, spare_len) = match self.take_spare(&path) {
+            Some(spare) => spare,
+            None => (
+                OpenOptions::new()
                     .create(true)
                     .write(true)
                     .truncate(true)
-                    .open(&path)?;
-                (path, file, 0)
-            }
+                    .open(&path)?,
+                0,
+            ),
         };
         let mut chunk = ChunkFile {
             file,
@@ -462,9 +448,6 @@ impl FileStore {
             let _ = std::fs::remove_file(&path);
             return Err(err);
         }
-        if let Ok(mut files) = self.files.lock() {
-            files.insert(*id, path);
-        }
         if self.fsync {
             File::open(&self.dir)?.sync_all()?;
         }
@@ -474,7 +457,7 @@ impl FileStore {
     /// Opens a chunk's file again to write on after its first `len` bytes, the chunk's
     /// frames (its handle was not kept).
     pub fn reopen(&self, id: &ChunkId, len: u64) -> io::Result<ChunkFile> {
-        let mut file = OpenOptions::new().write(true).open(self.chunk_path(id)?)?;
+        let mut file = OpenOptions::new().write(true).open(self.chunk_path(id))?;
         file.seek(io::SeekFrom::Start(len))?;
         Ok(ChunkFile {
             file,
@@ -550,9 +533,7 @@ impl FileStore {
         if self.metas.lock().map_or(true, |mut metas| metas.remove(id)) {
             let _ = std::fs::remove_file(self.meta_path(id));
         }
-        let Some(path) = self.files.lock().ok().and_then(|mut f| f.remove(id)) else {
-            return;
-        };
+        let path = self.chunk_path(id);
         let mapped = self
             .mapped
             .lock()
@@ -563,10 +544,10 @@ impl FileStore {
     }
 
     /// Keeps a done chunk's file, open, as a spare: its header marked `DONE`, its bytes left
-    /// in place. The next chunk written over them finds their pages in the page cache, where
-    /// emptying the file would free them and the next chunk's writes allocate them again
-    /// (and ext4 would force the next chunk's data to disk when the emptied file is closed,
-    /// `auto_da_alloc`); and no file is renamed, created or deleted per chunk.
+    /// in place, its name unchanged (a file that holds no chunk). The next chunk written over
+    /// them finds their pages in the page cache, where emptying the file would free them and
+    /// the next chunk's writes allocate them again (and ext4 would force the next chunk's
+    /// data to disk when the emptied file is closed, `auto_da_alloc`).
     fn keep_spare(&self, path: &Path) -> bool {
         let Ok(mut spares) = self.spares.lock() else {
             return false;
@@ -592,18 +573,26 @@ impl FileStore {
         true
     }
 
-    /// A spare, open for writing at its start, if there is one.
-    fn take_spare(&self) -> Option<Spare> {
-        let mut spares = self.spares.lock().ok()?;
-        let spare = spares.files.pop()?;
-        spares.bytes -= spare.len;
-        Some(spare)
+    /// A spare renamed to `path`, open for writing at its start, and its length (its earlier
+    /// chunk's bytes), if there is one.
+    fn take_spare(&self, path: &Path) -> Option<(File, u64)> {
+        let spare = {
+            let mut spares = self.spares.lock().ok()?;
+            let spare = spares.files.pop()?;
+            spares.bytes -= spare.len;
+            spare
+        };
+        if std::fs::rename(&spare.path, path).is_err() {
+            let _ = std::fs::remove_file(&spare.path);
+            return None;
+        }
+        Some((spare.file, spare.len))
     }
 
     /// Reads a chunk's entries back (their records are slices of the file's bytes, mapped
     /// when the file is large: see `read_back`).
     pub fn load(&self, id: &ChunkId) -> io::Result<Vec<Entry>> {
-        let data = read_back(&self.chunk_path(id)?)?;
+        let data = read_back(&self.chunk_path(id))?;
         if data.len() as u64 >= MAP_MIN
             && let Ok(mut mapped) = self.mapped.lock()
         {
@@ -661,13 +650,6 @@ impl FileStore {
         let header: serde_json::Value =
             serde_json::from_slice(header).map_err(|e| format!("bad header: {e}"))?;
         let (id, mark) = header_id(&header)?;
-        let other_file = self
-            .files
-            .lock()
-            .map_or(true, |files| files.get(&id).is_some_and(|p| p != path));
-        if other_file {
-            return Err(format!("a second file for chunk {}", id.hex()));
-        }
         let (entries, good, tail) = decode_entries(&data, start, mark);
         match tail {
             Tail::None => {}
@@ -705,9 +687,6 @@ impl FileStore {
                     .collect()
             });
         let bytes = entries.iter().map(Entry::size).sum();
-        if let Ok(mut files) = self.files.lock() {
-            files.insert(id, path.to_path_buf());
-        }
         Ok(Some(Recovered {
             id,
             key: header["key"].clone(),
@@ -886,7 +865,7 @@ mod tests {
 
         let new = ChunkId::new();
         write_chunk(&store, &new, &[&all]);
-        let data = std::fs::read(store.chunk_path(&new).unwrap()).unwrap();
+        let data = std::fs::read(store.chunk_path(&new)).unwrap();
         let (header, _) = header_frame(&data).unwrap();
         let header: serde_json::Value = serde_json::from_slice(header).unwrap();
         assert_eq!(header["version"], 2);
@@ -914,7 +893,7 @@ mod tests {
     }
 
     /// A done chunk's file becomes a spare, marked `DONE`, with its bytes in place; the next
-    /// chunk is written over it from its start (the file keeps its name), reads back as only
+    /// chunk is written over it from its start (the file renamed for it), reads back as only
     /// its own entries while its file still holds the earlier chunk's bytes past them, has
     /// them cut off when its file is closed, and a chunk reopened after its handle was
     /// dropped is written on after its own entries. A start removes spares.
@@ -925,25 +904,23 @@ mod tests {
         let key = serde_json::json!({"table": "t"});
         let (old, new) = (ChunkId::new(), ChunkId::new());
         write_chunk(&store, &old, &[&entries(50)]);
-        let path = store.chunk_path(&old).unwrap();
-        let old_len = file_len(&path);
+        let old_path = store.chunk_path(&old);
+        let old_len = file_len(&old_path);
         store.remove(&old);
-        let file_name = format!("chunk-{}.log", old.hex());
-        assert_eq!(names(dir.path()), std::slice::from_ref(&file_name));
-        assert_eq!(file_len(&path), old_len);
-        assert_eq!(std::fs::read(&path).unwrap()[..4], DONE);
+        assert_eq!(names(dir.path()), [format!("chunk-{}.log", old.hex())]);
+        assert_eq!(file_len(&old_path), old_len);
+        assert_eq!(std::fs::read(&old_path).unwrap()[..4], DONE);
 
         let all = entries(3);
         let mut file = store.create(&new, &key, &all[..2]).unwrap();
-        assert_eq!(names(dir.path()), std::slice::from_ref(&file_name));
-        assert_eq!(store.chunk_path(&new).unwrap(), path);
-        assert_eq!(file_len(&path), old_len);
+        assert_eq!(names(dir.path()), [format!("chunk-{}.log", new.hex())]);
+        assert_eq!(file_len(&store.chunk_path(&new)), old_len);
         assert!(same(&store.load(&new).unwrap(), &all[..2]));
         store.append_to(&mut file, &all[2..]).unwrap();
         assert!(same(&store.load(&new).unwrap(), &all));
         let len = file.written();
         drop(file);
-        assert_eq!(file_len(&store.chunk_path(&new).unwrap()), len);
+        assert_eq!(file_len(&store.chunk_path(&new)), len);
         let more = entries(5);
         let mut file = store.reopen(&new, len).unwrap();
         store.append_to(&mut file, &more[3..]).unwrap();
@@ -954,7 +931,7 @@ mod tests {
         assert_eq!((found.len(), found[0].entries), (1, 5));
         assert_eq!(store.corrupt_chunks.load(Ordering::Relaxed), 0);
         store.remove(&new);
-        assert_eq!(names(dir.path()), [file_name]);
+        assert_eq!(names(dir.path()), [format!("chunk-{}.log", new.hex())]);
         drop(store);
         let store = FileStore::open(dir.path(), false).unwrap();
         assert!(store.recover().unwrap().is_empty());
@@ -988,7 +965,7 @@ mod tests {
             store.append_to(&mut file, &five[3..]).unwrap();
             let len = file.written();
             std::mem::forget(file);
-            let path = store.chunk_path(&new).unwrap();
+            let path = store.chunk_path(&new);
             assert!(file_len(&path) > len);
             (path, len)
         };
@@ -1050,14 +1027,14 @@ mod tests {
         let id = ChunkId::new();
         let all = entries(60_000);
         write_chunk(&store, &id, &[&all]);
-        let size = file_len(&store.chunk_path(&id).unwrap());
+        let size = file_len(&store.chunk_path(&id));
         assert!(size >= MAP_MIN, "{size}");
         assert!(same(&store.load(&id).unwrap(), &all));
         let mut partial = Vec::new();
         encode_entries(&mut partial, mark(&id), &all[..1]);
         let mut f = OpenOptions::new()
             .append(true)
-            .open(store.chunk_path(&id).unwrap())
+            .open(store.chunk_path(&id))
             .unwrap();
         f.write_all(&partial[..partial.len() - 1]).unwrap();
         let loaded = store.load(&id).unwrap();
@@ -1091,11 +1068,11 @@ mod tests {
         // Torn: half of a fourth frame.
         let mut partial = Vec::new();
         encode_entries(&mut partial, mark(&torn), &entries(4)[3..]);
-        let torn_path = store.chunk_path(&torn).unwrap();
+        let torn_path = store.chunk_path(&torn);
         let mut f = OpenOptions::new().append(true).open(&torn_path).unwrap();
         f.write_all(&partial[..partial.len() / 2]).unwrap();
         // Corrupt: flip a byte inside the second entry's payload.
-        let corrupt_path = store.chunk_path(&corrupt).unwrap();
+        let corrupt_path = store.chunk_path(&corrupt);
         let mut data = std::fs::read(&corrupt_path).unwrap();
         // Walk to the third frame (header, entry 0, entry 1) and flip a payload byte.
         let mut pos = 0;
@@ -1118,11 +1095,7 @@ mod tests {
         frame(&mut data, None, |out| {
             out.extend_from_slice(header.to_string().as_bytes())
         });
-        std::fs::write(
-            dir.path().join(format!("chunk-{}.log", future.hex())),
-            &data,
-        )
-        .unwrap();
+        std::fs::write(store.chunk_path(&future), &data).unwrap();
 
         let mut found = store.recover().unwrap();
         found.sort_by_key(|c| c.entries);
