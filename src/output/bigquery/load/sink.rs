@@ -23,6 +23,7 @@ use crate::internal_events::bigquery as events;
 use crate::metrics::SinkDetail;
 use bytes::Bytes;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -129,9 +130,10 @@ struct Destination {
 }
 
 /// The rows a job loads and the schema they are converted with.
-struct JobRows {
-    /// The chunk's pending rows less those schema evolution sent to the dead letters.
-    indices: Vec<u32>,
+struct JobRows<'a> {
+    /// The chunk's pending rows less those schema evolution sent to the dead letters
+    /// (borrowed when it sent none: no copy of a large chunk's indices).
+    indices: Cow<'a, [u32]>,
     schema: Option<Arc<Schema>>,
     /// Schema evolution's dead letters (conflicts, limits), written with the conversion's.
     dead: Vec<Rejected>,
@@ -380,7 +382,7 @@ impl LoadSink {
         &self,
         service: &LoadService,
         chunk: &Chunk<TableKey>,
-        rows: &JobRows,
+        rows: &JobRows<'_>,
         dead: Vec<Rejected>,
         resource: &Value,
         table: &str,
@@ -398,7 +400,7 @@ impl LoadSink {
         &self,
         service: &LoadService,
         chunk: &Chunk<TableKey>,
-        rows: &JobRows,
+        rows: &JobRows<'_>,
         dead: Vec<Rejected>,
         resource: &Value,
         table: &str,
@@ -650,15 +652,15 @@ impl LoadSink {
     /// schema a job that creates the table gives it) become new columns of the job's schema
     /// (`Evolution::plan_job`); rows whose values conflict with a column, or whose field
     /// BigQuery cannot have, go to the dead letters.
-    fn job_rows(
+    fn job_rows<'a>(
         &self,
         chunk: &Chunk<TableKey>,
-        pending: &[u32],
+        pending: &'a [u32],
         schema: Option<Arc<Schema>>,
         destination: &Destination,
-    ) -> Result<JobRows, Stop> {
+    ) -> Result<JobRows<'a>, Stop> {
         let plain = |schema| JobRows {
-            indices: pending.to_vec(),
+            indices: Cow::Borrowed(pending),
             schema,
             dead: Vec::new(),
             plan: None,
@@ -691,7 +693,7 @@ impl LoadSink {
             )
             .map_err(|e| Stop::Retry(Waiting::backoff(e)))?;
         Ok(JobRows {
-            indices: std::mem::take(&mut plan.ready),
+            indices: Cow::Owned(std::mem::take(&mut plan.ready)),
             schema: Some(Arc::clone(&plan.schema)),
             dead: std::mem::take(&mut plan.dead),
             plan: Some(plan),
@@ -726,7 +728,7 @@ impl LoadSink {
         &self,
         chunk: &Chunk<TableKey>,
         pending: &[u32],
-        rows: &JobRows,
+        rows: &JobRows<'_>,
         error: &JobError,
     ) -> Stop {
         match self.data(chunk, &rows.indices, rows.schema.as_deref()) {
@@ -759,7 +761,7 @@ impl LoadSink {
     /// A job that changed the schema and failed because the table changed since it was read
     /// (another writer added a column: "Field x is missing in new schema", or the same column
     /// with another type) is loaded again after the table is read again, not dead-lettered.
-    fn raced(&self, table: &str, rows: &JobRows, mut error: JobError) -> JobError {
+    fn raced(&self, table: &str, rows: &JobRows<'_>, mut error: JobError) -> JobError {
         let grew = rows.plan.as_ref().is_some_and(JobPlan::changes_schema);
         if grew
             && (error.message.contains("is missing in new schema")
