@@ -92,9 +92,9 @@ pub struct LoadSink {
 }
 
 /// The upload buffers of finished jobs, lent to the next: each upload writes its pieces into
-/// one buffer of about `UPLOAD_PIECE` bytes, and memory already faulted in is several per cent
-/// cheaper per event than fresh pages for every job (2,400 page faults for each 64 MiB chunk:
-/// docs/performance.md, Load jobs). At most one per delivery that ran at once is kept
+/// one buffer of about `UPLOAD_PIECE` bytes, and memory already faulted in is cheaper than
+/// fresh pages for every job (2,400 page faults per job of a large chunk, about 3 % of its
+/// CPU: docs/performance.md, Load jobs). At most one per delivery that ran at once is kept
 /// (`flush_thread_count` of them, 9 MiB each), for as long as the output lives.
 #[derive(Default)]
 struct UploadBuffers(Mutex<Vec<Vec<u8>>>);
@@ -106,8 +106,7 @@ impl UploadBuffers {
         kept.unwrap_or_else(|| Vec::with_capacity(UPLOAD_PIECE + UPLOAD_PIECE / 8))
     }
 
-    /// Keeps `buffer` for the next upload if it is one of theirs (a buffer that lost its
-    /// memory to a request still holding it comes back empty and is dropped).
+    /// Keeps `buffer` for the next upload; one without the room of a piece is dropped.
     fn give_back(&self, mut buffer: Vec<u8>) {
         if buffer.capacity() < UPLOAD_PIECE {
             return;
