@@ -685,54 +685,6 @@ fn time_of(value: &[u8]) -> Option<EventTime> {
     }
 }
 
-/// The buffer a batch's new records are written into. Once every record of it has been
-/// delivered (the last `Bytes` slice of it dropped, on a flush thread), its memory goes back
-/// to `ARENAS` for a later batch: a batch's buffer (about 150 KB for 500 records) is then
-/// neither allocated, freed from another thread, nor faulted in again. Aligned to a cache
-/// line, so that the reference count `Bytes` keeps in front of it (bumped once per record
-/// when made, and dropped once per record when delivered) shares its line with nothing else.
-#[repr(align(64))]
-struct Arena(Vec<u8>);
-
-/// Arenas kept for reuse: enough for the batches in flight between the filters and the
-/// flush threads to recycle; more are freed.
-static ARENAS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-const ARENAS_KEPT: usize = 32;
-/// Larger buffers (a batch of unusually many or large records) are freed, not kept.
-const ARENA_KEPT_CAPACITY: usize = 1 << 20;
-
-impl Arena {
-    fn with_capacity(room: usize) -> Self {
-        let kept = ARENAS.lock().ok().and_then(|mut arenas| arenas.pop());
-        let mut buf = kept.unwrap_or_default();
-        // Exactly: a kept buffer is reused as it is when it has the room, and otherwise
-        // grows to what this batch needs, not to twice its size.
-        buf.reserve_exact(room);
-        Arena(buf)
-    }
-}
-
-impl AsRef<[u8]> for Arena {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        let mut buf = std::mem::take(&mut self.0);
-        if buf.capacity() > ARENA_KEPT_CAPACITY {
-            return;
-        }
-        buf.clear();
-        if let Ok(mut arenas) = ARENAS.lock()
-            && arenas.len() < ARENAS_KEPT
-        {
-            arenas.push(buf);
-        }
-    }
-}
-
 impl Filter for RecordTransformer {
     fn id(&self) -> &str {
         &self.id
@@ -758,7 +710,7 @@ impl Filter for RecordTransformer {
             .iter()
             .map(|e| e.record.len() + appender.fixed_len + 5)
             .sum();
-        let mut arena = Arena::with_capacity(room);
+        let mut arena = Vec::with_capacity(room);
         // Where each event's new record ends in the arena (they follow one another), or
         // PLAIN for an event that went the plain way.
         const PLAIN: usize = usize::MAX;
@@ -767,8 +719,8 @@ impl Filter for RecordTransformer {
         let mut failed = false;
         let mut events = events;
         for event in &mut events {
-            if appender.append(self, &ctx, event, &mut spans, &mut arena.0) {
-                ends.push(arena.0.len());
+            if appender.append(self, &ctx, event, &mut spans, &mut arena) {
+                ends.push(arena.len());
                 continue;
             }
             ends.push(PLAIN);
@@ -788,11 +740,11 @@ impl Filter for RecordTransformer {
             }
         }
         // The input's records are let go here, one after the other, not one per event
-        // between the appends: each drop is an atomic decrement of the count shared by
-        // every record of a read buffer, and the two CPUs' connections make that cache line
-        // move between them less often in one run of drops (3x less CPU for the drops in
-        // `perf`; see docs/performance.md#filters).
-        let arena = Bytes::from_owner(arena);
+        // between the appends: each drop is an atomic decrement of the count that every
+        // record of a read buffer shares, which cost about 19 ns an event in `perf` when
+        // done between the appends and about 5 ns in one run (as a flush thread drops a
+        // chunk's); see docs/performance.md#filters.
+        let arena = Bytes::from(arena);
         let mut start = 0;
         for (event, end) in events.iter_mut().zip(ends) {
             if end != PLAIN {
@@ -945,38 +897,6 @@ mod tests {
     }
 
     use proptest::prelude::{Strategy, prop_oneof};
-
-    /// A batch's arena goes back for reuse only when its last record is dropped: records
-    /// still held (in a buffer, say) keep their bytes while later batches are filtered.
-    #[test]
-    fn recycled_arenas_leave_records_still_held_alone() {
-        let t = transformer("<record>\n host ${hostname}\n tag ${tag}\n</record>\n").unwrap();
-        let batch = |n: u64| -> Vec<Event> {
-            (0..50)
-                .map(|i| Event {
-                    time: EventTime::new(1_700_000_000, 0),
-                    record: Bytes::from(rmp_serde::to_vec(&json!({"n": n * 100 + i})).unwrap()),
-                })
-                .collect()
-        };
-        let read = |events: &[Event]| -> Vec<J> {
-            events
-                .iter()
-                .map(|e| rmp_serde::from_slice(&e.record).unwrap())
-                .collect()
-        };
-        let mut errors = Vec::new();
-        let held = t.filter("a.b", batch(1), &mut errors);
-        let want = read(&held);
-        for n in 2..40 {
-            // Each dropped at once: its arena is kept and handed to the next batch.
-            let out = t.filter("a.b", batch(n), &mut errors);
-            assert_eq!(read(&out)[7]["n"], n * 100 + 7);
-            assert_eq!(read(&out)[7]["tag"], "a.b");
-        }
-        assert_eq!(read(&held), want);
-        assert!(errors.is_empty());
-    }
 
     proptest::proptest! {
         /// The batch way (appending to the record's own bytes) gives each event what the
