@@ -741,9 +741,9 @@ impl Filter for RecordTransformer {
         }
         // The input's records are let go here, one after the other, not one per event
         // between the appends: each drop is an atomic decrement of the count that every
-        // record of a read buffer shares, which cost about 19 ns an event in `perf` when
-        // done between the appends and about 5 ns in one run (as a flush thread drops a
-        // chunk's); see docs/performance.md#filters.
+        // record of a read buffer shares. `perf` put about 19 ns an event on those drops
+        // between the appends and 5 ns in one run; end to end the filtered config came out
+        // 0.4% cheaper (docs/performance.md#filters).
         let arena = Bytes::from(arena);
         let mut start = 0;
         for (event, end) in events.iter_mut().zip(ends) {
