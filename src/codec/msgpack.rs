@@ -501,9 +501,9 @@ pub fn str_bytes(encoded: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// Writes a map header for `len` entries (used when records are extended with extra keys).
-/// A map's header: fixmap, map 16 or map 32 (as `rmp::encode::write_map_len` writes it),
-/// inline: the filters write one per record.
+/// Writes a map header for `len` entries (used when records are extended with extra keys):
+/// fixmap, map 16 or map 32, as `rmp::encode::write_map_len` writes it, but inline (the
+/// filters write one per record).
 #[inline]
 pub fn write_map_len(out: &mut Vec<u8>, len: u32) {
     if len < 16 {
