@@ -501,10 +501,20 @@ pub fn str_bytes(encoded: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// Writes a map header for `len` entries (used when records are extended with extra keys).
+/// Writes a map header for `len` entries (used when records are extended with extra keys):
+/// fixmap, map 16 or map 32, as `rmp::encode::write_map_len` writes it, but inline (the
+/// filters write one per record).
+#[inline]
 pub fn write_map_len(out: &mut Vec<u8>, len: u32) {
-    // Writing into a Vec cannot fail.
-    let _ = rmp::encode::write_map_len(out, len);
+    if len < 16 {
+        out.push(0x80 | len as u8);
+    } else if len <= u32::from(u16::MAX) {
+        out.push(0xde);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0xdf);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
 }
 
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
@@ -517,6 +527,17 @@ mod tests {
 
     fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
         rmp_serde::to_vec(value).unwrap()
+    }
+
+    #[test]
+    fn map_headers_are_rmps_at_every_width() {
+        for len in [0, 1, 15, 16, 255, 256, 65_535, 65_536, u32::MAX] {
+            let mut ours = Vec::new();
+            write_map_len(&mut ours, len);
+            let mut theirs = Vec::new();
+            rmp::encode::write_map_len(&mut theirs, len).unwrap();
+            assert_eq!(ours, theirs, "map of {len}");
+        }
     }
 
     /// Values of every marker kind: each width of integer, float, string, binary, extension,

@@ -697,39 +697,65 @@ impl Filter for RecordTransformer {
     fn filter(&self, tag: &str, events: Vec<Event>, errors: &mut Vec<RecordError>) -> Vec<Event> {
         let ctx = TagContext::new(tag);
         let appender = events.first().and_then(|e| Appender::new(self, &ctx, e));
-        let mut kept = Vec::with_capacity(events.len());
         let Some(appender) = appender else {
+            let mut kept = Vec::with_capacity(events.len());
             for event in events {
                 self.transform_into(&ctx, event, &mut kept, errors);
             }
             return kept;
         };
         // The batch's new records in one buffer, each event a slice of it (as the input's
-        // events are slices of what it read).
+        // events are slices of what it read), in place of its record in `events`.
         let room = events
             .iter()
             .map(|e| e.record.len() + appender.fixed_len + 5)
             .sum();
         let mut arena = Vec::with_capacity(room);
-        let mut ranges = Vec::with_capacity(events.len());
+        // Where each event's new record ends in the arena (they follow one another), or
+        // PLAIN for an event that went the plain way.
+        const PLAIN: usize = usize::MAX;
+        let mut ends = Vec::with_capacity(events.len());
         let mut spans = Vec::new();
-        for event in events {
-            let start = arena.len();
-            if appender.append(self, &ctx, &event, &mut spans, &mut arena) {
-                ranges.push((kept.len(), start..arena.len()));
-                kept.push(Event {
-                    time: event.time,
-                    record: Bytes::new(),
-                });
-            } else {
-                self.transform_into(&ctx, event, &mut kept, errors);
+        let mut failed = false;
+        let mut events = events;
+        for event in &mut events {
+            if appender.append(self, &ctx, event, &mut spans, &mut arena) {
+                ends.push(arena.len());
+                continue;
+            }
+            ends.push(PLAIN);
+            match self.transform(&ctx, event) {
+                Ok(new) => *event = new,
+                Err(reason) => {
+                    // Its record left empty, which no record the plain way builds is (a
+                    // map has its header): removed below.
+                    let record = std::mem::take(&mut event.record);
+                    let time = event.time;
+                    errors.push(RecordError {
+                        event: Event { time, record },
+                        reason,
+                    });
+                    failed = true;
+                }
             }
         }
+        // The input's records are let go here, one after the other, not one per event
+        // between the appends: each drop is an atomic decrement of the count that every
+        // record of a read buffer shares. `perf` put about 19 ns an event on those drops
+        // between the appends and 5 ns in one run; end to end the filtered config came out
+        // 0.4% cheaper (docs/performance.md#filters).
         let arena = Bytes::from(arena);
-        for (i, range) in ranges {
-            kept[i].record = arena.slice(range);
+        let mut start = 0;
+        for (event, end) in events.iter_mut().zip(ends) {
+            if end != PLAIN {
+                event.record = arena.slice(start..end);
+                start = end;
+            }
         }
-        kept
+        if failed {
+            events.retain(|e| !e.record.is_empty());
+        }
+        events
     }
 
     fn describe(&self) -> String {
