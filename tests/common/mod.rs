@@ -214,7 +214,8 @@ pub fn skip(test: &str, why: &str) {
 }
 
 /// JSON lines of every file under `dir` whose name contains `name_part`, files in name order.
-/// A directory the output has not created yet reads as empty (callers poll with `wait_for`).
+/// A directory the output has not created yet reads as empty, and a last line still being
+/// written (no newline yet) is left for the next read (callers poll with `wait_for`).
 pub fn read_json_lines(dir: &Path, name_part: &str) -> Vec<serde_json::Value> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -237,8 +238,10 @@ pub fn read_json_lines(dir: &Path, name_part: &str) -> Vec<serde_json::Value> {
     files
         .iter()
         .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
+            let text = std::fs::read_to_string(f).unwrap();
+            // A last line without its newline is still being written: not read yet.
+            let written = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+            written
                 .lines()
                 .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{f:?}: {e}: {l}")))
                 .collect::<Vec<_>>()
