@@ -8,15 +8,15 @@
 //! start: creating and deleting a file per chunk, and emptying and refilling the page cache
 //! behind each, was most of the file buffer's kernel time. So that the bytes of the file's
 //! earlier chunk, past the new chunk's last entry, are never read as the new chunk's, each
-//! frame of entries carries the chunk's mark (4 bytes of its id) since format version 2,
-//! which also frames the entries of one append together (one CRC per write, not per entry);
-//! version 1 files (a frame per entry, no mark, never written over) are still read.
+//! frame of entries carries the chunk's mark (the 8 random bytes of its id) since format
+//! version 2, which also frames the entries of one append together (one CRC per write, not
+//! per entry); version 1 files (a frame per entry, no mark, never written over) are still read.
 use super::{ChunkId, Entry};
 use crate::event::{Event, EventTime};
 use bytes::Bytes;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// A frame's head: the payload's length and CRC-32.
 const FRAME_HEAD: usize = 8;
 /// An entry's frame head since format version 2: the length, the CRC and the chunk's mark.
-const MARKED_HEAD: usize = FRAME_HEAD + 4;
+const MARKED_HEAD: usize = FRAME_HEAD + 8;
 /// No frame is larger than this (a record is at most a Forward message).
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 /// A format 2 frame takes an append's entries until its payload is this large.
@@ -50,12 +50,14 @@ thread_local! {
     static WRITE_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The 4 bytes every entry frame of a chunk carries (format version 2): from the random half
+/// The 8 bytes every entry frame of a chunk carries (format version 2): the random half
 /// of its id, so a file's earlier chunk's bytes read as some other chunk's.
-type Mark = [u8; 4];
+type Mark = [u8; 8];
 
 fn mark(id: &ChunkId) -> Mark {
-    [id.0[8], id.0[9], id.0[10], id.0[11]]
+    let mut mark = [0; 8];
+    mark.copy_from_slice(&id.0[8..]);
+    mark
 }
 
 /// A chunk's file, open for writing while the chunk is staged (so an append is one `write`,
@@ -94,7 +96,7 @@ impl Drop for ChunkFile {
 fn entries_len(entries: &[Entry]) -> usize {
     let bytes: usize = entries
         .iter()
-        .map(|e| 2 + e.tag.len() + 16 + e.event.record.len())
+        .map(|e| 4 + e.tag.len() + 16 + e.event.record.len())
         .sum();
     bytes + (bytes / BATCH_FRAME + 1) * MARKED_HEAD
 }
@@ -167,14 +169,19 @@ fn frame(out: &mut Vec<u8>, mark: Option<Mark>, write: impl FnOnce(&mut Vec<u8>)
     out[head + 4..head + FRAME_HEAD].copy_from_slice(&sum);
 }
 
-/// An entry: its tag, its time and (format 2: after its length) its record.
-fn encode_entry(out: &mut Vec<u8>, entry: &Entry, record_len: bool) {
+/// An entry: its tag (after its length: 2 bytes in format 1, 4 in format 2), its time and
+/// (format 2: after its length) its record.
+fn encode_entry(out: &mut Vec<u8>, entry: &Entry, format_2: bool) {
     let tag = entry.tag.as_bytes();
-    out.extend_from_slice(&(tag.len() as u16).to_be_bytes());
+    if format_2 {
+        out.extend_from_slice(&(tag.len() as u32).to_be_bytes());
+    } else {
+        out.extend_from_slice(&(tag.len() as u16).to_be_bytes());
+    }
     out.extend_from_slice(tag);
     out.extend_from_slice(&entry.event.time.secs.to_be_bytes());
     out.extend_from_slice(&entry.event.time.nanos.to_be_bytes());
-    if record_len {
+    if format_2 {
         out.extend_from_slice(&(entry.event.record.len() as u32).to_be_bytes());
     }
     out.extend_from_slice(&entry.event.record);
@@ -182,7 +189,8 @@ fn encode_entry(out: &mut Vec<u8>, entry: &Entry, record_len: bool) {
 
 /// Entries' frames in format 2: the entries of one append in one frame marked with the
 /// chunk's mark (a new frame after each `BATCH_FRAME` bytes), so that a write has one CRC to
-/// compute, not one per entry, and is whole or torn as one.
+/// compute, not one per entry (an append of more than a frame, torn, keeps its whole frames:
+/// never acked, they may be delivered as well as sent again).
 fn encode_entries(out: &mut Vec<u8>, mark: Mark, entries: &[Entry]) {
     let mut rest = entries;
     while !rest.is_empty() {
@@ -200,22 +208,30 @@ fn encode_entries(out: &mut Vec<u8>, mark: Mark, entries: &[Entry]) {
 }
 
 /// The entry at `data[start..end]` (in a frame's payload) and where the next one starts;
-/// its record is a slice of `data`, the rest of the payload in format 1 (`record_len`
-/// false), its length's worth in format 2.
+/// its record is a slice of `data`, the rest of the payload in format 1, its length's worth
+/// in format 2.
 fn decode_entry(
     data: &Bytes,
     start: usize,
     end: usize,
-    record_len: bool,
+    format_2: bool,
     last_tag: &mut Option<Arc<str>>,
 ) -> Option<(Entry, usize)> {
     let payload = data.get(start..end)?;
-    let tag_len = usize::from(u16::from_be_bytes([*payload.first()?, *payload.get(1)?]));
-    let tag = std::str::from_utf8(payload.get(2..2 + tag_len)?).ok()?;
-    let at = 2 + tag_len;
+    let (tag_len, tag_at) = if format_2 {
+        let len = u32::from_be_bytes(payload.get(..4)?.try_into().ok()?);
+        (usize::try_from(len).ok()?, 4usize)
+    } else {
+        (
+            usize::from(u16::from_be_bytes(payload.get(..2)?.try_into().ok()?)),
+            2,
+        )
+    };
+    let at = tag_at.checked_add(tag_len)?;
+    let tag = std::str::from_utf8(payload.get(tag_at..at)?).ok()?;
     let secs = i64::from_be_bytes(payload.get(at..at + 8)?.try_into().ok()?);
     let nanos = u32::from_be_bytes(payload.get(at + 8..at + 12)?.try_into().ok()?);
-    let (record, next) = if record_len {
+    let (record, next) = if format_2 {
         let len = u32::from_be_bytes(payload.get(at + 12..at + 16)?.try_into().ok()?) as usize;
         let record = start + at + 16;
         let next = record.checked_add(len).filter(|&next| next <= end)?;
@@ -308,13 +324,26 @@ fn tail(data: &[u8], pos: usize, mark: Option<Mark>) -> Tail {
             _ => Tail::Torn,
         };
     };
-    if end.is_some_and(|end| sound_frame(data, end, Some(mark)).is_some()) {
+    if end.is_some_and(|end| sound_frame(data, end, Some(mark)).is_some())
+        || sound_frame_after(data, pos, mark)
+    {
         Tail::Corrupt
     } else if data[pos + FRAME_HEAD..start] == mark {
         Tail::Torn
     } else {
         Tail::Earlier
     }
+}
+
+/// Whether a sound frame with the chunk's mark starts anywhere after `pos` (found by its
+/// mark: a frame whose length was damaged does not lead to the next one).
+fn sound_frame_after(data: &[u8], pos: usize, mark: Mark) -> bool {
+    let from = pos + FRAME_HEAD + 1;
+    let Some(rest) = data.get(from..) else {
+        return false;
+    };
+    memchr::memmem::find_iter(rest, &mark)
+        .any(|at| sound_frame(data, from + at - FRAME_HEAD, Some(mark)).is_some())
 }
 
 /// A chunk's entries from `pos` on, each frame checked and decoded in place, up to the first
@@ -457,8 +486,7 @@ impl FileStore {
     /// Opens a chunk's file again to write on after its first `len` bytes, the chunk's
     /// frames (its handle was not kept).
     pub fn reopen(&self, id: &ChunkId, len: u64) -> io::Result<ChunkFile> {
-        let mut file = OpenOptions::new().write(true).open(self.chunk_path(id))?;
-        file.seek(io::SeekFrom::Start(len))?;
+        let file = OpenOptions::new().write(true).open(self.chunk_path(id))?;
         Ok(ChunkFile {
             file,
             mark: mark(id),
@@ -474,8 +502,8 @@ impl FileStore {
     }
 
     /// Encodes the header's frame if given, then the entries', and writes it all at the
-    /// chunk's end. A write that fails part-way is cut off again, so that the next append
-    /// does not follow a torn frame (which recovery would take for corruption).
+    /// chunk's end (`len`, not the file's position). A write that fails part-way is cut off
+    /// again, and the next append writes over it anyway.
     fn write(
         &self,
         chunk: &mut ChunkFile,
@@ -489,7 +517,7 @@ impl FileStore {
                 frame(out, None, |out| out.extend_from_slice(header));
             }
             encode_entries(out, chunk.mark, entries);
-            let written = chunk.file.write_all(out);
+            let written = chunk.file.write_all_at(out, chunk.len);
             let len = out.len() as u64;
             if out.capacity() > KEPT_WRITE_BUFFER {
                 *out = Vec::new();
@@ -498,7 +526,6 @@ impl FileStore {
         });
         if let Err(err) = written {
             let _ = chunk.file.set_len(chunk.len);
-            let _ = chunk.file.seek(io::SeekFrom::Start(chunk.len));
             chunk.spare_len = 0;
             return Err(err);
         }
@@ -650,6 +677,20 @@ impl FileStore {
         let header: serde_json::Value =
             serde_json::from_slice(header).map_err(|e| format!("bad header: {e}"))?;
         let (id, mark) = header_id(&header)?;
+        let named = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            n.strip_prefix("chunk-")
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(ChunkId::from_hex)
+                .is_none_or(|named| named == id)
+        });
+        if !named {
+            // A spare renamed for a new chunk whose own bytes never reached the disk (a power
+            // loss): it holds the delivered chunk it was, and the new one was never acked.
+            tracing::warn!(chunk = %path.display(), holds = %id.hex(),
+                "chunk file holds another, delivered chunk (its new chunk's bytes were lost before any ack); removed");
+            let _ = std::fs::remove_file(path);
+            return Ok(None);
+        }
         let (entries, good, tail) = decode_entries(&data, start, mark);
         match tail {
             Tail::None => {}
@@ -804,39 +845,40 @@ mod tests {
 
     /// The frame layout and checksum of format 2: length, zlib's CRC-32 of the payload
     /// (checked with flate2's, an independent implementation), the chunk's mark, then the
-    /// append's entries (tag, time, record length, record); read back, entries of one tag
-    /// share its `Arc`. Format 1 (a frame per entry, no mark, no record length) reads the same.
+    /// append's entries (tag length u32, tag, time, record length, record); read back,
+    /// entries of one tag share its `Arc`. Format 1 (a frame per entry, no mark, tag length
+    /// u16, no record length) reads the same.
     #[test]
     fn entry_frames_keep_the_on_disk_format() {
         let written = [entry("a.b", 1), entry("a.b", 2), entry("c", 3)];
-        let mark = *b"MARK";
+        let mark = *b"MARKMARK";
         let mut out = Vec::new();
         encode_entries(&mut out, mark, &written[..2]);
         encode_entries(&mut out, mark, &written[2..]);
-        let payload = &out[MARKED_HEAD..MARKED_HEAD + 2 * (2 + 3 + 16 + 4)];
+        let payload = &out[MARKED_HEAD..MARKED_HEAD + 2 * (4 + 3 + 16 + 4)];
         assert_eq!(out[..4], (payload.len() as u32).to_be_bytes());
         let mut zlib = flate2::Crc::new();
         zlib.update(payload);
         assert_eq!(out[4..8], zlib.sum().to_be_bytes());
-        assert_eq!(out[8..12], *b"MARK");
-        assert_eq!(payload[..5], [0, 3, b'a', b'.', b'b']);
-        assert_eq!(payload[17..21], 4u32.to_be_bytes());
+        assert_eq!(out[8..16], *b"MARKMARK");
+        assert_eq!(payload[..7], [0, 0, 0, 3, b'a', b'.', b'b']);
+        assert_eq!(payload[19..23], 4u32.to_be_bytes());
         let second = &out[MARKED_HEAD + payload.len()..];
-        assert_eq!(second[..4], (2 + 1 + 16 + 4u32).to_be_bytes());
+        assert_eq!(second[..4], (4 + 1 + 16 + 4u32).to_be_bytes());
         let data = Bytes::from(out.clone());
         let (read, good, tail) = decode_entries(&data, 0, Some(mark));
         assert_eq!((read.len(), good, tail), (3, out.len(), Tail::None));
         assert!(Arc::ptr_eq(&read[0].tag, &read[1].tag));
         assert!(same(&read, &written));
         // Another chunk's mark: none of it is this chunk's.
-        let (read, good, tail) = decode_entries(&data, 0, Some(*b"mark"));
+        let (read, good, tail) = decode_entries(&data, 0, Some(*b"markmark"));
         assert_eq!((read.len(), good, tail), (0, 0, Tail::Earlier));
 
         let mut v1 = Vec::new();
         written.iter().for_each(|e| encode_v1(&mut v1, e));
         assert_eq!(
             v1.len(),
-            out.len() - 2 * MARKED_HEAD - 3 * 4 + 3 * FRAME_HEAD
+            out.len() - 2 * MARKED_HEAD - 3 * (2 + 4) + 3 * FRAME_HEAD
         );
         let (read, good, tail) = decode_entries(&Bytes::from(v1.clone()), 0, None);
         assert_eq!((good, tail), (v1.len(), Tail::None));
@@ -983,12 +1025,11 @@ mod tests {
         // Its last frame torn: the earlier chunk's bytes after half of it.
         let dir = tempfile::tempdir().unwrap();
         let (path, len) = staged(dir.path());
-        let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
         let mut torn = Vec::new();
         let id = ChunkId::from_hex(&path.file_name().unwrap().to_str().unwrap()[6..38]).unwrap();
         encode_entries(&mut torn, mark(&id), &[entry("torn", 99)]);
-        file.seek(io::SeekFrom::Start(len)).unwrap();
-        file.write_all(&torn[..torn.len() / 2]).unwrap();
+        file.write_all_at(&torn[..torn.len() / 2], len).unwrap();
         let store = FileStore::open(dir.path(), false).unwrap();
         let found = store.recover().unwrap();
         assert_eq!((found.len(), found[0].entries), (1, 5));
@@ -1016,6 +1057,58 @@ mod tests {
                     .exists()
             );
         }
+    }
+
+    /// Tags of any length (a Forward message may carry one over 64 KiB) read back whole,
+    /// with the entries after them.
+    #[test]
+    fn long_tags_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path(), false).unwrap();
+        let id = ChunkId::new();
+        let long = "t".repeat(70_000);
+        let all = [entry(&long, 1), entry("a", 2), entry(&long, 3)];
+        write_chunk(&store, &id, &[&all]);
+        assert!(same(&store.load(&id).unwrap(), &all));
+        let found = store.recover().unwrap();
+        assert_eq!((found.len(), found[0].entries), (1, 3));
+    }
+
+    /// A frame whose length is damaged does not lead to the next frame: the sound frames of
+    /// the chunk after it still make it corruption (set aside and counted), not a torn write.
+    #[test]
+    fn a_damaged_frame_length_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path(), false).unwrap();
+        let id = ChunkId::new();
+        let all = entries(3);
+        write_chunk(&store, &id, &[&all[..1], &all[1..2], &all[2..]]);
+        let path = store.chunk_path(&id);
+        let mut data = std::fs::read(&path).unwrap();
+        let mut pos = 0;
+        for head in [FRAME_HEAD, MARKED_HEAD] {
+            let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+            pos += head + len;
+        }
+        data[pos + 3] ^= 0x01;
+        std::fs::write(&path, &data).unwrap();
+        let found = store.recover().unwrap();
+        assert_eq!((found.len(), found[0].entries), (1, 1));
+        assert_eq!(store.corrupt_chunks.load(Ordering::Relaxed), 1);
+    }
+
+    /// A spare renamed for a new chunk whose bytes never reached the disk (a power loss)
+    /// holds the delivered chunk it was, under the new chunk's name: removed, not delivered.
+    #[test]
+    fn a_file_holding_another_chunk_than_its_name_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path(), false).unwrap();
+        let (old, new) = (ChunkId::new(), ChunkId::new());
+        write_chunk(&store, &old, &[&entries(3)]);
+        std::fs::rename(store.chunk_path(&old), store.chunk_path(&new)).unwrap();
+        assert!(store.recover().unwrap().is_empty());
+        assert_eq!(store.corrupt_chunks.load(Ordering::Relaxed), 0);
+        assert!(names(dir.path()).is_empty());
     }
 
     /// A chunk past `MAP_MIN` is read back mapped, with the same entries; a torn tail ends
