@@ -15,6 +15,12 @@ const DATASET: &str = "logs";
 fn emulator_with_table(table: &str) -> Emulator {
     let emulator = Emulator::start(&[]);
     emulator.create_dataset(PROJECT, DATASET);
+    create_table(&emulator, table);
+    emulator
+}
+
+/// A table for forward_send.py's events.
+fn create_table(emulator: &Emulator, table: &str) {
     emulator.create_table(
         PROJECT,
         DATASET,
@@ -24,7 +30,6 @@ fn emulator_with_table(table: &str) -> Emulator {
             {"name": "msg", "type": "STRING"}, {"name": "level", "type": "STRING"},
         ]),
     );
-    emulator
 }
 
 fn config(emulator: &Emulator, table: &str, buffer: &str) -> String {
@@ -181,15 +186,7 @@ fn kill_9_with_a_file_buffer_loses_no_acked_event() {
 #[test]
 fn kill_9_while_a_chunk_is_written_over_a_spare_file_sends_exactly_its_events() {
     let emulator = emulator_with_table("first");
-    emulator.create_table(
-        PROJECT,
-        DATASET,
-        "second",
-        json!([
-            {"name": "conn", "type": "INTEGER"}, {"name": "seq", "type": "INTEGER"},
-            {"name": "msg", "type": "STRING"}, {"name": "level", "type": "STRING"},
-        ]),
-    );
+    create_table(&emulator, "second");
     let config = config(
         &emulator,
         "${tag[1]}",

@@ -839,6 +839,14 @@ mod tests {
         frame(out, None, |out| encode_entry(out, entry, false));
     }
 
+    /// Where a chunk file's second frame of entries starts (after the header's frame and the
+    /// first append's).
+    fn second_frame(data: &[u8]) -> usize {
+        let len = |pos: usize| u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+        let first = FRAME_HEAD + len(0);
+        first + MARKED_HEAD + len(first)
+    }
+
     fn file_len(path: &Path) -> u64 {
         std::fs::metadata(path).unwrap().len()
     }
@@ -1042,9 +1050,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (path, _) = staged(dir.path());
             let mut data = std::fs::read(&path).unwrap();
-            let header = FRAME_HEAD + u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
-            let first = u32::from_be_bytes(data[header..header + 4].try_into().unwrap());
-            data[header + MARKED_HEAD + first as usize + at] ^= 0xff;
+            let at_byte = second_frame(&data) + at;
+            data[at_byte] ^= 0xff;
             std::fs::write(&path, &data).unwrap();
             let store = FileStore::open(dir.path(), false).unwrap();
             let found = store.recover().unwrap();
@@ -1085,12 +1092,8 @@ mod tests {
         write_chunk(&store, &id, &[&all[..1], &all[1..2], &all[2..]]);
         let path = store.chunk_path(&id);
         let mut data = std::fs::read(&path).unwrap();
-        let mut pos = 0;
-        for head in [FRAME_HEAD, MARKED_HEAD] {
-            let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
-            pos += head + len;
-        }
-        data[pos + 3] ^= 0x01;
+        let at_byte = second_frame(&data) + 3;
+        data[at_byte] ^= 0x01;
         std::fs::write(&path, &data).unwrap();
         let found = store.recover().unwrap();
         assert_eq!((found.len(), found[0].entries), (1, 1));
@@ -1167,13 +1170,9 @@ mod tests {
         // Corrupt: flip a byte inside the second entry's payload.
         let corrupt_path = store.chunk_path(&corrupt);
         let mut data = std::fs::read(&corrupt_path).unwrap();
-        // Walk to the third frame (header, entry 0, entry 1) and flip a payload byte.
-        let mut pos = 0;
-        for head in [FRAME_HEAD, MARKED_HEAD] {
-            let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
-            pos += head + len;
-        }
-        data[pos + MARKED_HEAD + 3] ^= 0xff;
+        // A payload byte of the second frame of entries (entry 1).
+        let at_byte = second_frame(&data) + MARKED_HEAD + 3;
+        data[at_byte] ^= 0xff;
         std::fs::write(&corrupt_path, &data).unwrap();
         // A header torn by a crash during the first append: nothing in it was acked.
         std::fs::write(

@@ -100,19 +100,33 @@ pub struct LoadSink {
 struct UploadBuffers(Mutex<Vec<Vec<u8>>>);
 
 impl UploadBuffers {
-    /// A buffer with room for a piece and the rows that overflow it.
-    fn take(&self) -> Vec<u8> {
+    /// A buffer with room for a piece and the rows that overflow it, given back when the
+    /// loan is dropped.
+    fn take(&self) -> Lent<'_> {
         let kept = self.0.lock().ok().and_then(|mut kept| kept.pop());
-        kept.unwrap_or_else(|| Vec::with_capacity(UPLOAD_PIECE + UPLOAD_PIECE / 8))
+        let buffer = kept.unwrap_or_else(|| Vec::with_capacity(UPLOAD_PIECE + UPLOAD_PIECE / 8));
+        Lent {
+            buffers: self,
+            buffer,
+        }
     }
+}
 
-    /// Keeps `buffer` for the next upload; one without the room of a piece is dropped.
-    fn give_back(&self, mut buffer: Vec<u8>) {
+/// An upload buffer lent by `UploadBuffers`.
+struct Lent<'a> {
+    buffers: &'a UploadBuffers,
+    buffer: Vec<u8>,
+}
+
+impl Drop for Lent<'_> {
+    /// Keeps the buffer for the next upload; one without the room of a piece is dropped.
+    fn drop(&mut self) {
+        let mut buffer = std::mem::take(&mut self.buffer);
         if buffer.capacity() < UPLOAD_PIECE {
             return;
         }
         buffer.clear();
-        if let Ok(mut kept) = self.0.lock() {
+        if let Ok(mut kept) = self.buffers.0.lock() {
             kept.push(buffer);
         }
     }
@@ -386,25 +400,8 @@ impl LoadSink {
         resource: &Value,
         table: &str,
     ) -> Result<Option<(LoadData, Result<Value, Failure>)>, Stop> {
-        let mut body = self.buffers.take();
-        let uploaded = self
-            .upload_in(service, chunk, rows, dead, resource, table, &mut body)
-            .await;
-        self.buffers.give_back(body);
-        uploaded
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn upload_in(
-        &self,
-        service: &LoadService,
-        chunk: &Chunk<TableKey>,
-        rows: &JobRows<'_>,
-        dead: Vec<Rejected>,
-        resource: &Value,
-        table: &str,
-        body: &mut Vec<u8>,
-    ) -> Result<Option<(LoadData, Result<Value, Failure>)>, Stop> {
+        let mut lent = self.buffers.take();
+        let body = &mut lent.buffer;
         let project = &chunk.key.project;
         let evolving = self.evolution.is_some() && self.settings.adds();
         let mut ndjson = Ndjson::new(
