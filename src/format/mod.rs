@@ -73,13 +73,12 @@ impl Inject {
 
     /// The fields to add to one event's record, pushed onto `extras` (which should be empty;
     /// filled in place, a row need not move the whole array out of a return value). A string
-    /// time is formatted into `scratch`.
+    /// time is the formatter's own text, borrowed until the next event.
     #[inline]
     pub fn extras_into<'a>(
         &'a mut self,
         tag: &'a str,
         time: EventTime,
-        scratch: &'a mut String,
         extras: &mut Extras<'a>,
     ) {
         let Self {
@@ -93,13 +92,10 @@ impl Inject {
             let value = match time_type {
                 TimeType::Float => Extra::Time(time),
                 TimeType::Unixtime => Extra::Int(time.secs),
-                TimeType::String => {
-                    scratch.clear();
-                    if let Some(formatter) = formatter.as_mut() {
-                        scratch.push_str(formatter.format(time));
-                    }
-                    Extra::Str(scratch.as_str())
-                }
+                TimeType::String => match formatter {
+                    Some(formatter) => Extra::Str(formatter.format(time)),
+                    None => Extra::Str(""),
+                },
             };
             extras.push((key, value));
         }
@@ -165,7 +161,6 @@ pub struct Formatter {
     kind: Kind,
     time: TimeFormatter,
     inject: Inject,
-    scratch: String,
 }
 
 impl Formatter {
@@ -229,7 +224,6 @@ impl Formatter {
             kind,
             time,
             inject,
-            scratch: String::new(),
         };
         Ok((formatter, warnings))
     }
@@ -240,7 +234,6 @@ impl Formatter {
             kind: Kind::Json,
             time: TimeFormatter::iso8601(Zone::Local),
             inject: Inject::default(),
-            scratch: String::new(),
         }
     }
 
@@ -291,7 +284,7 @@ impl Formatter {
     ) -> Result<(), MsgpackError> {
         let mut extras = Extras::default();
         self.inject
-            .extras_into(tag, event.time, &mut self.scratch, &mut extras);
+            .extras_into(tag, event.time, &mut extras);
         json::write_record(&event.record, &extras, out)
     }
 }

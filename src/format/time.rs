@@ -151,14 +151,12 @@ fn reads_subseconds(item: &Item<'_>) -> bool {
 const NANOS_PER_SEC: u32 = 1_000_000_000;
 
 /// The first `digits` digits of the nine of `nanos` (truncated, as Ruby), zeros past nine.
+#[inline]
 fn push_fraction(out: &mut String, nanos: u32, digits: usize) {
-    let mut buf = [b'0'; 9];
-    let mut n = nanos % NANOS_PER_SEC;
-    for b in buf.iter_mut().rev() {
-        *b += (n % 10) as u8;
-        n /= 10;
-    }
-    out.push_str(std::str::from_utf8(&buf[..digits.min(9)]).unwrap_or_default());
+    // One more digit than nine, the leading 1 dropped: itoa writes two digits a step.
+    let mut buf = itoa::Buffer::new();
+    let nine = &buf.format(NANOS_PER_SEC + nanos % NANOS_PER_SEC)[1..];
+    out.push_str(&nine[..digits.min(9)]);
     out.extend(std::iter::repeat_n('0', digits.saturating_sub(9)));
 }
 
@@ -182,6 +180,8 @@ pub struct TimeFormatter {
     valid: bool,
     /// The last result with sub-second digits.
     out: String,
+    /// The second whose text `out` begins with (None: not reusable).
+    out_second: Option<i64>,
 }
 
 impl TimeFormatter {
@@ -220,6 +220,7 @@ impl TimeFormatter {
             ends: Vec::new(),
             valid: false,
             out: String::new(),
+            out_second: None,
         })
     }
 
@@ -243,6 +244,7 @@ impl TimeFormatter {
             ends: Vec::new(),
             valid: false,
             out: String::new(),
+            out_second: None,
         }
     }
 
@@ -259,6 +261,18 @@ impl TimeFormatter {
         if self.fractions.is_empty() || !self.valid {
             return &self.text;
         }
+        // The usual format, one sub-second part: the text before it stays in `out` for the
+        // rest of the second; only the digits and what follows them are written again.
+        if let ([digits], [end]) = (&self.fractions[..], &self.ends[..])
+            && self.out_second == self.second
+            && self.out_second.is_some()
+        {
+            self.out.truncate(*end);
+            push_fraction(&mut self.out, time.nanos, *digits);
+            self.out.push_str(&self.text[*end..]);
+            return &self.out;
+        }
+        self.out_second = self.second;
         self.out.clear();
         let mut start = 0;
         for (&end, &digits) in self.ends.iter().zip(&self.fractions) {

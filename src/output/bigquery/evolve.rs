@@ -473,7 +473,6 @@ fn row_rejected(index: u32, err: &RowError) -> Rejected {
 
 fn probe_rows(schema: &Schema, rows: &mut Rows<'_>, rules: &TypeRules) -> Vec<RowProbe> {
     let mut converter: RowConverter<'_, Rc<str>> = RowConverter::new(schema, rows.conversion);
-    let mut scratch = String::new();
     // The injected fields carrying the event time: the same for every row.
     let time_keys: Vec<String> = match rows
         .indices
@@ -483,7 +482,7 @@ fn probe_rows(schema: &Schema, rows: &mut Rows<'_>, rules: &TypeRules) -> Vec<Ro
         Some(entry) => {
             let mut extras = Extras::default();
             rows.inject
-                .extras_into(&entry.tag, entry.event.time, &mut scratch, &mut extras);
+                .extras_into(&entry.tag, entry.event.time, &mut extras);
             extras
                 .iter()
                 .filter(|(_, e)| matches!(e, Extra::Time(_)))
@@ -507,7 +506,7 @@ fn probe_rows(schema: &Schema, rows: &mut Rows<'_>, rules: &TypeRules) -> Vec<Ro
         };
         let mut extras = Extras::default();
         rows.inject
-            .extras_into(&entry.tag, entry.event.time, &mut scratch, &mut extras);
+            .extras_into(&entry.tag, entry.event.time, &mut extras);
         let error = match converter.convert(&entry.event.record, &extras, &mut probe) {
             Ok(()) => None,
             Err(Stop::Row(err)) => Some(err),

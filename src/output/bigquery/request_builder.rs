@@ -59,7 +59,6 @@ impl RequestBuilder<'_> {
         let mut requests = Vec::new();
         let mut rejected = Vec::new();
         let mut rows: Vec<u32> = Vec::with_capacity(indices.len().min(MAX_ROWS));
-        let mut scratch = String::new();
         let mut writer = RowWriter::new(self.schema, self.options.conversion);
         if self.options.drop_untyped_unknown {
             writer.drop_untyped_unknown();
@@ -96,7 +95,6 @@ impl RequestBuilder<'_> {
                 index,
                 entry,
                 insert_time.as_deref(),
-                &mut scratch,
                 &mut body,
             );
             if let Err(reason) = written {
@@ -159,7 +157,6 @@ impl RequestBuilder<'_> {
         index: u32,
         entry: &Entry,
         insert_time: Option<&str>,
-        scratch: &mut String,
         out: &mut Vec<u8>,
     ) -> Result<(), Rejected> {
         out.extend_from_slice(br#"{"insertId":"#);
@@ -176,7 +173,7 @@ impl RequestBuilder<'_> {
         out.extend_from_slice(br#","json":"#);
         let mut extras = Extras::default();
         self.inject
-            .extras_into(&entry.tag, entry.event.time, scratch, &mut extras);
+            .extras_into(&entry.tag, entry.event.time, &mut extras);
         if let (Some(field), Some(time)) = (&self.options.add_insert_timestamp, insert_time) {
             extras.push((field.as_str(), crate::format::json::Extra::Str(time)));
         }

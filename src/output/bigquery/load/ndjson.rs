@@ -53,7 +53,6 @@ pub struct Ndjson<'a> {
     indices: std::slice::Iter<'a, u32>,
     writer: RowWriter<'a>,
     inject: Inject,
-    scratch: String,
     /// Rows written and not yet in the upload: `stage[..staged]` (its length past that is
     /// room already zero-filled).
     stage: Vec<u8>,
@@ -93,7 +92,6 @@ impl<'a> Ndjson<'a> {
             indices: indices.iter(),
             writer,
             inject,
-            scratch: String::new(),
             stage: Vec::new(),
             staged: 0,
             gzip,
@@ -123,7 +121,7 @@ impl<'a> Ndjson<'a> {
             };
             let mut extras = Extras::default();
             self.inject
-                .extras_into(&entry.tag, entry.event.time, &mut self.scratch, &mut extras);
+                .extras_into(&entry.tag, entry.event.time, &mut extras);
             match self
                 .writer
                 .write_at(&entry.event.record, &extras, &mut self.stage, self.staged)

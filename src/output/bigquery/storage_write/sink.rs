@@ -777,7 +777,6 @@ impl StorageWriteSink {
             writer.drop_untyped_unknown();
         }
         let mut inject = self.inject.clone();
-        let mut scratch = String::new();
         let mut batches = Vec::new();
         let mut rejected = Vec::new();
         let max = self.max_request_bytes;
@@ -808,7 +807,7 @@ impl StorageWriteSink {
             buf.resize(field + 1 + guess, 0);
             let start = buf.len();
             let mut extras = Extras::default();
-            inject.extras_into(&entry.tag, entry.event.time, &mut scratch, &mut extras);
+            inject.extras_into(&entry.tag, entry.event.time, &mut extras);
             if let Err(err) = writer.write(&entry.event.record, &extras, &mut buf) {
                 buf.truncate(field);
                 rejected.push(Rejected {
