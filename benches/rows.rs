@@ -7,8 +7,8 @@ mod common;
 
 use bqforward::config::parse_str;
 use bqforward::event::EventTime;
-use bqforward::format::{Extras, Inject};
 use bqforward::format::json::Extra;
+use bqforward::format::{Extras, Inject};
 use bqforward::output::bigquery::load::ndjson::{self, Encoding};
 use bqforward::output::bigquery::rows::{Conversion, RowWriter};
 use bqforward::output::bigquery::schema::Schema;

@@ -75,12 +75,7 @@ impl Inject {
     /// filled in place, a row need not move the whole array out of a return value). A string
     /// time is the formatter's own text, borrowed until the next event.
     #[inline]
-    pub fn extras_into<'a>(
-        &'a mut self,
-        tag: &'a str,
-        time: EventTime,
-        extras: &mut Extras<'a>,
-    ) {
+    pub fn extras_into<'a>(&'a mut self, tag: &'a str, time: EventTime, extras: &mut Extras<'a>) {
         let Self {
             time_key,
             time_type,
@@ -220,11 +215,7 @@ impl Formatter {
             _ => time_formatter(&s)?,
         };
         let warnings = s.finish(&["add_newline", "newline", "json_parser"])?;
-        let formatter = Self {
-            kind,
-            time,
-            inject,
-        };
+        let formatter = Self { kind, time, inject };
         Ok((formatter, warnings))
     }
 
@@ -283,8 +274,7 @@ impl Formatter {
         out: &mut Vec<u8>,
     ) -> Result<(), MsgpackError> {
         let mut extras = Extras::default();
-        self.inject
-            .extras_into(tag, event.time, &mut extras);
+        self.inject.extras_into(tag, event.time, &mut extras);
         json::write_record(&event.record, &extras, out)
     }
 }

@@ -90,13 +90,8 @@ impl RequestBuilder<'_> {
                 body.push(b',');
             }
             let row_start = body.len();
-            let written = self.write_row(
-                &mut writer,
-                index,
-                entry,
-                insert_time.as_deref(),
-                &mut body,
-            );
+            let written =
+                self.write_row(&mut writer, index, entry, insert_time.as_deref(), &mut body);
             if let Err(reason) = written {
                 body.truncate(mark);
                 rejected.push(reason);
