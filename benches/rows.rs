@@ -45,11 +45,9 @@ fn rows(c: &mut Criterion) {
     }
     // As fluent-plugin-bigquery's README injects the time: a string with nanoseconds, into
     // the TIMESTAMP column, formatted per event (the events of a chunk within one second).
-    let inject = format!(
-        "<inject>\n time_key time\n time_type string\n time_format {}\n tag_key tag\n</inject>\n",
-        "%Y-%m-%dT%H:%M:%S.%NZ"
-    );
-    let root = parse_str(&inject, Path::new("bench.conf")).unwrap();
+    let conf = "<inject>\n time_key time\n time_type string\n \
+                time_format %Y-%m-%dT%H:%M:%S.%NZ\n tag_key tag\n</inject>\n";
+    let root = parse_str(conf, Path::new("bench.conf")).unwrap();
     let (mut inject, _) = Inject::from_config(root.elements.first()).unwrap();
     let mut out = Vec::with_capacity(bytes * 2);
     group.bench_function("schema_time_string", |b| {

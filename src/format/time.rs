@@ -178,10 +178,9 @@ pub struct TimeFormatter {
     text: String,
     ends: Vec<usize>,
     valid: bool,
-    /// The last result with sub-second digits.
+    /// The last result with sub-second digits, of the second `text` holds (emptied when
+    /// `text` changes).
     out: String,
-    /// The second whose text `out` begins with (None: not reusable).
-    out_second: Option<i64>,
 }
 
 impl TimeFormatter {
@@ -220,7 +219,6 @@ impl TimeFormatter {
             ends: Vec::new(),
             valid: false,
             out: String::new(),
-            out_second: None,
         })
     }
 
@@ -244,7 +242,6 @@ impl TimeFormatter {
             ends: Vec::new(),
             valid: false,
             out: String::new(),
-            out_second: None,
         }
     }
 
@@ -257,6 +254,7 @@ impl TimeFormatter {
         if !reusable || self.second != Some(time.secs) {
             self.format_parts(time);
             self.second = reusable.then_some(time.secs);
+            self.out.clear();
         }
         if self.fractions.is_empty() || !self.valid {
             return &self.text;
@@ -264,15 +262,13 @@ impl TimeFormatter {
         // The usual format, one sub-second part: the text before it stays in `out` for the
         // rest of the second; only the digits and what follows them are written again.
         if let ([digits], [end]) = (&self.fractions[..], &self.ends[..])
-            && self.out_second == self.second
-            && self.out_second.is_some()
+            && !self.out.is_empty()
         {
             self.out.truncate(*end);
             push_fraction(&mut self.out, time.nanos, *digits);
             self.out.push_str(&self.text[*end..]);
             return &self.out;
         }
-        self.out_second = self.second;
         self.out.clear();
         let mut start = 0;
         for (&end, &digits) in self.ends.iter().zip(&self.fractions) {
