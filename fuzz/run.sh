@@ -9,7 +9,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --version 0.13.2
 fi
 mkdir -p target
-for target in decode handshake rows; do
+for target in decode handshake rows config; do
   log=target/fuzz-$target.log
   if ! RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$seconds" -rss_limit_mb=4096 > "$log" 2>&1; then
     tail -n 40 "$log"

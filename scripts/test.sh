@@ -43,7 +43,7 @@ scripts/check-deploy.sh
 # The container image, built from the Dockerfile and run with podman; it packs the dev build the
 # tests above used (BQFORWARD_IMAGE_PROFILE=release checks the release binary instead).
 BQFORWARD_IMAGE_PROFILE=${BQFORWARD_IMAGE_PROFILE:-dev} scripts/check-image.sh
-# A bounded fuzzing run of the frame decoder and the handshake.
+# A bounded fuzzing run of every fuzz target (decoder, handshake, rows, config).
 fuzz/run.sh
 
 # One closing line for the whole run (cargo's last line is a doc-test binary's "0 passed"); a
