@@ -20,6 +20,11 @@ use tokio_util::sync::CancellationToken;
 const BATCH: usize = 1000;
 /// Unreadable lines named on stderr, at most.
 const SHOWN_ERRORS: usize = 10;
+/// A line longer than this is skipped as unreadable, read through without being kept (a file
+/// without newlines, or a wrong one, costs no more memory than this). It is the file buffer's
+/// largest frame: a record is at most a Forward message (`chunk_size_limit`, 64 MiB by
+/// default), and its JSON line a few times that at worst.
+const MAX_LINE: usize = 256 * 1024 * 1024;
 
 pub struct ReplayOptions {
     /// Route every event with this tag (lines of the `json` format carry none).
@@ -190,19 +195,30 @@ pub async fn replay(
                 continue;
             }
         };
-        for (n, line) in lines.split(b'\n').enumerate() {
+        let mut lines = lines;
+        let mut line = Vec::new();
+        // Lines read so far.
+        let mut n = 0;
+        loop {
             if interrupt.is_cancelled() {
                 reader.summary.interrupted_at = Some(format!("{}:{}", file.display(), n));
                 break 'files;
             }
-            let line = match line {
-                Ok(line) => line,
+            let read = next_line(&mut *lines, MAX_LINE, &mut line);
+            n += 1;
+            match read {
+                Ok(Line::End) => break,
+                Ok(Line::Text) => reader.line(&line, file, n).await,
+                Ok(Line::TooLong(len)) => reader.unreadable(&format!(
+                    "{}:{n}: a line of {len} bytes, longer than any bqforward writes ({} MiB): skipped",
+                    file.display(),
+                    MAX_LINE >> 20
+                )),
                 Err(err) => {
-                    reader.unreadable(&format!("{}:{}: {err}", file.display(), n + 1));
+                    reader.unreadable(&format!("{}:{n}: {err}", file.display()));
                     break;
                 }
-            };
-            reader.line(&line, file, n + 1).await;
+            }
         }
     }
     reader.flush().await;
@@ -262,6 +278,57 @@ fn open(path: &Path) -> std::io::Result<Box<dyn BufRead>> {
         ))))
     } else {
         Ok(Box::new(BufReader::new(file)))
+    }
+}
+
+/// What `next_line` found.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A line, in the caller's buffer (without its `\n`).
+    Text,
+    /// A line of this many bytes, more than the limit: read through, not kept.
+    TooLong(usize),
+    /// The end of the file.
+    End,
+}
+
+/// Reads the next line into `line` (emptied first; the `\n` not kept), keeping at most `max`
+/// bytes of it: a longer line is read to its end and dropped. The last line may lack its `\n`;
+/// a file's final `\n` ends its last line, not an empty one.
+fn next_line(reader: &mut dyn BufRead, max: usize, line: &mut Vec<u8>) -> std::io::Result<Line> {
+    line.clear();
+    let mut len = 0usize;
+    let mut any = false;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(match (any, len > max) {
+                (false, _) => Line::End,
+                (true, true) => Line::TooLong(len),
+                (true, false) => Line::Text,
+            });
+        }
+        any = true;
+        let (part, used) = match memchr::memchr(b'\n', buf) {
+            Some(at) => (&buf[..at], Some(at + 1)),
+            None => (buf, None),
+        };
+        len = len.saturating_add(part.len());
+        if len <= max {
+            line.extend_from_slice(part);
+        } else if !line.is_empty() {
+            *line = Vec::new();
+        }
+        let ended = used.is_some();
+        let used = used.unwrap_or(buf.len());
+        reader.consume(used);
+        if ended {
+            return Ok(if len > max {
+                Line::TooLong(len)
+            } else {
+                Line::Text
+            });
+        }
     }
 }
 
@@ -406,6 +473,50 @@ mod tests {
 
     fn record(event: &Event) -> Value {
         rmp_serde::from_slice(&event.record).unwrap()
+    }
+
+    /// Every line as `next_line` reads it from `text` with lines of at most `max` bytes,
+    /// through a reader of `capacity` bytes (so lines span its refills).
+    fn read_lines(text: &[u8], max: usize, capacity: usize) -> Vec<Result<String, usize>> {
+        let mut reader = BufReader::with_capacity(capacity, text);
+        let mut line = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            match next_line(&mut reader, max, &mut line).unwrap() {
+                Line::End => return out,
+                Line::Text => out.push(Ok(String::from_utf8(line.clone()).unwrap())),
+                Line::TooLong(len) => out.push(Err(len)),
+            }
+        }
+    }
+
+    #[test]
+    fn lines_longer_than_the_limit_are_skipped_and_reading_goes_on() {
+        let text = b"a\nlong line\n\nfour\nlast";
+        for capacity in [1, 2, 3, 5, 64] {
+            assert_eq!(
+                read_lines(text, 4, capacity),
+                [
+                    Ok("a".into()),
+                    Err(9),
+                    Ok("".into()),
+                    Ok("four".into()),
+                    Ok("last".into())
+                ],
+                "capacity {capacity}"
+            );
+        }
+        // A final newline ends the last line; a long last line without one is still skipped.
+        assert_eq!(read_lines(b"x\n", 4, 2), [Ok("x".into())]);
+        assert_eq!(read_lines(b"x\nabcdefgh", 4, 3), [Ok("x".into()), Err(8)]);
+        assert_eq!(read_lines(b"", 4, 3), []);
+        // Without a limit it reads as splitting at newlines does.
+        let text = b"one\ntwo\r\n\n\nthree";
+        let split: Vec<Result<String, usize>> = text
+            .split(|b| *b == b'\n')
+            .map(|l| Ok(String::from_utf8(l.to_vec()).unwrap()))
+            .collect();
+        assert_eq!(read_lines(text, usize::MAX, 2), split);
     }
 
     #[test]
