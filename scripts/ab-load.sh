@@ -4,6 +4,8 @@
 # loaded every row): each binary in turn, ROUNDS times, on one emulator, a fresh buffer per
 # run; one loadgen table row per run. Only ratios within a round mean much on a shared machine.
 # Usage: scripts/ab-load.sh ROUNDS EVENTS BIN...   (after scripts/bench.sh: its configs and build)
+#        BIN:idle   that binary's runs end when bqforward is idle, not when the rows are loaded
+#                   (a build or config that loads nothing: docs/performance.md, "part by part")
 #        GZIP=1 ...   the same with <buffer> compress gzip
 #        PERF=1 ...   `perf record -g` of the first run into target/ab-load/perf.data
 set -u
@@ -31,7 +33,9 @@ sed -e "s|endpoint http://[0-9.:]*|endpoint http://$port|" -e "s|^  port 0$|  po
   "$conf" > "$d/load.conf"
 profile=${PERF:-}
 for r in $(seq "$rounds"); do
-  for b in "$@"; do
+  for spec in "$@"; do
+    b=${spec%:idle} until=rows
+    [ "$b" != "$spec" ] && until=idle
     rm -rf "$d/buffer"
     "$b" run -c "$d/load.conf" > "$d/bqforward.log" 2>&1 & pid=$!
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$fwd") 2>/dev/null && break; sleep 0.1; done
@@ -41,8 +45,8 @@ for r in $(seq "$rounds"); do
       profile=
     fi
     "$rel/bqforward-loadgen" --port "$fwd" --pid $pid --emulator "http://$port" --events "$events" \
-      --mode packed --ack --until rows --rows-counter rows_loaded --timeout 300 \
-      --label "$b, round $r" 2>> "$d/loadgen.log"
+      --mode packed --ack --until "$until" --rows-counter rows_loaded --timeout 300 \
+      --label "$spec, round $r" 2>> "$d/loadgen.log"
     [ -n "$perf_pid" ] && { kill -INT $perf_pid; wait $perf_pid; }
     kill -TERM $pid; wait $pid 2>/dev/null
   done
