@@ -188,14 +188,13 @@ pub async fn replay(
     };
     'files: for file in &files {
         reader.summary.files += 1;
-        let lines = match open(file) {
+        let mut lines = match open(file) {
             Ok(lines) => lines,
             Err(err) => {
                 reader.unreadable(&format!("{}: {err}", file.display()));
                 continue;
             }
         };
-        let mut lines = lines;
         let mut line = Vec::new();
         // Lines read so far.
         let mut n = 0;
@@ -296,17 +295,20 @@ enum Line {
 /// bytes of it: a longer line is read to its end and dropped. The last line may lack its `\n`;
 /// a file's final `\n` ends its last line, not an empty one.
 fn next_line(reader: &mut dyn BufRead, max: usize, line: &mut Vec<u8>) -> std::io::Result<Line> {
+    let read = |len: usize| {
+        if len > max {
+            Line::TooLong(len)
+        } else {
+            Line::Text
+        }
+    };
     line.clear();
     let mut len = 0usize;
     let mut any = false;
     loop {
         let buf = reader.fill_buf()?;
         if buf.is_empty() {
-            return Ok(match (any, len > max) {
-                (false, _) => Line::End,
-                (true, true) => Line::TooLong(len),
-                (true, false) => Line::Text,
-            });
+            return Ok(if any { read(len) } else { Line::End });
         }
         any = true;
         let (part, used) = match memchr::memchr(b'\n', buf) {
@@ -323,11 +325,7 @@ fn next_line(reader: &mut dyn BufRead, max: usize, line: &mut Vec<u8>) -> std::i
         let used = used.unwrap_or(buf.len());
         reader.consume(used);
         if ended {
-            return Ok(if len > max {
-                Line::TooLong(len)
-            } else {
-                Line::Text
-            });
+            return Ok(read(len));
         }
     }
 }
