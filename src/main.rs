@@ -245,7 +245,7 @@ fn replay(args: ReplayArgs) -> ExitCode {
             }
         };
         let interrupt = CancellationToken::new();
-        tokio::spawn(on_signal(interrupt.clone()));
+        tokio::spawn(on_replay_signals(interrupt.clone()));
         let options = bqforward::replay::ReplayOptions {
             tag: args.tag,
             label: args.label.or(source_label),
@@ -289,6 +289,38 @@ async fn on_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     shutdown.cancel();
+}
+
+/// A replay's SIGINT and SIGTERM: the first stops the reading (what was read is still
+/// delivered, within `--timeout`); a second exits at once (status 128 + the signal), as a
+/// replay killed outright: a read blocked on a slow file, or a wait on an output that cannot
+/// deliver, need not be sat out.
+async fn on_replay_signals(interrupt: CancellationToken) {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    // The exit status for the signal that came.
+    async fn next(term: &mut Signal, int: &mut Signal) -> i32 {
+        tokio::select! {
+            _ = term.recv() => 128 + 15,
+            _ = int.recv() => 128 + 2,
+        }
+    }
+    next(&mut term, &mut int).await;
+    eprintln!(
+        "replay: interrupted: no more lines are read; what was read is still delivered (within --timeout); interrupt again to stop at once"
+    );
+    interrupt.cancel();
+    let status = next(&mut term, &mut int).await;
+    eprintln!(
+        "replay: interrupted again: stopping at once; events read and not yet delivered are lost (the files are unchanged)"
+    );
+    std::process::exit(status);
 }
 
 fn init_logging(cli: &LogArgs, system_level: Option<&str>) {

@@ -388,3 +388,192 @@ fn image_config_passes_check_with_each_documented_auth_method() {
         );
     }
 }
+
+/// A running `bqforward replay`, its stdout and stderr lines collected as they come.
+struct Replay {
+    child: std::process::Child,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Replay {
+    fn start(config: &str, args: &[&str]) -> Replay {
+        let mut child = Command::new(BIN)
+            .args(["replay", "-c", config])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = std::sync::Arc::default();
+        let stderr = std::sync::Arc::default();
+        collect(child.stdout.take().unwrap(), std::sync::Arc::clone(&stdout));
+        collect(child.stderr.take().unwrap(), std::sync::Arc::clone(&stderr));
+        Replay {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([name, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits until `done` holds of the replay (its stdout and stderr), within `seconds`.
+    fn wait(&self, seconds: u64, what: &str, done: impl Fn(&Replay) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        while !done(self) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replay: no {what} within {seconds} s; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Its exit status, waiting at most `seconds`.
+    fn exit(&mut self, seconds: u64) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The collectors read to the end of the pipes.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replay still running after {seconds} s; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An out_file line (what the `file` output writes by default) with record `{"n": n}`.
+fn out_file_line(n: usize) -> String {
+    format!("2026-12-03T10:00:00+0000\tapp.web\t{{\"n\":{n}}}\n")
+}
+
+#[test]
+fn an_interrupted_replay_stops_reading_and_delivers_what_it_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, "r.conf", "<match app.**>\n  @type stdout\n</match>\n");
+    // A pipe that never ends while the replay reads it: a line every 50 ms.
+    let fifo = dir.path().join("slow.log");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Not joined: if the replay never opened the pipe, this thread waits in `open` for good.
+    let _writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let Ok(mut pipe) = std::fs::OpenOptions::new().write(true).open(&fifo) else {
+                return;
+            };
+            for n in 1..10_000 {
+                if pipe.write_all(out_file_line(n).as_bytes()).is_err() {
+                    return; // the replay is gone
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+    };
+    let mut replay = Replay::start(&config, &[fifo.to_str().unwrap()]);
+    // Read events wait in the replay's batch (up to 1,000) until it is handed on; its
+    // progress line (every second) says they were read.
+    replay.wait(20, "progress line", |r| r.stderr().contains("events read"));
+    replay.signal("-INT");
+    let status = replay.exit(20);
+    assert_eq!(status.code(), Some(1), "{}", replay.stderr());
+    let stderr = replay.stderr();
+    assert!(
+        stderr.contains("replay: interrupted: no more lines are read"),
+        "{stderr}"
+    );
+    // "interrupted after FILE:N": N lines read, every one of them delivered, in order.
+    let at = format!("interrupted after {}:", fifo.display());
+    let read: usize = stderr
+        .split(&at)
+        .nth(1)
+        .and_then(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no {at:?} in:\n{stderr}"));
+    assert!(read >= 3, "{stderr}");
+    let delivered: Vec<String> = replay.stdout();
+    let expected: Vec<String> = (1..=read).map(|n| format!("{{\"n\":{n}}}")).collect();
+    assert_eq!(delivered.len(), read, "{delivered:?}");
+    for (line, want) in delivered.iter().zip(&expected) {
+        assert!(line.ends_with(want.as_str()), "{line} is not {want}");
+    }
+}
+
+#[test]
+fn a_second_interrupt_stops_a_replay_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // An output that cannot deliver (nothing listens on port 1): the replay would wait out
+    // its --timeout of ten minutes for it.
+    let config = write_config(
+        &dir,
+        "r.conf",
+        "<match app.**>\n  @type bigquery_insert\n  auth_method none\n  \
+         endpoint http://127.0.0.1:1\n  project p\n  dataset d\n  table t\n  \
+         fetch_schema true\n</match>\n",
+    );
+    let lines: String = (1..=5).map(out_file_line).collect();
+    let file = write_config(&dir, "five.log", &lines);
+    let mut replay = Replay::start(&config, &["--timeout", "10m", &file]);
+    replay.wait(20, "wait for the outputs", |r| {
+        r.stderr().contains("waiting for the outputs to deliver")
+    });
+    replay.signal("-INT");
+    replay.wait(10, "first interrupt's line", |r| {
+        r.stderr().contains("interrupt again to stop at once")
+    });
+    assert!(
+        replay.child.try_wait().unwrap().is_none(),
+        "the first interrupt ended it"
+    );
+    replay.signal("-TERM");
+    let status = replay.exit(10);
+    assert_eq!(status.code(), Some(128 + 15), "{}", replay.stderr());
+    assert!(
+        replay
+            .stderr()
+            .contains("replay: interrupted again: stopping at once"),
+        "{}",
+        replay.stderr()
+    );
+}

@@ -20,7 +20,7 @@ pub struct Server {
 }
 
 /// Collects a child's output lines in the background.
-fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {
+pub fn collect(stream: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             sink.lock().unwrap().push(line);
