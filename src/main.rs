@@ -275,19 +275,42 @@ fn health(url: &str, timeout: u64) -> ExitCode {
     }
 }
 
+/// SIGTERM and SIGINT as they come.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some(Self { term, int }),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                None
+            }
+        }
+    }
+
+    /// The next one's name and number.
+    async fn next(&mut self) -> (&'static str, i32) {
+        tokio::select! {
+            _ = self.term.recv() => ("SIGTERM", 15),
+            _ = self.int.recv() => ("SIGINT", 2),
+        }
+    }
+}
+
 async fn on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
+    let Some(mut signals) = Signals::install() else {
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    let (name, _) = signals.next().await;
+    tracing::info!("{name} received");
     shutdown.cancel();
 }
 
@@ -296,31 +319,19 @@ async fn on_signal(shutdown: CancellationToken) {
 /// replay killed outright: a read blocked on a slow file, or a wait on an output that cannot
 /// deliver, need not be sat out.
 async fn on_replay_signals(interrupt: CancellationToken) {
-    use tokio::signal::unix::{Signal, SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
+    let Some(mut signals) = Signals::install() else {
         return;
     };
-    // The exit status for the signal that came.
-    async fn next(term: &mut Signal, int: &mut Signal) -> i32 {
-        tokio::select! {
-            _ = term.recv() => 128 + 15,
-            _ = int.recv() => 128 + 2,
-        }
-    }
-    next(&mut term, &mut int).await;
+    signals.next().await;
     eprintln!(
         "replay: interrupted: no more lines are read; what was read is still delivered (within --timeout); interrupt again to stop at once"
     );
     interrupt.cancel();
-    let status = next(&mut term, &mut int).await;
+    let (_, number) = signals.next().await;
     eprintln!(
         "replay: interrupted again: stopping at once; events read and not yet delivered are lost (the files are unchanged)"
     );
-    std::process::exit(status);
+    std::process::exit(128 + number);
 }
 
 fn init_logging(cli: &LogArgs, system_level: Option<&str>) {
