@@ -242,3 +242,35 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
+
+/// A record of maps as keys of maps as keys, 40 deep, in one message between two good ones:
+/// it is written as a line of about 300 bytes at once, with its neighbours, and the message
+/// acked. Its JSON text used to double at each level (a fuzzer's find: minutes and
+/// gigabytes for 82 bytes).
+#[test]
+fn maps_as_keys_of_maps_as_keys_are_written_at_once() {
+    let server = Server::start(CONFIG);
+    let mut nested = vec![0x81; 40];
+    nested.extend_from_slice(&[0xa1, b'a']);
+    nested.extend(std::iter::repeat_n(0x01, 40));
+    let records = [msgpack(&json!({"i": 1})), nested, msgpack(&json!({"i": 2}))];
+    // Forward mode: [tag, [[time, record]...], option], the records as raw bytes.
+    let mut message = vec![0x93];
+    message.extend(msgpack(&"keys"));
+    message.push(0x90 | records.len() as u8);
+    for record in &records {
+        message.push(0x92);
+        message.extend(msgpack(&1_700_000_000u32));
+        message.extend_from_slice(record);
+    }
+    message.extend(msgpack(&json!({"chunk": "k"})));
+    let mut stream = server.connect();
+    send(&mut stream, &message);
+    assert_eq!(read_ack(&mut stream).unwrap(), "k");
+    let got = read_json_lines(&server.path("out"), ".log");
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0], json!({"i": 1}));
+    assert_eq!(got[2], json!({"i": 2}));
+    let key = got[1].as_object().unwrap().keys().next().unwrap();
+    assert!(key.starts_with(&"{".repeat(39)) && key.len() < 400, "{key}");
+}

@@ -2,7 +2,8 @@
 //! no intermediate value tree. Mapping (as fluentd's JSON formatter, where it has one):
 //! str → string (invalid UTF-8 replaced), bin → string (lossy UTF-8), integers as written,
 //! floats (NaN and infinities → null), nil → null, non-string map keys → their JSON text as a
-//! string, EventTime ext → integer seconds (as fluentd's EventTime#to_json), other ext →
+//! string (such keys inside that text as their text, not escaped again), EventTime ext →
+//! integer seconds (as fluentd's EventTime#to_json), other ext →
 //! base64 of the payload.
 
 use crate::codec::msgpack::{Cursor, DEFAULT_MAX_DEPTH, Head, MsgpackError};
@@ -73,19 +74,43 @@ fn shadowed(written: &[u8], extras: &[(&str, Extra<'_>)]) -> bool {
         .any(|(name, _)| key.len() == name.len() + 2 && &key[1..key.len() - 1] == name.as_bytes())
 }
 
+/// Where a value is written: in a record, or inside the text of a map key that is not a
+/// string. There a key that is not a string either is written as its text as it is, not as a
+/// JSON string of it (as Ruby's `Hash#to_s` shows a hash key: `{{"a"=>1}=>2}`): written as a
+/// string, each such level would escape the one inside it again, doubling its backslashes,
+/// and a record of 200 bytes took minutes and gigabytes to write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Within {
+    Record,
+    Key,
+}
+
 /// A map key as a JSON string: a string key as it is, any other the string of its JSON text.
 pub fn write_key(cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Result<(), MsgpackError> {
+    key(cur, out, DEFAULT_MAX_DEPTH, Within::Record)
+}
+
+fn key(
+    cur: &mut Cursor<'_>,
+    out: &mut Vec<u8>,
+    depth: usize,
+    within: Within,
+) -> Result<(), MsgpackError> {
     let start = cur.position();
     match cur.head()? {
         Head::Str(n) | Head::Bin(n) => {
             let range = cur.take(n as usize)?;
             write_bytes_as_str(cur.slice(range), out);
         }
+        _ if within == Within::Key => {
+            cur.set_position(start);
+            value(cur, out, depth, Within::Key)?;
+        }
         _ => {
             // A non-string key becomes the string of its JSON text, as Ruby's to_s would.
             cur.set_position(start);
             let mut text = Vec::new();
-            write_value(cur, &mut text, DEFAULT_MAX_DEPTH)?;
+            value(cur, &mut text, depth, Within::Key)?;
             write_bytes_as_str(&text, out);
         }
     }
@@ -96,6 +121,15 @@ pub fn write_value(
     cur: &mut Cursor<'_>,
     out: &mut Vec<u8>,
     depth: usize,
+) -> Result<(), MsgpackError> {
+    value(cur, out, depth, Within::Record)
+}
+
+fn value(
+    cur: &mut Cursor<'_>,
+    out: &mut Vec<u8>,
+    depth: usize,
+    within: Within,
 ) -> Result<(), MsgpackError> {
     if depth == 0 {
         return Err(MsgpackError::TooDeep(DEFAULT_MAX_DEPTH));
@@ -111,8 +145,8 @@ pub fn write_value(
             let range = cur.take(n as usize)?;
             write_bytes_as_str(cur.slice(range), out);
         }
-        Head::Array(n) => write_array(n, cur, out, depth - 1)?,
-        Head::Map(n) => write_map(n, cur, out, depth - 1)?,
+        Head::Array(n) => array(n, cur, out, depth - 1, within)?,
+        Head::Map(n) => map(n, cur, out, depth - 1, within)?,
         Head::Ext(0, 8) => {
             let range = cur.take(8)?;
             let bytes = cur.slice(range);
@@ -135,12 +169,22 @@ pub fn write_array(
     out: &mut Vec<u8>,
     depth: usize,
 ) -> Result<(), MsgpackError> {
+    array(n, cur, out, depth, Within::Record)
+}
+
+fn array(
+    n: u32,
+    cur: &mut Cursor<'_>,
+    out: &mut Vec<u8>,
+    depth: usize,
+    within: Within,
+) -> Result<(), MsgpackError> {
     out.push(b'[');
     for i in 0..n {
         if i > 0 {
             out.push(b',');
         }
-        write_value(cur, out, depth)?;
+        value(cur, out, depth, within)?;
     }
     out.push(b']');
     Ok(())
@@ -153,14 +197,24 @@ pub fn write_map(
     out: &mut Vec<u8>,
     depth: usize,
 ) -> Result<(), MsgpackError> {
+    map(n, cur, out, depth, Within::Record)
+}
+
+fn map(
+    n: u32,
+    cur: &mut Cursor<'_>,
+    out: &mut Vec<u8>,
+    depth: usize,
+    within: Within,
+) -> Result<(), MsgpackError> {
     out.push(b'{');
     for i in 0..n {
         if i > 0 {
             out.push(b',');
         }
-        write_key(cur, out)?;
+        key(cur, out, depth, within)?;
         out.push(b':');
-        write_value(cur, out, depth)?;
+        value(cur, out, depth, within)?;
     }
     out.push(b'}');
     Ok(())
@@ -539,6 +593,49 @@ mod tests {
             }
             assert!(needs_no_escaping(&vec![b'~'; len]));
         }
+    }
+
+    /// A map key that is not a string is written as the string of its JSON text; inside that
+    /// text, such a key is written as its text as it is (not escaped again), so the text grows
+    /// with the record, not twice per level (40 levels took minutes and gigabytes).
+    #[test]
+    fn non_string_keys_inside_non_string_keys_are_written_once() {
+        // {{"a": 1}: 2, "b": [{[3]: 4}]}: a map key, and an array key in a value's map.
+        let rec = [
+            0x82, 0x81, 0xa1, b'a', 0x01, 0x02, 0xa1, b'b', 0x91, 0x81, 0x91, 0x03, 0x04,
+        ];
+        let mut out = Vec::new();
+        write_record(&rec, &[], &mut out).unwrap();
+        let got: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(got, json!({"{\"a\":1}": 2, "b": [{"[3]": 4}]}));
+
+        // {{{"a": 1}: 2}: 3} and {"v": {[{[1]: 2}]: 3}}: keys with keys that are not strings.
+        for (rec, want) in [
+            (
+                &[0x81, 0x81, 0x81, 0xa1, b'a', 0x01, 0x02, 0x03][..],
+                json!({"{{\"a\":1}:2}": 3}),
+            ),
+            (
+                &[0x81, 0xa1, b'v', 0x81, 0x91, 0x81, 0x91, 0x01, 0x02, 0x03][..],
+                json!({"v": {"[{[1]:2}]": 3}}),
+            ),
+        ] {
+            let mut out = Vec::new();
+            write_record(rec, &[], &mut out).unwrap();
+            let got: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(got, want);
+        }
+
+        // 40 levels of maps as keys, as a fuzzer found: a line of about 300 bytes.
+        let mut rec = vec![0x81; 40];
+        rec.extend_from_slice(&[0xa1, b'a']);
+        rec.extend(std::iter::repeat_n(0x01, 40));
+        let mut out = Vec::new();
+        write_record(&rec, &[], &mut out).unwrap();
+        assert!(out.len() < 400, "{} bytes", out.len());
+        let got: Value = serde_json::from_slice(&out).unwrap();
+        let key = got.as_object().unwrap().keys().next().unwrap().clone();
+        assert!(key.starts_with(&"{".repeat(39)), "{key}");
     }
 
     #[test]
